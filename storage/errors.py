@@ -1,0 +1,59 @@
+"""The project's exception hierarchy.
+
+It lives in the lowest layer so that storage, pipeline and server all raise the same types;
+``server/errors.py`` maps each class to a gRPC status in one place.
+"""
+
+from __future__ import annotations
+
+
+class CallsightError(Exception):
+    """Root of every error callsight raises on purpose. The message tells the caller what to fix."""
+
+
+class InvalidArgument(CallsightError):
+    """The request is malformed or violates a documented limit."""
+
+
+class NotFound(CallsightError):
+    """A referenced entity does not exist for the caller's tenant."""
+
+
+class AlreadyExists(CallsightError):
+    """The entity to create exists already."""
+
+
+class FailedPrecondition(CallsightError):
+    """The request is valid but the system is not in a state to serve it."""
+
+
+class Unauthenticated(CallsightError):
+    """The caller presented no token, or one that is unknown, expired or revoked."""
+
+
+class PermissionDenied(CallsightError):
+    """The caller is known but may not do this."""
+
+
+class Unavailable(CallsightError):
+    """Temporarily unable to serve; the caller should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StorageError(CallsightError):
+    """ClickHouse failed; ``code`` keeps ClickHouse's numeric error code when it gave one."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConfigError(CallsightError):
+    """The configuration is invalid; ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
