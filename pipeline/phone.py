@@ -1,0 +1,155 @@
+"""Phone number normalisation to E.164 with libphonenumber's rules.
+
+A number is accepted when it is *possible* (right length for its country), not when it is
+*valid* (in an allocated range): load tests and new number ranges would fail the stricter check.
+Numbers that are only dialable locally (no area code) are refused, because their E.164 form would
+be a different, wrong number. Extensions are dropped; E.164 has no place for them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
+
+from storage.errors import InvalidArgument
+
+# Longer raws are never cached, so the cache's bound in entries also bounds its memory.
+_MAX_CACHED_RAW_LEN = 64
+# Error messages quote at most this much of the raw input.
+_MAX_QUOTED_LEN = 40
+
+_PARSE_REASONS = {
+    NumberParseException.INVALID_COUNTRY_CODE: "has an unknown country calling code",
+    NumberParseException.NOT_A_NUMBER: "is not a phone number",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "is too short after the international prefix",
+    NumberParseException.TOO_SHORT_NSN: "is too short to be a phone number",
+    NumberParseException.TOO_LONG: "is too long to be a phone number",
+}
+
+_IMPOSSIBLE_REASONS = {
+    ValidationResult.INVALID_COUNTRY_CODE: "unknown country calling code",
+    ValidationResult.TOO_SHORT: "too short",
+    ValidationResult.INVALID_LENGTH: "invalid length",
+    ValidationResult.TOO_LONG: "too long",
+}
+
+
+class InvalidNumber(InvalidArgument):
+    """A raw number cannot be normalised to E.164; the message says why."""
+
+
+def is_known_region(region: str) -> bool:
+    """Whether ``region`` is an ISO 3166 alpha-2 code libphonenumber has metadata for."""
+    return region.upper() in phonenumbers.SUPPORTED_REGIONS
+
+
+def _quote(raw: str) -> str:
+    if len(raw) > _MAX_QUOTED_LEN:
+        return repr(raw[:_MAX_QUOTED_LEN] + "...")
+    return repr(raw)
+
+
+def normalize(raw: str, region: str) -> str:
+    """Return ``raw`` in E.164 form, reading local numbers as dialled in ``region``.
+
+    Raises InvalidNumber when ``raw`` is empty, unparseable or not a possible number, or when
+    ``region`` is unknown.
+    """
+    if not raw.strip():
+        raise InvalidNumber("empty number")
+    upper = region.upper()
+    if upper not in phonenumbers.SUPPORTED_REGIONS:
+        raise InvalidNumber(f"unknown region {region!r}")
+    try:
+        number = phonenumbers.parse(raw, upper)
+    except NumberParseException as exc:
+        reason = _PARSE_REASONS.get(exc.error_type, "cannot be parsed")
+        raise InvalidNumber(f"{_quote(raw)} {reason}") from None
+    result = phonenumbers.is_possible_number_with_reason(number)
+    if result == ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
+        raise InvalidNumber(
+            f"{_quote(raw)} is only dialable locally in region {upper}; include the area code"
+        )
+    if result != ValidationResult.IS_POSSIBLE:
+        reason = _IMPOSSIBLE_REASONS.get(result, "impossible")
+        raise InvalidNumber(
+            f"{_quote(raw)} is not a possible phone number in region {upper} ({reason})"
+        )
+    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    message: str
+
+
+class PhoneNormalizer:
+    """``normalize`` behind a bounded LRU cache keyed by (raw, region).
+
+    Devices send the same few numbers over and over, so most lookups hit. The cache holds at most
+    ``max_entries`` results, failures included (as their message, so repeated garbage is cheap);
+    raws longer than 64 characters bypass it, so the bound in entries also bounds memory (roughly
+    30 MB at the default). Safe to share between threads.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        self._max_entries = max_entries
+        self._cache: OrderedDict[tuple[str, str], str | _Failure] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def max_entries(self) -> int:
+        """The most results the cache holds."""
+        return self._max_entries
+
+    def __len__(self) -> int:
+        """How many results the cache holds now."""
+        return len(self._cache)
+
+    def normalize(self, raw: str, region: str) -> str:
+        """Like the module's ``normalize``, answered from the cache when possible."""
+        with self._lock:
+            result = self._lookup(raw, region)
+        if isinstance(result, _Failure):
+            raise InvalidNumber(result.message)
+        return result
+
+    def normalize_many(self, raws: Sequence[str], region: str) -> list[str | InvalidNumber]:
+        """Normalise a column of numbers: each slot holds the E.164 string or the error.
+
+        Never raises, so one bad number does not cost the rest of the batch.
+        """
+        out: list[str | InvalidNumber] = []
+        append = out.append
+        with self._lock:
+            for raw in raws:
+                result = self._lookup(raw, region)
+                append(InvalidNumber(result.message) if isinstance(result, _Failure) else result)
+        return out
+
+    def _lookup(self, raw: str, region: str) -> str | _Failure:
+        # Caller holds self._lock.
+        key = (raw, region)
+        cache = self._cache
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+            return hit
+        result: str | _Failure
+        try:
+            result = normalize(raw, region)
+        except InvalidNumber as exc:
+            # Keep the message, not the exception: a raised exception pins its traceback's frames.
+            result = _Failure(str(exc))
+        if len(raw) <= _MAX_CACHED_RAW_LEN:
+            cache[key] = result
+            if len(cache) > self._max_entries:
+                cache.popitem(last=False)
+        return result

@@ -1,0 +1,170 @@
+"""The service object that owns callsight's lifecycle.
+
+``Service.start()`` binds the port (health NOT_SERVING), opens the database, runs migrations and
+then reports SERVING; ``stop()`` stops accepting RPCs, lets in-flight ones finish within the grace
+period and closes the database. ``run()`` does both around a shutdown signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import signal
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pipeline.keys import TenantKeys
+from proto.callsight.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    report_pb2,
+    report_pb2_grpc,
+)
+from server.admin import AdminServicer
+from server.auth import Authenticator, TokenHasher
+from server.config import Config, Secret, describe
+from server.ingest import IngestServicer
+from server.interceptor import CallsightInterceptor
+from server.reports import ReportServicer
+from storage.database import Database
+from storage.directory import Directory
+from storage.migrator import migrate
+
+log = structlog.get_logger("callsight.server")
+
+SERVICES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (admin_pb2, "AdminService"),
+        (ingest_pb2, "IngestService"),
+        (report_pb2, "ReportService"),
+    )
+)
+# Batches are at most 4 MiB of records; the envelope needs a little more.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024 + 64 * 1024
+
+
+def _secret_file(path: Path, make: bytes, what: str) -> bytes:
+    """Reads a generated secret from ``path``, creating it (mode 0600) on first start."""
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(make + b"\n")
+    log.warning(f"no {what} configured; generated one", path=str(path))
+    return make
+
+
+def embedded_secrets(config: Config) -> tuple[bytes, Secret | None]:
+    """The master key and operator token, generated into the data directory in embedded mode."""
+    master_key, operator = config.master_key, config.operator_token
+    if config.is_embedded and master_key is None:
+        encoded = _secret_file(
+            config.data_dir / "master.key", base64.b64encode(os.urandom(32)), "master key"
+        )
+        master_key = base64.b64decode(encoded)
+    if config.is_embedded and operator is None:
+        token = _secret_file(
+            config.data_dir / "operator.token",
+            secrets.token_urlsafe(32).encode(),
+            "operator token (CALLSIGHT_OPERATOR_TOKEN)",
+        )
+        operator = Secret(token.decode())
+    if master_key is None:  # config validation makes this unreachable for server DSNs
+        raise RuntimeError("a master key is required")
+    return master_key, operator
+
+
+class Service:
+    """One callsight server process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port = 0
+        self._ready = asyncio.Event()
+        self._db: Database | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> int:
+        """Binds, migrates, then serves; returns the bound port."""
+        master_key, operator = embedded_secrets(self.config)
+        db = Database(self.config.dsn.reveal(), self.config.database)
+        self._db = db
+        directory = Directory(db)
+        hasher = TokenHasher(master_key)
+        authenticator = Authenticator(directory, hasher, operator.reveal() if operator else None)
+        keys = TenantKeys(directory, master_key)
+
+        server = grpc.aio.server(
+            interceptors=[CallsightInterceptor(authenticator, self._ready)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(directory, keys, hasher, authenticator), server
+        )
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
+            IngestServicer(directory, hasher), server
+        )
+        report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        for name in ("", *SERVICES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self._bind(server)
+        self._server = server
+        await server.start()
+        log.info("listening", port=self.port, **describe(self.config))
+
+        applied = await migrate(db)
+        log.info("migrations done", applied=applied)
+        self._ready.set()
+        for name in ("", *SERVICES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", port=self.port)
+        return self.port
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if cert is not None and key is not None:
+            credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+            return server.add_secure_port(self.config.listen, credentials)
+        return server.add_insecure_port(self.config.listen)
+
+    async def stop(self) -> None:
+        """Stops accepting RPCs, drains in-flight ones within the grace period, closes the DB."""
+        if self._server is not None:
+            log.info("shutting down", grace_period_s=self.config.grace_period_s)
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(self.config.grace_period_s)
+            self._server = None
+        if self._db is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._db.close)
+            self._db = None
+        log.info("stopped")
+
+    async def run(self) -> None:
+        """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,504 @@
+"""Settings for ``callsight serve``: one frozen dataclass, loaded from flags, env and defaults.
+
+Precedence is flags > ``CALLSIGHT_*`` environment variables > the defaults on ``Config``.
+Secrets (operator token, master key) are read from the environment only, because flags show
+up in ``ps``. Validation collects every problem and raises one ``ConfigError`` listing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hmac
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import unquote_plus, urlsplit
+
+from storage.errors import ConfigError
+
+__all__ = ["Config", "Secret", "build_arg_parser", "describe", "load"]
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``; ``reveal()`` returns it."""
+
+    __slots__ = ("_value",)
+    _value: str
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"Secret wraps a str, not {type(value).__name__}")
+        object.__setattr__(self, "_value", value)
+
+    def reveal(self) -> str:
+        """Return the wrapped value; call it only where the value is used, never to log it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        # Constant time, so comparing tokens does not leak how much of them matched.
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("Secret is immutable")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError("Secret is immutable")
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        # The default slot-state protocol would go through the blocked __setattr__.
+        return (Secret, (self._value,))
+
+
+# An empty DSN means "derive it from data_dir"; Config.__post_init__ replaces it.
+_DERIVED_DSN = Secret("")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a callsight server process, with its default; always valid once built.
+
+    Building one validates it and raises ``ConfigError`` with every problem found. An empty
+    ``dsn`` is replaced by the embedded default ``chdb://<absolute data_dir>/clickhouse``.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("./data")
+    dsn: Secret = _DERIVED_DSN
+    # Database inside ClickHouse; tests isolate themselves by name within one chDB path.
+    database: str = "callsight"
+    operator_token: Secret | None = None
+    # Raw key bytes: kept out of repr; describe() shows only whether it is set.
+    master_key: bytes | None = field(default=None, repr=False)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    log_level: str = "info"
+    grace_period_s: float = 10.0
+    batch_max_rows: int = 50_000
+    batch_max_bytes: int = 32 * 1024 * 1024
+    batch_max_age_ms: int = 200
+    buffer_max_bytes: int = 256 * 1024 * 1024
+    max_inserts_in_flight: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.dsn.reveal():
+            derived = f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+            object.__setattr__(self, "dsn", Secret(derived))
+        if isinstance(self.log_level, str):
+            object.__setattr__(self, "log_level", self.log_level.strip().lower())
+        problems = _validate(self)
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when ClickHouse runs in-process (chDB) rather than as a server."""
+        return urlsplit(self.dsn.reveal()).scheme.lower() == "chdb"
+
+    @property
+    def dsn_display(self) -> str:
+        """The DSN with its password (and any secret query parameter) replaced by ``****``."""
+        return _mask_dsn(self.dsn.reveal())
+
+
+def describe(config: Config) -> dict[str, object]:
+    """A log-safe view of ``config`` for the start-up log line: DSN masked, secrets set/unset."""
+    out: dict[str, object] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "dsn":
+            out["dsn"] = config.dsn_display
+        elif f.name in _SECRET_FIELDS or isinstance(value, Secret | bytes) or not f.repr:
+            # Any field kept out of repr is treated as a secret here too.
+            out[f.name] = "unset" if value is None else "set"
+        elif isinstance(value, Path):
+            out[f.name] = str(value)
+        else:
+            out[f.name] = value
+    out["embedded"] = config.is_embedded
+    return out
+
+
+# --- settings table: one row per Config field, naming its flag and env var ---------------
+
+
+@dataclass(frozen=True)
+class _Setting:
+    field: str
+    flag: str | None  # None: env-only, because flags are visible to every user via `ps`
+    parse: Callable[[str], object]
+    help: str
+    metavar: str = ""
+
+    @property
+    def env(self) -> str:
+        return "CALLSIGHT_" + self.field.upper()
+
+    @property
+    def label(self) -> str:
+        return self.env if self.flag is None else f"{self.env} / {self.flag}"
+
+
+_MASTER_KEY_HINT = (
+    "generate one with: python -c "
+    "'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'"
+)
+_TOKEN_HINT = "generate one with: python -c 'import secrets;print(secrets.token_urlsafe(32))'"
+_DSN_HINT = "use chdb:///path, http://host:8123/db or https://..."
+_LISTEN_HINT = (
+    "use HOST:PORT, e.g. 127.0.0.1:50051, 0.0.0.0:50051 or [::]:50051 (port 0: any free port)"
+)
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
+def _parse_path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+_URLSAFE_TO_STD = str.maketrans("-_", "+/")
+
+
+def _parse_master_key(text: str) -> bytes:
+    # Accept the URL-safe alphabet too; never echo the value, it is the key.
+    try:
+        return base64.b64decode(text.strip().translate(_URLSAFE_TO_STD), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"not valid base64 of 32 bytes (not base64); {_MASTER_KEY_HINT}") from None
+
+
+_SETTINGS: tuple[_Setting, ...] = (
+    _Setting("listen", "--listen", str, "address to serve gRPC on", "HOST:PORT"),
+    _Setting(
+        "dsn",
+        "--dsn",
+        Secret,
+        "ClickHouse to use: chdb:///abs/path (embedded) or http(s)://user:pass@host:8123/db",
+        "DSN",
+    ),
+    _Setting("database", "--database", str, "ClickHouse database to use", "NAME"),
+    _Setting("data_dir", "--data-dir", _parse_path, "directory for local state", "DIR"),
+    _Setting("operator_token", None, Secret, "token that may call CreateTenant"),
+    _Setting("master_key", None, _parse_master_key, "base64 of 32 random bytes"),
+    _Setting("tls_cert", "--tls-cert", _parse_path, "PEM certificate chain for TLS", "FILE"),
+    _Setting("tls_key", "--tls-key", _parse_path, "PEM private key for TLS", "FILE"),
+    _Setting("log_level", "--log-level", str, "one of " + ", ".join(LOG_LEVELS), "LEVEL"),
+    _Setting(
+        "grace_period_s",
+        "--grace-period-s",
+        _parse_float,
+        "seconds to drain on shutdown before cancelling RPCs",
+        "SECONDS",
+    ),
+    _Setting(
+        "batch_max_rows", "--batch-max-rows", _parse_int, "flush a batch at this many rows", "N"
+    ),
+    _Setting(
+        "batch_max_bytes", "--batch-max-bytes", _parse_int, "flush a batch at this size", "BYTES"
+    ),
+    _Setting(
+        "batch_max_age_ms", "--batch-max-age-ms", _parse_int, "flush a batch at this age", "MS"
+    ),
+    _Setting(
+        "buffer_max_bytes",
+        "--buffer-max-bytes",
+        _parse_int,
+        "bytes buffered before ingest pushes back",
+        "BYTES",
+    ),
+    _Setting(
+        "max_inserts_in_flight",
+        "--max-inserts-in-flight",
+        _parse_int,
+        "concurrent inserts into ClickHouse",
+        "N",
+    ),
+)
+_BY_FIELD = {s.field: s for s in _SETTINGS}
+_SECRET_FIELDS = frozenset(s.field for s in _SETTINGS if s.flag is None)
+
+
+def _default_text(name: str) -> str:
+    if name == "dsn":
+        return "chdb://<absolute data-dir>/clickhouse"
+    default = next(f.default for f in fields(Config) if f.name == name)
+    return "unset" if default is None else str(default)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The flags of ``callsight serve``, for use as ``parents=[build_arg_parser()]``.
+
+    Every flag defaults to None so that env vars and ``Config`` defaults apply; values stay
+    strings and are checked by ``load`` so that every problem is reported at once.
+    """
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for s in _SETTINGS:
+        if s.flag is None:
+            continue
+        parser.add_argument(
+            s.flag,
+            dest=s.field,
+            metavar=s.metavar or None,
+            default=None,
+            help=f"{s.help} (env {s.env}; default {_default_text(s.field)})",
+        )
+    return parser
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build a ``Config`` from flags, then ``CALLSIGHT_*`` env vars, then defaults.
+
+    ``argv`` holds the ``serve`` subcommand's arguments only (None: no flags); ``env`` None
+    means ``os.environ``. An empty value counts as unset. Raises ``ConfigError`` listing every
+    problem found.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    problems: list[str] = []
+    flags = _parse_flags(argv or (), problems)
+    values: dict[str, Any] = {}
+    for s in _SETTINGS:
+        raw = flags.get(s.field) or environ.get(s.env)
+        if not raw:
+            continue
+        try:
+            values[s.field] = s.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{s.label}: {exc}")
+    try:
+        config = Config(**values)
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _parse_flags(argv: Sequence[str], problems: list[str]) -> dict[str, str]:
+    parser = argparse.ArgumentParser(
+        prog="callsight serve",
+        parents=[build_arg_parser()],
+        allow_abbrev=False,
+        exit_on_error=False,
+    )
+    try:
+        namespace, extras = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as exc:
+        problems.append(f"{exc}; see 'callsight serve --help'")
+        return {}
+    if extras:
+        # Name only long flags: any other stray word may be a secret typed on the command line.
+        names = sorted({arg.partition("=")[0] for arg in extras if arg.startswith("--")})
+        others = sum(1 for arg in extras if not arg.startswith("--"))
+        parts = [f"unknown flag(s) {', '.join(names)}"] if names else []
+        parts += [f"{others} unexpected argument(s)"] if others else []
+        what = " and ".join(parts)
+        problems.append(
+            f"{what}; see 'callsight serve --help' (the operator token and master key are "
+            "read only from CALLSIGHT_OPERATOR_TOKEN and CALLSIGHT_MASTER_KEY)"
+        )
+    return {k: v for k, v in vars(namespace).items() if isinstance(v, str)}
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _validate(c: Config) -> list[str]:
+    problems: list[str] = []
+
+    def bad(name: str, what: str) -> None:
+        problems.append(f"{_BY_FIELD[name].label}: {what}")
+
+    listen_problem = _listen_problem(c.listen)
+    if listen_problem:
+        bad("listen", listen_problem)
+    dsn_problem = _dsn_problem(c.dsn.reveal())
+    if dsn_problem:
+        bad("dsn", dsn_problem)
+    if c.master_key is None and not dsn_problem and not c.is_embedded:
+        bad(
+            "master_key",
+            "required with a ClickHouse server DSN (every callsight process must share it); "
+            + _MASTER_KEY_HINT,
+        )
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", c.database):
+        bad("database", f"{c.database!r} is not a plain identifier (letters, digits, '_')")
+
+    if c.operator_token is not None:
+        token = c.operator_token.reveal()
+        if len(token) < 16:
+            bad("operator_token", f"too short ({len(token)} characters, need 16+); {_TOKEN_HINT}")
+        elif not all(33 <= ord(ch) <= 126 for ch in token):
+            bad(
+                "operator_token",
+                "must be printable ASCII without spaces (it is sent as "
+                f"'authorization: Bearer <token>'); {_TOKEN_HINT}",
+            )
+    if c.master_key is not None and len(c.master_key) != 32:
+        bad(
+            "master_key",
+            f"not valid base64 of 32 bytes (got {len(c.master_key)} bytes); {_MASTER_KEY_HINT}",
+        )
+
+    if (c.tls_cert is None) != (c.tls_key is None):
+        given, missing = ("tls_cert", "tls_key") if c.tls_key is None else ("tls_key", "tls_cert")
+        bad(
+            missing,
+            f"not set but {_BY_FIELD[given].label} is; TLS needs both the certificate chain "
+            "and its private key, or neither",
+        )
+    for name in ("tls_cert", "tls_key"):
+        path = getattr(c, name)
+        if path is None:
+            continue
+        try:
+            with Path(path).open("rb"):
+                pass
+        except OSError as exc:
+            bad(name, f"cannot read {path}: {exc.strerror or exc}")
+
+    if c.log_level not in LOG_LEVELS:
+        bad("log_level", f"unknown level {c.log_level!r}; use one of {', '.join(LOG_LEVELS)}")
+    g = c.grace_period_s
+    if isinstance(g, bool) or not isinstance(g, int | float) or not (math.isfinite(g) and g > 0):
+        bad("grace_period_s", f"must be a number of seconds > 0 (got {g!r})")
+
+    positive: dict[str, int] = {}
+    for name in (
+        "batch_max_rows",
+        "batch_max_bytes",
+        "batch_max_age_ms",
+        "buffer_max_bytes",
+        "max_inserts_in_flight",
+    ):
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            bad(name, f"must be an integer > 0 (got {value!r})")
+        else:
+            positive[name] = value
+    batch, buffer = positive.get("batch_max_bytes"), positive.get("buffer_max_bytes")
+    if batch is not None and buffer is not None and batch > buffer:
+        # The buffer would fill before a batch could ever reach its size limit.
+        bad(
+            "batch_max_bytes",
+            f"{batch} exceeds {_BY_FIELD['buffer_max_bytes'].label} ({buffer}); "
+            "lower it or raise the buffer",
+        )
+    return problems
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _listen_problem(listen: str) -> str | None:
+    if not isinstance(listen, str):
+        return f"not a string (got {listen!r}); {_LISTEN_HINT}"
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        return f"{listen!r} is not HOST:PORT; {_LISTEN_HINT}"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host!r} is not an IPv6 address; {_LISTEN_HINT}"
+    elif ":" in host or "[" in host or "]" in host:
+        return f"{listen!r}: write an IPv6 host in brackets, e.g. [::1]:50051"
+    elif not host:
+        return f"{listen!r} has no host; use 0.0.0.0:PORT for all interfaces or 127.0.0.1:PORT"
+    elif not _HOSTNAME.fullmatch(host):
+        return f"{host!r} is not a host name or IP address; {_LISTEN_HINT}"
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv4 address; {_LISTEN_HINT}"
+    if not _PORT.fullmatch(port) or int(port) > 65535:
+        return f"port {port!r} is not a number from 0 to 65535 (0 picks a free port)"
+    return None
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    # Never echo the DSN itself: it may carry a password.
+    try:
+        parts = urlsplit(dsn)
+    except ValueError as exc:
+        return f"not a valid URL ({exc}); {_DSN_HINT}"
+    scheme = parts.scheme.lower()
+    if not scheme or "://" not in dsn:
+        return f"not a URL with a scheme; {_DSN_HINT}"
+    if scheme == "chdb":
+        if parts.netloc and parts.netloc != "memory":
+            return (
+                "a chdb DSN takes an absolute path after three slashes, e.g. "
+                "chdb:///var/lib/callsight/clickhouse (or chdb://memory for a throw-away one)"
+            )
+        if not parts.netloc and parts.path in ("", "/"):
+            return "a chdb DSN needs an absolute path, e.g. chdb:///var/lib/callsight/clickhouse"
+        return None
+    if scheme in ("http", "https"):
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError as exc:
+            return f"bad port ({exc}); e.g. {scheme}://user:pass@host:8123/db"
+        if not parts.hostname:
+            return f"an {scheme} DSN needs a host, e.g. {scheme}://user:pass@host:8123/db"
+        return None
+    return f"unknown scheme {parts.scheme!r}; {_DSN_HINT}"
+
+
+_SECRET_QUERY_KEYS = frozenset({"password", "access_token", "token", "secret"})
+
+
+def _mask_dsn(dsn: str) -> str:
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return "<unparseable DSN>"  # cannot tell where a password would be
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:****@{hostport}"
+    query = "&".join(
+        piece.partition("=")[0] + "=****"
+        if unquote_plus(piece.partition("=")[0]).lower() in _SECRET_QUERY_KEYS
+        else piece
+        for piece in parts.query.split("&")
+    )
+    # Rebuilt by hand: urlunsplit drops the "//" of an empty netloc (chdb:///path).
+    out = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        out += "?" + query
+    if parts.fragment:
+        out += "#" + parts.fragment
+    return out

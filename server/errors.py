@@ -1,0 +1,83 @@
+"""The one place where exceptions become gRPC statuses.
+
+A client always gets a precise status and a message that says what to fix, never a stack trace.
+``Unavailable`` carries a ``google.rpc.RetryInfo`` in the rich status details so clients know how
+long to back off.
+"""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from storage.errors import (
+    AlreadyExists,
+    CallsightError,
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StorageError,
+    Unauthenticated,
+    Unavailable,
+)
+
+_CODES: tuple[tuple[type[CallsightError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (StorageError, grpc.StatusCode.UNAVAILABLE),
+    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+_DIGITS = re.compile(r"\+?\d[\d\s().-]{2,}\d")
+
+
+class Unimplemented(CallsightError):
+    """The RPC belongs to a capability not built yet."""
+
+
+def status_code(exc: CallsightError) -> grpc.StatusCode:
+    """The gRPC status code for one of our errors."""
+    if isinstance(exc, Unimplemented):
+        return grpc.StatusCode.UNIMPLEMENTED
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def client_message(exc: CallsightError) -> str:
+    """What the client is told."""
+    if isinstance(exc, StorageError):
+        # The database's own text may name internals; the client only needs to retry.
+        return "the database is unavailable; retry with backoff"
+    return str(exc)
+
+
+def trailing_metadata(exc: CallsightError) -> tuple[tuple[str, bytes | str], ...]:
+    """Rich status details: a RetryInfo for errors the client should retry."""
+    if isinstance(exc, Unavailable | StorageError):
+        delay = exc.retry_after_s if isinstance(exc, Unavailable) else 1.0
+        retry = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(
+                seconds=int(delay), nanos=int((delay - int(delay)) * 1e9)
+            )
+        )
+        status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=client_message(exc))
+        status.details.add().Pack(retry)
+        return (("grpc-status-details-bin", status.SerializeToString()),)
+    return ()
+
+
+def redact(text: str) -> str:
+    """Masks anything that looks like a phone number so that it can be logged."""
+    return _DIGITS.sub("<number>", text)

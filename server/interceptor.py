@@ -1,0 +1,177 @@
+"""Every callsight RPC passes through here: authenticate, decode, run, map errors, log one line.
+
+Authentication happens on the raw call, before any request bytes are decoded: a request without a
+valid token gets ``UNAUTHENTICATED`` whatever its bytes. The original handler's deserializer is
+then applied by us, so undecodable bytes get ``INVALID_ARGUMENT`` rather than grpc.aio's
+``UNKNOWN``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError
+
+from server.auth import Access, Authenticator, Caller, access_for, reset_caller, set_caller
+from server.errors import client_message, redact, status_code, trailing_metadata
+from storage.errors import CallsightError, InvalidArgument, Unavailable
+
+log = structlog.get_logger("callsight.rpc")
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Deserializer = Callable[[bytes], Any]
+
+
+class CallsightInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates, decodes and logs callsight RPCs; other services pass through untouched."""
+
+    def __init__(self, authenticator: Authenticator, ready: asyncio.Event) -> None:
+        self._auth = authenticator
+        self._ready = ready
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        access = access_for(method)
+        if handler is None or access is None:
+            return handler
+        call = _Call(method, time.perf_counter())
+        try:
+            if not self._ready.is_set():
+                raise Unavailable("the server is starting (migrations running); retry shortly")
+            metadata = {
+                k.lower(): v
+                for k, v in handler_call_details.invocation_metadata or ()
+                if isinstance(v, str)
+            }
+            call.caller = await self._auth.authenticate(access, metadata)
+        except CallsightError as exc:
+            return _refusal(handler, call, exc)
+        return _wrap(handler, call)
+
+
+class _Call:
+    """Per-RPC state for the log line."""
+
+    def __init__(self, method: str, started: float) -> None:
+        self.method = method
+        self.started = started
+        self.caller = Caller(Access.PUBLIC)
+
+    def done(self, code: grpc.StatusCode, error: str = "") -> None:
+        fields: dict[str, Any] = {
+            "method": self.method,
+            "status": code.name,
+            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+        }
+        if self.caller.tenant_id:
+            fields["tenant"] = self.caller.tenant_id
+        if self.caller.device_id:
+            fields["device"] = self.caller.device_id
+        if error:
+            fields["error"] = redact(error)
+        log.info("rpc", **fields)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], call: _Call, exc: Exception) -> None:
+    if isinstance(exc, CallsightError):
+        code = status_code(exc)
+        call.done(code, str(exc))
+        await context.abort(code, client_message(exc), trailing_metadata(exc))
+    log.exception("unhandled error", method=call.method)
+    call.done(grpc.StatusCode.INTERNAL, type(exc).__name__)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has details")
+
+
+def _decode(deserializer: Deserializer | None, raw: Any) -> Any:
+    if deserializer is None or not isinstance(raw, bytes):
+        return raw
+    try:
+        return deserializer(raw)
+    except DecodeError as exc:
+        raise InvalidArgument(f"request bytes do not decode as the RPC's message: {exc}") from exc
+
+
+def _refusal(handler: Handler, call: _Call, exc: CallsightError) -> Handler:
+    """A handler of the same shape that refuses without reading the request."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await _abort(context, call, exc)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await _abort(context, call, exc)
+        yield  # pragma: no cover - makes this an async generator
+
+    return _handler(handler, streaming if handler.response_streaming else unary)
+
+
+def _wrap(handler: Handler, call: _Call) -> Handler:
+    # The servicer's coroutine or async generator; grpc's stubs type it for the sync API.
+    behavior: Any = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    deserializer = handler.request_deserializer
+
+    def decoded(request: Any) -> Any:
+        if not handler.request_streaming:
+            return _decode(deserializer, request)
+
+        async def each() -> AsyncIterator[Any]:
+            async for raw in request:
+                yield _decode(deserializer, raw)
+
+        return each()
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        token = set_caller(call.caller)
+        try:
+            response = await behavior(decoded(request), context)
+        except grpc.aio.AbortError:
+            call.done(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except Exception as exc:
+            await _abort(context, call, exc)
+        finally:
+            reset_caller(token)
+        call.done(grpc.StatusCode.OK)
+        return response
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        token = set_caller(call.caller)
+        try:
+            async for response in behavior(decoded(request), context):
+                yield response
+        except grpc.aio.AbortError:
+            call.done(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except asyncio.CancelledError:
+            call.done(grpc.StatusCode.CANCELLED)
+            raise
+        except Exception as exc:
+            await _abort(context, call, exc)
+        finally:
+            reset_caller(token)
+        call.done(grpc.StatusCode.OK)
+
+    return _handler(handler, streaming if handler.response_streaming else unary)
+
+
+def _handler(original: Handler, behavior: Callable[..., Any]) -> Handler:
+    """A method handler like ``original`` with ``behavior`` and raw (undecoded) requests."""
+    serializer = original.response_serializer
+    if original.request_streaming and original.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behavior, None, serializer)
+    if original.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(behavior, None, serializer)
+    if original.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behavior, None, serializer)
+    return grpc.unary_unary_rpc_method_handler(behavior, None, serializer)

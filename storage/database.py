@@ -1,0 +1,143 @@
+"""The one way callsight reaches ClickHouse: a client factory from the DSN and an async facade.
+
+``chdb:///path`` opens the embedded engine in this process; ``http(s)://...`` reaches a server or
+cluster through the same clickhouse-connect ``Client`` API. chDB has no async client and one
+client serializes its calls, so every call runs on a small thread pool that gives each worker
+thread a client of its own: the engine releases the GIL and the workers run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from storage.errors import InvalidArgument, StorageError
+
+T = TypeVar("T")
+
+_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def connect(dsn: str, database: str | None = None) -> Client:
+    """Opens a clickhouse-connect client for ``dsn``; ``database`` overrides the DSN's own."""
+    scheme = urlsplit(dsn).scheme
+    if scheme not in ("chdb", "http", "https"):
+        raise InvalidArgument(f"unknown DSN scheme {scheme!r}; use chdb:///path or http(s)://")
+    try:
+        client = clickhouse_connect.get_client(dsn=dsn)
+        if database:
+            client.command(f"CREATE DATABASE IF NOT EXISTS `{_checked(database)}`")
+            client.database = database
+    except ClickHouseError as exc:
+        raise _storage_error(exc) from exc
+    return client
+
+
+def _checked(database: str) -> str:
+    # Identifiers cannot be bound as parameters, so they are validated instead.
+    if not _DATABASE_NAME.match(database):
+        raise InvalidArgument(f"database name {database!r} must match {_DATABASE_NAME.pattern}")
+    return database
+
+
+def _storage_error(exc: Exception) -> StorageError:
+    match = _CODE.search(str(exc))
+    code = int(match.group(1)) if match else None
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StorageError(f"ClickHouse error: {first_line[:500]}", code=code)
+
+
+class Database:
+    """Async access to one ClickHouse database through a pool of per-thread clients."""
+
+    def __init__(self, dsn: str, database: str, pool_size: int = 4) -> None:
+        self.dsn = dsn
+        self.name = _checked(database)
+        self._local = threading.local()
+        self._clients: list[Client] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="clickhouse")
+        self._closed = False
+        # Opening the first client here creates the database and fails fast on a bad DSN.
+        self._clients.append(connect(dsn, database))
+
+    def _client(self) -> Client:
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = connect(self.dsn, self.name)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    async def run(self, fn: Callable[[Client], T]) -> T:
+        """Runs ``fn(client)`` on a pool thread; ClickHouse errors become ``StorageError``."""
+        if self._closed:
+            raise StorageError("database is closed")
+
+        def call() -> T:
+            try:
+                return fn(self._client())
+            except ClickHouseError as exc:
+                raise _storage_error(exc) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    async def query(
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | None = None,
+        binary: Sequence[str] = (),
+    ) -> list[tuple[Any, ...]]:
+        """Runs a SELECT with server-side bound parameters and returns its rows.
+
+        Columns named in ``binary`` (ciphertexts, wrapped keys) come back as ``bytes``.
+        """
+        formats: dict[str, str | dict[str, str]] = dict.fromkeys(binary, "bytes")
+        params = dict(parameters or {})
+        return await self.run(
+            lambda c: [
+                tuple(r)
+                for r in c.query(sql, parameters=params, column_formats=formats).result_rows
+            ]
+        )
+
+    async def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Runs a statement that returns no rows (DDL, DELETE, ...)."""
+        params = dict(parameters or {})
+        return await self.run(lambda c: c.command(sql, parameters=params))
+
+    async def insert_rows(
+        self,
+        table: str,
+        rows: Sequence[tuple[Any, ...]],
+        column_names: Sequence[str],
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Inserts a few rows; the ingest path uses column-oriented inserts instead."""
+        await self.run(
+            lambda c: c.insert(
+                table, list(rows), column_names=list(column_names), settings=dict(settings or {})
+            )
+        )
+
+    def close(self) -> None:
+        """Closes every client; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,352 @@
+"""Who is who: tenants, their wrapped keys, API keys, employees, enrollments and devices.
+
+These tables are small and change rarely. Every row is written whole with a new ``version`` and
+read with ``FINAL``, so an update is an insert and the newest version wins. Secrets are stored as
+HMAC hashes and personal data as ciphertext produced by the caller; this module never sees a
+plaintext number.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from storage.database import Database
+
+
+def now_ms() -> int:
+    """Wall clock in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _version() -> int:
+    # Nanosecond wall clock: a later write always carries a larger version.
+    return time.time_ns()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    default_region: str
+    timezone: str
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    tenant_id: str
+    key_id: str
+    name: str
+    role: str  # "ADMIN" or "REPORTS"
+    token_hash: bytes
+    created_at_ms: int
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class Employee:
+    tenant_id: str
+    employee_id: str
+    name_enc: bytes
+    number_enc: bytes
+    number_bidx: bytes
+    tags: tuple[str, ...]
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    tenant_id: str
+    enrollment_id: str
+    employee_id: str
+    code_hash: bytes
+    created_at_ms: int
+    expires_at_ms: int
+    used_at_ms: int | None = None
+    device_id: str = ""
+
+
+@dataclass(frozen=True)
+class Device:
+    tenant_id: str
+    device_id: str
+    employee_id: str
+    token_hash: bytes
+    registered_at_ms: int
+    model: str = ""
+    manufacturer: str = ""
+    android_version: str = ""
+    sdk_int: int = 0
+    app_version: str = ""
+    version_code: int = 0
+    fcm_id: str = ""
+    sim_ids: tuple[str, ...] = field(default_factory=tuple)
+    region: str = ""
+    revoked: bool = False
+
+
+class Directory:
+    """Reads and writes the identity tables of one database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # Tenants and their keys
+
+    async def add_tenant(self, tenant: Tenant, key_id: int, wrapped_key: bytes) -> None:
+        """Stores a tenant with its first wrapped data key (key first: a tenant never lacks one)."""
+        await self._db.insert_rows(
+            "tenant_keys",
+            [(tenant.tenant_id, key_id, wrapped_key, _dt(tenant.created_at_ms), _version())],
+            ["tenant_id", "key_id", "wrapped_key", "created_at", "version"],
+        )
+        await self._db.insert_rows(
+            "tenants",
+            [
+                (
+                    tenant.tenant_id,
+                    tenant.name,
+                    tenant.default_region,
+                    tenant.timezone,
+                    _dt(tenant.created_at_ms),
+                    _version(),
+                )
+            ],
+            ["tenant_id", "name", "default_region", "timezone", "created_at", "version"],
+        )
+
+    async def tenant(self, tenant_id: str) -> Tenant | None:
+        """The tenant, or None."""
+        rows = await self._db.query(
+            "SELECT tenant_id, name, default_region, timezone, toUnixTimestamp64Milli(created_at)"
+            " FROM tenants FINAL WHERE tenant_id = {t:String}",
+            {"t": tenant_id},
+        )
+        return Tenant(*rows[0]) if rows else None
+
+    async def tenant_keys(self, tenant_id: str) -> list[tuple[int, bytes]]:
+        """(key_id, wrapped_key) of every data key of the tenant, oldest first."""
+        rows = await self._db.query(
+            "SELECT key_id, wrapped_key FROM tenant_keys FINAL WHERE tenant_id = {t:String}"
+            " ORDER BY key_id",
+            {"t": tenant_id},
+            binary=["wrapped_key"],
+        )
+        return [(int(k), bytes(w)) for k, w in rows]
+
+    # API keys
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        """Stores an API key (its token only as a hash)."""
+        await self._db.insert_rows(
+            "api_keys",
+            [
+                (
+                    key.tenant_id,
+                    key.key_id,
+                    key.name,
+                    key.role,
+                    key.token_hash,
+                    _dt(key.created_at_ms),
+                    key.revoked,
+                    _version(),
+                )
+            ],
+            [
+                "tenant_id",
+                "key_id",
+                "name",
+                "role",
+                "token_hash",
+                "created_at",
+                "revoked",
+                "version",
+            ],
+        )
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        """The API key with this public id, whatever its tenant, or None."""
+        rows = await self._db.query(
+            "SELECT tenant_id, key_id, name, toString(role), token_hash,"
+            " toUnixTimestamp64Milli(created_at), revoked"
+            " FROM api_keys FINAL WHERE key_id = {k:String}",
+            {"k": key_id},
+        )
+        return ApiKey(*rows[0]) if rows else None
+
+    # Employees
+
+    async def add_employee(self, employee: Employee) -> None:
+        """Stores an employee (name and number already encrypted)."""
+        await self._db.insert_rows(
+            "employees",
+            [
+                (
+                    employee.tenant_id,
+                    employee.employee_id,
+                    employee.name_enc,
+                    employee.number_enc,
+                    employee.number_bidx,
+                    list(employee.tags),
+                    _dt(employee.created_at_ms),
+                    _version(),
+                )
+            ],
+            [
+                "tenant_id",
+                "employee_id",
+                "name_enc",
+                "number_enc",
+                "number_bidx",
+                "tags",
+                "created_at",
+                "version",
+            ],
+        )
+
+    async def employees(self, tenant_id: str, employee_id: str | None = None) -> list[Employee]:
+        """The tenant's employees, or the one with ``employee_id``."""
+        where = "tenant_id = {t:String}"
+        if employee_id is not None:
+            where += " AND employee_id = {e:String}"
+        rows = await self._db.query(
+            "SELECT tenant_id, employee_id, name_enc, number_enc, number_bidx, tags,"
+            f" toUnixTimestamp64Milli(created_at) FROM employees FINAL WHERE {where}",
+            {"t": tenant_id, "e": employee_id or ""},
+            binary=["name_enc", "number_enc"],
+        )
+        return [
+            Employee(t, e, bytes(n), bytes(num), bytes(b), tuple(tags), c)
+            for t, e, n, num, b, tags, c in rows
+        ]
+
+    # Enrollments
+
+    async def put_enrollment(self, enrollment: Enrollment) -> None:
+        """Stores a new enrollment or a new version of one (e.g. marked used)."""
+        await self._db.insert_rows(
+            "enrollments",
+            [
+                (
+                    enrollment.tenant_id,
+                    enrollment.enrollment_id,
+                    enrollment.employee_id,
+                    enrollment.code_hash,
+                    _dt(enrollment.created_at_ms),
+                    _dt(enrollment.expires_at_ms),
+                    None if enrollment.used_at_ms is None else _dt(enrollment.used_at_ms),
+                    enrollment.device_id,
+                    _version(),
+                )
+            ],
+            [
+                "tenant_id",
+                "enrollment_id",
+                "employee_id",
+                "code_hash",
+                "created_at",
+                "expires_at",
+                "used_at",
+                "device_id",
+                "version",
+            ],
+        )
+
+    async def enrollment(self, enrollment_id: str) -> Enrollment | None:
+        """The enrollment with this public id, whatever its tenant, or None."""
+        rows = await self._db.query(
+            "SELECT tenant_id, enrollment_id, employee_id, code_hash,"
+            " toUnixTimestamp64Milli(created_at), toUnixTimestamp64Milli(expires_at),"
+            " toUnixTimestamp64Milli(used_at), device_id"
+            " FROM enrollments FINAL WHERE enrollment_id = {i:String}",
+            {"i": enrollment_id},
+        )
+        return Enrollment(*rows[0]) if rows else None
+
+    # Devices
+
+    async def put_device(self, device: Device) -> None:
+        """Stores a new device or a new version of one (e.g. revoked)."""
+        await self._db.insert_rows(
+            "devices",
+            [
+                (
+                    device.tenant_id,
+                    device.device_id,
+                    device.employee_id,
+                    device.token_hash,
+                    device.model,
+                    device.manufacturer,
+                    device.android_version,
+                    device.sdk_int,
+                    device.app_version,
+                    device.version_code,
+                    device.fcm_id,
+                    list(device.sim_ids),
+                    device.region,
+                    _dt(device.registered_at_ms),
+                    device.revoked,
+                    _version(),
+                )
+            ],
+            list(_DEVICE_COLUMNS) + ["version"],
+        )
+
+    async def devices(
+        self, tenant_id: str | None = None, device_id: str | None = None
+    ) -> list[Device]:
+        """Devices of a tenant, or the device with ``device_id`` (whatever its tenant)."""
+        conditions, params = [], {}
+        if tenant_id is not None:
+            conditions.append("tenant_id = {t:String}")
+            params["t"] = tenant_id
+        if device_id is not None:
+            conditions.append("device_id = {d:String}")
+            params["d"] = device_id
+        where = " AND ".join(conditions) or "1"
+        select = ", ".join(
+            "toUnixTimestamp64Milli(registered_at)" if c == "registered_at" else c
+            for c in _DEVICE_COLUMNS
+        )
+        rows = await self._db.query(f"SELECT {select} FROM devices FINAL WHERE {where}", params)
+        return [_device(row) for row in rows]
+
+    async def revoke_device(self, device: Device) -> Device:
+        """Writes the revoked version of ``device`` and returns it."""
+        revoked = replace(device, revoked=True)
+        await self.put_device(revoked)
+        return revoked
+
+
+_DEVICE_COLUMNS = (
+    "tenant_id",
+    "device_id",
+    "employee_id",
+    "token_hash",
+    "model",
+    "manufacturer",
+    "android_version",
+    "sdk_int",
+    "app_version",
+    "version_code",
+    "fcm_id",
+    "sim_ids",
+    "region",
+    "registered_at",
+    "revoked",
+)
+
+
+def _device(row: tuple[Any, ...]) -> Device:
+    values = dict(zip(_DEVICE_COLUMNS, row, strict=True))
+    values["registered_at_ms"] = values.pop("registered_at")
+    values["sim_ids"] = tuple(values["sim_ids"])
+    values["token_hash"] = bytes(values["token_hash"])
+    return Device(**values)

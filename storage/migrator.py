@@ -1,0 +1,88 @@
+"""Applies the numbered SQL migrations in ``storage/migrations/`` in order, once each.
+
+Each file ``NNNN_name.sql`` holds statements separated by ``;``. Applied versions are recorded in
+``schema_migrations``; statements are written to be idempotent (``IF NOT EXISTS``), so a start-up
+that died half-way through a migration simply runs it again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+
+import structlog
+
+from storage.database import Database
+
+log = structlog.get_logger(__name__)
+
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations
+(
+    version    UInt32,
+    name       String,
+    applied_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY tuple()
+ORDER BY version
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def _split(sql: str) -> tuple[str, ...]:
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return tuple(s.strip() for s in "\n".join(lines).split(";") if s.strip())
+
+
+def available() -> list[Migration]:
+    """Every migration shipped with this build, in version order."""
+    found = []
+    for entry in resources.files("storage.migrations").iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), _split(entry.read_text())))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def applied(db: Database) -> set[int]:
+    """Versions recorded as applied."""
+    await db.command(_LEDGER)
+    rows = await db.query("SELECT version FROM schema_migrations FINAL")
+    return {int(r[0]) for r in rows}
+
+
+async def migrate(db: Database) -> list[int]:
+    """Applies every pending migration; returns the versions applied now."""
+    done = await applied(db)
+    ran = []
+    for migration in available():
+        if migration.version in done:
+            continue
+        started = time.monotonic()
+        for statement in migration.statements:
+            await db.command(statement)
+        await db.insert_rows(
+            "schema_migrations",
+            [(migration.version, migration.name, datetime.now(UTC))],
+            ["version", "name", "applied_at"],
+        )
+        ran.append(migration.version)
+        log.info(
+            "migration applied",
+            version=migration.version,
+            name=migration.name,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+    return ran
