@@ -1,4 +1,4 @@
-"""Fails when the committed stubs differ from what ``make proto`` generates (``make proto-check``)."""
+"""Fails when the committed stubs differ from what `make proto` generates (`make proto-check`)."""
 
 from __future__ import annotations
 
