@@ -12,6 +12,7 @@ import base64
 import os
 import secrets
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pipeline.ingest import Ingestor, Settings
 from pipeline.keys import TenantKeys
 from proto.callsight.v1 import (
     admin_pb2,
@@ -37,6 +39,8 @@ from server.reports import ReportServicer
 from storage.database import Database
 from storage.directory import Directory
 from storage.migrator import migrate
+from storage.versions import stored_versions
+from storage.writer import Sink, Writer
 
 log = structlog.get_logger("callsight.server")
 
@@ -48,8 +52,9 @@ SERVICES = tuple(
         (report_pb2, "ReportService"),
     )
 )
-# Batches are at most 4 MiB of records; the envelope needs a little more.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024 + 64 * 1024
+# Batches over 4 MiB are refused in-stream with a REJECTED ack; grpc itself only cuts off
+# messages far beyond that, which would end the stream.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def _secret_file(path: Path, make: bytes, what: str) -> bytes:
@@ -87,8 +92,11 @@ def embedded_secrets(config: Config) -> tuple[bytes, Secret | None]:
 class Service:
     """One callsight server process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, wrap_sink: Callable[[Sink], Sink] | None = None) -> None:
+        """``wrap_sink`` lets tests and the load tester inject faults into ClickHouse writes."""
         self.config = config
+        self._wrap_sink = wrap_sink
+        self.ingestor: Ingestor | None = None
         self.port = 0
         self._ready = asyncio.Event()
         self._db: Database | None = None
@@ -104,6 +112,21 @@ class Service:
         hasher = TokenHasher(master_key)
         authenticator = Authenticator(directory, hasher, operator.reveal() if operator else None)
         keys = TenantKeys(directory, master_key)
+        sink: Sink = Writer(db)
+        if self._wrap_sink is not None:
+            sink = self._wrap_sink(sink)
+        ingestor = Ingestor(
+            sink,
+            lambda table, tenant, devices: stored_versions(db, table, tenant, devices),
+            Settings(
+                max_rows=self.config.batch_max_rows,
+                max_bytes=self.config.batch_max_bytes,
+                max_age_ms=self.config.batch_max_age_ms,
+                buffer_max_bytes=self.config.buffer_max_bytes,
+                max_in_flight=self.config.max_inserts_in_flight,
+            ),
+        )
+        self.ingestor = ingestor
 
         server = grpc.aio.server(
             interceptors=[CallsightInterceptor(authenticator, self._ready)],
@@ -116,7 +139,7 @@ class Service:
             AdminServicer(directory, keys, hasher, authenticator), server
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(directory, hasher), server
+            IngestServicer(directory, hasher, authenticator, keys, ingestor), server
         )
         report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -132,6 +155,7 @@ class Service:
 
         applied = await migrate(db)
         log.info("migrations done", applied=applied)
+        await ingestor.start()
         self._ready.set()
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -150,7 +174,11 @@ class Service:
         if self._server is not None:
             log.info("shutting down", grace_period_s=self.config.grace_period_s)
             await self._health.enter_graceful_shutdown()
-            await self._server.stop(self.config.grace_period_s)
+            # Stop accepting RPCs, write and ack what is buffered, then let the streams close.
+            stopping = asyncio.create_task(self._server.stop(self.config.grace_period_s))
+            if self.ingestor is not None:
+                await self.ingestor.close(self.config.grace_period_s)
+            await stopping
             self._server = None
         if self._db is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._db.close)

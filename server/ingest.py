@@ -1,4 +1,4 @@
-"""IngestService: device registration, and (with the ingest pipeline) Stream and Upload."""
+"""IngestService: device registration, and Stream and Upload adapted onto the ingest pipeline."""
 
 from __future__ import annotations
 
@@ -9,12 +9,23 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from pipeline.encode import Source
+from pipeline.ingest import Ingestor, Ticket
+from pipeline.keys import TenantKeys
+from pipeline.validate import BatchRejected
 from proto.callsight.v1 import ingest_pb2, ingest_pb2_grpc
 from server.admin import valid_region
-from server.auth import DEVICE_PREFIX, ENROLLMENT_PREFIX, TokenHasher, new_public_id, split_token
-from server.errors import Unimplemented
-from storage.directory import Device, Directory, now_ms
-from storage.errors import Unauthenticated
+from server.auth import (
+    DEVICE_PREFIX,
+    ENROLLMENT_PREFIX,
+    Authenticator,
+    TokenHasher,
+    current_caller,
+    new_public_id,
+    split_token,
+)
+from storage.directory import Device, Directory, Tenant, now_ms
+from storage.errors import InvalidArgument, Unauthenticated
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -22,9 +33,20 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """What devices call."""
 
-    def __init__(self, directory: Directory, hasher: TokenHasher) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        hasher: TokenHasher,
+        authenticator: Authenticator,
+        keys: TenantKeys,
+        ingestor: Ingestor,
+    ) -> None:
         self._directory = directory
         self._hasher = hasher
+        self._auth = authenticator
+        self._keys = keys
+        self._ingestor = ingestor
+        self._tenants: dict[str, Tenant] = {}
         # One registration at a time in this process keeps an enrollment code single-use.
         self._register_lock = asyncio.Lock()
 
@@ -78,11 +100,96 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             device_id=device_id, device_token=token, employee_id=enrollment.employee_id
         )
 
-    async def Upload(self, request: ingest_pb2.UploadRequest, context: Context) -> Any:
-        raise Unimplemented("Upload is not built yet (the ingest pipeline)")
+    async def _source(self) -> Source:
+        """Who is sending, from the device token; refuses a device revoked since it connected."""
+        caller = current_caller()
+        device = await self._auth.device(caller.device_id)
+        if device is None or device.revoked:
+            raise Unauthenticated("this device was revoked; enroll it again")
+        region = device.region
+        if not region:
+            tenant = self._tenants.get(caller.tenant_id)
+            if tenant is None:
+                tenant = await self._directory.tenant(caller.tenant_id)
+                if tenant is None:
+                    raise Unauthenticated("the device's tenant no longer exists")
+                self._tenants[caller.tenant_id] = tenant
+            region = tenant.default_region
+        return Source(
+            tenant_id=caller.tenant_id,
+            device_id=caller.device_id,
+            employee_id=caller.employee_id,
+            region=region,
+            keyring=await self._keys.keyring(caller.tenant_id),
+        )
+
+    async def Upload(
+        self, request: ingest_pb2.UploadRequest, context: Context
+    ) -> ingest_pb2.UploadAck:
+        source = await self._source()
+        ticket = self._ingestor.try_admit(request)
+        return await self._ingestor.ingest(request, source, ticket)
 
     async def Stream(
-        self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest], context: Context
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.UploadRequest | InvalidArgument],
+        context: Context,
     ) -> AsyncIterator[ingest_pb2.UploadAck]:
-        raise Unimplemented("Stream is not built yet (the ingest pipeline)")
-        yield  # pragma: no cover - makes this an async generator
+        # A reader task admits batches (waiting for buffer space stops reading, so HTTP/2 flow
+        # control holds the device) while this generator sends acks in request order.
+        acks: asyncio.Queue[asyncio.Future[ingest_pb2.UploadAck] | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(request_iterator, acks))
+        try:
+            while (pending := await acks.get()) is not None:
+                yield await pending
+            await reader  # surfaces a reader failure (e.g. revoked device) as the status
+        finally:
+            reader.cancel()
+            # Batches whose acks can no longer be sent still finish writing; nobody awaits them.
+            while not acks.empty():
+                left = acks.get_nowait()
+                if left is not None:
+                    left.add_done_callback(_consume)
+
+    async def _read(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.UploadRequest | InvalidArgument],
+        acks: asyncio.Queue[asyncio.Future[ingest_pb2.UploadAck] | None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for request in request_iterator:
+                source = await self._source()
+                if isinstance(request, InvalidArgument):
+                    done = loop.create_future()
+                    done.set_result(_rejected(ingest_pb2.UploadRequest(), str(request)))
+                    await acks.put(done)
+                    continue
+                ticket = await self._ingestor.admit(request)
+                await acks.put(asyncio.ensure_future(self._one(request, source, ticket)))
+        finally:
+            await acks.put(None)
+
+    async def _one(
+        self, request: ingest_pb2.UploadRequest, source: Source, ticket: Ticket
+    ) -> ingest_pb2.UploadAck:
+        try:
+            return await self._ingestor.ingest(request, source, ticket)
+        except BatchRejected as exc:
+            return _rejected(request, str(exc))
+
+
+def _consume(future: asyncio.Future[ingest_pb2.UploadAck]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _rejected(request: ingest_pb2.UploadRequest, reason: str) -> ingest_pb2.UploadAck:
+    """The ack of a batch refused whole; the stream stays open."""
+    return ingest_pb2.UploadAck(
+        seq=request.seq,
+        batch_id=request.batch_id,
+        result=ingest_pb2.UPLOAD_RESULT_REJECTED,
+        errors=[ingest_pb2.RecordError(index=0, reason=reason)],
+        server_time_ms=now_ms(),
+    )

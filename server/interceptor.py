@@ -126,8 +126,13 @@ def _wrap(handler: Handler, call: _Call) -> Handler:
             return _decode(deserializer, request)
 
         async def each() -> AsyncIterator[Any]:
+            # A streaming servicer gets undecodable messages as InvalidArgument items, so it
+            # can answer them in-stream (a REJECTED ack) and keep the stream open.
             async for raw in request:
-                yield _decode(deserializer, raw)
+                try:
+                    yield _decode(deserializer, raw)
+                except InvalidArgument as exc:
+                    yield exc
 
         return each()
 

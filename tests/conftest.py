@@ -14,6 +14,7 @@ import pytest
 from server import logs
 from server.app import Service
 from server.config import Config, Secret
+from storage.database import Database
 
 MASTER_KEY = os.urandom(32)
 OPERATOR_TOKEN = "op-" + secrets.token_urlsafe(24)
@@ -64,3 +65,11 @@ async def service(data_dir: Path, log_file: Path) -> AsyncIterator[Service]:
 async def channel(service: Service) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as ch:
         yield ch
+
+
+@pytest.fixture(scope="session")
+async def db(service: Service) -> AsyncIterator[Database]:
+    """A second connection to the session server's database, for direct counts."""
+    database = Database(service.config.dsn.reveal(), service.config.database)
+    yield database
+    database.close()

@@ -271,8 +271,8 @@ async def test_device_tokens_only_ingest_and_revocation_applies_at_once(
     token = auth(device.device_token)
     upload = ingest_pb2.UploadRequest(seq=1, batch_id="b1", calls=ingest_pb2.CallLogBatch())
 
-    # The device passes auth on Upload (the pipeline itself is not built yet).
-    await expect_status(ingest.Upload(upload, metadata=token), CODE.UNIMPLEMENTED)
+    ack = await ingest.Upload(upload, metadata=token)
+    assert (ack.seq, ack.result) == (1, ingest_pb2.UPLOAD_RESULT_ACCEPTED)
     await expect_status(
         reports.CallSummary(report_pb2.CallSummaryRequest(), metadata=token),
         CODE.PERMISSION_DENIED,

@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
 from server.app import Service
 from storage.database import Database
 from tests.conftest import OPERATOR_TOKEN, make_config, master_key_b64
+from tests.integration.calls import batch, call
 from tests.integration.helpers import auth, enroll, expect_status, new_employee, new_tenant
 
 CODE = grpc.StatusCode
@@ -57,15 +58,10 @@ async def test_restart_on_the_same_data_keeps_tenants_keys_and_devices(data_dir:
                 ["sales"],
             )
             assert [d.device_id for d in row.devices] == [device.device_id]
-            # The device token survives too: it passes auth (Upload itself is a later feature).
+            # The device token survives too.
             ingest = ingest_pb2_grpc.IngestServiceStub(channel)
-            await expect_status(
-                ingest.Upload(
-                    ingest_pb2.UploadRequest(seq=1, batch_id="b"),
-                    metadata=auth(device.device_token),
-                ),
-                CODE.UNIMPLEMENTED,
-            )
+            ack = await ingest.Upload(batch(1, [call(1)]), metadata=auth(device.device_token))
+            assert ack.accepted == 1
     finally:
         await second.stop()
 

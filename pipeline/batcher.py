@@ -1,0 +1,306 @@
+"""Reduce by size or age, then write with a bounded number of inserts in flight.
+
+Many small Arrow tables (one per device upload) are buffered per ClickHouse table and flushed
+as one insert when the buffer reaches ``max_rows`` or ``max_bytes`` or turns ``max_age_ms`` old,
+whichever comes first. Flushes queue in order for at most ``max_in_flight`` concurrent writes.
+A failed write is retried with backoff, under the same deduplication token, until it succeeds
+or the batcher is closed: nothing is dropped and nothing is acknowledged before it is written.
+
+The batcher does not bound memory itself: buffers and the flush queue grow only through
+``add()``, and the ingest stage bounds those with a ``ByteBudget`` it acquires before ``add()``
+and releases once the futures ``add()`` returned are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import structlog
+
+from storage.errors import InvalidArgument, Unavailable
+from storage.writer import Sink
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """A snapshot for progress output and metrics."""
+
+    rows_buffered: int
+    bytes_buffered: int
+    flushes_pending: int
+    flushes_done: int
+    rows_written: int
+    retries: int
+
+
+@dataclass
+class _Buffer:
+    schema: pa.Schema
+    started: float
+    parts: list[pa.Table] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Flush:
+    table: str
+    parts: list[pa.Table]
+    waiters: list[asyncio.Future[None]]
+    rows: int
+
+
+class _Hasher:
+    """A write-only file that feeds SHA-256, so hashing a table's IPC stream copies nothing."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _prepare(flush: _Flush) -> tuple[pa.Table, str]:
+    rows = pa.concat_tables(flush.parts)
+    hasher = _Hasher()
+    # The IPC stream encodes exactly the logical content (slices included), so equal tokens
+    # mean equal rows and a deduplicated insert can never drop different data.
+    with pa.ipc.new_stream(pa.PythonFile(hasher, mode="w"), rows.schema) as stream:
+        stream.write_table(rows)
+    return rows, f"{flush.table}-{hasher.digest.hexdigest()}"
+
+
+def _resolve(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        # A caller that stopped waiting cancelled only its own future.
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def _abandon(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(
+                Unavailable("shutting down before the batch was written; re-send it")
+            )
+            # Callers that already gave up need not retrieve it; asyncio would log it otherwise.
+            waiter.exception()
+
+
+class Batcher:
+    """Buffers Arrow tables per ClickHouse table and writes them in large deduplicated inserts."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        max_rows: int = 50_000,
+        max_bytes: int = 32 * MiB,
+        max_age_ms: int = 200,
+        max_in_flight: int = 2,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 5.0,
+    ) -> None:
+        if min(max_rows, max_bytes, max_age_ms, max_in_flight) <= 0:
+            raise ValueError("max_rows, max_bytes, max_age_ms and max_in_flight must be positive")
+        self._sink = sink
+        self._max_rows = max_rows
+        self._max_bytes = max_bytes
+        self._max_age_s = max_age_ms / 1000
+        self._max_in_flight = max_in_flight
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._buffers: dict[str, _Buffer] = {}
+        # Unbounded by design: its contents are bounded by the ingest stage's ByteBudget.
+        self._queue: asyncio.Queue[_Flush | None] = asyncio.Queue()
+        self._pending: dict[int, _Flush] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._closing: asyncio.Task[None] | None = None
+        self._rows_buffered = 0
+        self._bytes_buffered = 0
+        self._flushes_done = 0
+        self._rows_written = 0
+        self._retries = 0
+
+    @property
+    def stats(self) -> BatcherStats:
+        """Buffered and pending now; flushes, rows written and retries since creation."""
+        return BatcherStats(
+            rows_buffered=self._rows_buffered,
+            bytes_buffered=self._bytes_buffered,
+            flushes_pending=len(self._pending),
+            flushes_done=self._flushes_done,
+            rows_written=self._rows_written,
+            retries=self._retries,
+        )
+
+    async def start(self) -> None:
+        """Starts the writer tasks; ``add()`` and ``close()`` also start them if needed."""
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"batcher-writer-{i}")
+                for i in range(self._max_in_flight)
+            ]
+
+    def add(self, table: str, rows: pa.Table) -> list[asyncio.Future[None]]:
+        """Buffers ``rows`` for ``table``; returns the futures of the flushes that will hold them.
+
+        Each future resolves once its flush is committed, or fails with ``Unavailable`` if the
+        batcher closed first. Rows past ``max_rows`` spill into the next flush, so one add may
+        get several futures. Never waits: a full buffer is handed to the writers at once.
+        Raises ``Unavailable`` after ``close()`` and ``InvalidArgument`` if the columns differ
+        from those already buffered for ``table``.
+        """
+        if self._closed:
+            raise Unavailable("shutting down; re-send the batch")
+        buffer = self._buffers.get(table)
+        if buffer is not None and not rows.schema.equals(buffer.schema):
+            raise InvalidArgument(f"rows for {table!r} do not have the buffered columns")
+        futures: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
+        while rows.num_rows > 0:
+            buffer = self._buffers.get(table)
+            if buffer is None:
+                buffer = self._new_buffer(loop, table, rows.schema)
+            take = min(rows.num_rows, self._max_rows - buffer.rows)
+            part, rows = rows.slice(0, take), rows.slice(take)
+            nbytes = part.nbytes
+            buffer.parts.append(part)
+            buffer.rows += take
+            buffer.nbytes += nbytes
+            self._rows_buffered += take
+            self._bytes_buffered += nbytes
+            # One future per add and flush: a caller that cancels its wait affects no one else.
+            future = loop.create_future()
+            buffer.waiters.append(future)
+            futures.append(future)
+            if buffer.rows >= self._max_rows or buffer.nbytes >= self._max_bytes:
+                self._flush(table)
+        return futures
+
+    def _new_buffer(
+        self, loop: asyncio.AbstractEventLoop, table: str, schema: pa.Schema
+    ) -> _Buffer:
+        buffer = _Buffer(schema=schema, started=time.monotonic())
+        # Age is measured from the buffer's first row; the timer is dropped if size flushes first.
+        buffer.timer = loop.call_later(self._max_age_s, self._flush_if_current, table, buffer)
+        self._buffers[table] = buffer
+        return buffer
+
+    def _flush_if_current(self, table: str, buffer: _Buffer) -> None:
+        if self._buffers.get(table) is buffer:
+            self._flush(table)
+
+    def _flush(self, table: str) -> None:
+        buffer = self._buffers.pop(table)
+        if buffer.timer is not None:
+            buffer.timer.cancel()
+        self._rows_buffered -= buffer.rows
+        self._bytes_buffered -= buffer.nbytes
+        flush = _Flush(table, buffer.parts, buffer.waiters, buffer.rows)
+        self._pending[id(flush)] = flush
+        self._start_workers()
+        self._queue.put_nowait(flush)
+
+    async def _work(self) -> None:
+        while True:
+            flush = await self._queue.get()
+            if flush is None:
+                return
+            await self._write(flush)
+
+    async def _write(self, flush: _Flush) -> None:
+        try:
+            # Hashing a large batch takes milliseconds; keep it off the event loop.
+            rows, token = await asyncio.to_thread(_prepare, flush)
+        except Exception as exc:
+            # Retrying cannot fix rows Arrow cannot combine; fail them and keep the writer alive.
+            log.error("batch cannot be prepared", table=flush.table, error=type(exc).__name__)
+            del self._pending[id(flush)]
+            for waiter in flush.waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        delay = self._backoff_initial_s
+        attempt = 1
+        while True:
+            try:
+                await self._sink.write(flush.table, rows, token)
+                break
+            except Exception as exc:
+                self._retries += 1
+                pause = random.uniform(delay / 2, delay)
+                # Only the error's type and code: a message could quote row values.
+                log.warning(
+                    "insert failed; retrying",
+                    table=flush.table,
+                    rows=flush.rows,
+                    attempt=attempt,
+                    retry_in_s=round(pause, 3),
+                    error=type(exc).__name__,
+                    code=getattr(exc, "code", None),
+                )
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, self._backoff_max_s)
+                attempt += 1
+        del self._pending[id(flush)]
+        self._flushes_done += 1
+        self._rows_written += flush.rows
+        _resolve(flush.waiters)
+
+    async def close(self, timeout_s: float) -> None:
+        """Stops adds, flushes every buffer and waits up to ``timeout_s`` for the writes.
+
+        Flushes still unwritten then are abandoned: their futures fail with ``Unavailable`` and
+        are never resolved as written. Idempotent; a second call waits for the first.
+        """
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._shutdown(timeout_s))
+        await asyncio.shield(self._closing)
+
+    async def _shutdown(self, timeout_s: float) -> None:
+        self._closed = True
+        for table in list(self._buffers):
+            self._flush(table)
+        self._start_workers()
+        # One stop marker per writer, queued behind every flush.
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        _, unfinished = await asyncio.wait(self._workers, timeout=timeout_s)
+        for worker in unfinished:
+            worker.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        abandoned = list(self._pending.values())
+        self._pending.clear()
+        for flush in abandoned:
+            _abandon(flush.waiters)
+        if abandoned:
+            log.warning(
+                "batcher closed with unwritten batches",
+                flushes=len(abandoned),
+                rows=sum(f.rows for f in abandoned),
+            )

@@ -1,0 +1,189 @@
+"""Exact deduplication of records by (table, tenant, device, record id) and version.
+
+The database is the ground truth: tables are ``ReplacingMergeTree(version)`` and readers use
+``FINAL``/``argMax``, so a record that arrives twice (through another connection or another server
+process) is stored once whatever this layer decides. This layer makes the ack exact and keeps
+duplicates off the insert path: it remembers, per device, the newest version of every record it
+has stored or is storing. A device's records are loaded from ClickHouse the first time the device
+is seen (after a restart too), so a re-send after a crash is recognised as duplicates.
+
+Memory is bounded by ``max_entries``: whole devices are evicted least-recently-used first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+
+Group = tuple[str, str, str]  # (table, tenant_id, device_id)
+Loader = Callable[[str, str, Sequence[str]], Awaitable[dict[str, dict[str, int]]]]
+
+
+class Outcome(IntEnum):
+    """How a record compares with what is stored."""
+
+    ACCEPTED = 0  # first time stored
+    UPDATED = 1  # newer version of a stored record
+    DUPLICATE = 2  # same or older version than stored
+
+
+@dataclass
+class _Device:
+    versions: dict[str, int]
+    # Records whose newest version is still in a buffer or an insert: the write's future.
+    pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The outcome of each record and the writes a duplicate's ack must wait for."""
+
+    outcomes: npt.NDArray[np.uint8]
+    waits: tuple[asyncio.Future[None], ...]
+
+    @property
+    def new_rows(self) -> npt.NDArray[np.bool_]:
+        """Mask of the records to insert (accepted or updated)."""
+        mask: npt.NDArray[np.bool_] = self.outcomes != Outcome.DUPLICATE
+        return mask
+
+    def count(self, outcome: Outcome) -> int:
+        """How many records had ``outcome``."""
+        return int(np.count_nonzero(self.outcomes == outcome))
+
+
+class Deduplicator:
+    """Classifies records against the newest versions stored or being stored by this process."""
+
+    def __init__(self, loader: Loader, max_entries: int = 1_000_000) -> None:
+        self._loader = loader
+        self._max_entries = max_entries
+        self._devices: OrderedDict[Group, _Device] = OrderedDict()
+        self._entries = 0
+        self._loading: dict[Group, asyncio.Future[None]] = {}
+        self._queue: dict[tuple[str, str], set[str]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def entries(self) -> int:
+        """Records currently remembered."""
+        return self._entries
+
+    async def ensure_loaded(self, table: str, tenant_id: str, device_id: str) -> None:
+        """Loads the device's stored versions once; concurrent callers share one load."""
+        group = (table, tenant_id, device_id)
+        if group in self._devices:
+            self._devices.move_to_end(group)
+            return
+        loading = self._loading.get(group)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._loading[group] = loading
+            self._queue.setdefault((table, tenant_id), set()).add(device_id)
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.create_task(self._load_queued())
+        await asyncio.shield(loading)
+
+    async def _load_queued(self) -> None:
+        # Devices first seen together (a fleet reconnecting) load in one query per tenant.
+        await asyncio.sleep(0.005)
+        queued, self._queue = self._queue, {}
+        for (table, tenant_id), device_ids in queued.items():
+            ids = sorted(device_ids)
+            try:
+                stored = await self._loader(table, tenant_id, ids)
+            except Exception as exc:
+                for device_id in ids:
+                    self._loading.pop((table, tenant_id, device_id)).set_exception(exc)
+                continue
+            for device_id in ids:
+                group = (table, tenant_id, device_id)
+                versions = stored.get(device_id, {})
+                self._devices[group] = _Device(versions)
+                self._entries += len(versions)
+                self._loading.pop(group).set_result(None)
+            self._evict()
+
+    def classify(
+        self,
+        table: str,
+        tenant_id: str,
+        device_id: str,
+        keys: Sequence[str],
+        versions: Sequence[int],
+    ) -> Classification:
+        """Outcome per record; call ``record`` for the new rows before the next await."""
+        device = self._devices[(table, tenant_id, device_id)]
+        known = device.versions
+        outcomes = np.empty(len(keys), dtype=np.uint8)
+        waits: set[asyncio.Future[None]] = set()
+        seen: dict[str, int] = {}  # versions taken earlier in this same batch
+        for i, (key, version) in enumerate(zip(keys, versions, strict=True)):
+            stored = seen.get(key, known.get(key))
+            if stored is None:
+                outcomes[i] = Outcome.ACCEPTED
+            elif version > stored:
+                outcomes[i] = Outcome.UPDATED
+            else:
+                outcomes[i] = Outcome.DUPLICATE
+                pending = device.pending.get(key)
+                if pending is not None and not pending.done():
+                    waits.add(pending)
+                continue
+            seen[key] = int(version)
+        return Classification(outcomes, tuple(waits))
+
+    def record(
+        self,
+        table: str,
+        tenant_id: str,
+        device_id: str,
+        keys: Sequence[str],
+        versions: Sequence[int],
+        written: asyncio.Future[None] | None,
+    ) -> None:
+        """Remembers new rows as stored once ``written`` resolves (None: already durable)."""
+        group = (table, tenant_id, device_id)
+        device = self._devices[group]
+        before = len(device.versions)
+        for key, version in zip(keys, versions, strict=True):
+            if version >= device.versions.get(key, -1):
+                device.versions[key] = int(version)
+                if written is not None:
+                    device.pending[key] = written
+        self._entries += len(device.versions) - before
+        if written is not None and not written.done():
+            pending_keys = list(keys)
+            written.add_done_callback(lambda f: self._settle(group, device, pending_keys, f))
+        self._evict(keep=group)
+
+    def _settle(
+        self, group: Group, device: _Device, keys: list[str], written: asyncio.Future[None]
+    ) -> None:
+        if written.cancelled() or written.exception() is not None:
+            # Versions that never became durable: forget the device, reload it from ClickHouse.
+            if self._devices.get(group) is device:
+                del self._devices[group]
+                self._entries -= len(device.versions)
+            return
+        for key in keys:
+            if device.pending.get(key) is written:
+                del device.pending[key]
+
+    def _evict(self, keep: Group | None = None) -> None:
+        # Devices with writes in flight stay: ClickHouse does not know those versions yet.
+        for _ in range(len(self._devices)):
+            if self._entries <= self._max_entries:
+                return
+            group, device = next(iter(self._devices.items()))
+            if group == keep or device.pending:
+                self._devices.move_to_end(group)
+                continue
+            del self._devices[group]
+            self._entries -= len(device.versions)

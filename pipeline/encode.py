@@ -1,0 +1,512 @@
+"""Decode an upload into Arrow rows for ClickHouse: validate, normalise numbers, encrypt.
+
+``decode`` is the stage "decode and validate -> normalise numbers (E.164) -> encrypt and
+blind-index". It works on columns: one list or array per field, built once per batch, turned
+into one ``pyarrow.Table`` whose columns are exactly those of the target ClickHouse table.
+Plaintext numbers, names and notes never reach the table: numbers become an AEAD ciphertext plus
+a blind index, names and notes a ciphertext.
+
+``NumberCodec`` keeps bounded LRU caches, because a device calls the same few hundred numbers
+over and over: each distinct (region, raw) is normalised once, and each distinct
+(tenant, key id, E.164) and (tenant, key id, name) is encrypted once. Reusing a ciphertext for
+an equal plaintext shows only that the two are equal, which the blind index shows anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from pipeline.crypto import Keyring, TenantCipher
+from pipeline.phone import PhoneNormalizer
+from pipeline.validate import (
+    CallColumns,
+    ContactColumns,
+    TelemetryColumns,
+    Validated,
+    check_batch,
+    validate_calls,
+    validate_contacts,
+    validate_telemetry,
+)
+from proto.callsight.v1 import ingest_pb2
+
+DEFAULT_CACHE_ENTRIES = 200_000
+# Longer names are encrypted every time, so the name cache's bound in entries bounds its memory.
+MAX_CACHED_NAME_LEN = 64
+# Stands in for the blind index of an unusable number; such a row never leaves decode().
+_NO_BIDX = bytes(32)
+
+_TIMESTAMP = pa.timestamp("ms", tz="UTC")
+_BIDX = pa.binary(32)
+
+CALLS_SCHEMA = pa.schema(
+    [
+        ("tenant_id", pa.string()),
+        ("device_id", pa.string()),
+        ("call_id", pa.string()),
+        ("employee_id", pa.string()),
+        ("number_bidx", _BIDX),
+        ("number_enc", pa.binary()),
+        ("name_enc", pa.binary()),
+        ("type", pa.uint8()),
+        ("started_at", _TIMESTAMP),
+        ("duration_s", pa.uint32()),
+        ("sim_slot", pa.int32()),
+        ("sim_id", pa.string()),
+        ("note_enc", pa.binary()),
+        ("recording_uri", pa.string()),
+        ("version", pa.uint64()),
+        ("synced_at", _TIMESTAMP),
+    ]
+)
+
+CONTACTS_SCHEMA = pa.schema(
+    [
+        ("tenant_id", pa.string()),
+        ("device_id", pa.string()),
+        ("contact_id", pa.string()),
+        ("name_enc", pa.binary()),
+        ("numbers_enc", pa.list_(pa.binary())),
+        ("numbers_bidx", pa.list_(_BIDX)),
+        ("photo_uri", pa.string()),
+        ("deleted", pa.bool_()),
+        ("version", pa.uint64()),
+        ("synced_at", _TIMESTAMP),
+    ]
+)
+
+TELEMETRY_SCHEMA = pa.schema(
+    [
+        ("tenant_id", pa.string()),
+        ("device_id", pa.string()),
+        ("captured_at", _TIMESTAMP),
+        ("battery_pct", pa.uint8()),
+        ("charging", pa.bool_()),
+        ("latitude", pa.float64()),
+        ("longitude", pa.float64()),
+        ("accuracy_m", pa.float32()),
+        ("network", pa.uint8()),
+        ("app_version", pa.string()),
+        ("version_code", pa.int64()),
+        ("android_version", pa.string()),
+        ("sdk_int", pa.int32()),
+        ("model", pa.string()),
+        ("fcm_id", pa.string()),
+        ("sim_ids", pa.list_(pa.string())),
+        ("synced_at", _TIMESTAMP),
+    ]
+)
+
+# The Arrow schema of each table decode() writes, by table name.
+SCHEMAS: dict[str, pa.Schema] = {
+    "calls": CALLS_SCHEMA,
+    "contacts": CONTACTS_SCHEMA,
+    "telemetry": TELEMETRY_SCHEMA,
+}
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who sent a batch, as the server resolved it from the device token.
+
+    ``region`` is the device's region, or the tenant's default region when the device has none;
+    local numbers are read in it.
+    """
+
+    tenant_id: str
+    device_id: str
+    employee_id: str
+    region: str
+    keyring: Keyring
+
+
+class _LRU(Generic[K, V]):
+    """A bounded least-recently-used map; the caller holds the codec's lock."""
+
+    __slots__ = ("_data", "_max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get_many(self, keys: Sequence[K]) -> list[V | None]:
+        """The value of each key, None where it is missing; hits become most recent."""
+        data = self._data
+        get, touch = data.get, data.move_to_end
+        out = [get(key) for key in keys]
+        for key, value in zip(keys, out, strict=True):
+            if value is not None:
+                touch(key)
+        return out
+
+    def put_many(self, items: Sequence[tuple[K, V]]) -> None:
+        """Insert or refresh each item, evicting the least recently used beyond the bound."""
+        data = self._data
+        data.update(items)
+        for key, _ in items:
+            data.move_to_end(key)
+        for _ in range(len(data) - self._max_entries):
+            data.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CodecStats:
+    """Cache sizes and lookup counts of a NumberCodec since it was made (for metrics)."""
+
+    normalized_entries: int
+    number_entries: int
+    name_entries: int
+    number_hits: int
+    number_misses: int
+    name_hits: int
+    name_misses: int
+
+
+class NumberCodec:
+    """Normalises, encrypts and blind-indexes columns of numbers, and encrypts names, cached.
+
+    Three bounded LRU caches, each of at most ``max_entries`` entries (default 200,000):
+
+    * (raw, region) -> E.164 or the reason it is unusable, in a ``PhoneNormalizer``
+      (raws over 64 characters are not cached);
+    * (tenant id, key id, E.164) -> (ciphertext, blind index);
+    * (tenant id, key id, name) -> ciphertext (names over 64 characters are not cached).
+
+    A number costs about 1 KB across the three (measured: ~200 MB with all three full at the
+    default), so size ``max_entries`` to the memory a process can spare. Keying by key id means
+    a key rotation simply stops hitting the old entries, which age out. Safe to share between
+    threads: caches are touched under one lock, encryption runs outside it.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        self._max_entries = max_entries
+        self._normalizer = PhoneNormalizer(max_entries)
+        self._numbers: _LRU[tuple[str, int, str], tuple[bytes, bytes]] = _LRU(max_entries)
+        self._names: _LRU[tuple[str, int, str], bytes] = _LRU(max_entries)
+        self._lock = threading.Lock()
+        self._number_hits = self._number_misses = 0
+        self._name_hits = self._name_misses = 0
+
+    @property
+    def max_entries(self) -> int:
+        """The most entries each of the three caches holds."""
+        return self._max_entries
+
+    def stats(self) -> CodecStats:
+        """Current cache sizes and hit/miss counts."""
+        with self._lock:
+            return CodecStats(
+                normalized_entries=len(self._normalizer),
+                number_entries=len(self._numbers),
+                name_entries=len(self._names),
+                number_hits=self._number_hits,
+                number_misses=self._number_misses,
+                name_hits=self._name_hits,
+                name_misses=self._name_misses,
+            )
+
+    def numbers(
+        self, source: Source, raws: Sequence[str]
+    ) -> tuple[list[bytes], list[bytes], list[tuple[int, str]]]:
+        """Encrypt and blind-index a column of raw numbers, read in ``source.region``.
+
+        Returns (ciphertexts, blind indexes, errors), the first two aligned with ``raws``. An
+        unusable number gets ``b""`` and 32 zero bytes in them and an (index, reason) in
+        ``errors``, sorted by index. Reasons quote the raw number: return them to the device,
+        never log them.
+        """
+        # Each distinct raw is looked up once per batch, however often it repeats.
+        distinct = list(dict.fromkeys(raws))
+        normalized = self._normalizer.normalize_many(distinct, source.region)
+        failed = {
+            raw: str(result)
+            for raw, result in zip(distinct, normalized, strict=True)
+            if not isinstance(result, str)
+        }
+        usable: list[str] = distinct
+        e164s = cast(list[str], normalized)
+        if failed:
+            usable = [raw for raw in distinct if raw not in failed]
+            e164s = [result for result in normalized if isinstance(result, str)]
+        enc_by, bidx_by = self._seal_numbers(source, e164s)
+        enc_of = dict(zip(usable, map(enc_by.__getitem__, e164s), strict=True))
+        bidx_of = dict(zip(usable, map(bidx_by.__getitem__, e164s), strict=True))
+        errors: list[tuple[int, str]] = []
+        if failed:
+            enc_of.update(dict.fromkeys(failed, b""))
+            bidx_of.update(dict.fromkeys(failed, _NO_BIDX))
+            errors = [(i, failed[raw]) for i, raw in enumerate(raws) if raw in failed]
+        return list(map(enc_of.__getitem__, raws)), list(map(bidx_of.__getitem__, raws)), errors
+
+    def names(self, source: Source, names: Sequence[str]) -> list[bytes]:
+        """Encrypt a column of names under the source's current key; ``""`` gives ``b""``."""
+        cipher = source.keyring.current
+        tenant_id, key_id = source.tenant_id, cipher.key_id
+        distinct = [name for name in dict.fromkeys(names) if name]
+        keys = [(tenant_id, key_id, name) for name in distinct]
+        with self._lock:
+            found = self._names.get_many(keys)
+        enc_of: dict[str, bytes] = {"": b""}
+        misses: list[str] = []
+        for name, blob in zip(distinct, found, strict=True):
+            if blob is None:
+                misses.append(name)
+            else:
+                enc_of[name] = blob
+        fresh: list[tuple[tuple[str, int, str], bytes]] = []
+        if misses:
+            sealed = cipher.encrypt_many(misses)
+            enc_of.update(zip(misses, sealed, strict=True))
+            fresh = [
+                ((tenant_id, key_id, name), blob)
+                for name, blob in zip(misses, sealed, strict=True)
+                if len(name) <= MAX_CACHED_NAME_LEN
+            ]
+        with self._lock:
+            self._names.put_many(fresh)
+            self._name_hits += len(distinct) - len(misses)
+            self._name_misses += len(misses)
+        return list(map(enc_of.__getitem__, names))
+
+    def _seal_numbers(
+        self, source: Source, e164s: list[str]
+    ) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Ciphertext and blind index of each distinct E.164 number, from the cache or fresh."""
+        cipher = source.keyring.current
+        tenant_id, key_id = source.tenant_id, cipher.key_id
+        distinct = list(dict.fromkeys(e164s))
+        keys = [(tenant_id, key_id, e164) for e164 in distinct]
+        with self._lock:
+            found = self._numbers.get_many(keys)
+        enc_by: dict[str, bytes] = {}
+        bidx_by: dict[str, bytes] = {}
+        misses: list[str] = []
+        for e164, pair in zip(distinct, found, strict=True):
+            if pair is None:
+                misses.append(e164)
+            else:
+                enc_by[e164], bidx_by[e164] = pair
+        fresh: list[tuple[tuple[str, int, str], tuple[bytes, bytes]]] = []
+        if misses:
+            encs = cipher.encrypt_many(misses)
+            bidxs = cipher.blind_index_many(misses)
+            enc_by.update(zip(misses, encs, strict=True))
+            bidx_by.update(zip(misses, bidxs, strict=True))
+            fresh = [
+                ((tenant_id, key_id, e164), (enc, bidx))
+                for e164, enc, bidx in zip(misses, encs, bidxs, strict=True)
+            ]
+        with self._lock:
+            self._numbers.put_many(fresh)
+            self._number_hits += len(distinct) - len(misses)
+            self._number_misses += len(misses)
+        return enc_by, bidx_by
+
+
+@dataclass
+class Decoded:
+    """One upload, decoded into rows for one ClickHouse table.
+
+    ``rows`` holds the valid records only, in request order, with exactly the table's columns
+    (see SCHEMAS); ``indices[i]`` is the request index of row ``i``, ``keys[i]`` its identity
+    within the device (call_id, contact_id, or str(captured_at_ms)) and ``versions[i]`` its
+    version (0 for telemetry). ``errors`` holds (request index, reason) of every rejected
+    record, sorted by index; ``size`` counts all records of the request.
+    """
+
+    table: str
+    size: int
+    rows: pa.Table
+    indices: npt.NDArray[np.int64]
+    keys: list[str]
+    versions: npt.NDArray[np.uint64]
+    errors: list[tuple[int, str]]
+
+
+def decode(
+    request: ingest_pb2.UploadRequest, source: Source, codec: NumberCodec, now_ms: int
+) -> Decoded:
+    """Validate an upload and turn its valid records into encrypted Arrow rows.
+
+    ``now_ms`` is the server's clock: it bounds timestamps in the future and becomes
+    ``synced_at``. Raises BatchRejected (an InvalidArgument) when the batch is refused whole.
+    """
+    kind = check_batch(request)
+    if kind == "calls":
+        return _decode_calls(validate_calls(request.calls, now_ms), source, codec, now_ms)
+    if kind == "contacts":
+        return _decode_contacts(validate_contacts(request.contacts), source, codec, now_ms)
+    return _decode_telemetry(validate_telemetry(request.telemetry, now_ms), source, now_ms)
+
+
+def _encrypt_sparse(cipher: TenantCipher, values: list[str]) -> list[bytes]:
+    """Encrypt a column that is mostly empty, without touching the empty slots."""
+    out = [b""] * len(values)
+    filled = [i for i, value in enumerate(values) if value]
+    if not filled:
+        return out
+    for i, blob in zip(filled, cipher.encrypt_many([values[i] for i in filled]), strict=True):
+        out[i] = blob
+    return out
+
+
+def _constant(value: str, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+def _timestamps(ms: npt.NDArray[np.int64]) -> pa.Array:
+    return pa.array(ms, type=_TIMESTAMP)
+
+
+def _merge_errors(
+    valid: npt.NDArray[np.bool_], errors: list[tuple[int, str]], more: list[tuple[int, str]]
+) -> tuple[npt.NDArray[np.bool_], list[tuple[int, str]]]:
+    """Add reasons for records that passed validation; the first reason of a record wins."""
+    if not more:
+        return valid, errors
+    valid = valid.copy()
+    added: list[tuple[int, str]] = []
+    for i, reason in more:
+        if valid[i]:
+            valid[i] = False
+            added.append((i, reason))
+    return valid, sorted(errors + added)
+
+
+def _finish(
+    table: str,
+    size: int,
+    arrays: list[pa.Array],
+    valid: npt.NDArray[np.bool_],
+    keys: list[str],
+    versions: npt.NDArray[np.uint64],
+    errors: list[tuple[int, str]],
+) -> Decoded:
+    """Assemble the table and keep only the valid rows (a no-op when all are valid)."""
+    rows = pa.Table.from_arrays(arrays, schema=SCHEMAS[table])
+    indices = np.flatnonzero(valid).astype(np.int64)
+    if errors:
+        rows = rows.filter(pa.array(valid))
+        keys = [keys[i] for i in indices.tolist()]
+        versions = versions[valid]
+    return Decoded(table, size, rows, indices, keys, versions, errors)
+
+
+def _decode_calls(
+    validated: Validated[CallColumns], source: Source, codec: NumberCodec, now_ms: int
+) -> Decoded:
+    cols = validated.columns
+    n = validated.size
+    number_enc, number_bidx, number_errors = codec.numbers(source, cols.number)
+    valid, errors = _merge_errors(
+        validated.valid,
+        validated.errors,
+        [(i, f"number: {reason}") for i, reason in number_errors],
+    )
+    version = np.where(cols.updated_at_ms == 0, cols.started_at_ms, cols.updated_at_ms)
+    # Rejected rows may hold negative versions; they are filtered out in _finish.
+    versions = version.astype(np.uint64)
+    arrays = [
+        _constant(source.tenant_id, n),
+        _constant(source.device_id, n),
+        pa.array(cols.call_id, pa.string()),
+        _constant(source.employee_id, n),
+        pa.array(number_bidx, _BIDX),
+        pa.array(number_enc, pa.binary()),
+        pa.array(codec.names(source, cols.name), pa.binary()),
+        pa.array(cols.type.astype(np.uint8)),
+        _timestamps(cols.started_at_ms),
+        pa.array(cols.duration_s),
+        pa.array(cols.sim_slot),
+        pa.array(cols.sim_id, pa.string()),
+        pa.array(_encrypt_sparse(source.keyring.current, cols.note), pa.binary()),
+        pa.array(cols.recording_uri, pa.string()),
+        pa.array(versions),
+        _timestamps(np.full(n, now_ms, dtype=np.int64)),
+    ]
+    return _finish("calls", n, arrays, valid, cols.call_id, versions, errors)
+
+
+def _decode_contacts(
+    validated: Validated[ContactColumns], source: Source, codec: NumberCodec, now_ms: int
+) -> Decoded:
+    cols = validated.columns
+    n = validated.size
+    # All contacts' numbers as one flat column, with Arrow list offsets marking each contact's.
+    lengths = np.fromiter(map(len, cols.numbers), dtype=np.int32, count=n)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = [number for numbers in cols.numbers for number in numbers]
+    enc, bidx, flat_errors = codec.numbers(source, flat)
+    number_errors: list[tuple[int, str]] = []
+    if flat_errors:
+        owners = np.searchsorted(offsets, [i for i, _ in flat_errors], side="right") - 1
+        seen: set[int] = set()
+        for owner, (flat_index, reason) in zip(owners.tolist(), flat_errors, strict=True):
+            if owner not in seen:
+                seen.add(owner)
+                position = flat_index - int(offsets[owner])
+                number_errors.append((owner, f"numbers[{position}]: {reason}"))
+    valid, errors = _merge_errors(validated.valid, validated.errors, number_errors)
+    versions = cols.updated_at_ms.astype(np.uint64)
+    offsets_array = pa.array(offsets)
+    arrays = [
+        _constant(source.tenant_id, n),
+        _constant(source.device_id, n),
+        pa.array(cols.contact_id, pa.string()),
+        pa.array(codec.names(source, cols.name), pa.binary()),
+        pa.ListArray.from_arrays(
+            offsets_array, pa.array(enc, pa.binary()), type=pa.list_(pa.binary())
+        ),
+        pa.ListArray.from_arrays(offsets_array, pa.array(bidx, _BIDX), type=pa.list_(_BIDX)),
+        pa.array(cols.photo_uri, pa.string()),
+        pa.array(cols.deleted),
+        pa.array(versions),
+        _timestamps(np.full(n, now_ms, dtype=np.int64)),
+    ]
+    return _finish("contacts", n, arrays, valid, cols.contact_id, versions, errors)
+
+
+def _decode_telemetry(
+    validated: Validated[TelemetryColumns], source: Source, now_ms: int
+) -> Decoded:
+    cols = validated.columns
+    n = validated.size
+    arrays = [
+        _constant(source.tenant_id, n),
+        _constant(source.device_id, n),
+        _timestamps(cols.captured_at_ms),
+        pa.array(cols.battery_pct.astype(np.uint8)),
+        pa.array(cols.charging),
+        pa.array(cols.latitude),
+        pa.array(cols.longitude),
+        pa.array(cols.accuracy_m),
+        pa.array(cols.network.astype(np.uint8)),
+        pa.array(cols.app_version, pa.string()),
+        pa.array(cols.version_code),
+        pa.array(cols.android_version, pa.string()),
+        pa.array(cols.sdk_int),
+        pa.array(cols.model, pa.string()),
+        pa.array(cols.fcm_id, pa.string()),
+        pa.array(cols.sim_ids, pa.list_(pa.string())),
+        _timestamps(np.full(n, now_ms, dtype=np.int64)),
+    ]
+    keys = [str(ms) for ms in cols.captured_at_ms.tolist()]
+    versions = np.zeros(n, dtype=np.uint64)
+    return _finish("telemetry", n, arrays, validated.valid, keys, versions, validated.errors)

@@ -1,0 +1,158 @@
+"""The ingest pipeline, built from the sink backwards.
+
+    decode + validate -> normalise -> encrypt (encode.decode)
+      -> deduplicate (dedup.Deduplicator)
+      -> buffer per table, flush at rows / bytes / age (batcher.Batcher)
+      -> write, at most N inserts in flight, retried with backoff (storage.writer)
+      -> ack, only once every row of the batch is in ClickHouse
+
+Memory is bounded by a byte budget taken before a batch is admitted and given back once its rows
+are written: when it is exhausted, streams stop reading and Upload answers UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipeline.batcher import Batcher
+from pipeline.budget import ByteBudget
+from pipeline.dedup import Deduplicator, Loader, Outcome
+from pipeline.encode import NumberCodec, Source, decode
+from proto.callsight.v1 import ingest_pb2
+from storage.errors import Unavailable
+from storage.writer import Sink
+
+RETRY_AFTER_S = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tuning of the pipeline (from the server's config)."""
+
+    max_rows: int = 50_000
+    max_bytes: int = 32 * 1024 * 1024
+    max_age_ms: int = 200
+    buffer_max_bytes: int = 256 * 1024 * 1024
+    max_in_flight: int = 2
+    dedup_max_entries: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Budget reserved for one admitted batch."""
+
+    nbytes: int
+
+
+class Ingestor:
+    """Turns UploadRequests into durable rows and acks."""
+
+    def __init__(self, sink: Sink, loader: Loader, settings: Settings = Settings()) -> None:
+        self.settings = settings
+        self.batcher = Batcher(
+            sink,
+            max_rows=settings.max_rows,
+            max_bytes=settings.max_bytes,
+            max_age_ms=settings.max_age_ms,
+            max_in_flight=settings.max_in_flight,
+        )
+        self.dedup = Deduplicator(loader, max_entries=settings.dedup_max_entries)
+        self.budget = ByteBudget(settings.buffer_max_bytes)
+        self.codec = NumberCodec()
+        self.admitted = 0  # batches taken off the wire so far
+        self._closed = False
+
+    async def start(self) -> None:
+        """Starts the age-based flushing."""
+        await self.batcher.start()
+
+    async def close(self, timeout_s: float) -> None:
+        """Refuses new batches, writes what is buffered (acking it), then wakes every waiter."""
+        self._closed = True
+        await self.batcher.close(timeout_s)
+        self.budget.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the server is shutting down; re-send to another server", 1.0)
+
+    async def admit(self, request: ingest_pb2.UploadRequest) -> Ticket:
+        """Waits for buffer space for ``request`` (streams: the wait holds the sender)."""
+        self._check_open()
+        ticket = Ticket(request.ByteSize())
+        await self.budget.acquire(ticket.nbytes)
+        self.admitted += 1
+        return ticket
+
+    def try_admit(self, request: ingest_pb2.UploadRequest) -> Ticket:
+        """Buffer space for ``request`` now, or Unavailable with a retry delay (Upload)."""
+        self._check_open()
+        ticket = Ticket(request.ByteSize())
+        if not self.budget.try_acquire(ticket.nbytes):
+            raise Unavailable(f"ingest buffers are full; retry in {RETRY_AFTER_S} s", RETRY_AFTER_S)
+        return ticket
+
+    async def ingest(
+        self, request: ingest_pb2.UploadRequest, source: Source, ticket: Ticket
+    ) -> ingest_pb2.UploadAck:
+        """Processes an admitted batch; returns its ack once all of it is durable.
+
+        Raises ``BatchRejected`` for a batch refused whole (the caller decides how to answer).
+        """
+        try:
+            return await self._ingest(request, source)
+        finally:
+            self.budget.release(ticket.nbytes)
+
+    async def _ingest(
+        self, request: ingest_pb2.UploadRequest, source: Source
+    ) -> ingest_pb2.UploadAck:
+        self._check_open()
+        decoded = decode(request, source, self.codec, int(time.time() * 1000))
+        table, tenant, device = decoded.table, source.tenant_id, source.device_id
+        await self.dedup.ensure_loaded(table, tenant, device)
+        self._check_open()
+        # No await from here to record(): classification and recording are atomic.
+        versions = decoded.versions.tolist()
+        verdict = self.dedup.classify(table, tenant, device, decoded.keys, versions)
+        new = verdict.new_rows
+        futures = self.batcher.add(table, decoded.rows.filter(new))
+        written = _all_of(futures)
+        self.dedup.record(
+            table,
+            tenant,
+            device,
+            [k for k, n in zip(decoded.keys, new, strict=True) if n],
+            [v for v, n in zip(versions, new, strict=True) if n],
+            written,
+        )
+        if written is not None:
+            await asyncio.shield(written)
+        for wait in verdict.waits:
+            await asyncio.shield(wait)
+        return ingest_pb2.UploadAck(
+            seq=request.seq,
+            batch_id=request.batch_id,
+            result=ingest_pb2.UPLOAD_RESULT_ACCEPTED,
+            accepted=verdict.count(Outcome.ACCEPTED),
+            updated=verdict.count(Outcome.UPDATED),
+            duplicates=verdict.count(Outcome.DUPLICATE),
+            rejected=len(decoded.errors),
+            errors=[ingest_pb2.RecordError(index=i, reason=r) for i, r in decoded.errors],
+            server_time_ms=int(time.time() * 1000),
+        )
+
+
+def _all_of(futures: Sequence[asyncio.Future[None]]) -> asyncio.Future[None] | None:
+    if not futures:
+        return None
+    if len(futures) == 1:
+        return futures[0]
+    return asyncio.ensure_future(_gather(futures))
+
+
+async def _gather(futures: Sequence[asyncio.Future[None]]) -> None:
+    await asyncio.gather(*futures)

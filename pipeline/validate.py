@@ -1,0 +1,262 @@
+"""Batch limits and per-record validation of uploads, column by column.
+
+``check_batch`` refuses a whole batch (no payload, too many records, too many bytes). The
+``validate_*`` functions turn a batch into columns, one list or array per field built once per
+batch, plus a mask of the records that pass every rule and one precise reason per record that
+does not. Numeric rules are vectorised with numpy; phone numbers are checked later, by the codec
+in ``pipeline/encode.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from proto.callsight.v1 import ingest_pb2
+from storage.errors import InvalidArgument
+
+MAX_RECORDS = 10_000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_ID_LEN = 128
+MAX_DURATION_S = 86_400
+MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_FUTURE_MS = 86_400_000  # a phone's clock may run ahead, but not by more than a day
+MAX_CALL_TYPE = 7  # CALL_TYPE_ANSWERED_EXTERNALLY
+MAX_NETWORK_TYPE = 3  # NETWORK_TYPE_NONE
+PAYLOAD_KINDS = ("calls", "contacts", "telemetry")
+
+BoolArray = npt.NDArray[np.bool_]
+C = TypeVar("C")
+
+
+class BatchRejected(InvalidArgument):
+    """The whole batch is refused; nothing of it is taken. The message says what to fix."""
+
+
+def check_batch(request: ingest_pb2.UploadRequest) -> str:
+    """Return the request's payload kind ("calls", "contacts" or "telemetry").
+
+    Raises BatchRejected when there is no payload, more than MAX_RECORDS records or more than
+    MAX_BATCH_BYTES serialised bytes.
+    """
+    kind = request.WhichOneof("payload")
+    if kind is None:
+        raise BatchRejected("UploadRequest has no payload: set calls, contacts or telemetry")
+    if kind == "calls":
+        count = len(request.calls.records)
+    elif kind == "contacts":
+        count = len(request.contacts.records)
+    else:
+        count = len(request.telemetry.records)
+    if count > MAX_RECORDS:
+        raise BatchRejected(
+            f"batch has {count} records; the limit is {MAX_RECORDS} per batch: split it"
+        )
+    size = request.ByteSize()
+    if size > MAX_BATCH_BYTES:
+        raise BatchRejected(f"batch is {size} bytes; the limit is {MAX_BATCH_BYTES}: split it")
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class CallColumns:
+    """The fields of a CallLogBatch, one column each, in request order."""
+
+    call_id: list[str]
+    number: list[str]
+    name: list[str]
+    type: npt.NDArray[np.int32]
+    started_at_ms: npt.NDArray[np.int64]
+    duration_s: npt.NDArray[np.uint32]
+    sim_slot: npt.NDArray[np.int32]
+    sim_id: list[str]
+    note: list[str]
+    recording_uri: list[str]
+    updated_at_ms: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class ContactColumns:
+    """The fields of a ContactBatch, one column each, in request order."""
+
+    contact_id: list[str]
+    name: list[str]
+    numbers: list[list[str]]
+    photo_uri: list[str]
+    updated_at_ms: npt.NDArray[np.int64]
+    deleted: BoolArray
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryColumns:
+    """The fields of a TelemetryBatch, one column each, in request order."""
+
+    captured_at_ms: npt.NDArray[np.int64]
+    battery_pct: npt.NDArray[np.uint32]
+    charging: BoolArray
+    latitude: npt.NDArray[np.float64]
+    longitude: npt.NDArray[np.float64]
+    accuracy_m: npt.NDArray[np.float32]
+    network: npt.NDArray[np.int32]
+    app_version: list[str]
+    version_code: npt.NDArray[np.int64]
+    android_version: list[str]
+    sdk_int: npt.NDArray[np.int32]
+    model: list[str]
+    fcm_id: list[str]
+    sim_ids: list[list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Validated(Generic[C]):
+    """A batch as columns, with ``valid[i]`` true for records that passed every rule.
+
+    ``errors`` holds (index in batch, reason) for each rejected record, sorted by index.
+    """
+
+    columns: C
+    valid: BoolArray
+    errors: list[tuple[int, str]]
+
+    @property
+    def size(self) -> int:
+        """Records in the batch, valid or not."""
+        return len(self.valid)
+
+
+class _Rules:
+    """Applies rules in order; a record keeps the reason of the first rule it breaks."""
+
+    __slots__ = ("_errors", "bad")
+
+    def __init__(self, size: int) -> None:
+        self.bad = np.zeros(size, dtype=np.bool_)
+        self._errors: list[tuple[int, str]] = []
+
+    def check(self, broken: BoolArray, reason: Callable[[int], str]) -> None:
+        new = broken & ~self.bad
+        if new.any():
+            self.bad |= new
+            self._errors.extend((i, reason(i)) for i in np.flatnonzero(new).tolist())
+
+    def result(self, columns: C) -> Validated[C]:
+        self._errors.sort()
+        return Validated(columns, ~self.bad, self._errors)
+
+
+def _lengths(values: list[str]) -> npt.NDArray[np.int64]:
+    return np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+
+
+def _check_id(rules: _Rules, name: str, ids: list[str]) -> None:
+    lengths = _lengths(ids)
+    rules.check(lengths == 0, lambda _: f"{name} is required")
+    rules.check(lengths > MAX_ID_LEN, lambda _: f"{name} is longer than {MAX_ID_LEN} characters")
+
+
+def _check_time(rules: _Rules, name: str, values: npt.NDArray[np.int64], now_ms: int) -> None:
+    rules.check(values < MIN_TIME_MS, lambda i: f"{name} {values[i]} is before 2000-01-01")
+    rules.check(
+        values > now_ms + MAX_FUTURE_MS,
+        lambda i: f"{name} {values[i]} is more than a day in the future",
+    )
+
+
+def validate_calls(batch: ingest_pb2.CallLogBatch, now_ms: int) -> Validated[CallColumns]:
+    """Columns of a call batch and which calls pass the rules; ``now_ms`` is server time."""
+    # One list() up front: iterating the repeated field itself re-wraps every message each time.
+    records = list(batch.records)
+    n = len(records)
+    cols = CallColumns(
+        call_id=[r.call_id for r in records],
+        number=[r.number for r in records],
+        name=[r.name for r in records],
+        type=np.array([r.type for r in records], dtype=np.int32),
+        started_at_ms=np.array([r.started_at_ms for r in records], dtype=np.int64),
+        duration_s=np.array([r.duration_s for r in records], dtype=np.uint32),
+        sim_slot=np.array([r.sim_slot for r in records], dtype=np.int32),
+        sim_id=[r.sim_id for r in records],
+        note=[r.note for r in records],
+        recording_uri=[r.recording_uri for r in records],
+        updated_at_ms=np.array([r.updated_at_ms for r in records], dtype=np.int64),
+    )
+    rules = _Rules(n)
+    _check_id(rules, "call_id", cols.call_id)
+    rules.check(_lengths(cols.number) == 0, lambda _: "number is required")
+    types = cols.type
+    rules.check(
+        (types < 1) | (types > MAX_CALL_TYPE),
+        lambda i: f"type {types[i]} is not a CallType (1-{MAX_CALL_TYPE})",
+    )
+    _check_time(rules, "started_at_ms", cols.started_at_ms, now_ms)
+    durations = cols.duration_s
+    rules.check(
+        durations > MAX_DURATION_S,
+        lambda i: f"duration_s {durations[i]} is over {MAX_DURATION_S} (24 h)",
+    )
+    rules.check(cols.updated_at_ms < 0, lambda _: "updated_at_ms is negative")
+    return rules.result(cols)
+
+
+def validate_contacts(batch: ingest_pb2.ContactBatch) -> Validated[ContactColumns]:
+    """Columns of a contact batch and which contacts pass the rules (numbers aside)."""
+    records = list(batch.records)
+    cols = ContactColumns(
+        contact_id=[r.contact_id for r in records],
+        name=[r.name for r in records],
+        numbers=[list(r.numbers) for r in records],
+        photo_uri=[r.photo_uri for r in records],
+        updated_at_ms=np.array([r.updated_at_ms for r in records], dtype=np.int64),
+        deleted=np.array([r.deleted for r in records], dtype=np.bool_),
+    )
+    rules = _Rules(len(records))
+    _check_id(rules, "contact_id", cols.contact_id)
+    rules.check(cols.updated_at_ms < 0, lambda _: "updated_at_ms is negative")
+    return rules.result(cols)
+
+
+def validate_telemetry(
+    batch: ingest_pb2.TelemetryBatch, now_ms: int
+) -> Validated[TelemetryColumns]:
+    """Columns of a telemetry batch and which samples pass the rules; ``now_ms`` is server time."""
+    records = list(batch.records)
+    cols = TelemetryColumns(
+        captured_at_ms=np.array([r.captured_at_ms for r in records], dtype=np.int64),
+        battery_pct=np.array([r.battery_pct for r in records], dtype=np.uint32),
+        charging=np.array([r.charging for r in records], dtype=np.bool_),
+        latitude=np.array([r.latitude for r in records], dtype=np.float64),
+        longitude=np.array([r.longitude for r in records], dtype=np.float64),
+        accuracy_m=np.array([r.accuracy_m for r in records], dtype=np.float32),
+        network=np.array([r.network for r in records], dtype=np.int32),
+        app_version=[r.app_version for r in records],
+        version_code=np.array([r.version_code for r in records], dtype=np.int64),
+        android_version=[r.android_version for r in records],
+        sdk_int=np.array([r.sdk_int for r in records], dtype=np.int32),
+        model=[r.model for r in records],
+        fcm_id=[r.fcm_id for r in records],
+        sim_ids=[list(r.sim_ids) for r in records],
+    )
+    rules = _Rules(len(records))
+    _check_time(rules, "captured_at_ms", cols.captured_at_ms, now_ms)
+    battery = cols.battery_pct
+    rules.check(battery > 100, lambda i: f"battery_pct {battery[i]} is over 100")
+    lat, lon = cols.latitude, cols.longitude
+    # Written as "not inside" so that NaN, which fails every comparison, is refused too.
+    rules.check(
+        ~((lat >= -90.0) & (lat <= 90.0)),
+        lambda i: f"latitude {lat[i]} is outside [-90, 90]",
+    )
+    rules.check(
+        ~((lon >= -180.0) & (lon <= 180.0)),
+        lambda i: f"longitude {lon[i]} is outside [-180, 180]",
+    )
+    network = cols.network
+    rules.check(
+        (network < 0) | (network > MAX_NETWORK_TYPE),
+        lambda i: f"network {network[i]} is not a NetworkType (0-{MAX_NETWORK_TYPE})",
+    )
+    return rules.result(cols)

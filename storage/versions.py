@@ -1,0 +1,31 @@
+"""The newest stored version of every record of some devices: the ground truth for dedup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from storage.database import Database
+
+# Identity of a record within its device, per table, as SQL over that table's columns.
+_KEY = {
+    "calls": ("call_id", "version"),
+    "contacts": ("contact_id", "version"),
+    "telemetry": ("toString(toUnixTimestamp64Milli(captured_at))", "toUInt64(0)"),
+}
+
+
+async def stored_versions(
+    db: Database, table: str, tenant_id: str, device_ids: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """device_id -> record key -> newest stored version, for the given devices of a tenant."""
+    key, version = _KEY[table]
+    rows = await db.query(
+        f"SELECT device_id, {key} AS key, max({version}) FROM {table}"
+        " WHERE tenant_id = {tenant:String} AND device_id IN {devices:Array(String)}"
+        " GROUP BY device_id, key",
+        {"tenant": tenant_id, "devices": list(device_ids)},
+    )
+    stored: dict[str, dict[str, int]] = {d: {} for d in device_ids}
+    for device_id, record_key, newest in rows:
+        stored[device_id][record_key] = int(newest)
+    return stored

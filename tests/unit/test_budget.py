@@ -1,0 +1,120 @@
+"""ByteBudget: bounded bytes in flight, FIFO waiting, shutdown that wakes every waiter."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.budget import ByteBudget
+from storage.errors import Unavailable
+
+
+async def settle() -> None:
+    """Lets every ready task run to its next wait."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_acquire_and_release_track_usage() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(30)
+    await budget.acquire(70)
+    assert (budget.used, budget.capacity) == (100, 100)
+    budget.release(30)
+    assert budget.used == 70
+    budget.release(70)
+    assert budget.used == 0
+
+
+async def test_acquire_waits_until_enough_is_released() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(80)
+    waiter = asyncio.create_task(budget.acquire(50))
+    await settle()
+    assert not waiter.done()
+    assert budget.waiting == 1
+    budget.release(80)
+    await asyncio.wait_for(waiter, 1)
+    assert budget.used == 50
+
+
+async def test_try_acquire_is_false_when_full_or_someone_waits() -> None:
+    budget = ByteBudget(100)
+    assert budget.try_acquire(60)
+    assert not budget.try_acquire(50)
+    waiter = asyncio.create_task(budget.acquire(50))
+    await settle()
+    # 10 would fit, but taking it would jump the queue.
+    assert not budget.try_acquire(10)
+    assert budget.used == 60
+    budget.release(60)
+    await asyncio.wait_for(waiter, 1)
+    assert budget.try_acquire(10)
+    assert budget.used == 60
+
+
+async def test_a_large_request_is_not_starved_by_small_ones() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(60)
+    large = asyncio.create_task(budget.acquire(100))
+    await settle()
+    small = asyncio.create_task(budget.acquire(10))
+    await settle()
+    assert not large.done() and not small.done()
+    budget.release(60)
+    await asyncio.wait_for(large, 1)
+    await settle()
+    assert not small.done()
+    budget.release(100)
+    await asyncio.wait_for(small, 1)
+    assert budget.used == 10
+
+
+async def test_an_oversized_request_is_clamped_to_capacity() -> None:
+    budget = ByteBudget(100)
+    await asyncio.wait_for(budget.acquire(1_000), 1)
+    assert budget.used == 100
+    budget.release(1_000)
+    assert budget.used == 0
+
+
+async def test_a_cancelled_waiter_lets_the_next_one_through() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(90)
+    first = asyncio.create_task(budget.acquire(50))
+    await settle()
+    second = asyncio.create_task(budget.acquire(5))
+    await settle()
+    assert not second.done()
+    first.cancel()
+    await asyncio.wait_for(second, 1)
+    assert budget.used == 95
+    assert budget.waiting == 0
+
+
+async def test_close_wakes_every_waiter_with_unavailable() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(100)
+    waiters = [asyncio.create_task(budget.acquire(10)) for _ in range(3)]
+    await settle()
+    budget.close()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 1)
+    assert all(isinstance(r, Unavailable) for r in results)
+    with pytest.raises(Unavailable):
+        await budget.acquire(1)
+    with pytest.raises(Unavailable):
+        budget.try_acquire(1)
+    budget.close()  # idempotent
+    budget.release(100)
+    assert budget.used == 0
+
+
+def test_invalid_amounts_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        ByteBudget(0)
+    budget = ByteBudget(10)
+    with pytest.raises(ValueError):
+        budget.try_acquire(-1)
+    with pytest.raises(ValueError):
+        budget.release(1)

@@ -1,0 +1,303 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.validate import (
+    MAX_BATCH_BYTES,
+    MAX_RECORDS,
+    BatchRejected,
+    check_batch,
+    validate_calls,
+    validate_contacts,
+    validate_telemetry,
+)
+from proto.callsight.v1 import ingest_pb2
+from storage.errors import InvalidArgument
+
+NOW = 1_700_000_000_000
+Y2K = 946_684_800_000
+DAY = 86_400_000
+
+
+def call(**fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "number": "+919876543210",
+        "type": 1,
+        "started_at_ms": NOW - 60_000,
+        "duration_s": 30,
+    }
+    record.update(fields)
+    return record
+
+
+def calls_request(*records: dict[str, Any]) -> ingest_pb2.UploadRequest:
+    request = ingest_pb2.UploadRequest(seq=1, batch_id="b1")
+    for i, record in enumerate(records):
+        request.calls.records.add(**{"call_id": f"c{i}", **record})
+    return request
+
+
+def calls_batch(*records: dict[str, Any]) -> ingest_pb2.CallLogBatch:
+    return calls_request(*records).calls
+
+
+def sample(**fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "captured_at_ms": NOW - 1000,
+        "battery_pct": 80,
+        "latitude": 12.97,
+        "longitude": 77.59,
+        "network": 1,
+    }
+    record.update(fields)
+    return record
+
+
+def telemetry_batch(*records: dict[str, Any]) -> ingest_pb2.TelemetryBatch:
+    batch = ingest_pb2.TelemetryBatch()
+    for record in records:
+        batch.records.add(**record)
+    return batch
+
+
+# --- whole-batch limits -------------------------------------------------------------------
+
+
+def test_limits_are_the_documented_ones() -> None:
+    assert MAX_RECORDS == 10_000
+    assert MAX_BATCH_BYTES == 4 * 1024 * 1024
+
+
+def test_no_payload_is_rejected() -> None:
+    with pytest.raises(BatchRejected) as info:
+        check_batch(ingest_pb2.UploadRequest(seq=1, batch_id="b"))
+    assert str(info.value) == "UploadRequest has no payload: set calls, contacts or telemetry"
+    assert isinstance(info.value, InvalidArgument)
+
+
+def test_too_many_records_is_rejected() -> None:
+    request = ingest_pb2.UploadRequest()
+    for i in range(MAX_RECORDS + 1):
+        request.calls.records.add(call_id=str(i))
+    with pytest.raises(BatchRejected, match=r"^batch has 10001 records; the limit is 10000 per"):
+        check_batch(request)
+
+
+def test_exactly_the_record_limit_is_fine() -> None:
+    request = ingest_pb2.UploadRequest()
+    for i in range(MAX_RECORDS):
+        request.telemetry.records.add(captured_at_ms=i)
+    assert check_batch(request) == "telemetry"
+
+
+def test_too_many_bytes_is_rejected() -> None:
+    request = calls_request(call(note="x" * MAX_BATCH_BYTES))
+    size = request.ByteSize()
+    with pytest.raises(BatchRejected) as info:
+        check_batch(request)
+    assert str(info.value).startswith(f"batch is {size} bytes; the limit is 4194304")
+
+
+@pytest.mark.parametrize("kind", ["calls", "contacts", "telemetry"])
+def test_payload_kind(kind: str) -> None:
+    request = ingest_pb2.UploadRequest()
+    getattr(request, kind).SetInParent()  # an empty batch is a payload too
+    assert check_batch(request) == kind
+
+
+# --- calls ----------------------------------------------------------------------------------
+
+
+def test_valid_calls_become_columns() -> None:
+    batch = calls_batch(
+        call(number="98765 43210", name="Ravi", type=2, duration_s=5, sim_slot=1, sim_id="s1"),
+        call(note="n", recording_uri="r", updated_at_ms=NOW),
+    )
+    result = validate_calls(batch, NOW)
+    cols = result.columns
+    assert result.errors == []
+    assert result.valid.tolist() == [True, True]
+    assert result.size == 2
+    assert cols.call_id == ["c0", "c1"]
+    assert cols.number == ["98765 43210", "+919876543210"]
+    assert cols.name == ["Ravi", ""]
+    assert cols.type.tolist() == [2, 1]
+    assert cols.duration_s.tolist() == [5, 30]
+    assert cols.sim_slot.tolist() == [1, 0]
+    assert cols.sim_id == ["s1", ""]
+    assert cols.note == ["", "n"]
+    assert cols.recording_uri == ["", "r"]
+    assert cols.updated_at_ms.tolist() == [0, NOW]
+    assert cols.started_at_ms.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"call_id": ""}, "call_id is required"),
+        ({"call_id": "x" * 129}, "call_id is longer than 128 characters"),
+        ({"number": ""}, "number is required"),
+        ({"type": 0}, "type 0 is not a CallType (1-7)"),
+        ({"type": 8}, "type 8 is not a CallType (1-7)"),
+        ({"type": -3}, "type -3 is not a CallType (1-7)"),
+        ({"duration_s": 90_000}, "duration_s 90000 is over 86400 (24 h)"),
+        ({"started_at_ms": Y2K - 1}, "started_at_ms 946684799999 is before 2000-01-01"),
+        ({"started_at_ms": 0}, "started_at_ms 0 is before 2000-01-01"),
+        ({"started_at_ms": -5}, "started_at_ms -5 is before 2000-01-01"),
+        (
+            {"started_at_ms": NOW + DAY + 1},
+            f"started_at_ms {NOW + DAY + 1} is more than a day in the future",
+        ),
+        ({"updated_at_ms": -1}, "updated_at_ms is negative"),
+    ],
+)
+def test_each_call_rule_rejects_with_its_index(fields: dict[str, Any], reason: str) -> None:
+    batch = calls_batch(call(), call(), call(**fields), call())
+    result = validate_calls(batch, NOW)
+    assert result.errors == [(2, reason)]
+    assert result.valid.tolist() == [True, True, False, True]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"call_id": "x" * 128},
+        {"type": 7},
+        {"duration_s": 86_400},
+        {"duration_s": 0},
+        {"started_at_ms": Y2K},
+        {"started_at_ms": NOW + DAY},
+        {"updated_at_ms": 0},
+        {"sim_slot": -1},
+    ],
+)
+def test_boundaries_are_accepted(fields: dict[str, Any]) -> None:
+    assert validate_calls(calls_batch(call(**fields)), NOW).errors == []
+
+
+def test_one_reason_per_record_first_rule_wins() -> None:
+    batch = calls_batch(call(call_id="", type=0, duration_s=100_000, updated_at_ms=-1))
+    assert validate_calls(batch, NOW).errors == [(0, "call_id is required")]
+
+
+def test_errors_are_sorted_by_index() -> None:
+    batch = calls_batch(
+        call(updated_at_ms=-1), call(), call(type=9), call(call_id=""), call(duration_s=99_999)
+    )
+    result = validate_calls(batch, NOW)
+    assert result.errors == [
+        (0, "updated_at_ms is negative"),
+        (2, "type 9 is not a CallType (1-7)"),
+        (3, "call_id is required"),
+        (4, "duration_s 99999 is over 86400 (24 h)"),
+    ]
+    assert result.valid.tolist() == [False, True, False, False, False]
+
+
+def test_empty_call_batch() -> None:
+    result = validate_calls(ingest_pb2.CallLogBatch(), NOW)
+    assert result.size == 0
+    assert result.errors == []
+    assert result.columns.call_id == []
+
+
+# --- contacts -------------------------------------------------------------------------------
+
+
+def test_contact_rules() -> None:
+    batch = ingest_pb2.ContactBatch()
+    batch.records.add(contact_id="a", name="Ravi", numbers=["1", "2"], updated_at_ms=5)
+    batch.records.add(contact_id="", updated_at_ms=5)
+    batch.records.add(contact_id="y" * 129)
+    batch.records.add(contact_id="d", updated_at_ms=-7)
+    batch.records.add(contact_id="e", deleted=True)
+    result = validate_contacts(batch)
+    assert result.errors == [
+        (1, "contact_id is required"),
+        (2, "contact_id is longer than 128 characters"),
+        (3, "updated_at_ms is negative"),
+    ]
+    assert result.valid.tolist() == [True, False, False, False, True]
+    cols = result.columns
+    assert cols.contact_id[0] == "a"
+    assert cols.numbers == [["1", "2"], [], [], [], []]
+    assert cols.deleted.tolist() == [False, False, False, False, True]
+    assert cols.updated_at_ms.tolist() == [5, 5, 0, -7, 0]
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"captured_at_ms": Y2K - 1}, "captured_at_ms 946684799999 is before 2000-01-01"),
+        (
+            {"captured_at_ms": NOW + DAY + 1},
+            f"captured_at_ms {NOW + DAY + 1} is more than a day in the future",
+        ),
+        ({"battery_pct": 101}, "battery_pct 101 is over 100"),
+        ({"latitude": 90.5}, "latitude 90.5 is outside [-90, 90]"),
+        ({"latitude": -91.0}, "latitude -91.0 is outside [-90, 90]"),
+        ({"latitude": float("nan")}, "latitude nan is outside [-90, 90]"),
+        ({"longitude": 180.25}, "longitude 180.25 is outside [-180, 180]"),
+        ({"longitude": float("-inf")}, "longitude -inf is outside [-180, 180]"),
+        ({"network": 4}, "network 4 is not a NetworkType (0-3)"),
+        ({"network": -1}, "network -1 is not a NetworkType (0-3)"),
+    ],
+)
+def test_each_telemetry_rule_rejects_with_its_index(fields: dict[str, Any], reason: str) -> None:
+    batch = telemetry_batch(sample(), sample(**fields), sample())
+    result = validate_telemetry(batch, NOW)
+    assert result.errors == [(1, reason)]
+    assert result.valid.tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"captured_at_ms": Y2K},
+        {"captured_at_ms": NOW + DAY},
+        {"battery_pct": 100},
+        {"battery_pct": 0},
+        {"latitude": 90.0, "longitude": -180.0},
+        {"latitude": -90.0, "longitude": 180.0},
+        {"network": 0},
+        {"network": 3},
+    ],
+)
+def test_telemetry_boundaries_are_accepted(fields: dict[str, Any]) -> None:
+    assert validate_telemetry(telemetry_batch(sample(**fields)), NOW).errors == []
+
+
+def test_telemetry_columns() -> None:
+    batch = telemetry_batch(
+        sample(
+            charging=True,
+            accuracy_m=12.5,
+            app_version="3.2.1",
+            version_code=321,
+            android_version="14",
+            sdk_int=34,
+            model="Pixel 8",
+            fcm_id="f",
+            sim_ids=["s1", "s2"],
+        )
+    )
+    result = validate_telemetry(batch, NOW)
+    cols = result.columns
+    assert result.errors == []
+    assert cols.captured_at_ms.tolist() == [NOW - 1000]
+    assert cols.charging.tolist() == [True]
+    assert cols.accuracy_m.tolist() == [12.5]
+    assert cols.latitude.tolist() == [12.97]
+    assert cols.network.tolist() == [1]
+    assert cols.sim_ids == [["s1", "s2"]]
+    assert (cols.model, cols.version_code.tolist(), cols.sdk_int.tolist()) == (
+        ["Pixel 8"],
+        [321],
+        [34],
+    )
