@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from storage.database import Database
 
-# Identity of a record within its device, per table, as SQL over that table's columns.
+# Where to look, and the identity of a record within its device as SQL over that table's columns.
+_SOURCE = {"calls": "call_versions", "contacts": "contacts", "telemetry": "telemetry"}
 _KEY = {
     "calls": ("call_id", "version"),
     "contacts": ("contact_id", "version"),
@@ -20,7 +21,7 @@ async def stored_versions(
     """device_id -> record key -> newest stored version, for the given devices of a tenant."""
     key, version = _KEY[table]
     rows = await db.query(
-        f"SELECT device_id, {key} AS key, max({version}) FROM {table}"
+        f"SELECT device_id, {key} AS key, max({version}) FROM {_SOURCE[table]}"
         " WHERE tenant_id = {tenant:String} AND device_id IN {devices:Array(String)}"
         " GROUP BY device_id, key",
         {"tenant": tenant_id, "devices": list(device_ids)},

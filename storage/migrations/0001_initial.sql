@@ -100,9 +100,11 @@ ENGINE = ReplacingMergeTree(version)
 PARTITION BY tuple()
 ORDER BY (tenant_id, device_id);
 
--- A call is (tenant, device, call_id); version is updated_at_ms (or started_at_ms). The month
--- partition is stable per call because started_at never changes between versions.
--- The deduplication window makes a re-sent insert with the same insert_deduplication_token a
+-- A call is (tenant, device, call_id); version is updated_at_ms (or started_at_ms). started_at
+-- never changes between versions of a call, so it can lead the sorting key: reports read a time
+-- range of one tenant from the primary index, and ReplacingMergeTree still collapses the versions
+-- of a call (same key). client_key is the first 8 bytes of the blind index, a cheap GROUP BY key.
+-- The deduplication window makes a retried insert with the same insert_deduplication_token a
 -- no-op even on a non-replicated table.
 CREATE TABLE IF NOT EXISTS calls
 (
@@ -121,12 +123,29 @@ CREATE TABLE IF NOT EXISTS calls
     note_enc      String,
     recording_uri String,
     version       UInt64,
-    synced_at     DateTime64(3, 'UTC')
+    synced_at     DateTime64(3, 'UTC'),
+    client_key    UInt64 MATERIALIZED reinterpretAsUInt64(substring(number_bidx, 1, 8))
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(started_at)
-ORDER BY (tenant_id, device_id, call_id)
+ORDER BY (tenant_id, started_at, device_id, call_id)
 SETTINGS non_replicated_deduplication_window = 10000;
+
+-- The versions of each device's calls, keyed for lookup by device: what the ingest dedup layer
+-- loads when it first sees a device. Filled by the view on every insert into calls.
+CREATE TABLE IF NOT EXISTS call_versions
+(
+    tenant_id String,
+    device_id String,
+    call_id   String,
+    version   UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY tuple()
+ORDER BY (tenant_id, device_id, call_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS call_versions_mv TO call_versions AS
+SELECT tenant_id, device_id, call_id, version FROM calls;
 
 CREATE TABLE IF NOT EXISTS contacts
 (

@@ -1,0 +1,98 @@
+"""The in-process dedup layer: outcomes, waits on pending writes, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from pipeline.dedup import Deduplicator, Outcome
+
+
+class Loader:
+    def __init__(self, stored: dict[str, dict[str, int]] | None = None) -> None:
+        self.stored = stored or {}
+        self.calls: list[tuple[str, str, tuple[str, ...]]] = []
+
+    async def __call__(
+        self, table: str, tenant: str, devices: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        self.calls.append((table, tenant, tuple(devices)))
+        return {d: dict(self.stored.get(d, {})) for d in devices}
+
+
+async def test_outcomes_against_stored_and_within_a_batch() -> None:
+    dedup = Deduplicator(Loader({"d1": {"a": 10, "b": 10}}))
+    await dedup.ensure_loaded("calls", "t", "d1")
+    verdict = dedup.classify(
+        "calls", "t", "d1", ["a", "b", "c", "c", "d", "d"], [10, 11, 5, 5, 1, 2]
+    )
+    assert [Outcome(o) for o in verdict.outcomes] == [
+        Outcome.DUPLICATE,  # same version as stored
+        Outcome.UPDATED,  # newer than stored
+        Outcome.ACCEPTED,
+        Outcome.DUPLICATE,  # repeated in the same batch
+        Outcome.ACCEPTED,
+        Outcome.UPDATED,  # newer than the copy earlier in the batch
+    ]
+    assert verdict.new_rows.tolist() == [False, True, True, False, True, True]
+
+
+async def test_devices_seen_together_load_in_one_query() -> None:
+    loader = Loader()
+    dedup = Deduplicator(loader)
+    await asyncio.gather(*(dedup.ensure_loaded("calls", "t", f"d{i}") for i in range(20)))
+    await dedup.ensure_loaded("calls", "t", "d3")  # already known: no query
+    assert len(loader.calls) == 1 and len(loader.calls[0][2]) == 20
+
+
+async def test_duplicate_of_a_pending_write_waits_for_it() -> None:
+    dedup = Deduplicator(Loader())
+    await dedup.ensure_loaded("calls", "t", "d")
+    written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    dedup.record("calls", "t", "d", ["a"], [1], written)
+    verdict = dedup.classify("calls", "t", "d", ["a"], [1])
+    assert verdict.count(Outcome.DUPLICATE) == 1
+    assert verdict.waits == (written,)
+    written.set_result(None)
+    await asyncio.sleep(0)
+    assert dedup.classify("calls", "t", "d", ["a"], [1]).waits == ()
+
+
+async def test_a_failed_write_makes_the_device_reload_from_the_database() -> None:
+    loader = Loader()
+    dedup = Deduplicator(loader)
+    await dedup.ensure_loaded("calls", "t", "d")
+    written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    dedup.record("calls", "t", "d", ["a"], [1], written)
+    written.set_exception(RuntimeError("insert failed"))
+    await asyncio.sleep(0)
+    await dedup.ensure_loaded("calls", "t", "d")
+    assert len(loader.calls) == 2
+    verdict = dedup.classify("calls", "t", "d", ["a"], [1])
+    assert verdict.count(Outcome.ACCEPTED) == 1
+
+
+async def test_memory_is_bounded_by_evicting_idle_devices() -> None:
+    dedup = Deduplicator(Loader(), max_entries=100)
+    for device in range(10):
+        await dedup.ensure_loaded("calls", "t", f"d{device}")
+        keys = [f"k{i}" for i in range(30)]
+        dedup.record("calls", "t", f"d{device}", keys, [1] * 30, None)
+    assert dedup.entries <= 100
+
+
+async def test_load_failure_reaches_every_waiter() -> None:
+    async def broken(table: str, tenant: str, devices: Sequence[str]) -> dict[str, dict[str, int]]:
+        raise RuntimeError("clickhouse down")
+
+    dedup = Deduplicator(broken)
+    results = await asyncio.gather(
+        dedup.ensure_loaded("calls", "t", "a"),
+        dedup.ensure_loaded("calls", "t", "b"),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
+    with pytest.raises(RuntimeError):
+        await dedup.ensure_loaded("calls", "t", "a")
