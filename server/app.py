@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pipeline.ingest import Ingestor, Settings
 from pipeline.keys import TenantKeys
+from pipeline.paging import PageTokens
 from proto.callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -141,7 +142,9 @@ class Service:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(directory, hasher, authenticator, keys, ingestor), server
         )
-        report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(), server)
+        report_pb2_grpc.add_ReportServiceServicer_to_server(
+            ReportServicer(db, directory, keys, PageTokens(master_key)), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -1,71 +1,120 @@
-"""ReportService: every report, computed inside ClickHouse."""
+"""ReportService: resolves the caller's tenant and filter, then hands each RPC to its family.
+
+Summary-shaped reports live in ``server/report_summary.py``; paged listings (clients, call
+history, lead activity) in ``server/report_pages.py``. The aggregation itself is SQL in
+``storage/``; this layer only validates, decrypts the rows it returns and builds responses.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
 
+from pipeline.crypto import Keyring
+from pipeline.keys import TenantKeys
+from pipeline.paging import PageTokens
 from proto.callsight.v1 import report_pb2, report_pb2_grpc
-from server.errors import Unimplemented
+from server import report_pages, report_summary
+from server.auth import current_caller
+from server.filters import call_filter
+from storage.database import Database
+from storage.directory import Directory, Tenant
+from storage.errors import NotFound
+from storage.filters import CallFilter
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+@dataclass(frozen=True)
+class ReportCall:
+    """Everything a report handler needs, resolved for the caller."""
+
+    tenant: Tenant
+    filter: CallFilter
+    keyring: Keyring
+    db: Database
+    directory: Directory
+    tokens: PageTokens
 
 
 class ReportServicer(report_pb2_grpc.ReportServiceServicer):
     """Reports over the caller's tenant."""
 
+    def __init__(
+        self, db: Database, directory: Directory, keys: TenantKeys, tokens: PageTokens
+    ) -> None:
+        self._db = db
+        self._directory = directory
+        self._keys = keys
+        self._tokens = tokens
+
+    async def _call(self, request_filter: report_pb2.ReportFilter) -> ReportCall:
+        tenant_id = current_caller().tenant_id
+        tenant = await self._directory.tenant(tenant_id)
+        if tenant is None:
+            raise NotFound("the caller's tenant no longer exists")
+        return ReportCall(
+            tenant=tenant,
+            filter=await call_filter(request_filter, tenant, self._directory),
+            keyring=await self._keys.keyring(tenant_id),
+            db=self._db,
+            directory=self._directory,
+            tokens=self._tokens,
+        )
+
     async def CallSummary(
         self, request: report_pb2.CallSummaryRequest, context: Context
     ) -> report_pb2.CallSummaryResponse:
-        raise Unimplemented("CallSummary is not built yet (reports computed in ClickHouse)")
+        return await report_summary.call_summary(await self._call(request.filter), request)
 
     async def EmployeeSummary(
         self, request: report_pb2.EmployeeSummaryRequest, context: Context
     ) -> report_pb2.EmployeeSummaryResponse:
-        raise Unimplemented("EmployeeSummary is not built yet (reports computed in ClickHouse)")
+        return await report_summary.employee_summary(await self._call(request.filter), request)
 
     async def CallAnalysis(
         self, request: report_pb2.CallAnalysisRequest, context: Context
     ) -> report_pb2.CallAnalysisResponse:
-        raise Unimplemented("CallAnalysis is not built yet (reports computed in ClickHouse)")
-
-    async def NeverAttended(
-        self, request: report_pb2.NeverAttendedRequest, context: Context
-    ) -> report_pb2.NeverAttendedResponse:
-        raise Unimplemented("NeverAttended is not built yet (reports computed in ClickHouse)")
-
-    async def NotPickedByClient(
-        self, request: report_pb2.NotPickedByClientRequest, context: Context
-    ) -> report_pb2.NotPickedByClientResponse:
-        raise Unimplemented("NotPickedByClient is not built yet (reports computed in ClickHouse)")
-
-    async def UniqueClients(
-        self, request: report_pb2.UniqueClientsRequest, context: Context
-    ) -> report_pb2.UniqueClientsResponse:
-        raise Unimplemented("UniqueClients is not built yet (reports computed in ClickHouse)")
+        return await report_summary.call_analysis(await self._call(request.filter), request)
 
     async def HourlyAnalytics(
         self, request: report_pb2.HourlyAnalyticsRequest, context: Context
     ) -> report_pb2.HourlyAnalyticsResponse:
-        raise Unimplemented("HourlyAnalytics is not built yet (reports computed in ClickHouse)")
+        return await report_summary.hourly_analytics(await self._call(request.filter), request)
 
     async def DaywiseAnalytics(
         self, request: report_pb2.DaywiseAnalyticsRequest, context: Context
     ) -> report_pb2.DaywiseAnalyticsResponse:
-        raise Unimplemented("DaywiseAnalytics is not built yet (reports computed in ClickHouse)")
+        return await report_summary.daywise_analytics(await self._call(request.filter), request)
 
     async def WorkingHours(
         self, request: report_pb2.WorkingHoursRequest, context: Context
     ) -> report_pb2.WorkingHoursResponse:
-        raise Unimplemented("WorkingHours is not built yet (reports computed in ClickHouse)")
+        return await report_summary.working_hours(await self._call(request.filter), request)
+
+    async def NeverAttended(
+        self, request: report_pb2.NeverAttendedRequest, context: Context
+    ) -> report_pb2.NeverAttendedResponse:
+        return await report_pages.never_attended(await self._call(request.filter), request)
+
+    async def NotPickedByClient(
+        self, request: report_pb2.NotPickedByClientRequest, context: Context
+    ) -> report_pb2.NotPickedByClientResponse:
+        return await report_pages.not_picked_by_client(await self._call(request.filter), request)
+
+    async def UniqueClients(
+        self, request: report_pb2.UniqueClientsRequest, context: Context
+    ) -> report_pb2.UniqueClientsResponse:
+        return await report_pages.unique_clients(await self._call(request.filter), request)
 
     async def CallHistory(
         self, request: report_pb2.CallHistoryRequest, context: Context
     ) -> report_pb2.CallHistoryResponse:
-        raise Unimplemented("CallHistory is not built yet (reports computed in ClickHouse)")
+        return await report_pages.call_history(await self._call(request.filter), request)
 
     async def LeadActivity(
         self, request: report_pb2.LeadActivityRequest, context: Context
     ) -> report_pb2.LeadActivityResponse:
-        raise Unimplemented("LeadActivity is not built yet (reports computed in ClickHouse)")
+        return await report_pages.lead_activity(await self._call(request.filter), request)

@@ -1,0 +1,81 @@
+"""ReportFilter (request) -> CallFilter (what storage runs), validated, all problems at once."""
+
+from __future__ import annotations
+
+import time
+
+from proto.callsight.v1 import common_pb2, report_pb2
+from server.admin import valid_timezone
+from storage.directory import Directory, Tenant
+from storage.errors import InvalidArgument
+from storage.filters import CallFilter
+
+DAY_MS = 86_400_000
+MAX_RANGE_DAYS = 400
+DEFAULT_RANGE_DAYS = 30
+
+
+async def call_filter(
+    request: report_pb2.ReportFilter, tenant: Tenant, directory: Directory
+) -> CallFilter:
+    """Validates a request filter for ``tenant``; employee tags become employee ids."""
+    problems: list[str] = []
+    now_ms = int(time.time() * 1000)
+    from_ms, to_ms = request.from_ms, request.to_ms
+    if not from_ms and not to_ms:
+        # Unset range: the last 30 days (and calls stamped up to a day ahead by skewed clocks).
+        from_ms, to_ms = now_ms - DEFAULT_RANGE_DAYS * DAY_MS, now_ms + DAY_MS
+    elif not to_ms:
+        to_ms = now_ms + DAY_MS
+    if from_ms < 0:
+        problems.append("filter.from_ms must not be negative")
+    if to_ms <= from_ms:
+        problems.append(
+            f"filter range is empty or reversed (from_ms {from_ms} >= to_ms {to_ms});"
+            " from_ms must be before to_ms"
+        )
+    elif to_ms - from_ms > MAX_RANGE_DAYS * DAY_MS:
+        problems.append(
+            f"filter range spans {(to_ms - from_ms) / DAY_MS:.1f} days; at most"
+            f" {MAX_RANGE_DAYS} days per request"
+        )
+    timezone = request.timezone or tenant.timezone
+    try:
+        valid_timezone(timezone)
+    except InvalidArgument as exc:
+        problems.append(f"filter.{exc}")
+    valid_types = set(common_pb2.CallType.values()) - {common_pb2.CALL_TYPE_UNSPECIFIED}
+    bad_types = [t for t in request.call_types if t not in valid_types]
+    if bad_types:
+        problems.append(f"filter.call_types {bad_types} are not CallType values (1-7)")
+    max_duration = request.max_duration_s if request.HasField("max_duration_s") else None
+    if max_duration is not None and max_duration < request.min_duration_s:
+        problems.append("filter.max_duration_s is below filter.min_duration_s")
+    if problems:
+        raise InvalidArgument("; ".join(problems))
+
+    employee_ids: tuple[str, ...] | None = None
+    if request.employee_ids:
+        employee_ids = tuple(sorted(set(request.employee_ids)))
+    if request.employee_tags:
+        tags = set(request.employee_tags)
+        tagged = {
+            e.employee_id
+            for e in await directory.employees(tenant.tenant_id)
+            if tags.intersection(e.tags)
+        }
+        employee_ids = tuple(
+            sorted(tagged if employee_ids is None else tagged.intersection(employee_ids))
+        )
+    return CallFilter(
+        tenant_id=tenant.tenant_id,
+        from_ms=from_ms,
+        to_ms=to_ms,
+        timezone=timezone,
+        sync_time=request.time_field == report_pb2.TIME_FIELD_SYNC_TIME,
+        employee_ids=employee_ids,
+        call_types=tuple(sorted(set(request.call_types))),
+        min_duration_s=request.min_duration_s,
+        max_duration_s=max_duration,
+        include_excluded=request.include_excluded_numbers,
+    )
