@@ -14,6 +14,8 @@ from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from server.auth import API_KEY_PREFIX, ENROLLMENT_PREFIX, Authenticator, TokenHasher, new_public_id
 from server.auth import current_caller as caller
 from server.errors import Unimplemented
+from storage import privacy
+from storage.database import Database
 from storage.directory import ApiKey, Directory, Employee, Enrollment, Tenant, now_ms
 from storage.errors import InvalidArgument, NotFound
 
@@ -60,7 +62,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         keys: TenantKeys,
         hasher: TokenHasher,
         authenticator: Authenticator,
+        db: Database,
     ) -> None:
+        self._db = db
         self._directory = directory
         self._keys = keys
         self._hasher = hasher
@@ -213,7 +217,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def SetExcludedNumbers(
         self, request: admin_pb2.SetExcludedNumbersRequest, context: Context
     ) -> admin_pb2.SetExcludedNumbersResponse:
-        raise Unimplemented("SetExcludedNumbers is not built yet (excluded numbers for reports)")
+        tenant = await self._tenant()
+        keyring = await self._keys.keyring(tenant.tenant_id)
+        numbers: dict[bytes, bytes] = {}
+        problems = []
+        for i, raw in enumerate(request.numbers):
+            try:
+                e164 = phone.normalize(raw, tenant.default_region)
+            except InvalidArgument as exc:
+                problems.append(f"numbers[{i}]: {exc}")
+                continue
+            numbers[keyring.blind_index(e164)] = keyring.encrypt(e164)
+        if problems:
+            raise InvalidArgument("; ".join(problems) + "; nothing was changed")
+        excluded = await privacy.set_excluded(self._db, tenant.tenant_id, numbers)
+        return admin_pb2.SetExcludedNumbersResponse(excluded=excluded)
 
     async def ImportLeads(
         self, request: admin_pb2.ImportLeadsRequest, context: Context

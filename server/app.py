@@ -137,7 +137,7 @@ class Service:
             ],
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(directory, keys, hasher, authenticator), server
+            AdminServicer(directory, keys, hasher, authenticator, db), server
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(directory, hasher, authenticator, keys, ingestor), server

@@ -302,7 +302,6 @@ async def test_unbuilt_rpcs_answer_unimplemented_naming_the_feature(
     admin = admin_pb2_grpc.AdminServiceStub(channel)
     for call, request in (
         (admin.ImportLeads, admin_pb2.ImportLeadsRequest()),
-        (admin.SetExcludedNumbers, admin_pb2.SetExcludedNumbersRequest()),
         (admin.EraseNumber, admin_pb2.EraseNumberRequest()),
     ):
         error = await expect_status(call(request, metadata=tenant.admin), CODE.UNIMPLEMENTED)
