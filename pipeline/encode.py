@@ -459,7 +459,8 @@ def _decode_contacts(
         owners = np.searchsorted(offsets, [i for i, _ in flat_errors], side="right") - 1
         seen: set[int] = set()
         for owner, (flat_index, reason) in zip(owners.tolist(), flat_errors, strict=True):
-            if owner not in seen:
+            # A deletion must get through even if the phone kept a garbled number.
+            if owner not in seen and not cols.deleted[owner]:
                 seen.add(owner)
                 position = flat_index - int(offsets[owner])
                 number_errors.append((owner, f"numbers[{position}]: {reason}"))

@@ -489,6 +489,18 @@ def test_contacts_rows(source: Source, codec: NumberCodec, cipher: CountingCiphe
     assert b"6502530000" not in blob
 
 
+def test_a_deletion_gets_through_despite_a_garbled_number(
+    source: Source, codec: NumberCodec
+) -> None:
+    request = contacts_request(
+        {"contact_id": "k1", "numbers": ["not a number"], "updated_at_ms": 5, "deleted": True},
+        {"contact_id": "k2", "numbers": ["not a number"], "updated_at_ms": 5},
+    )
+    decoded = decode(request, source, codec, NOW)
+    assert column(decoded, "contact_id") == ["k1"]
+    assert [i for i, _ in decoded.errors] == [1]
+
+
 def test_contact_and_call_of_one_number_join_on_the_blind_index(
     source: Source, codec: NumberCodec
 ) -> None:
