@@ -1,53 +1,153 @@
-"""Summary-shaped reports: placeholder until built."""
+"""Summary-shaped reports: totals, per-employee totals, analysis, hourly, daily, working days.
+
+The figures come from ``storage/summaries.py``, aggregated in ClickHouse; this module only pages,
+decrypts employee names and builds the responses.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from pipeline import paging
 from proto.callsight.v1 import report_pb2
-from server.errors import Unimplemented
+from storage import summaries
+from storage.directory import now_ms
 
 if TYPE_CHECKING:
     from server.reports import ReportCall
 
 
+def _summary(totals: summaries.Totals) -> report_pb2.Summary:
+    return report_pb2.Summary(**asdict(totals))
+
+
+async def _names(call: ReportCall, employee_ids: set[str]) -> dict[str, str]:
+    # Decrypts only the names a response shows.
+    return {
+        e.employee_id: call.keyring.decrypt(e.name_enc)
+        for e in await call.directory.employees(call.tenant.tenant_id)
+        if e.employee_id in employee_ids
+    }
+
+
 async def call_summary(
     call: ReportCall, request: report_pb2.CallSummaryRequest
 ) -> report_pb2.CallSummaryResponse:
-    """CallSummary."""
-    raise Unimplemented("CallSummary is not built yet (reports computed in ClickHouse)")
+    """Totals over the filtered calls."""
+    totals = await summaries.call_summary(call.db, call.filter)
+    return report_pb2.CallSummaryResponse(summary=_summary(totals))
 
 
 async def employee_summary(
     call: ReportCall, request: report_pb2.EmployeeSummaryRequest
 ) -> report_pb2.EmployeeSummaryResponse:
-    """EmployeeSummary."""
-    raise Unimplemented("EmployeeSummary is not built yet (reports computed in ClickHouse)")
+    """Totals per employee with calls in the filter, by employee_id, keyset-paged."""
+    size = paging.page_size(request.page_size)
+    bound_to = paging.fingerprint(
+        "EmployeeSummary",
+        call.tenant.tenant_id,
+        request.filter.SerializeToString(deterministic=True),
+    )
+    page = call.tokens.open(request.page_token, bound_to, size, now_ms())
+    after = str(page.cursor[0]) if page.cursor else None
+    # One row past the page says whether another page follows.
+    rows = await summaries.employee_summary(
+        call.db, call.filter, after, page.size + 1, page.snapshot_ms
+    )
+    rows, more = rows[: page.size], len(rows) > page.size
+    names = await _names(call, {r.employee_id for r in rows})
+    return report_pb2.EmployeeSummaryResponse(
+        employees=[
+            report_pb2.EmployeeSummaryRow(
+                employee_id=r.employee_id,
+                name=names.get(r.employee_id, ""),
+                summary=_summary(r.totals),
+                avg_duration_s=r.avg_duration_s,
+                avg_incoming_duration_s=r.avg_incoming_duration_s,
+                avg_outgoing_duration_s=r.avg_outgoing_duration_s,
+                last_call_at_ms=r.last_call_at_ms,
+            )
+            for r in rows
+        ],
+        next_page_token=(
+            call.tokens.issue(bound_to, [rows[-1].employee_id], page.snapshot_ms) if more else ""
+        ),
+    )
 
 
 async def call_analysis(
     call: ReportCall, request: report_pb2.CallAnalysisRequest
 ) -> report_pb2.CallAnalysisResponse:
-    """CallAnalysis."""
-    raise Unimplemented("CallAnalysis is not built yet (reports computed in ClickHouse)")
+    """Averages and top performers."""
+    analysis = await summaries.call_analysis(call.db, call.filter)
+    leaders = {
+        "top_dialer": analysis.top_dialer,
+        "top_answered": analysis.top_answered,
+        "top_caller": analysis.top_caller,
+        "longest_call": analysis.longest_call,
+        "highest_total_duration": analysis.highest_total_duration,
+    }
+    names = await _names(call, {leader.employee_id for leader in leaders.values()})
+    return report_pb2.CallAnalysisResponse(
+        avg_duration_per_call_s=analysis.avg_duration_per_call_s,
+        avg_duration_per_day_s=analysis.avg_duration_per_day_s,
+        avg_incoming_duration_s=analysis.avg_incoming_duration_s,
+        avg_outgoing_duration_s=analysis.avg_outgoing_duration_s,
+        **{
+            field: report_pb2.TopPerformer(
+                employee_id=leader.employee_id,
+                name=names.get(leader.employee_id, ""),
+                value=leader.value,
+            )
+            for field, leader in leaders.items()
+        },
+    )
 
 
 async def hourly_analytics(
     call: ReportCall, request: report_pb2.HourlyAnalyticsRequest
 ) -> report_pb2.HourlyAnalyticsResponse:
-    """HourlyAnalytics."""
-    raise Unimplemented("HourlyAnalytics is not built yet (reports computed in ClickHouse)")
+    """24 slots, hour 0 first, in the filter's time zone; hours without calls are zeros."""
+    slots = {s.key: s for s in await summaries.hourly(call.db, call.filter)}
+    hours = []
+    for hour in range(24):
+        slot = slots.get(hour, summaries.Slot(hour, 0, 0, 0))
+        hours.append(
+            report_pb2.HourSlot(
+                hour=hour,
+                calls=slot.calls,
+                connected_calls=slot.connected_calls,
+                duration_s=slot.duration_s,
+            )
+        )
+    return report_pb2.HourlyAnalyticsResponse(hours=hours)
 
 
 async def daywise_analytics(
     call: ReportCall, request: report_pb2.DaywiseAnalyticsRequest
 ) -> report_pb2.DaywiseAnalyticsResponse:
-    """DaywiseAnalytics."""
-    raise Unimplemented("DaywiseAnalytics is not built yet (reports computed in ClickHouse)")
+    """One slot per local day with calls, oldest first."""
+    return report_pb2.DaywiseAnalyticsResponse(
+        days=[
+            report_pb2.DaySlot(
+                date=str(s.key),
+                calls=s.calls,
+                connected_calls=s.connected_calls,
+                duration_s=s.duration_s,
+            )
+            for s in await summaries.daywise(call.db, call.filter)
+        ]
+    )
 
 
 async def working_hours(
     call: ReportCall, request: report_pb2.WorkingHoursRequest
 ) -> report_pb2.WorkingHoursResponse:
-    """WorkingHours."""
-    raise Unimplemented("WorkingHours is not built yet (reports computed in ClickHouse)")
+    """One row per employee and local day with calls, by employee then date."""
+    return report_pb2.WorkingHoursResponse(
+        days=[
+            report_pb2.WorkingDay(**asdict(day))
+            for day in await summaries.working_hours(call.db, call.filter)
+        ]
+    )
