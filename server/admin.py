@@ -1,29 +1,35 @@
-"""AdminService: tenants, API keys, employees, enrollments and devices."""
+"""AdminService: tenants, API keys, employees, enrollments, devices, leads and privacy."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import zoneinfo
+from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
 
 from pipeline import phone
+from pipeline.crypto import Keyring
 from pipeline.keys import TenantKeys
 from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from server.auth import API_KEY_PREFIX, ENROLLMENT_PREFIX, Authenticator, TokenHasher, new_public_id
 from server.auth import current_caller as caller
-from server.errors import Unimplemented
-from storage import privacy
+from storage import leads, privacy
 from storage.database import Database
 from storage.directory import ApiKey, Directory, Employee, Enrollment, Tenant, now_ms
-from storage.errors import InvalidArgument, NotFound
+from storage.errors import FailedPrecondition, InvalidArgument, NotFound
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 DEFAULT_ENROLLMENT_TTL_S = 86_400
 MAX_ENROLLMENT_TTL_S = 30 * 86_400
 _ROLES = {common_pb2.ROLE_ADMIN: "ADMIN", common_pb2.ROLE_REPORTS: "REPORTS"}
+MAX_IMPORT_LEADS = 10_000
+MAX_LEAD_FIELD_LEN = 1024
+# An import with thousands of bad leads names the first ones and counts the rest.
+_MAX_PROBLEMS_SHOWN = 50
 
 
 def _required(value: str, field: str) -> str:
@@ -53,6 +59,38 @@ def valid_region(region: str, field: str) -> str:
     return region.upper()
 
 
+def _all_problems(problems: list[str], suffix: str) -> InvalidArgument:
+    shown = problems[:_MAX_PROBLEMS_SHOWN]
+    if len(problems) > len(shown):
+        shown.append(f"and {len(problems) - len(shown)} more problems")
+    return InvalidArgument("; ".join(shown) + suffix)
+
+
+class _Assigner:
+    """Picks the employee of each new lead: round robin, or the least loaded at that moment."""
+
+    def __init__(self, pool: list[str], load: dict[str, int] | None) -> None:
+        self._pool = pool
+        self._load = load
+        self._turn = 0
+
+    def next(self) -> str:
+        """The employee of the next new lead."""
+        if not self._pool:
+            raise FailedPrecondition(
+                "the tenant has no employees to assign leads to; create an employee first"
+            )
+        if self._load is None:
+            employee_id = self._pool[self._turn % len(self._pool)]
+            self._turn += 1
+            return employee_id
+        load = self._load
+        # min() keeps the first of equals, so ties go to the earlier employee in the pool.
+        employee_id = min(self._pool, key=lambda e: load.get(e, 0))
+        load[employee_id] = load.get(employee_id, 0) + 1
+        return employee_id
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Administration of the caller's tenant; CreateTenant alone is the operator's."""
 
@@ -69,6 +107,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._keys = keys
         self._hasher = hasher
         self._auth = authenticator
+        # Imports run one at a time in this process, so two of one number cannot both create it.
+        self._import_lock = asyncio.Lock()
 
     async def _tenant(self) -> Tenant:
         tenant = await self._directory.tenant(caller().tenant_id)
@@ -236,9 +276,169 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ImportLeads(
         self, request: admin_pb2.ImportLeadsRequest, context: Context
     ) -> admin_pb2.ImportLeadsResponse:
-        raise Unimplemented("ImportLeads is not built yet (lead import and assignment)")
+        tenant = await self._tenant()
+        if len(request.leads) > MAX_IMPORT_LEADS:
+            raise InvalidArgument(
+                f"{len(request.leads)} leads in one request; at most {MAX_IMPORT_LEADS},"
+                " split the import into several requests"
+            )
+        problems: list[str] = []
+        strategy = request.strategy or admin_pb2.ASSIGNMENT_STRATEGY_ROUND_ROBIN
+        if strategy not in admin_pb2.AssignmentStrategy.values():
+            problems.append(f"strategy {strategy} is not an AssignmentStrategy value")
+        on_existing = request.on_existing or admin_pb2.ON_EXISTING_IGNORE
+        if on_existing not in admin_pb2.OnExisting.values():
+            problems.append(f"on_existing {on_existing} is not an OnExisting value")
+        explicit = strategy == admin_pb2.ASSIGNMENT_STRATEGY_EXPLICIT
+        employees = sorted(e.employee_id for e in await self._directory.employees(tenant.tenant_id))
+        known = set(employees)
+        unknown = [e for e in request.employee_ids if e not in known]
+        if unknown:
+            problems.append(f"employee_ids {unknown} are not employees of this tenant")
+        keyring = await self._keys.keyring(tenant.tenant_id)
+        imported = [
+            self._imported_lead(i, lead, tenant, keyring, explicit, known, problems)
+            for i, lead in enumerate(request.leads)
+        ]
+        if problems:
+            raise _all_problems(problems, "; no lead was imported")
+
+        pool = list(dict.fromkeys(request.employee_ids)) or employees
+        async with self._import_lock:
+            load = None
+            if strategy == admin_pb2.ASSIGNMENT_STRATEGY_LEAST_LOADED:
+                load = await leads.open_leads(self._db, tenant.tenant_id)
+            assigner = _Assigner(pool, load)
+            current: dict[bytes, leads.Lead] = {}
+            # Lowest lead_id wins if several leads ever shared a primary number.
+            for found in reversed(
+                await leads.by_primary(
+                    self._db, tenant.tenant_id, [i.primary_bidx for i in imported]
+                )
+            ):
+                current[found.primary_bidx] = found
+            created = now_ms()
+            changed: dict[str, leads.Lead] = {}
+            results = []
+            for lead in imported:
+                existing = current.get(lead.primary_bidx)
+                if existing is None:
+                    employee_id = lead.employee_id if explicit else assigner.next()
+                    new = replace(
+                        lead,
+                        lead_id=str(uuid.uuid4()),
+                        employee_id=employee_id,
+                        created_at_ms=created,
+                    )
+                    current[new.primary_bidx] = changed[new.lead_id] = new
+                    results.append(
+                        admin_pb2.ImportedLead(
+                            lead_id=new.lead_id, is_new=True, employee_id=employee_id
+                        )
+                    )
+                    continue
+                # A repeat of a number earlier in this request meets the lead it created: not new.
+                if on_existing == admin_pb2.ON_EXISTING_OVERWRITE:
+                    updated = leads.overwrite(
+                        existing, lead, lead.employee_id if explicit else None
+                    )
+                elif on_existing == admin_pb2.ON_EXISTING_FILL_BLANKS:
+                    updated = leads.fill_blanks(existing, lead)
+                else:
+                    updated = existing
+                if updated != existing:
+                    current[updated.primary_bidx] = changed[updated.lead_id] = updated
+                results.append(
+                    admin_pb2.ImportedLead(
+                        lead_id=updated.lead_id, is_new=False, employee_id=updated.employee_id
+                    )
+                )
+            await leads.put(self._db, list(changed.values()))
+        return admin_pb2.ImportLeadsResponse(leads=results)
+
+    @staticmethod
+    def _imported_lead(
+        index: int,
+        lead: admin_pb2.Lead,
+        tenant: Tenant,
+        keyring: Keyring,
+        explicit: bool,
+        employees: set[str],
+        problems: list[str],
+    ) -> leads.Lead:
+        """The request lead, encrypted and not yet assigned; its problems go to ``problems``."""
+        where = f"leads[{index}]"
+        text = {
+            name: getattr(lead, name).strip()
+            for name in (
+                "first_name",
+                "last_name",
+                "company",
+                "email",
+                "address",
+                "city",
+                "state",
+                "country",
+                "zipcode",
+            )
+        }
+        for name, value in text.items():
+            if len(value) > MAX_LEAD_FIELD_LEN:
+                problems.append(f"{where}.{name} is longer than {MAX_LEAD_FIELD_LEN} characters")
+        primary = secondary = ""
+        if not lead.primary_number.strip():
+            problems.append(f"{where}.primary_number is required")
+        else:
+            try:
+                primary = phone.normalize(lead.primary_number, tenant.default_region)
+            except InvalidArgument as exc:
+                problems.append(f"{where}.primary_number: {exc}")
+        if lead.secondary_number.strip():
+            try:
+                secondary = phone.normalize(lead.secondary_number, tenant.default_region)
+            except InvalidArgument as exc:
+                problems.append(f"{where}.secondary_number: {exc}")
+        employee_id = ""
+        if explicit:
+            employee_id = lead.employee_id.strip()
+            if not employee_id:
+                problems.append(
+                    f"{where}.employee_id is required with ASSIGNMENT_STRATEGY_EXPLICIT"
+                )
+            elif employee_id not in employees:
+                problems.append(
+                    f"{where}.employee_id {employee_id!r} is not an employee of this tenant"
+                )
+        return leads.Lead(
+            tenant_id=tenant.tenant_id,
+            lead_id="",
+            employee_id=employee_id,
+            first_name_enc=keyring.encrypt(text["first_name"]),
+            last_name_enc=keyring.encrypt(text["last_name"]),
+            company=text["company"],
+            primary_enc=keyring.encrypt(primary),
+            primary_bidx=keyring.blind_index(primary) if primary else leads.NO_NUMBER,
+            secondary_enc=keyring.encrypt(secondary),
+            secondary_bidx=keyring.blind_index(secondary) if secondary else leads.NO_NUMBER,
+            email_enc=keyring.encrypt(text["email"]),
+            address_enc=keyring.encrypt(text["address"]),
+            city=text["city"],
+            state=text["state"],
+            country=text["country"],
+            zipcode=text["zipcode"],
+            tags=tuple(sorted({t.strip() for t in lead.tags if t.strip()})),
+            created_at_ms=0,
+        )
 
     async def EraseNumber(
         self, request: admin_pb2.EraseNumberRequest, context: Context
     ) -> admin_pb2.EraseNumberResponse:
-        raise Unimplemented("EraseNumber is not built yet (erasure of a number's data)")
+        tenant = await self._tenant()
+        if not request.number.strip():
+            raise InvalidArgument("number is required")
+        e164 = phone.normalize(request.number, tenant.default_region)
+        keyring = await self._keys.keyring(tenant.tenant_id)
+        erased = await privacy.erase_number(self._db, tenant.tenant_id, keyring.blind_index(e164))
+        return admin_pb2.EraseNumberResponse(
+            erased_calls=erased.calls, erased_contacts=erased.contacts, erased_leads=erased.leads
+        )

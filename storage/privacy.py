@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from storage.database import Database
+
+
+@dataclass(frozen=True)
+class Erased:
+    """How many records held an erased number (each call, contact or lead once)."""
+
+    calls: int
+    contacts: int
+    leads: int
+
+
+# Per table: the rows that hold the number, and the keys of the records whose newest version
+# holds it. Every row of such a record goes, so an older version cannot resurface; an older row
+# that held the number goes too, while the record's newer version (without it) stays.
+_ERASE = (
+    ("calls", "number_bidx = {b:FixedString(32)}", "(device_id, call_id)"),
+    ("contacts", "has(numbers_bidx, {b:FixedString(32)})", "(device_id, contact_id)"),
+    (
+        "leads",
+        "(primary_bidx = {b:FixedString(32)} OR secondary_bidx = {b:FixedString(32)})",
+        "lead_id",
+    ),
+)
 
 
 async def set_excluded(db: Database, tenant_id: str, numbers: dict[bytes, bytes]) -> int:
@@ -27,3 +51,28 @@ async def set_excluded(db: Database, tenant_id: str, numbers: dict[bytes, bytes]
             ["tenant_id", "number_bidx", "number_enc", "version", "is_deleted"],
         )
     return len(numbers)
+
+
+async def erase_number(db: Database, tenant_id: str, bidx: bytes) -> Erased:
+    """Deletes every call, contact and lead of the tenant with the number whose blind index is
+    ``bidx``, and the number from the excluded list; returns how many records held it."""
+    params = {"t": tenant_id, "b": bidx}
+    counts: dict[str, int] = {}
+    for table, holds, key in _ERASE:
+        rows = await db.query(
+            f"SELECT count() FROM {table} FINAL WHERE tenant_id = {{t:String}} AND {holds}",
+            params,
+        )
+        counts[table] = int(rows[0][0])
+        # Lightweight DELETE: the rows vanish from every read at once; parts are cleaned later.
+        await db.command(
+            f"DELETE FROM {table} WHERE tenant_id = {{t:String}} AND ({holds} OR {key} IN ("
+            f"SELECT {key} FROM {table} FINAL WHERE tenant_id = {{t:String}} AND {holds}))",
+            params,
+        )
+    await db.command(
+        "DELETE FROM excluded_numbers WHERE tenant_id = {t:String}"
+        " AND number_bidx = {b:FixedString(32)}",
+        params,
+    )
+    return Erased(calls=counts["calls"], contacts=counts["contacts"], leads=counts["leads"])

@@ -1,0 +1,341 @@
+"""SQL of the paged listings: client rows, call history and lead activity.
+
+Every query starts from ``filtered_calls`` (the newest version of each call in the filter, as of
+the first page's ``snapshot_ms``) and aggregates inside ClickHouse; Python only decrypts the rows
+of one page. Paging is keyset paging, never OFFSET: each query takes the sort key of the last row
+served and returns the next ``limit`` rows after it.
+
+* Client listings group by ``client_key`` (the first 8 bytes of the number's blind index) and are
+  ordered by it: a key that is stable and reveals nothing about the number.
+* Call history is ordered by (started_at, device_id, call_id) descending, the table's own key.
+* Lead activity is ordered by lead_id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from storage.database import Database
+from storage.filters import CallFilter, filtered_calls
+
+# CallType values (proto common.proto); the SQL below only ever inlines these constants.
+INCOMING, OUTGOING, MISSED, REJECTED, BLOCKED = 1, 2, 3, 5, 6
+_MISSED_OR_REJECTED = f"type IN ({MISSED}, {REJECTED}, {BLOCKED})"
+_OUTGOING = f"type = {OUTGOING}"
+# "Newest" call of a group: ties on started_at broken the way CallHistory orders calls.
+_NEWEST = "(started_at, device_id, call_id)"
+_CLIENT_COLUMNS = (
+    "client_key, number_enc, name_enc, employee_id, type, duration_s, started_at, device_id,"
+    " call_id"
+)
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    """A client of NeverAttended or NotPickedByClient, number and name still encrypted."""
+
+    client_key: int
+    number_enc: bytes
+    name_enc: bytes
+    employee_ids: tuple[str, ...]
+    calls: int
+
+
+@dataclass(frozen=True)
+class UniqueClientRow:
+    """A distinct client number with its totals, number and name still encrypted."""
+
+    client_key: int
+    number_enc: bytes
+    name_enc: bytes
+    total_calls: int
+    incoming_calls: int
+    outgoing_calls: int
+    total_duration_s: int
+    last_call_at_ms: int
+    last_call_type: int
+
+
+@dataclass(frozen=True)
+class HistoryKey:
+    """Where a call sits in CallHistory's order; the keyset cursor."""
+
+    started_at_ms: int
+    device_id: str
+    call_id: str
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One call at its newest version, personal fields still encrypted."""
+
+    call_id: str
+    device_id: str
+    employee_id: str
+    number_enc: bytes
+    name_enc: bytes
+    type: int
+    started_at_ms: int
+    duration_s: int
+    note_enc: bytes
+    recording_uri: str
+    synced_at_ms: int
+    lead_id: str
+
+    @property
+    def key(self) -> HistoryKey:
+        """This row's position in the listing."""
+        return HistoryKey(self.started_at_ms, self.device_id, self.call_id)
+
+
+@dataclass(frozen=True)
+class LeadActivityRow:
+    """Calls in the filter by a lead's assigned employee with any of the lead's numbers."""
+
+    lead_id: str
+    employee_id: str
+    first_call_at_ms: int
+    time_to_first_call_s: int
+    calls: int
+    connected_calls: int
+    last_call_at_ms: int
+
+
+# Each number a lead has (primary, and secondary when set), with the smallest lead per number.
+_LEAD_NUMBERS = """
+SELECT bidx, min(lead_id) AS lead_id
+FROM (
+    SELECT lead_id, arrayJoin([primary_bidx, secondary_bidx]) AS bidx
+    FROM leads FINAL
+    WHERE tenant_id = {tenant:String}
+)
+WHERE bidx != toFixedString('', 32)
+GROUP BY bidx
+"""
+
+
+def _missing_calls_sql(
+    f: CallFilter, snapshot_ms: int, counted: str, after: int | None, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """Clients with at least one ``counted`` call and no connected call, after ``after``."""
+    calls_sql, params = filtered_calls(f, _CLIENT_COLUMNS, snapshot_ms)
+    where = ""
+    if after is not None:
+        where = " WHERE client_key > {after:UInt64}"
+        params["after"] = after
+    params["limit"] = limit
+    sql = f"""
+SELECT client_key,
+       argMax(number_enc, {_NEWEST}) AS number_enc,
+       argMaxIf(name_enc, {_NEWEST}, name_enc != '') AS name_enc,
+       arraySort(groupUniqArrayIf(employee_id, {counted})) AS employee_ids,
+       countIf({counted}) AS calls
+FROM ({calls_sql}){where}
+GROUP BY client_key
+HAVING calls > 0 AND countIf(duration_s > 0) = 0
+ORDER BY client_key
+LIMIT {{limit:UInt32}}
+"""
+    return sql, params
+
+
+async def _client_rows(db: Database, sql: str, params: dict[str, Any]) -> list[ClientRow]:
+    rows = await db.query(sql, params, binary=["number_enc", "name_enc"])
+    return [
+        ClientRow(int(key), bytes(number), bytes(name), tuple(employees), int(calls))
+        for key, number, name, employees, calls in rows
+    ]
+
+
+async def never_attended(
+    db: Database, f: CallFilter, snapshot_ms: int, after: int | None, limit: int
+) -> list[ClientRow]:
+    """Clients with a missed, rejected or blocked call and no connected call (either way).
+
+    ``calls`` and ``employee_ids`` are those of the missed, rejected and blocked calls.
+    """
+    sql, params = _missing_calls_sql(f, snapshot_ms, _MISSED_OR_REJECTED, after, limit)
+    return await _client_rows(db, sql, params)
+
+
+async def not_picked_by_client(
+    db: Database, f: CallFilter, snapshot_ms: int, after: int | None, limit: int
+) -> list[ClientRow]:
+    """Clients with an outgoing call and no connected call; ``calls`` are the outgoing ones."""
+    sql, params = _missing_calls_sql(f, snapshot_ms, _OUTGOING, after, limit)
+    return await _client_rows(db, sql, params)
+
+
+async def unique_clients(
+    db: Database, f: CallFilter, snapshot_ms: int, after: int | None, limit: int
+) -> list[UniqueClientRow]:
+    """Distinct client numbers with their totals, ordered by client key."""
+    calls_sql, params = filtered_calls(f, _CLIENT_COLUMNS, snapshot_ms)
+    where = ""
+    if after is not None:
+        where = " WHERE client_key > {after:UInt64}"
+        params["after"] = after
+    params["limit"] = limit
+    sql = f"""
+SELECT client_key,
+       argMax(number_enc, {_NEWEST}) AS number_enc,
+       argMaxIf(name_enc, {_NEWEST}, name_enc != '') AS name_enc,
+       count() AS total_calls,
+       countIf(type = {INCOMING}) AS incoming_calls,
+       countIf(type = {OUTGOING}) AS outgoing_calls,
+       sum(duration_s) AS total_duration_s,
+       toUnixTimestamp64Milli(max(started_at)) AS last_call_at_ms,
+       argMax(type, {_NEWEST}) AS last_call_type
+FROM ({calls_sql}){where}
+GROUP BY client_key
+ORDER BY client_key
+LIMIT {{limit:UInt32}}
+"""
+    rows = await db.query(sql, params, binary=["number_enc", "name_enc"])
+    return [
+        UniqueClientRow(
+            client_key=int(key),
+            number_enc=bytes(number),
+            name_enc=bytes(name),
+            total_calls=int(total),
+            incoming_calls=int(incoming),
+            outgoing_calls=int(outgoing),
+            total_duration_s=int(duration),
+            last_call_at_ms=int(last_ms),
+            last_call_type=int(last_type),
+        )
+        for key, number, name, total, incoming, outgoing, duration, last_ms, last_type in rows
+    ]
+
+
+async def call_history(
+    db: Database, f: CallFilter, snapshot_ms: int, after: HistoryKey | None, limit: int
+) -> list[HistoryRow]:
+    """Calls newest first, after ``after``, each with the lead its number belongs to (if any)."""
+    calls_sql, params = filtered_calls(
+        f,
+        "call_id, device_id, employee_id, number_bidx, number_enc, name_enc, type, started_at,"
+        " duration_s, note_enc, recording_uri, synced_at",
+        snapshot_ms,
+    )
+    where = ""
+    if after is not None:
+        where = (
+            " WHERE (started_at, device_id, call_id) < (fromUnixTimestamp64Milli("
+            "{after_ms:Int64}, 'UTC'), {after_device:String}, {after_call:String})"
+        )
+        params.update(
+            after_ms=after.started_at_ms, after_device=after.device_id, after_call=after.call_id
+        )
+    params["limit"] = limit
+    # The page is cut first, so only its rows are joined with the leads.
+    sql = f"""
+SELECT c.call_id, c.device_id, c.employee_id, c.number_enc, c.name_enc, c.type,
+       toUnixTimestamp64Milli(c.started_at), c.duration_s, c.note_enc, c.recording_uri,
+       toUnixTimestamp64Milli(c.synced_at), l.lead_id
+FROM (
+    SELECT * FROM ({calls_sql}){where}
+    ORDER BY started_at DESC, device_id DESC, call_id DESC
+    LIMIT {{limit:UInt32}}
+) AS c
+LEFT JOIN ({_LEAD_NUMBERS}) AS l ON l.bidx = c.number_bidx
+ORDER BY c.started_at DESC, c.device_id DESC, c.call_id DESC
+"""
+    rows = await db.query(sql, params, binary=["number_enc", "name_enc", "note_enc"])
+    return [
+        HistoryRow(
+            call_id=call_id,
+            device_id=device_id,
+            employee_id=employee_id,
+            number_enc=bytes(number),
+            name_enc=bytes(name),
+            type=int(kind),
+            started_at_ms=int(started),
+            duration_s=int(duration),
+            note_enc=bytes(note),
+            recording_uri=uri,
+            synced_at_ms=int(synced),
+            lead_id=lead_id,
+        )
+        for (
+            call_id,
+            device_id,
+            employee_id,
+            number,
+            name,
+            kind,
+            started,
+            duration,
+            note,
+            uri,
+            synced,
+            lead_id,
+        ) in rows
+    ]
+
+
+async def lead_activity(
+    db: Database, f: CallFilter, snapshot_ms: int, after: str | None, limit: int
+) -> list[LeadActivityRow]:
+    """Per lead (by lead_id), the filter's calls by its assigned employee with its numbers.
+
+    Every lead of the tenant has a row, zeros when it has no such call; a filter on employees
+    also narrows the leads to those assigned to them. ``time_to_first_call_s`` is the first
+    call's start minus the lead's creation in whole seconds (negative when the employee had
+    called the number before the lead was imported).
+    """
+    calls_sql, params = filtered_calls(
+        f, "employee_id, number_bidx, started_at, duration_s", snapshot_ms
+    )
+    lead_where = "tenant_id = {tenant:String}"
+    if f.employee_ids is not None:
+        lead_where += " AND employee_id IN {employee_ids:Array(String)}"
+        params["employee_ids"] = list(f.employee_ids)
+    if after is not None:
+        lead_where += " AND lead_id > {after:String}"
+        params["after"] = after
+    params["limit"] = limit
+    sql = f"""
+WITH page AS (
+    SELECT lead_id, employee_id, toUnixTimestamp64Milli(created_at) AS created_ms,
+           primary_bidx, secondary_bidx
+    FROM leads FINAL
+    WHERE {lead_where}
+    ORDER BY lead_id
+    LIMIT {{limit:UInt32}}
+)
+SELECT p.lead_id, p.employee_id, a.first_ms,
+       if(a.calls > 0, intDiv(a.first_ms - p.created_ms, 1000), 0),
+       a.calls, a.connected, a.last_ms
+FROM page AS p
+LEFT JOIN (
+    SELECT n.lead_id AS lead_id,
+           toUnixTimestamp64Milli(min(c.started_at)) AS first_ms,
+           count() AS calls,
+           countIf(c.duration_s > 0) AS connected,
+           toUnixTimestamp64Milli(max(c.started_at)) AS last_ms
+    FROM ({calls_sql}) AS c
+    INNER JOIN (
+        -- arrayDistinct: a lead whose two numbers are equal counts each call once.
+        SELECT lead_id, employee_id,
+               arrayJoin(arrayDistinct([primary_bidx, secondary_bidx])) AS bidx
+        FROM page
+    ) AS n ON c.employee_id = n.employee_id AND c.number_bidx = n.bidx
+    GROUP BY n.lead_id
+) AS a ON a.lead_id = p.lead_id
+ORDER BY p.lead_id
+"""
+    rows = await db.query(sql, params)
+    return [
+        LeadActivityRow(
+            lead_id=lead_id,
+            employee_id=employee_id,
+            first_call_at_ms=int(first_ms),
+            time_to_first_call_s=int(to_first),
+            calls=int(calls),
+            connected_calls=int(connected),
+            last_call_at_ms=int(last_ms),
+        )
+        for lead_id, employee_id, first_ms, to_first, calls, connected, last_ms in rows
+    ]
