@@ -281,9 +281,9 @@ async def lead_activity(
     """Per lead (by lead_id), the filter's calls by its assigned employee with its numbers.
 
     Every lead of the tenant has a row, zeros when it has no such call; a filter on employees
-    also narrows the leads to those assigned to them. ``time_to_first_call_s`` is the first
-    call's start minus the lead's creation in whole seconds (negative when the employee had
-    called the number before the lead was imported).
+    also narrows the leads to those assigned to them. The first call is the first one at or
+    after the lead's creation (calls before it count in ``calls`` but are no response to the
+    lead); ``time_to_first_call_s`` is its start minus the creation, in whole seconds.
     """
     calls_sql, params = filtered_calls(
         f, "employee_id, number_bidx, started_at, duration_s", snapshot_ms
@@ -305,20 +305,23 @@ WITH page AS (
     ORDER BY lead_id
     LIMIT {{limit:UInt32}}
 )
-SELECT p.lead_id, p.employee_id, a.first_ms,
-       if(a.calls > 0, intDiv(a.first_ms - p.created_ms, 1000), 0),
+SELECT p.lead_id, p.employee_id, if(a.answered > 0, a.first_ms, 0),
+       if(a.answered > 0, intDiv(a.first_ms - p.created_ms, 1000), 0),
        a.calls, a.connected, a.last_ms
 FROM page AS p
 LEFT JOIN (
     SELECT n.lead_id AS lead_id,
-           toUnixTimestamp64Milli(min(c.started_at)) AS first_ms,
+           countIf(toUnixTimestamp64Milli(c.started_at) >= n.created_ms) AS answered,
+           toUnixTimestamp64Milli(
+               minIf(c.started_at, toUnixTimestamp64Milli(c.started_at) >= n.created_ms)
+           ) AS first_ms,
            count() AS calls,
            countIf(c.duration_s > 0) AS connected,
            toUnixTimestamp64Milli(max(c.started_at)) AS last_ms
     FROM ({calls_sql}) AS c
     INNER JOIN (
         -- arrayDistinct: a lead whose two numbers are equal counts each call once.
-        SELECT lead_id, employee_id,
+        SELECT lead_id, employee_id, created_ms,
                arrayJoin(arrayDistinct([primary_bidx, secondary_bidx])) AS bidx
         FROM page
     ) AS n ON c.employee_id = n.employee_id AND c.number_bidx = n.bidx

@@ -166,13 +166,16 @@ def lead_activity(
         if not theirs:
             rows.append((lead.lead_id, lead.employee_id, 0, 0, 0, 0, 0))
             continue
-        first = min(c.started_at_ms for c in theirs)
+        # The first call answering the lead is the first one at or after its creation.
+        first = min(
+            (c.started_at_ms for c in theirs if c.started_at_ms >= lead.created_at_ms), default=0
+        )
         rows.append(
             (
                 lead.lead_id,
                 lead.employee_id,
                 first,
-                _seconds_toward_zero(first - lead.created_at_ms),
+                _seconds_toward_zero(first - lead.created_at_ms) if first else 0,
                 len(theirs),
                 sum(c.duration_s > 0 for c in theirs),
                 max(c.started_at_ms for c in theirs),

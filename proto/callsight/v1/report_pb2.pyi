@@ -1082,11 +1082,13 @@ class LeadActivityRow(_message.Message):
     employee_id: _builtins.str
     """Employee the lead is assigned to."""
     first_call_at_ms: _builtins.int
-    """Start of the first call with any of the lead's numbers, epoch ms UTC; 0 if none."""
+    """Start of the first call with any of the lead's numbers at or after the lead's creation,
+    epoch ms UTC; 0 if none.
+    """
     time_to_first_call_s: _builtins.int
     """Seconds from the lead's creation to that first call; 0 if none."""
     calls: _builtins.int
-    """Calls with the lead's numbers."""
+    """Calls with the lead's numbers in the filter (before the lead's creation too)."""
     connected_calls: _builtins.int
     """Of those, calls with duration_s > 0."""
     last_call_at_ms: _builtins.int
