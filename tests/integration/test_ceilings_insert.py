@@ -1,0 +1,35 @@
+"""The insert ceilings write every decoded row, in inserts of the size asked for."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from loadtest.ceilings import insert_ceilings, interleave
+from loadtest.generate import FleetSpec, fleet_batches
+from proto.callsight.v1 import ingest_pb2
+
+NOW = int(time.time() * 1000)  # telemetry past its 90-day TTL would be merged away
+
+
+def test_insert_ceilings_insert_every_row() -> None:
+    spec = FleetSpec(devices=2, batches_per_device=3, batch_size=100, now_ms=NOW)
+    result = insert_ceilings(interleave(fleet_batches(spec)), insert_rows=250, now_ms=spec.now_ms)
+    assert result.rows == spec.devices * spec.calls_per_device == 600
+    assert result.inserts == math.ceil(600 / 250)
+    assert result.written == result.stored == (600, 600)
+    assert result.columns_s > 0 and result.arrow_s > 0 and result.encode_s > 0
+
+
+def test_insert_ceilings_write_contacts_and_telemetry_too() -> None:
+    contacts = ingest_pb2.UploadRequest(seq=1, batch_id="d0-b1")
+    contacts.contacts.records.add(
+        contact_id="1", name="Asha", numbers=["+919876543210"], updated_at_ms=NOW - 1000
+    )
+    telemetry = ingest_pb2.UploadRequest(seq=2, batch_id="d0-b2")
+    telemetry.telemetry.records.add(captured_at_ms=NOW - 1000, battery_pct=80)
+    telemetry.telemetry.records.add(captured_at_ms=NOW - 2000, battery_pct=79)
+    payloads = [contacts.SerializeToString(), telemetry.SerializeToString()]
+    result = insert_ceilings(payloads, insert_rows=100, now_ms=NOW)
+    assert (result.rows, result.inserts) == (3, 2)
+    assert result.written == result.stored == (3, 3)
