@@ -46,13 +46,52 @@ CALL_TYPE_SHARES = np.array([0.40, 0.35, 0.15, 0.07, 0.01, 0.01, 0.01])
 # trunk prefix, bare.
 FORMAT_SHARES = np.array([0.30, 0.25, 0.20, 0.25])
 
-FIRST_NAMES = (
-    "Aarav Aditi Amit Ananya Arjun Deepak Divya Gaurav Isha Karan Kavya Manoj Meera Neha "
-    "Nikhil Pooja Priya Rahul Rajesh Ravi Rohit Sanjay Shreya Sneha Suresh Vikram Vivek"
-).split()
-SURNAMES = (
-    "Sharma Patel Iyer Khan Reddy Nair Gupta Singh Mehta Rao Das Joshi Kulkarni Menon Verma"
-).split()
+FIRST_NAMES = [
+    "Aarav",
+    "Aditi",
+    "Amit",
+    "Ananya",
+    "Arjun",
+    "Deepak",
+    "Divya",
+    "Gaurav",
+    "Isha",
+    "Karan",
+    "Kavya",
+    "Manoj",
+    "Meera",
+    "Neha",
+    "Nikhil",
+    "Pooja",
+    "Priya",
+    "Rahul",
+    "Rajesh",
+    "Ravi",
+    "Rohit",
+    "Sanjay",
+    "Shreya",
+    "Sneha",
+    "Suresh",
+    "Vikram",
+    "Vivek",
+]
+SURNAMES = [
+    "Sharma",
+    "Patel",
+    "Iyer",
+    "Khan",
+    "Reddy",
+    "Nair",
+    "Gupta",
+    "Singh",
+    "Mehta",
+    "Rao",
+    "Das",
+    "Joshi",
+    "Kulkarni",
+    "Menon",
+    "Verma",
+]
 NOTES = (
     "Asked for a quote, call back Monday",
     "Interested in the premium plan",
@@ -165,9 +204,7 @@ def start_times(rng: np.random.Generator, n: int, now_ms: int, days: int) -> npt
     return np.sort(started).astype(np.int64)
 
 
-def durations(
-    rng: np.random.Generator, types: npt.NDArray[np.int32]
-) -> npt.NDArray[np.int64]:
+def durations(rng: np.random.Generator, types: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:
     """Talk time per call: 0 when the call did not connect, else lognormal, capped at an hour."""
     talk = np.minimum(np.ceil(rng.lognormal(np.log(90.0), 1.0, size=len(types))), MAX_DURATION_S)
     unanswered = rng.random(len(types)) < 0.3
@@ -218,7 +255,7 @@ def upload_request(
             call_id=call_id,
             number=number,
             name=name,
-            type=call_type,  # type: ignore[arg-type]
+            type=call_type,
             started_at_ms=started,
             duration_s=duration,
             sim_slot=slot,

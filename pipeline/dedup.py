@@ -91,9 +91,14 @@ class Deduplicator:
         await asyncio.shield(loading)
 
     async def _load_queued(self) -> None:
-        # Devices first seen together (a fleet reconnecting) load in one query per tenant.
-        await asyncio.sleep(0.005)
-        queued, self._queue = self._queue, {}
+        # Devices first seen together (a fleet reconnecting) load in one query per tenant; devices
+        # queued while a load runs are taken by the next round, never left waiting.
+        while self._queue:
+            await asyncio.sleep(0.005)
+            queued, self._queue = self._queue, {}
+            await self._load(queued)
+
+    async def _load(self, queued: dict[tuple[str, str], set[str]]) -> None:
         for (table, tenant_id), device_ids in queued.items():
             ids = sorted(device_ids)
             try:

@@ -133,6 +133,10 @@ class Service:
             interceptors=[CallsightInterceptor(authenticator, self._ready)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # A fleet reconnecting opens thousands of streams at once; grpc's default
+                # (about 1,000 calls waiting for the event loop) would cancel the rest.
+                ("grpc.server.max_pending_requests", 20_000),
+                ("grpc.server.max_pending_requests_hard_limit", 40_000),
                 ("grpc.so_reuseport", 0),
             ],
         )

@@ -96,3 +96,23 @@ async def test_load_failure_reaches_every_waiter() -> None:
     assert all(isinstance(r, RuntimeError) for r in results)
     with pytest.raises(RuntimeError):
         await dedup.ensure_loaded("calls", "t", "a")
+
+
+async def test_a_device_queued_during_a_load_is_loaded_too() -> None:
+    release = asyncio.Event()
+    loads: list[tuple[str, ...]] = []
+
+    async def slow(table: str, tenant: str, devices: Sequence[str]) -> dict[str, dict[str, int]]:
+        loads.append(tuple(devices))
+        await release.wait()
+        return {d: {} for d in devices}
+
+    dedup = Deduplicator(slow)
+    first = asyncio.create_task(dedup.ensure_loaded("calls", "t", "a"))
+    while not loads:
+        await asyncio.sleep(0.001)
+    second = asyncio.create_task(dedup.ensure_loaded("calls", "t", "b"))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 2)
+    assert loads == [("a",), ("b",)]

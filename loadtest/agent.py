@@ -1,0 +1,558 @@
+"""One simulated Android agent per device, and the client process that runs thousands of them.
+
+A ``DeviceAgent`` streams its pre-serialised batches on one ``IngestService/Stream`` the way the
+agent app does: at most ``window`` batches un-acked, every batch kept until its ack, and on any
+error, stall or forced reconnect the stream is dropped and the un-acked batches are sent again on
+a new one (same seq and batch_id). Injected re-sends of whole batches go out only once the
+original is acked (they model a lost ack). In steady mode a batch is due at its sync's time and
+the stream stays open in between.
+
+A ``ClientProcess`` holds a few gRPC channels (separate HTTP/2 connections) and runs its devices
+concurrently on one event loop; ``worker_main`` is the entry point of a spawned client process,
+driven over a pipe by ``loadtest.fleet``. Live figures go to a shared array of counters, one row
+per process; everything else comes back as a ``WorkerResult`` at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import resource
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import grpc
+import uvloop
+
+from loadtest.bootstrap import DeviceIdentity, auth
+from loadtest.histogram import Histogram
+from loadtest.workload import DeviceTruth, DeviceWorkload, WorkloadSpec, device_workload
+from proto.callsight.v1 import ingest_pb2
+
+STREAM_METHOD = "/callsight.v1.IngestService/Stream"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Columns of a process's row in the shared counters.
+RECORDS, BATCHES, IN_FLIGHT, ERRORS, STREAMS, DONE = range(6)
+SLOTS = 6
+
+
+class Counters(Protocol):
+    """Indexable int64 cells: a multiprocessing RawArray, or a list in-process."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """How every device behaves on the wire."""
+
+    window: int = 4  # un-acked batches per stream
+    reconnect_every: int = 0  # drop and reopen the stream after this many batches; 0: never
+    stall_s: float = 60.0  # no ack for this long with batches un-acked: drop and re-send
+    max_attempts: int = 30  # streams in a row without an ack before the device gives up
+    backoff_s: float = 0.2  # first retry delay, doubled up to backoff_max_s, with jitter
+    backoff_max_s: float = 30.0
+    channels: int = 4  # gRPC channels (TCP connections) per client process
+    ramp_s: float = 0.0  # devices start spread over this many seconds, in device order
+
+
+@dataclass(slots=True)
+class Second:
+    """What completed within one second of the run."""
+
+    records: int = 0
+    batches: int = 0
+    errors: int = 0
+    latency_us: Histogram = field(default_factory=Histogram)
+
+
+@dataclass(slots=True)
+class WorkerResult:
+    """What one client process (or the in-process client) saw."""
+
+    devices: int = 0
+    records: int = 0
+    batches: int = 0
+    accepted: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    latency_us: Histogram = field(default_factory=Histogram)
+    timeline: dict[int, Second] = field(default_factory=dict)
+    first_send: float = float("inf")  # time.monotonic(): one clock for every process
+    last_ack: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    generation_s: float = 0.0
+    sessions: int = 0
+    reconnects: int = 0  # forced by --reconnect-every
+    resent: int = 0  # batches sent again after an error, stall or reconnect
+    peak_streams: int = 0
+    devices_failed: int = 0
+
+
+class Recorder:
+    """Tallies one process's acks and errors, and mirrors the live ones into ``counters``."""
+
+    MAX_FAILURES = 50
+
+    def __init__(self, counters: Counters, row: int, start: float) -> None:
+        self.result = WorkerResult()
+        self._counters = counters
+        self._base = row * SLOTS
+        self.start = start
+        self._streams = 0
+
+    def _bump(self, column: int, by: int) -> None:
+        self._counters[self._base + column] = self._counters[self._base + column] + by
+
+    def _second(self, now: float) -> Second:
+        key = int(now - self.start)
+        second = self.result.timeline.get(key)
+        if second is None:
+            second = self.result.timeline[key] = Second()
+        return second
+
+    def sent(self, now: float) -> None:
+        """A batch went out."""
+        self.result.first_send = min(self.result.first_send, now)
+        self._bump(IN_FLIGHT, 1)
+
+    def unsent(self, n: int) -> None:
+        """``n`` batches in flight lost their stream."""
+        self._bump(IN_FLIGHT, -n)
+
+    def acked(self, batch_records: int, ack: ingest_pb2.UploadAck, latency_s: float) -> None:
+        """A batch's ack arrived ``latency_s`` after it was sent."""
+        now = time.monotonic()
+        r = self.result
+        micros = max(0, int(latency_s * 1e6))
+        r.latency_us.record(micros)
+        second = self._second(now)
+        second.records += batch_records
+        second.batches += 1
+        second.latency_us.record(micros)
+        r.records += batch_records
+        r.batches += 1
+        r.accepted += ack.accepted
+        r.updated += ack.updated
+        r.duplicates += ack.duplicates
+        r.rejected += ack.rejected
+        r.last_ack = max(r.last_ack, now)
+        self._bump(RECORDS, batch_records)
+        self._bump(BATCHES, 1)
+        self._bump(IN_FLIGHT, -1)
+
+    def error(self, code: str, detail: str = "", times: int = 1) -> None:
+        """Counts an error under ``code`` (a gRPC status name or a client-side reason)."""
+        self.result.errors[code] += times
+        self._second(time.monotonic()).errors += times
+        self._bump(ERRORS, times)
+        if detail and len(self.result.failures) < self.MAX_FAILURES:
+            self.result.failures.append(f"{code}: {detail}")
+
+    def stream(self, opened: bool) -> None:
+        """A stream opened or closed."""
+        self._streams += 1 if opened else -1
+        self._bump(STREAMS, 1 if opened else -1)
+        if opened:
+            self.result.sessions += 1
+            self.result.peak_streams = max(self.result.peak_streams, self._streams)
+
+    def device_done(self, failed: bool) -> None:
+        """A device finished (all acked) or gave up."""
+        self._bump(DONE, 1)
+        if failed:
+            self.result.devices_failed += 1
+
+
+def _check(ack: ingest_pb2.UploadAck, records: int) -> tuple[str, str] | None:
+    """Why an ack is not a clean ACCEPTED for ``records`` records, as (code, detail)."""
+    if ack.result != ingest_pb2.UPLOAD_RESULT_ACCEPTED:
+        reason = "; ".join(e.reason for e in ack.errors[:2])
+        return "REJECTED", f"batch {ack.batch_id} refused: {reason}"
+    if ack.rejected:
+        reason = "; ".join(e.reason for e in ack.errors[:2])
+        return "RECORDS_REJECTED", f"{ack.rejected} records of {ack.batch_id}: {reason}"
+    if ack.accepted + ack.updated + ack.duplicates != records:
+        return "ACK_COUNT_MISMATCH", (
+            f"{ack.batch_id}: accepted {ack.accepted} + updated {ack.updated} + duplicates "
+            f"{ack.duplicates} != {records} records"
+        )
+    return None
+
+
+StreamMethod = grpc.aio.StreamStreamMultiCallable[bytes, ingest_pb2.UploadAck]
+
+
+class _Drop(Exception):
+    """Ends a stream on the client's side (a forced reconnect or a stall)."""
+
+
+class DeviceAgent:
+    """One device: streams its batches until every one is acked, re-sending on failures."""
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        workload: DeviceWorkload,
+        method: StreamMethod,
+        options: AgentOptions,
+        spec: WorkloadSpec,
+        recorder: Recorder,
+        delay_s: float = 0.0,
+    ) -> None:
+        """``delay_s``: when the device starts, after the fleet's start (the ramp)."""
+        self.identity = identity
+        self.batches = workload.batches
+        self._method = method
+        self._options = options
+        self._recorder = recorder
+        self._metadata = auth(identity.token)
+        start = recorder.start + delay_s + workload.phase_s
+        self._due = [start + b.tick * spec.sync_interval_s for b in self.batches]
+        self._acked = [False] * len(self.batches)
+        self._remaining = len(self.batches)
+        self._next = 0  # first batch not yet due
+        self._todo: deque[int] = deque()  # due, not acked, not in flight
+        self._waiting: dict[int, list[int]] = {}  # original -> re-sends waiting for its ack
+        self._last_progress = 0.0
+
+    async def run(self) -> None:
+        """Streams until everything is acked or the device gives up; never raises."""
+        try:
+            await self._run()
+        except Exception as exc:  # one broken device must not take its process down
+            self._recorder.error(
+                "CLIENT_ERROR", f"device {self.identity.device_id}: {type(exc).__name__}: {exc}"
+            )
+            self._recorder.device_done(failed=True)
+
+    async def _run(self) -> None:
+        failures = 0
+        delay = self._options.backoff_s
+        if self.batches:
+            # The stream opens when the first batch is due, as an agent's sync job would.
+            await asyncio.sleep(max(0.0, self._due[0] - time.monotonic()))
+        while self._remaining:
+            progressed = await self._session()
+            if not self._remaining:
+                break
+            failures = 0 if progressed else failures + 1
+            if failures >= self._options.max_attempts:
+                self._recorder.error(
+                    "GAVE_UP",
+                    f"device {self.identity.device_id}: {failures} streams in a row without an "
+                    f"ack, {self._remaining} batches un-acked",
+                )
+                self._recorder.device_done(failed=True)
+                return
+            if progressed:
+                delay = self._options.backoff_s
+            else:
+                # Jitter keeps a fleet that lost its streams together from retrying in lockstep.
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, self._options.backoff_max_s)
+        self._recorder.device_done(failed=False)
+
+    def _release(self, now: float) -> None:
+        while self._next < len(self.batches) and self._due[self._next] <= now:
+            self._todo.append(self._next)
+            self._next += 1
+
+    def _take(self) -> int | None:
+        """The next batch to send; a re-send whose original is un-acked waits for that ack."""
+        while self._todo:
+            index = self._todo.popleft()
+            original = self.batches[index].resend_of
+            if original < 0 or self._acked[original]:
+                return index
+            self._waiting.setdefault(original, []).append(index)
+        return None
+
+    def _on_ack(self, ack: ingest_pb2.UploadAck, in_flight: dict[int, tuple[int, float]]) -> None:
+        sent = in_flight.pop(ack.seq, None)
+        if sent is None:
+            self._recorder.error("UNEXPECTED_ACK", f"seq {ack.seq} was not in flight")
+            return
+        index, sent_at = sent
+        now = time.monotonic()
+        batch = self.batches[index]
+        self._recorder.acked(batch.records, ack, now - sent_at)
+        problem = _check(ack, batch.records)
+        if problem is not None:
+            self._recorder.error(*problem)
+        self._last_progress = now
+        self._acked[index] = True
+        self._remaining -= 1
+        self._todo.extend(self._waiting.pop(index, ()))
+
+    async def _session(self) -> bool:
+        """One stream: sends what is due, reads acks; True if any ack came back."""
+        options, recorder = self._options, self._recorder
+        call = self._method(metadata=self._metadata)
+        in_flight: dict[int, tuple[int, float]] = {}  # seq -> (batch index, sent at)
+        wake = asyncio.Event()
+        acks = 0
+
+        async def read() -> None:
+            nonlocal acks
+            while True:
+                ack = await call.read()
+                if not isinstance(ack, ingest_pb2.UploadAck):
+                    return  # end of stream
+                self._on_ack(ack, in_flight)
+                acks += 1
+                wake.set()
+
+        reader = asyncio.create_task(read())
+        reader.add_done_callback(_retrieved)
+        reader.add_done_callback(lambda _: wake.set())
+        recorder.stream(opened=True)
+        self._last_progress = time.monotonic()
+        sent_here = 0
+        try:
+            while True:
+                if reader.done():
+                    reader.result()  # raises the stream's error, if it failed
+                    recorder.error(
+                        "EARLY_END",
+                        f"device {self.identity.device_id}: the server ended the stream with"
+                        f" {len(in_flight)} batches un-acked",
+                    )
+                    raise _Drop()
+                now = time.monotonic()
+                self._release(now)
+                # A forced drop waits for one ack on this stream, so that every stream progresses.
+                if (
+                    options.reconnect_every
+                    and sent_here >= options.reconnect_every
+                    and acks
+                    and (self._todo or in_flight or self._next < len(self.batches))
+                ):
+                    recorder.result.reconnects += 1
+                    raise _Drop()
+                if self._todo and len(in_flight) < options.window:
+                    index = self._take()
+                    if index is not None:
+                        batch = self.batches[index]
+                        if not in_flight:
+                            self._last_progress = now
+                        in_flight[batch.seq] = (index, now)
+                        recorder.sent(now)
+                        sent_here += 1
+                        await call.write(batch.payload)
+                        continue
+                if not self._remaining:
+                    await call.done_writing()
+                    await asyncio.wait_for(reader, options.stall_s)
+                    code = await call.code()
+                    if code != grpc.StatusCode.OK:
+                        recorder.error(code.name, await call.details())
+                    return acks > 0
+                if in_flight:
+                    timeout = self._last_progress + options.stall_s - now
+                    if timeout <= 0:
+                        recorder.error(
+                            "STALLED",
+                            f"device {self.identity.device_id}: no ack for {options.stall_s:.0f}"
+                            f" s, {len(in_flight)} batches un-acked",
+                        )
+                        raise _Drop()
+                elif self._next < len(self.batches):
+                    timeout = self._due[self._next] - now
+                else:
+                    timeout = options.stall_s  # waiting re-sends need an ack that is in flight
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(timeout, 0.0))
+        except _Drop:
+            pass
+        except grpc.aio.AioRpcError as exc:
+            recorder.error(exc.code().name, f"device {self.identity.device_id}: {exc.details()}")
+        except asyncio.InvalidStateError:
+            # A write or half-close raced the end of the RPC: its status says why it ended.
+            status, details = await _final_status(call)
+            recorder.error(status, f"device {self.identity.device_id}: {details}")
+        except TimeoutError:
+            recorder.error("STALLED", f"device {self.identity.device_id}: stream did not end")
+        finally:
+            reader.cancel()
+            call.cancel()
+            recorder.stream(opened=False)
+            if in_flight:
+                # Un-acked batches go out again first, in their original order.
+                recorder.unsent(len(in_flight))
+                recorder.result.resent += len(in_flight)
+                self._todo.extendleft(sorted((i for i, _ in in_flight.values()), reverse=True))
+        return acks > 0
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    # The stream's failure is recorded where it is noticed; this keeps asyncio from logging it.
+    if not task.cancelled():
+        task.exception()
+
+
+async def _final_status(
+    call: grpc.aio.StreamStreamCall[bytes, ingest_pb2.UploadAck],
+) -> tuple[str, str]:
+    """The status of a call that has ended (or CLIENT_STATE if even that is unavailable)."""
+    try:
+        code = await asyncio.wait_for(call.code(), 5.0)
+        return code.name, await call.details()
+    except Exception as exc:  # the status itself is lost: say what the client saw
+        return "CLIENT_STATE", f"{type(exc).__name__}: {exc}"
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class ClientProcess:
+    """A few gRPC channels and the devices that stream over them, on the running loop."""
+
+    def __init__(self, address: str, options: AgentOptions, counters: Counters, row: int) -> None:
+        self._address = address
+        self._options = options
+        self._counters = counters
+        self._row = row
+        self._channels: list[grpc.aio.Channel] = []
+
+    async def connect(self) -> None:
+        """Opens the channels and waits until each is connected."""
+        for i in range(max(1, self._options.channels)):
+            channel = grpc.aio.insecure_channel(
+                self._address,
+                options=[
+                    # Its own connection: channels with equal arguments would share one.
+                    ("grpc.use_local_subchannel_pool", 1),
+                    ("grpc.channel_id", i),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+            self._channels.append(channel)
+        await asyncio.gather(*(channel.channel_ready() for channel in self._channels))
+
+    async def close(self) -> None:
+        """Closes the channels."""
+        await asyncio.gather(*(channel.close() for channel in self._channels))
+        self._channels.clear()
+
+    async def run(
+        self,
+        devices: Sequence[tuple[DeviceIdentity, DeviceWorkload]],
+        spec: WorkloadSpec,
+        start: float,
+        fleet_size: int = 0,
+    ) -> WorkerResult:
+        """Runs every device to completion; ``start`` is the shared time.monotonic() origin.
+
+        With ``options.ramp_s``, device ``d`` of ``fleet_size`` starts ``ramp_s * d / fleet_size``
+        seconds after ``start``.
+        """
+        size = max(fleet_size, len(devices), 1)
+        ramp = self._options.ramp_s
+        recorder = Recorder(self._counters, self._row, start)
+        methods = [
+            channel.stream_stream(
+                STREAM_METHOD,
+                request_serializer=_raw,
+                response_deserializer=ingest_pb2.UploadAck.FromString,
+            )
+            for channel in self._channels
+        ]
+        agents = [
+            DeviceAgent(
+                identity,
+                workload,
+                methods[i % len(methods)],
+                self._options,
+                spec,
+                recorder,
+                delay_s=ramp * identity.index / size,
+            )
+            for i, (identity, workload) in enumerate(devices)
+        ]
+        delay = start - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        cpu = _own_cpu_s()
+        await asyncio.gather(*(agent.run() for agent in agents))
+        result = recorder.result
+        result.cpu_s = _own_cpu_s() - cpu
+        result.devices = len(agents)
+        result.peak_rss_mb = _peak_rss_mb()
+        return result
+
+
+def _raw(payload: bytes) -> bytes:
+    """The request serialiser of pre-serialised batches: they go out as they are."""
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    """What a client process is told at spawn: its row, its devices and how to behave."""
+
+    row: int
+    address: str
+    devices: list[int]
+    spec: WorkloadSpec
+    options: AgentOptions
+    fleet_size: int
+
+
+def generate(spec: WorkloadSpec, devices: Sequence[int]) -> tuple[list[DeviceWorkload], float]:
+    """The workloads of ``devices`` and the seconds it took."""
+    started = time.perf_counter()
+    workloads = [device_workload(spec, d) for d in devices]
+    return workloads, time.perf_counter() - started
+
+
+async def _worker(plan: WorkerPlan, conn: Connection, counters: Counters) -> None:
+    loop = asyncio.get_running_loop()
+    workloads, generation_s = generate(plan.spec, plan.devices)
+    truths: list[DeviceTruth] = [w.truth for w in workloads]
+    conn.send(("generated", truths, generation_s))
+    message = await loop.run_in_executor(None, conn.recv)
+    identities: list[DeviceIdentity] = message[1]
+    client = ClientProcess(plan.address, plan.options, counters, plan.row)
+    await client.connect()
+    conn.send(("ready",))
+    message = await loop.run_in_executor(None, conn.recv)
+    start: float = message[1]
+    try:
+        result = await client.run(
+            list(zip(identities, workloads, strict=True)), plan.spec, start, plan.fleet_size
+        )
+    finally:
+        await client.close()
+    result.generation_s = generation_s
+    conn.send(("done", result))
+
+
+def worker_main(plan: WorkerPlan, conn: Connection, counters: Counters) -> None:
+    """Entry point of a spawned client process: generate, connect, stream, report."""
+    try:
+        uvloop.run(_worker(plan, conn, counters))
+    except BaseException as exc:  # reported, not raised: the parent decides
+        with contextlib.suppress(OSError):
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()

@@ -1,0 +1,236 @@
+"""Setting a fleet up the way an operator and admins would: tenants, employees, enrolled devices.
+
+``bootstrap`` creates each tenant with the operator token (its ADMIN key comes back with it),
+the employees with CreateEmployee, one enrollment code per device with CreateEnrollment, and
+exchanges each code for a device token with IngestService.RegisterDevice. ``warm_up`` then sends
+every device one empty batch of each kind, so that the server's first load of a device's stored
+versions (once per table) happens before the measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from loadtest.generate import FIRST_NAMES, SURNAMES
+from loadtest.workload import KINDS
+from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+
+Metadata = tuple[tuple[str, str], ...]
+Say = Callable[[str], None]
+TAGS = ("sales", "support", "collections")
+KICKERS = 8  # warm-up batches held back to restart stuck loads (see warm_up)
+
+
+def auth(token: str) -> Metadata:
+    """gRPC metadata carrying a bearer token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantInfo:
+    """A tenant created for the run and its ADMIN key."""
+
+    index: int
+    tenant_id: str
+    admin_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """An enrolled device: who it belongs to and the token it streams with."""
+
+    index: int
+    tenant: int  # index into the run's tenants
+    tenant_id: str
+    employee: int  # index of the employee within the fleet
+    employee_id: str
+    device_id: str
+    token: str
+
+
+def employee_of(device: int, employees: int) -> int:
+    """The employee a device belongs to: devices are dealt to employees in turn."""
+    return device % employees
+
+
+def tenant_of(employee: int, tenants: int) -> int:
+    """The tenant an employee works for: employees are dealt to tenants in turn."""
+    return employee % tenants
+
+
+async def _limited(limit: int, jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Runs ``jobs`` with at most ``limit`` at once; the first failure cancels the rest."""
+    queue = list(reversed(jobs))
+
+    async def lane() -> None:
+        while queue:
+            await queue.pop()()
+
+    await asyncio.gather(*(lane() for _ in range(min(limit, len(jobs)))))
+
+
+async def bootstrap(
+    channel: grpc.aio.Channel,
+    operator_token: str,
+    *,
+    tenants: int,
+    employees: int,
+    devices: int,
+    run_label: str,
+    concurrency: int = 16,
+    say: Say | None = None,
+) -> tuple[list[TenantInfo], list[DeviceIdentity]]:
+    """Creates the tenants, employees and devices of a fleet through the public API."""
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+    report = say or (lambda _: None)
+    created: list[TenantInfo] = []
+    for t in range(tenants):
+        response = await admin.CreateTenant(
+            admin_pb2.CreateTenantRequest(
+                name=f"loadtest {run_label} #{t}", default_region="IN", timezone="Asia/Kolkata"
+            ),
+            metadata=auth(operator_token),
+        )
+        created.append(TenantInfo(t, response.tenant_id, response.admin_api_key))
+
+    employee_ids = [""] * employees
+
+    async def employee(e: int) -> None:
+        tenant = created[tenant_of(e, tenants)]
+        first = FIRST_NAMES[e % len(FIRST_NAMES)]
+        last = SURNAMES[(e // len(FIRST_NAMES)) % len(SURNAMES)]
+        response = await admin.CreateEmployee(
+            admin_pb2.CreateEmployeeRequest(
+                name=f"{first} {last} {e}", number=f"+9170{e:08d}", tags=[TAGS[e % len(TAGS)]]
+            ),
+            metadata=auth(tenant.admin_key),
+        )
+        employee_ids[e] = response.employee_id
+
+    started = time.monotonic()
+    await _limited(concurrency, [functools.partial(employee, e) for e in range(employees)])
+    report(
+        f"created {tenants} tenants, {employees:,} employees in {time.monotonic() - started:.1f} s"
+    )
+
+    identities: list[DeviceIdentity | None] = [None] * devices
+    done = 0
+    last_said = time.monotonic()
+
+    async def device(d: int) -> None:
+        nonlocal done, last_said
+        e = employee_of(d, employees)
+        tenant = created[tenant_of(e, tenants)]
+        code = await admin.CreateEnrollment(
+            admin_pb2.CreateEnrollmentRequest(employee_id=employee_ids[e]),
+            metadata=auth(tenant.admin_key),
+        )
+        registered = await ingest.RegisterDevice(
+            ingest_pb2.RegisterDeviceRequest(
+                enrollment_code=code.enrollment_code,
+                device=ingest_pb2.DeviceInfo(
+                    model="Pixel 8",
+                    manufacturer="Google",
+                    android_version="14",
+                    sdk_int=34,
+                    app_version="3.2.1",
+                    version_code=321,
+                    region="IN",
+                ),
+            )
+        )
+        identities[d] = DeviceIdentity(
+            d,
+            tenant.index,
+            tenant.tenant_id,
+            e,
+            registered.employee_id,
+            registered.device_id,
+            registered.device_token,
+        )
+        done += 1
+        if time.monotonic() - last_said > 10:
+            last_said = time.monotonic()
+            report(f"  enrolled {done:,} of {devices:,} devices")
+
+    started = time.monotonic()
+    await _limited(concurrency, [functools.partial(device, d) for d in range(devices)])
+    report(f"enrolled {devices:,} devices in {time.monotonic() - started:.1f} s")
+    return created, [identity for identity in identities if identity is not None]
+
+
+def _empty(kind: str) -> ingest_pb2.UploadRequest:
+    request = ingest_pb2.UploadRequest(seq=0, batch_id="warm-up")
+    getattr(request, kind).SetInParent()
+    return request
+
+
+async def warm_up(
+    channel: grpc.aio.Channel,
+    devices: Sequence[DeviceIdentity],
+    kinds: Sequence[str] = KINDS,
+    *,
+    concurrency: int = 64,
+    quiet_s: float = 1.0,
+    stuck_s: float = 60.0,
+    say: Say | None = None,
+) -> float:
+    """Sends every device an empty batch of each kind; returns the seconds it took.
+
+    The server loads a device's stored versions the first time it sees the device in a table,
+    batching devices that arrive together. A device that arrives while such a load is running
+    waits for the next device to arrive (the server's Deduplicator only starts a new load on a new
+    arrival), so the last few of a burst can wait forever. The warm-up holds back a few batches
+    and sends them one at a time whenever nothing has completed for ``quiet_s``; each starts a
+    load that takes every waiting device with it.
+    """
+    upload = ingest_pb2_grpc.IngestServiceStub(channel).Upload
+    report = say or (lambda _: None)
+    jobs = [(device, kind) for kind in kinds for device in devices]
+    held, jobs = jobs[-KICKERS:], jobs[:-KICKERS]
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(device: DeviceIdentity, kind: str) -> None:
+        async with limit:
+            ack = await upload(_empty(kind), metadata=auth(device.token))
+        if ack.result != ingest_pb2.UPLOAD_RESULT_ACCEPTED:
+            raise RuntimeError(f"warm-up {kind} batch of device {device.device_id} refused: {ack}")
+
+    started = time.monotonic()
+    pending = {asyncio.ensure_future(one(device, kind)) for device, kind in jobs}
+    kicks = 0
+    quiet_since = time.monotonic()
+    try:
+        while pending or held:
+            if not pending:
+                pending.add(asyncio.ensure_future(one(*held.pop(0))))
+            done, pending = await asyncio.wait(
+                pending, timeout=quiet_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                task.result()
+            if done:
+                quiet_since = time.monotonic()
+            elif held:
+                kicks += 1
+                pending.add(asyncio.ensure_future(one(*held.pop(0))))
+            elif time.monotonic() - quiet_since > stuck_s:
+                raise RuntimeError(
+                    f"warm-up: {len(pending)} empty batches got no ack in {stuck_s:.0f} s"
+                )
+    finally:
+        for task in pending:
+            task.cancel()
+    elapsed = time.monotonic() - started
+    report(
+        f"warmed up {len(devices):,} devices x {len(kinds)} tables in {elapsed:.1f} s"
+        + (f" ({kicks} stuck loads restarted)" if kicks else "")
+    )
+    return elapsed

@@ -1,0 +1,172 @@
+"""What a fleet run shows: the live progress line while it runs, and the table at the end.
+
+The progress line goes to stderr: rewritten in place (``\\r``) once a second on a terminal, one
+line every few seconds otherwise (logs, CI). The table is built from the result's JSON form, so
+what is printed and what is written to ``--out`` cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from loadtest.agent import BATCHES, DONE, ERRORS, IN_FLIGHT, RECORDS, SLOTS, STREAMS, Counters
+
+
+class Progress:
+    """Reads the shared counters and prints records/s, acks in flight, streams and errors."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        rows: int,
+        devices: int,
+        batches: int,
+        stream: TextIO | None = None,
+        every_s: float | None = None,
+        show: bool = True,
+    ) -> None:
+        """``show=False`` only samples the peaks (open streams, batches in flight)."""
+        self._counters = counters
+        self._rows = rows
+        self._devices = devices
+        self._batches = batches
+        self._stream = stream or sys.stderr
+        self._tty = self._stream.isatty()
+        self._every_s = every_s if every_s is not None else (1.0 if self._tty else 5.0)
+        self._start = time.monotonic()
+        self._last = (self._start, 0)
+        self._shown = self._start
+        self._width = 0
+        self._show = show
+        self.peak_streams = 0
+        self.peak_in_flight = 0
+
+    def _sum(self, column: int) -> int:
+        return sum(int(self._counters[row * SLOTS + column]) for row in range(self._rows))
+
+    def start(self) -> None:
+        """Sets time zero (the moment the devices start)."""
+        self._start = time.monotonic()
+        self._last = (self._start, 0)
+        self._shown = self._start
+
+    def line(self) -> str:
+        """The current figures as one line."""
+        now = time.monotonic()
+        records = self._sum(RECORDS)
+        rate = (records - self._last[1]) / max(now - self._last[0], 1e-9)
+        average = records / max(now - self._start, 1e-9)
+        self._last = (now, records)
+        return (
+            f"{now - self._start:7.1f} s  {records:>12,} records  {rate:>9,.0f}/s now"
+            f"  {average:>9,.0f}/s avg  batches {self._sum(BATCHES):,}/{self._batches:,}"
+            f"  in flight {self._sum(IN_FLIGHT):,}  streams {self._sum(STREAMS):,}"
+            f"  errors {self._sum(ERRORS):,}  devices done {self._sum(DONE):,}/{self._devices:,}"
+        )
+
+    def tick(self) -> None:
+        """Samples the peaks; prints the line if it is due."""
+        self.peak_streams = max(self.peak_streams, self._sum(STREAMS))
+        self.peak_in_flight = max(self.peak_in_flight, self._sum(IN_FLIGHT))
+        if not self._show:
+            return
+        now = time.monotonic()
+        if now - self._shown < self._every_s:
+            return
+        self._shown = now
+        text = self.line()
+        if self._tty:
+            pad = max(0, self._width - len(text))
+            self._width = len(text)
+            self._stream.write("\r" + text + " " * pad)
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """Prints the final figures and ends the line."""
+        if not self._show:
+            return
+        text = self.line()
+        prefix = "\r" if self._tty else ""
+        self._stream.write(prefix + text + " " * max(0, self._width - len(text)) + "\n")
+        self._stream.flush()
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The end-of-run table, from ``FleetResult.to_json()``."""
+    latency = result["ack_latency_ms"]
+    client = result["client_cpu"]
+    server = result.get("server") or {}
+    verify = result["verify"]
+    errors = result["errors"]
+    lines: list[tuple[str, str]] = [
+        ("mode", f"{result['config']['mode']} ({result['config']['devices']:,} devices)"),
+        ("records acked / batches", f"{result['records']:,} / {result['batches']:,}"),
+        ("wall s (first send to last ack)", _num(result["wall_s"], 2)),
+        ("records/s", _num(result["records_per_s"])),
+        ("batches/s", _num(result["batches_per_s"], 1)),
+        (
+            "ack p50 / p95 / p99 / max ms",
+            " / ".join(_num(latency[k], 1) for k in ("p50", "p95", "p99", "max")),
+        ),
+        (
+            "errors by status",
+            ", ".join(f"{code} {n:,}" for code, n in sorted(errors.items())) or "none",
+        ),
+        (
+            "streams: peak open / opened / forced reconnects / batches re-sent",
+            f"{result['streams']['peak']:,} / {result['streams']['opened']:,}"
+            f" / {result['streams']['reconnects']:,} / {result['streams']['resent']:,}",
+        ),
+        (
+            f"client CPU s, cores busy ({client['processes']} processes)",
+            f"{_num(client['cpu_s'], 1)}, {_num(client['cores'], 2)}",
+        ),
+        ("client peak RSS MiB (largest process)", _num(client["peak_rss_mb"])),
+        (
+            "server CPU s, cores busy",
+            f"{_num(server.get('cpu_s'), 1)}, {_num(server.get('cores'), 2)}",
+        ),
+        ("server peak RSS MiB", _num(result["server_peak_rss_mb"])),
+    ]
+    ceilings = result.get("ceilings") or {}
+    for key, ratio in (result.get("ratios") or {}).items():
+        ceiling = ceilings.get(f"{key}_per_s")
+        lines.append((f"ceiling {key}/s (e2e ratio)", f"{_num(ceiling)} ({_num(ratio, 3)})"))
+    expected = verify["expected"]
+    lines.append(
+        (
+            "verify",
+            ("ok" if verify["ok"] else "FAILED" if verify["checked"] else "skipped")
+            + f": {expected['calls']:,} unique calls expected"
+            + "".join(
+                f", {where} {found['calls']:,}"
+                for where, found in (
+                    ("reports", verify["report"]),
+                    ("database", verify["database"]),
+                )
+                if found is not None
+            ),
+        )
+    )
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+Say = Callable[[str], None]
+
+
+def say_stderr(message: str) -> None:
+    """Prints a progress message to stderr."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,384 @@
+"""The loader's ground truth against what callsight reports and what its database holds.
+
+Ground truth is what the devices were generated to send: each unique call once (duplicates,
+re-sends and newer versions collapse), per tenant, employee and call type, plus unique contacts
+and telemetry samples. It is compared with
+
+* ``ReportService.CallSummary`` with each tenant's ADMIN key: the total and one call per call
+  type (``call_types`` filter), and ``EmployeeSummary`` (every page) per employee: total,
+  incoming, outgoing, missed and rejected (rejected + blocked, as the report counts them);
+* direct counts in the database, when it can be reached: ``calls FINAL`` per employee and type,
+  ``contacts FINAL`` and ``telemetry FINAL`` per tenant;
+* the acks' totals, when no batch went out twice by accident: accepted = unique records,
+  updated = newer versions (notes), duplicates = injected duplicate records.
+
+Report ranges cover every generated call (skewed clocks included) in windows of at most 400
+days, the report limit. Excluded numbers are included, so a tenant's own settings cannot hide
+calls. Any difference makes ``ok`` false and is listed in ``differences``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from loadtest.bootstrap import DeviceIdentity, TenantInfo, auth
+from loadtest.workload import DeviceTruth
+from proto.callsight.v1 import common_pb2, report_pb2, report_pb2_grpc
+from storage.database import Database
+
+DAY_MS = 86_400_000
+WINDOW_MS = 400 * DAY_MS  # the longest range one report request may span
+CALL_TYPES = tuple(t for t in common_pb2.CallType.values() if t != common_pb2.CALL_TYPE_UNSPECIFIED)
+# EmployeeSummary fields and the call types each counts (storage/summaries.py).
+EMPLOYEE_FIELDS = {
+    "incoming_calls": (common_pb2.CALL_TYPE_INCOMING,),
+    "outgoing_calls": (common_pb2.CALL_TYPE_OUTGOING,),
+    "missed_calls": (common_pb2.CALL_TYPE_MISSED,),
+    "rejected_calls": (common_pb2.CALL_TYPE_REJECTED, common_pb2.CALL_TYPE_BLOCKED),
+}
+
+
+def type_name(call_type: int) -> str:
+    """``CALL_TYPE_MISSED`` -> ``missed``."""
+    return common_pb2.CallType.Name(call_type).removeprefix("CALL_TYPE_").lower()  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class TenantTruth:
+    """What one tenant must hold after the run."""
+
+    tenant_id: str
+    admin_key: str
+    by_employee: dict[str, Counter[int]] = field(default_factory=dict)
+    contacts: int = 0
+    telemetry: int = 0
+    from_ms: int = 0  # earliest call start
+    to_ms: int = 0  # one past the latest call start
+
+    @property
+    def by_type(self) -> Counter[int]:
+        """Unique calls per call type."""
+        total: Counter[int] = Counter()
+        for counts in self.by_employee.values():
+            total.update(counts)
+        return total
+
+    @property
+    def calls(self) -> int:
+        """Unique calls."""
+        return sum(self.by_type.values())
+
+
+def ground_truth(
+    tenants: Sequence[TenantInfo],
+    devices: Sequence[DeviceIdentity],
+    truths: Sequence[DeviceTruth],
+) -> list[TenantTruth]:
+    """Per-tenant truth from the devices' truths (``truths[i]`` belongs to ``devices[i]``)."""
+    out = [TenantTruth(t.tenant_id, t.admin_key) for t in tenants]
+    for device, truth in zip(devices, truths, strict=True):
+        tenant = out[device.tenant]
+        counts = tenant.by_employee.setdefault(device.employee_id, Counter())
+        counts.update(truth.calls_by_type)
+        tenant.contacts += truth.contacts
+        tenant.telemetry += truth.telemetry
+        if truth.calls:
+            start, end = truth.min_started_ms, truth.max_started_ms + 1
+            tenant.from_ms = min(tenant.from_ms, start) if tenant.from_ms else start
+            tenant.to_ms = max(tenant.to_ms, end)
+    return out
+
+
+def windows(from_ms: int, to_ms: int) -> Iterator[tuple[int, int]]:
+    """``[from_ms, to_ms)`` cut into ranges a report accepts."""
+    start = from_ms
+    while start < to_ms:
+        yield start, min(to_ms, start + WINDOW_MS)
+        start += WINDOW_MS
+
+
+@dataclass(slots=True)
+class Counts:
+    """Counts of one tenant as a source (reports or database) sees them."""
+
+    calls: int = 0
+    by_type: Counter[int] = field(default_factory=Counter)
+    by_employee: dict[str, dict[str, int]] = field(default_factory=dict)
+    contacts: int | None = None
+    telemetry: int | None = None
+    stored_call_rows: int | None = None  # rows before FINAL merges versions (database only)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready: type names instead of numbers."""
+        out: dict[str, Any] = {
+            "calls": self.calls,
+            "by_type": {type_name(t): n for t, n in sorted(self.by_type.items())},
+            "employees": len(self.by_employee),
+        }
+        for name in ("contacts", "telemetry", "stored_call_rows"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
+def _filter(from_ms: int, to_ms: int, **extra: Any) -> report_pb2.ReportFilter:
+    return report_pb2.ReportFilter(
+        from_ms=from_ms, to_ms=to_ms, include_excluded_numbers=True, **extra
+    )
+
+
+async def report_counts(channel: grpc.aio.Channel, tenant: TenantTruth) -> Counts:
+    """What CallSummary and EmployeeSummary say about ``tenant``'s calls."""
+    stub = report_pb2_grpc.ReportServiceStub(channel)
+    metadata = auth(tenant.admin_key)
+    counts = Counts()
+    if not tenant.to_ms:
+        return counts
+    for start, end in windows(tenant.from_ms, tenant.to_ms):
+        summary = await stub.CallSummary(
+            report_pb2.CallSummaryRequest(filter=_filter(start, end)), metadata=metadata
+        )
+        counts.calls += summary.summary.total_calls
+        typed = await asyncio.gather(
+            *(
+                stub.CallSummary(
+                    report_pb2.CallSummaryRequest(filter=_filter(start, end, call_types=[t])),
+                    metadata=metadata,
+                )
+                for t in CALL_TYPES
+            )
+        )
+        for call_type, response in zip(CALL_TYPES, typed, strict=True):
+            if response.summary.total_calls:
+                counts.by_type[call_type] += response.summary.total_calls
+        token = ""
+        while True:
+            page = await stub.EmployeeSummary(
+                report_pb2.EmployeeSummaryRequest(
+                    filter=_filter(start, end), page_size=1000, page_token=token
+                ),
+                metadata=metadata,
+            )
+            for row in page.employees:
+                mine = counts.by_employee.setdefault(row.employee_id, Counter())
+                mine["total_calls"] += row.summary.total_calls
+                for name in EMPLOYEE_FIELDS:
+                    mine[name] += getattr(row.summary, name)
+            token = page.next_page_token
+            if not token:
+                break
+    return counts
+
+
+async def database_counts(db: Database, tenant_id: str) -> Counts:
+    """Direct counts of ``tenant_id``'s rows: calls FINAL by employee and type, and the rest."""
+    params = {"tenant": tenant_id}
+    rows = await db.query(
+        "SELECT employee_id, type, count() FROM calls FINAL WHERE tenant_id = {tenant:String}"
+        " GROUP BY employee_id, type",
+        params,
+    )
+    counts = Counts()
+    for employee_id, call_type, n in rows:
+        counts.calls += int(n)
+        counts.by_type[int(call_type)] += int(n)
+        mine = counts.by_employee.setdefault(str(employee_id), {})
+        mine[type_name(int(call_type))] = mine.get(type_name(int(call_type)), 0) + int(n)
+    for table in ("contacts", "telemetry"):
+        found = await db.query(
+            f"SELECT count() FROM {table} FINAL WHERE tenant_id = {{tenant:String}}", params
+        )
+        setattr(counts, table, int(found[0][0]))
+    raw = await db.query("SELECT count() FROM calls WHERE tenant_id = {tenant:String}", params)
+    counts.stored_call_rows = int(raw[0][0])
+    return counts
+
+
+async def all_database_counts(
+    dsn: str, database: str, tenant_ids: Sequence[str]
+) -> dict[str, Counts]:
+    """``database_counts`` for each tenant over one connection."""
+    db = Database(dsn, database)
+    try:
+        return {tenant_id: await database_counts(db, tenant_id) for tenant_id in tenant_ids}
+    finally:
+        db.close()
+
+
+def database_counts_main(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Counts]:
+    """``all_database_counts`` for a separate process (chDB allows one data path per process)."""
+    return asyncio.run(all_database_counts(dsn, database, tenant_ids))
+
+
+def _employee_view(counts: Counter[int]) -> dict[str, int]:
+    """Expected EmployeeSummary fields of one employee."""
+    view = {"total_calls": sum(counts.values())}
+    for name, types in EMPLOYEE_FIELDS.items():
+        view[name] = sum(counts[t] for t in types)
+    return view
+
+
+def _differences_by_type(
+    where: str, expected: Counter[int], found: Counter[int] | Mapping[int, int]
+) -> list[str]:
+    out = []
+    for call_type in CALL_TYPES:
+        if expected[call_type] != found.get(call_type, 0):
+            out.append(
+                f"{where} {type_name(call_type)}: expected {expected[call_type]},"
+                f" found {found.get(call_type, 0)}"
+            )
+    return out
+
+
+def compare_reports(truth: TenantTruth, found: Counts) -> list[str]:
+    """Differences between a tenant's truth and its reports."""
+    where = f"tenant {truth.tenant_id} CallSummary"
+    out = []
+    if found.calls != truth.calls:
+        out.append(f"{where} total_calls: expected {truth.calls}, found {found.calls}")
+    out += _differences_by_type(where, truth.by_type, found.by_type)
+    employees = set(truth.by_employee) | set(found.by_employee)
+    for employee_id in sorted(employees):
+        expected = _employee_view(truth.by_employee.get(employee_id, Counter()))
+        seen = found.by_employee.get(employee_id, {})
+        for name, value in expected.items():
+            if seen.get(name, 0) != value:
+                out.append(
+                    f"tenant {truth.tenant_id} EmployeeSummary {employee_id} {name}:"
+                    f" expected {value}, found {seen.get(name, 0)}"
+                )
+    return out
+
+
+def compare_database(truth: TenantTruth, found: Counts) -> list[str]:
+    """Differences between a tenant's truth and direct database counts."""
+    where = f"tenant {truth.tenant_id} database"
+    out = []
+    if found.calls != truth.calls:
+        out.append(f"{where} calls FINAL: expected {truth.calls}, found {found.calls}")
+    out += _differences_by_type(f"{where} calls", truth.by_type, found.by_type)
+    employees = set(truth.by_employee) | set(found.by_employee)
+    for employee_id in sorted(employees):
+        expected = {
+            type_name(t): n for t, n in truth.by_employee.get(employee_id, Counter()).items() if n
+        }
+        if found.by_employee.get(employee_id, {}) != expected:
+            out.append(
+                f"{where} calls of employee {employee_id}: expected {expected},"
+                f" found {found.by_employee.get(employee_id, {})}"
+            )
+    for name in ("contacts", "telemetry"):
+        value = getattr(found, name)
+        if value is not None and value != getattr(truth, name):
+            out.append(f"{where} {name} FINAL: expected {getattr(truth, name)}, found {value}")
+    return out
+
+
+@dataclass(slots=True)
+class Verification:
+    """The outcome of comparing the truth with reports and the database."""
+
+    truths: list[TenantTruth]
+    injected: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, Counts] | None = None
+    database: dict[str, Counts] | None = None
+    database_note: str = ""
+    differences: list[str] = field(default_factory=list)
+    checked: bool = False
+    acks: dict[str, dict[str, int]] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when something was compared and nothing differed."""
+        return self.checked and not self.differences
+
+    def add_reports(self, found: dict[str, Counts]) -> None:
+        """Compares report counts (by tenant id) with the truth."""
+        self.reports = found
+        self.checked = True
+        for truth in self.truths:
+            self.differences += compare_reports(truth, found.get(truth.tenant_id, Counts()))
+
+    def add_database(self, found: dict[str, Counts]) -> None:
+        """Compares direct database counts (by tenant id) with the truth."""
+        self.database = found
+        self.database_note = ""
+        self.checked = True
+        for truth in self.truths:
+            self.differences += compare_database(truth, found.get(truth.tenant_id, Counts()))
+
+    def add_acks(self, acks: Mapping[str, int], expected: Mapping[str, int]) -> None:
+        """Compares the acks' accepted/updated/duplicates totals with what was generated.
+
+        Exact only when no batch was sent twice by accident (no drop, stall or error): a batch
+        whose ack was lost comes back as duplicates on its re-send.
+        """
+        self.acks = {"found": dict(acks), "expected": dict(expected)}
+        for name, value in expected.items():
+            if acks.get(name, 0) != value:
+                self.differences.append(
+                    f"acks {name}: expected {value}, the server acked {acks.get(name, 0)}"
+                )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``verify`` section of the result file."""
+        expected = Counts()
+        for truth in self.truths:
+            expected.calls += truth.calls
+            expected.by_type.update(truth.by_type)
+            expected.by_employee.update(dict.fromkeys(truth.by_employee, {}))
+        expected_json = expected.to_json()
+        expected_json["contacts"] = sum(t.contacts for t in self.truths)
+        expected_json["telemetry"] = sum(t.telemetry for t in self.truths)
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "expected": expected_json,
+            "injected": self.injected,
+            "report": _total(self.reports),
+            "database": _total(self.database),
+            "database_note": self.database_note,
+            "acks": self.acks,
+            "differences": self.differences[:200],
+            "differences_total": len(self.differences),
+            "tenants": [
+                {
+                    "tenant_id": t.tenant_id,
+                    "from_ms": t.from_ms,
+                    "to_ms": t.to_ms,
+                    "expected_calls": t.calls,
+                    "report_calls": self.reports[t.tenant_id].calls
+                    if self.reports and t.tenant_id in self.reports
+                    else None,
+                    "database_calls": self.database[t.tenant_id].calls
+                    if self.database and t.tenant_id in self.database
+                    else None,
+                }
+                for t in self.truths
+            ],
+        }
+
+
+def _total(found: dict[str, Counts] | None) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    total = Counts()
+    optional: dict[str, int] = {}
+    for counts in found.values():
+        total.calls += counts.calls
+        total.by_type.update(counts.by_type)
+        total.by_employee.update(dict.fromkeys(counts.by_employee, {}))
+        for name in ("contacts", "telemetry", "stored_call_rows"):
+            value = getattr(counts, name)
+            if value is not None:
+                optional[name] = optional.get(name, 0) + value
+    out = total.to_json()
+    out.update(optional)
+    return out
