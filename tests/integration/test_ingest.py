@@ -78,8 +78,9 @@ async def test_ack_counts_follow_the_version_semantics(
     assert len(stored) == 110
     assert stored[(device.device_id, "c0")] == BASE_MS + 5_000
     assert stored[(device.device_id, "c50")] == BASE_MS + 50 * 1_000
-    # Duplicates never reached the table: one physical row per accepted or updated record.
-    assert await raw_call_rows(db, tenant.tenant_id) == 110 + 30
+    # Duplicates never reached the table: at most one physical row per accepted or updated
+    # record (a background merge may already have collapsed the updated versions).
+    assert 110 <= await raw_call_rows(db, tenant.tenant_id) <= 110 + 30
 
 
 async def test_invalid_records_are_rejected_by_index_and_the_rest_is_taken(
