@@ -78,17 +78,17 @@ class Deduplicator:
     async def ensure_loaded(self, table: str, tenant_id: str, device_id: str) -> None:
         """Loads the device's stored versions once; concurrent callers share one load."""
         group = (table, tenant_id, device_id)
-        if group in self._devices:
-            self._devices.move_to_end(group)
-            return
-        loading = self._loading.get(group)
-        if loading is None:
-            loading = asyncio.get_running_loop().create_future()
-            self._loading[group] = loading
-            self._queue.setdefault((table, tenant_id), set()).add(device_id)
-            if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.create_task(self._load_queued())
-        await asyncio.shield(loading)
+        # Loop: memory pressure may evict the device again before this waiter resumes.
+        while group not in self._devices:
+            loading = self._loading.get(group)
+            if loading is None:
+                loading = asyncio.get_running_loop().create_future()
+                self._loading[group] = loading
+                self._queue.setdefault((table, tenant_id), set()).add(device_id)
+                if self._flusher is None or self._flusher.done():
+                    self._flusher = asyncio.create_task(self._load_queued())
+            await asyncio.shield(loading)
+        self._devices.move_to_end(group)
 
     async def _load_queued(self) -> None:
         # Devices first seen together (a fleet reconnecting) load in one query per tenant; devices

@@ -116,3 +116,15 @@ async def test_a_device_queued_during_a_load_is_loaded_too() -> None:
     release.set()
     await asyncio.wait_for(asyncio.gather(first, second), 2)
     assert loads == [("a",), ("b",)]
+
+
+async def test_a_device_evicted_before_its_waiter_resumes_is_loaded_again() -> None:
+    loader = Loader({"a": {f"k{i}": 1 for i in range(80)}, "b": {f"k{i}": 1 for i in range(80)}})
+    dedup = Deduplicator(loader, max_entries=100)
+    # a and b load in one round; the second pushes the first out before anyone classifies.
+    await asyncio.gather(
+        dedup.ensure_loaded("calls", "t", "a"), dedup.ensure_loaded("calls", "t", "b")
+    )
+    await dedup.ensure_loaded("calls", "t", "a")
+    verdict = dedup.classify("calls", "t", "a", ["k1"], [1])
+    assert verdict.count(Outcome.DUPLICATE) == 1
