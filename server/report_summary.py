@@ -145,9 +145,19 @@ async def working_hours(
     call: ReportCall, request: report_pb2.WorkingHoursRequest
 ) -> report_pb2.WorkingHoursResponse:
     """One row per employee and local day with calls, by employee then date."""
+    # Fields named one by one: asdict() deep-copies, which costs more than the query for a
+    # month of 2,000 employees (60,000 rows).
     return report_pb2.WorkingHoursResponse(
         days=[
-            report_pb2.WorkingDay(**asdict(day))
+            report_pb2.WorkingDay(
+                employee_id=day.employee_id,
+                date=day.date,
+                first_call_at_ms=day.first_call_at_ms,
+                last_call_end_ms=day.last_call_end_ms,
+                working_seconds=day.working_seconds,
+                calls=day.calls,
+                talk_seconds=day.talk_seconds,
+            )
             for day in await summaries.working_hours(call.db, call.filter)
         ]
     )

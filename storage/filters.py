@@ -36,11 +36,18 @@ class CallFilter:
 
 
 def filtered_calls(
-    f: CallFilter, columns: str = "*", snapshot_ms: int | None = None
+    f: CallFilter,
+    columns: str = "*",
+    snapshot_ms: int | None = None,
+    started: tuple[int | None, int | None] = (None, None),
+    skip_started: tuple[int, int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """``SELECT columns FROM calls FINAL WHERE <filter>`` and its parameters.
 
-    ``snapshot_ms`` leaves out calls received after that instant (stable paging).
+    ``snapshot_ms`` leaves out calls received after that instant (stable paging). ``started``
+    (epoch ms, half-open) further narrows the calls by start time whatever the filter's time
+    field, each end optional: started_at leads the sorting key, so this narrows what is read.
+    ``skip_started`` (epoch ms, half-open) leaves out the calls that started within it.
     """
     time_column = "synced_at" if f.sync_time else "started_at"
     conditions = [
@@ -66,5 +73,18 @@ def filtered_calls(
     if snapshot_ms is not None:
         conditions.append("synced_at <= fromUnixTimestamp64Milli({snapshot_ms:Int64}, 'UTC')")
         params["snapshot_ms"] = snapshot_ms
+    started_from_ms, started_to_ms = started
+    if started_from_ms is not None:
+        conditions.append("started_at >= fromUnixTimestamp64Milli({started_from_ms:Int64}, 'UTC')")
+        params["started_from_ms"] = started_from_ms
+    if started_to_ms is not None:
+        conditions.append("started_at < fromUnixTimestamp64Milli({started_to_ms:Int64}, 'UTC')")
+        params["started_to_ms"] = started_to_ms
+    if skip_started is not None:
+        conditions.append(
+            "(started_at < fromUnixTimestamp64Milli({skip_from_ms:Int64}, 'UTC')"
+            " OR started_at >= fromUnixTimestamp64Milli({skip_to_ms:Int64}, 'UTC'))"
+        )
+        params["skip_from_ms"], params["skip_to_ms"] = skip_started
     sql = f"SELECT {columns} FROM calls FINAL WHERE " + " AND ".join(conditions)
     return sql, params

@@ -8,6 +8,12 @@ the per-client sums) and the per-client judgements in the same pass: a client wi
 call contributes its missed and rejected calls to never attended and its outgoing calls to not
 picked by client. Grouping by employee and local day gives working seconds (latest end minus
 first start of each day). Local days and hours use the filter's IANA time zone.
+
+CallSummary does both groupings in one read (GROUPING SETS) and, over long ranges, takes the
+months that no longer change from month rollups (``storage/rollups.py``): exact per (employee,
+client) and per (employee, local day) figures of those months, which it adds up with the rest of
+the range read from the calls. Sums add up, first starts take the minimum and latest ends the
+maximum, so a client's judgement and a day that spans two months come out as from the calls.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from storage import rollups
 from storage.database import Database
+from storage.directory import now_ms
 from storage.filters import CallFilter, filtered_calls
 
 # Android's CallLog.Calls.TYPE values, as in common.proto's CallType.
@@ -147,28 +155,134 @@ class WorkingDay:
     talk_seconds: int
 
 
-def _calls(f: CallFilter, snapshot_ms: int | None = None) -> tuple[str, dict[str, Any]]:
+def _calls(
+    f: CallFilter, snapshot_ms: int | None = None, skip_started: tuple[int, int] | None = None
+) -> tuple[str, dict[str, Any]]:
     # The filtered calls as a subquery, with the time zone that local days and hours use.
-    sql, params = filtered_calls(f, _COLUMNS, snapshot_ms=snapshot_ms)
+    sql, params = filtered_calls(f, _COLUMNS, snapshot_ms=snapshot_ms, skip_started=skip_started)
     return f"({sql})", {**params, "tz": f.timezone}
 
 
-async def call_summary(db: Database, f: CallFilter) -> Totals:
-    """Totals over the filtered calls: one scan by client, one by employee and local day."""
+def _month_rollup(f: CallFilter) -> tuple[str, dict[str, Any]]:
+    # What rollup runs hold of the months of ``f`` (rollups.ROLLUP_COLUMNS), in one read. Every
+    # local day but the ones holding a month's first and last instant lies wholly within it.
     calls, params = _calls(f)
+    edges = (
+        "toDate(toDateTime(month_start, 'UTC'), {tz:String}),"
+        " toDate(toDateTime(addMonths(month_start, 1), 'UTC') - 1, {tz:String})"
+    )
     sql = f"""
-        SELECT clients.*, days.working_seconds
-        FROM (
-            SELECT {_TOTALS}
-            FROM (SELECT client_key, {_SUMS} FROM {calls} GROUP BY client_key)
-        ) AS clients
-        CROSS JOIN (
-            SELECT sum(working_seconds) AS working_seconds
-            FROM (SELECT employee_id, {_DAY} AS day, {_PER_DAY}
-                  FROM {calls} GROUP BY employee_id, day)
-        ) AS days
+        SELECT toYYYYMM(month_start) AS month,
+            grouping(client_key) = 0 AS is_client,
+            NOT is_client AND day NOT IN ({edges}) AS whole_day,
+            employee_id, client_key, toStartOfMonth(started_at, 'UTC') AS month_start,
+            {_DAY} AS day,
+            {_SUMS},
+            min({_START_MS}) AS first_call_at_ms,
+            max({_END_MS}) AS last_call_end_ms,
+            if(whole_day, intDiv(last_call_end_ms - first_call_at_ms, 1000), 0) AS day_seconds
+        FROM {calls}
+        GROUP BY GROUPING SETS (
+            (month_start, employee_id, client_key), (month_start, employee_id, day)
+        )
     """
-    (row,) = await db.query(sql, params)
+    return sql, params
+
+
+# The figures CallSummary adds up, per client (is_client) and per employee and local day.
+_SUMMARY_FIGURES = (
+    "calls",
+    "incoming",
+    "outgoing",
+    "missed",
+    "rejected",
+    "connected",
+    "duration",
+    "incoming_duration",
+    "outgoing_duration",
+)
+_SUMMARY_SUMS = f"""
+    count() AS calls,
+    countIf(type = {INCOMING}) AS incoming,
+    countIf(type = {OUTGOING}) AS outgoing,
+    countIf(type = {MISSED}) AS missed,
+    countIf(type IN ({REJECTED}, {BLOCKED})) AS rejected,
+    countIf(duration_s > 0) AS connected,
+    sum(duration_s) AS duration,
+    sumIf(duration_s, type = {INCOMING}) AS incoming_duration,
+    sumIf(duration_s, type = {OUTGOING}) AS outgoing_duration,
+    min({_START_MS}) AS first_call_at_ms,
+    max({_END_MS}) AS last_call_end_ms"""
+# The Summary fields (``Totals`` order) over rows of three kinds: 1 a client, 0 an employee's
+# local day, 2 local days whose working seconds are already final (from rollups).
+_SUMMARY = """
+    sumIf(calls, kind = 1) AS total_calls,
+    sumIf(incoming, kind = 1) AS incoming_calls,
+    sumIf(outgoing, kind = 1) AS outgoing_calls,
+    sumIf(missed, kind = 1) AS missed_calls,
+    sumIf(rejected, kind = 1) AS rejected_calls,
+    sumIf(connected, kind = 1) AS connected_calls,
+    sumIf(missed + rejected, kind = 1 AND connected = 0) AS never_attended_calls,
+    sumIf(outgoing, kind = 1 AND connected = 0) AS not_picked_by_client_calls,
+    sumIf(duration, kind = 1) AS total_duration_s,
+    sumIf(incoming_duration, kind = 1) AS incoming_duration_s,
+    sumIf(outgoing_duration, kind = 1) AS outgoing_duration_s,
+    countIf(kind = 1) AS unique_clients,
+    sumIf(intDiv(last_call_end_ms - first_call_at_ms, 1000), kind = 0)
+        + sumIf(day_seconds, kind = 2) AS working_seconds"""
+
+
+async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) -> Totals:
+    """Totals over the filtered calls: clients and (employee, local day) in one read.
+
+    The settled whole months of a long range come from month rollups when the filter allows
+    (``use_rollups=False`` reads every call, for comparisons).
+    """
+    cover = await rollups.cover(db, f, _month_rollup, now_ms()) if use_rollups else None
+    calls, params = _calls(f, skip_started=(cover.start_ms, cover.end_ms) if cover else None)
+    source = f"""
+        SELECT toUInt8(grouping(client_key) = 0) AS kind, client_key, employee_id,
+            {_DAY} AS day, {_SUMMARY_SUMS}, toInt64(0) AS day_seconds
+        FROM {calls}
+        GROUP BY GROUPING SETS ((client_key), (employee_id, day))
+    """
+    if cover is not None:
+        figures = ", ".join(_SUMMARY_FIGURES)
+        sums = ", ".join(f"sum({x}) AS {x}" for x in _SUMMARY_FIGURES)
+        zeros = ", ".join(f"0 AS {x}" for x in _SUMMARY_FIGURES)
+        runs = "tenant_id = {tenant:String} AND run_id IN {rollup_runs:Array(UUID)}"
+        if f.employee_ids is not None:
+            runs += " AND employee_id IN {employee_ids:Array(String)}"
+        # The runs' clients are added up across employees and months first, their whole days
+        # into one row of final working seconds; days cut by a month's edge are merged with the
+        # same days of the neighbouring month or of the calls read.
+        source = f"""
+            SELECT kind, client_key, day_employee, day, {sums},
+                min(first_call_at_ms) AS first_call_at_ms,
+                max(last_call_end_ms) AS last_call_end_ms,
+                sum(day_seconds) AS day_seconds
+            FROM (
+                SELECT kind, client_key, employee_id AS day_employee, day, {figures},
+                    first_call_at_ms, last_call_end_ms, day_seconds
+                FROM ({source})
+                UNION ALL
+                SELECT toUInt8(1), client_key, '', toDate(0), {sums},
+                    toInt64(0), toInt64(0), toInt64(0)
+                FROM call_rollups WHERE {runs} AND is_client
+                GROUP BY client_key
+                UNION ALL
+                SELECT toUInt8(0), toUInt64(0), employee_id, day, {figures},
+                    first_call_at_ms, last_call_end_ms, toInt64(0)
+                FROM call_rollups WHERE {runs} AND NOT is_client AND NOT whole_day
+                UNION ALL
+                SELECT toUInt8(2), toUInt64(0), '', toDate(0), {zeros},
+                    toInt64(0), toInt64(0), toInt64(sum(day_seconds))
+                FROM call_rollups WHERE {runs} AND whole_day
+            )
+            GROUP BY kind, client_key, day_employee, day
+        """
+        params["rollup_runs"] = list(cover.run_ids)
+    (row,) = await db.query(f"SELECT {_SUMMARY} FROM ({source})", params)
     return Totals(*(int(v) for v in row))
 
 
