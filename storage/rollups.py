@@ -1,30 +1,41 @@
-"""Month rollups: exact aggregates of a tenant's calls in whole UTC months, reused while unchanged.
+"""Rollups: exact aggregates of whole UTC months and days of calls, reused while unchanged.
 
-A summary over a long range spends nearly all of its time aggregating months that no longer
-change. A *month run* holds what a summary needs of one partition of ``calls`` (a UTC month) for
-one tenant, time zone and excluded-numbers setting: the figures per (employee, client) and per
-(employee, local day), computed by ``storage/summaries.py`` from the newest version of each call
-(``filtered_calls``, FINAL). A *span run* adds up the month runs of consecutive months, without
-the employee: one row per client, the edge days of the span, and the working seconds of every
-day that lies wholly within it. A summary with no employee filter reads a span run; one with an
-employee filter reads the month runs.
+A summary over a long range spends nearly all of its time aggregating calls that no longer
+change. A *unit run* holds what a summary needs of one unit of time for one tenant, time zone and
+excluded-numbers setting: the figures per (employee, client) and per (employee, local day),
+computed by ``storage/summaries.py`` from the newest version of each call (``filtered_calls``,
+FINAL). A unit is a whole UTC month (a partition of ``calls``, kind "month") or a stretch of whole
+UTC days within one month (kind "days"): the days of a range before its first whole month and
+after its last one. A *span run* adds up the unit runs of consecutive units, without the
+employee: one row per client, the edge days of the span, and the working seconds of every day
+that lies wholly within it. A summary with no employee filter reads a span run; one with an
+employee filter reads the unit runs.
 
-A run is exact because it is only read while nothing it was computed from has changed. A month
-run is stamped with the *state* of the month's partition of ``calls`` and of
-``excluded_numbers``, read before computing it: the highest block number and the highest data
-version of their active parts. Every insert (a new call, a re-sent one, a newer version) takes a
-block number above all earlier ones, and every mutation (a lightweight DELETE too) a data
-version above all earlier ones, so a state is never seen again once the data changed; merges
-may change the state too, which only costs a recomputation. A span run is stamped with the
-states of all its months. A report uses a run only if the state it reads now is the one the run
-was stamped with, and makes a new run otherwise: missing months in one read of the calls, a
-missing span from the month runs. Runs of one state made twice (two requests at once) are
-equal; readers pick the same one. A run's rows are written before its entry in
-``call_rollup_runs``, so a run that died half-way is never read.
+A run is exact because it is only read while nothing it was computed from has changed. A run is
+stamped with the *state* of its unit, read before computing it, and of ``excluded_numbers``:
 
-Only months that ended ``SETTLE_MS`` ago or earlier are rolled up, since the current month
-changes all the time, and only for filters a run can answer: any time zone and employees, but no
-call types, durations or receive-time ranges.
+- a month: the highest block number and the highest data version of the active parts of its
+  partition. Every insert (a new call, a re-sent one, a newer version) takes a block number above
+  all earlier ones, and every mutation (a lightweight DELETE too) a data version above all
+  earlier ones, so a state is never seen again once the data changed; merges may change the
+  state too, which only costs a recomputation.
+- a stretch of days: the highest ``_block_number`` among the tenant's rows in it (every row
+  keeps the block number of the insert that wrote it, see migration 0004) and the newest
+  mutation of ``calls``. An insert that changes what FINAL gives for the stretch leaves a row
+  with a block number above all earlier ones (until an even newer one replaces it); inserts into
+  other days, other tenants and merges leave it alone, so a busy current month does not
+  invalidate its settled days.
+- ``excluded_numbers``: the block numbers and data versions of its parts, as for a month.
+
+A span run is stamped with the states of all its units. A report uses a run only if the state it
+reads now is the one the run was stamped with, and makes a new run otherwise: missing months in
+one read of the calls, a stretch in one read, a missing span from the unit runs. Runs of one
+state made twice (two requests at once) are equal; readers pick the same one. A run's rows are
+written before its entry in ``call_rollup_runs``, so a run that died half-way is never read.
+
+Only days that ended ``SETTLE_MS`` ago or earlier are rolled up, since the latest days change all
+the time, and only for filters a run can answer: any time zone and employees, but no call types,
+durations or receive-time ranges.
 """
 
 from __future__ import annotations
@@ -39,13 +50,13 @@ from storage.database import Database
 from storage.filters import CallFilter
 
 DAY_MS = 86_400_000
-# The month that just ended keeps changing for a while (late syncs, notes added).
+# The latest days keep changing for a while (late syncs, notes added).
 SETTLE_MS = 3 * DAY_MS
 # Runs are read for this long; call_rollup_runs expires a day later and call_rollups two.
 _RUN_LIFETIME_DAYS = 30
 
-# The columns of call_rollups that a month query fills, besides ``month`` (toYYYYMM of the UTC
-# month the row belongs to), in this order. Figures add up across runs, except the first and
+# The columns of call_rollups that a unit query fills, besides ``unit_start_ms`` (the start of
+# the unit the row belongs to), in this order. Figures add up across runs, except the first and
 # latest instants, which take the minimum and the maximum.
 SUMMED = (
     "calls",
@@ -73,10 +84,11 @@ ROLLUP_COLUMNS = (
     "day_seconds",
 )
 
-# The rows of consecutive months, from a filter spanning them: (SELECT of ``month`` and
-# ROLLUP_COLUMNS, its parameters). ``whole_day`` may be 0 for a day that lies within its month
-# (that costs a row) but never 1 for a day that reaches into another month.
-MonthQuery = Callable[[CallFilter], tuple[str, dict[str, Any]]]
+# The rows of units, from a filter spanning them: (SELECT of ``unit_start_ms`` and
+# ROLLUP_COLUMNS, its parameters). With ``by_month`` each UTC month of the filter's range is a
+# unit; without, the range is one unit. ``whole_day`` may be 0 for a day that lies within its
+# unit (that costs a row) but never 1 for a day that reaches out of it.
+UnitQuery = Callable[[CallFilter, bool], tuple[str, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -89,30 +101,50 @@ class Cover:
 
 
 @dataclass(frozen=True)
-class _Month:
-    yyyymm: int
+class Unit:
+    """A whole UTC month, or a stretch of whole UTC days within one month."""
+
     start_ms: int
     end_ms: int
+    is_month: bool
+
+    @property
+    def code(self) -> int:
+        """yyyymm of a month, yyyymmdd of a stretch's first day."""
+        return _yyyymmdd(self.start_ms) // (100 if self.is_month else 1)
+
+    @property
+    def kind(self) -> str:
+        return "month" if self.is_month else "days"
 
 
-def _month_start(year: int, month: int) -> int:
+def _yyyymmdd(ms: int) -> int:
+    day = datetime.fromtimestamp(ms / 1000, UTC)
+    return day.year * 10_000 + day.month * 100 + day.day
+
+
+def _month_end(ms: int) -> int:
+    # The end of the UTC month holding ``ms``.
+    day = datetime.fromtimestamp(ms / 1000, UTC)
+    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
     return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def full_months(from_ms: int, to_ms: int) -> list[_Month]:
-    """The UTC months that lie wholly within [from_ms, to_ms), oldest first."""
-    start = datetime.fromtimestamp(from_ms / 1000, UTC)
-    year, month = start.year, start.month
-    if _month_start(year, month) < from_ms:
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    months: list[_Month] = []
-    while True:
-        nxt = (year + 1, 1) if month == 12 else (year, month + 1)
-        begin, end = _month_start(year, month), _month_start(*nxt)
-        if end > to_ms:
-            return months
-        months.append(_Month(year * 100 + month, begin, end))
-        year, month = nxt
+def units(from_ms: int, to_ms: int) -> list[Unit]:
+    """The whole UTC days within [from_ms, to_ms) as units, oldest first, without gaps.
+
+    A whole month is a month unit; the other days are stretches, one per month they fall in.
+    """
+    begin = -(-from_ms // DAY_MS) * DAY_MS
+    last_day = to_ms // DAY_MS * DAY_MS
+    out: list[Unit] = []
+    while begin < last_day:
+        month_end = _month_end(begin)
+        whole_month = _yyyymmdd(begin) % 100 == 1 and month_end <= last_day
+        end = month_end if whole_month else min(month_end, last_day)
+        out.append(Unit(begin, end, is_month=whole_month))
+        begin = end
+    return out
 
 
 def answerable(f: CallFilter) -> bool:
@@ -122,68 +154,89 @@ def answerable(f: CallFilter) -> bool:
     )
 
 
-async def _states(db: Database, months: list[_Month], include_excluded: bool) -> dict[int, str]:
-    """The state of each month's partition of calls (and of the excluded numbers), by month."""
-    rows = await db.query(
-        "SELECT table, partition_id,"
-        " concat(toString(max(max_block_number)), '.', toString(max(data_version)))"
-        " FROM system.parts"
-        " WHERE database = currentDatabase() AND active AND ("
+async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str]:
+    """The state of each unit (see the module's doc), in one read."""
+    months = [str(u.code) for u in found if u.is_month]
+    params: dict[str, Any] = {"months": months, "tenant": f.tenant_id}
+    parts = [
+        "SELECT table AS what, partition_id AS unit,"
+        " concat(toString(max(max_block_number)), '.', toString(max(data_version))) AS state"
+        " FROM system.parts WHERE database = currentDatabase() AND active AND ("
         " (table = 'calls' AND partition_id IN {months:Array(String)})"
         " OR table = 'excluded_numbers')"
         " GROUP BY table, partition_id",
-        {"months": [str(m.yyyymm) for m in months]},
-    )
-    calls = {int(p): str(s) for t, p, s in rows if t == "calls"}
-    excluded = ",".join(sorted(str(s) for t, _, s in rows if t != "calls"))
-    if include_excluded:
+        "SELECT 'mutation', '', toString(max(arrayMax(block_numbers.number)))"
+        " FROM system.mutations WHERE database = currentDatabase() AND table = 'calls'",
+    ]
+    for i, u in enumerate(found):
+        if not u.is_month:
+            parts.append(
+                f"SELECT 'days', '{u.code}', toString(max(_block_number)) FROM calls"
+                " WHERE tenant_id = {tenant:String}"
+                f" AND started_at >= fromUnixTimestamp64Milli({{from{i}:Int64}}, 'UTC')"
+                f" AND started_at < fromUnixTimestamp64Milli({{to{i}:Int64}}, 'UTC')"
+            )
+            params[f"from{i}"], params[f"to{i}"] = u.start_ms, u.end_ms
+    rows = await db.query(" UNION ALL ".join(parts), params)
+    states = {(str(what), str(unit)): str(state) for what, unit, state in rows}
+    if f.include_excluded:
         excluded = "all"
+    else:
+        excluded = ",".join(sorted(s for (w, _), s in states.items() if w == "excluded_numbers"))
+    mutation = states.get(("mutation", ""), "0")
     # A month without parts has no calls: its (empty) run is stamped "-".
-    return {m.yyyymm: f"{calls.get(m.yyyymm, '-')}|{excluded}" for m in months}
+    return [
+        f"{states.get(('calls', str(u.code)), '-')}|{excluded}"
+        if u.is_month
+        else f"{states.get(('days', str(u.code)), '0')}.m{mutation}|{excluded}"
+        for u in found
+    ]
 
 
-async def cover(db: Database, f: CallFilter, month_rows: MonthQuery, now_ms: int) -> Cover | None:
-    """Rollup runs for the settled whole months of ``f``'s range, making the missing ones.
+async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) -> Cover | None:
+    """Rollup runs for the settled whole days of ``f``'s range, making the missing ones.
 
-    None when ``f`` cannot use rollups or its range holds no settled whole month.
+    None when ``f`` cannot use rollups or its range holds no settled whole day.
     """
     if not answerable(f):
         return None
-    months = full_months(f.from_ms, min(f.to_ms, now_ms - SETTLE_MS))
-    if not months:
+    found = units(f.from_ms, min(f.to_ms, now_ms - SETTLE_MS))
+    if not found:
         return None
-    states = await _states(db, months, f.include_excluded)
-    span_state = ",".join(f"{m}:{s}" for m, s in states.items())
-    first, last = months[0].yyyymm, months[-1].yyyymm
-    wanted = [("month", m, m, s) for m, s in states.items()]
+    states = await _states(db, f, found)
+    first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
+    span_state = ",".join(f"{u.code}:{s}" for u, s in zip(found, states, strict=True))
+    wanted = [(u.kind, u.code, u.code, s) for u, s in zip(found, states, strict=True)]
     if f.employee_ids is None:
         wanted.append(("span", first, last, span_state))
-    found = await db.query(
-        "SELECT kind, month, last_month, toString(min(run_id)) FROM call_rollup_runs"
+    rows = await db.query(
+        "SELECT kind, first_unit, toString(min(run_id)) FROM call_rollup_runs"
         " WHERE tenant_id = {tenant:String} AND timezone = {tz:String}"
-        " AND (kind, month, last_month, state)"
+        " AND (kind, first_unit, last_unit, state)"
         " IN {wanted:Array(Tuple(String, UInt32, UInt32, String))}"
         f" AND created_at > now() - INTERVAL {_RUN_LIFETIME_DAYS} DAY"
-        " GROUP BY kind, month, last_month",
+        " GROUP BY kind, first_unit",
         {"tenant": f.tenant_id, "tz": f.timezone, "wanted": wanted},
     )
-    runs = {(str(kind), int(month)): str(run_id) for kind, month, _, run_id in found}
+    runs = {(str(kind), int(unit)): str(run_id) for kind, unit, run_id in rows}
     span = runs.get(("span", first))
     if span is not None:
-        return Cover(months[0].start_ms, months[-1].end_ms, (span,))
-    missing = [m for m in months if ("month", m.yyyymm) not in runs]
-    # Consecutive missing months are made in one read of the calls.
+        return Cover(found[0].start_ms, found[-1].end_ms, (span,))
+    missing = [(u, s) for u, s in zip(found, states, strict=True) if (u.kind, u.code) not in runs]
+    # Consecutive missing months are made in one read of the calls; a stretch in a read of its own.
     while missing:
-        stretch = [missing.pop(0)]
-        while missing and missing[0].start_ms == stretch[-1].end_ms:
-            stretch.append(missing.pop(0))
-        made = await _make_months(db, f, stretch, states, month_rows)
-        runs.update((("month", m), run_id) for m, run_id in made.items())
-    month_runs = tuple(runs[("month", m.yyyymm)] for m in months)
+        batch = [missing.pop(0)]
+        while batch[0][0].is_month and missing and missing[0][0].is_month:
+            if missing[0][0].start_ms != batch[-1][0].end_ms:
+                break
+            batch.append(missing.pop(0))
+        made = await _make_units(db, f, batch, unit_rows)
+        runs.update(((u.kind, u.code), run_id) for u, run_id in made)
+    unit_runs = tuple(runs[(u.kind, u.code)] for u in found)
     if f.employee_ids is not None:
-        return Cover(months[0].start_ms, months[-1].end_ms, month_runs)
-    span = await _make_span(db, f, months, span_state, month_runs)
-    return Cover(months[0].start_ms, months[-1].end_ms, (span,))
+        return Cover(found[0].start_ms, found[-1].end_ms, unit_runs)
+    span = await _make_span(db, f, found, span_state, unit_runs)
+    return Cover(found[0].start_ms, found[-1].end_ms, (span,))
 
 
 def _row(expressions: list[str]) -> str:
@@ -196,7 +249,7 @@ async def _register(
 ) -> None:
     await db.command(
         "INSERT INTO call_rollup_runs"
-        " (tenant_id, kind, month, last_month, timezone, state, run_id, created_at)"
+        " (tenant_id, kind, first_unit, last_unit, timezone, state, run_id, created_at)"
         " SELECT {tenant:String}, {kind:String}, {first:UInt32}, {last:UInt32}, {tz:String},"
         " {state:String}, {run:UUID}, now()",
         {
@@ -211,55 +264,51 @@ async def _register(
     )
 
 
-async def _make_months(
-    db: Database,
-    f: CallFilter,
-    months: list[_Month],
-    states: dict[int, str],
-    month_rows: MonthQuery,
-) -> dict[int, str]:
-    """Makes and registers the runs of consecutive months in one read; run id by month."""
-    run_ids = {m.yyyymm: str(uuid.uuid4()) for m in months}
-    # Every call of the tenant in those months; excluded numbers as the filter asks.
-    span_filter = CallFilter(
+async def _make_units(
+    db: Database, f: CallFilter, batch: list[tuple[Unit, str]], unit_rows: UnitQuery
+) -> list[tuple[Unit, str]]:
+    """Makes and registers the runs of consecutive months, or of one stretch, in one read."""
+    made = [(u, str(uuid.uuid4())) for u, _ in batch]
+    # Every call of the tenant in those units; excluded numbers as the filter asks.
+    unit_filter = CallFilter(
         tenant_id=f.tenant_id,
-        from_ms=months[0].start_ms,
-        to_ms=months[-1].end_ms,
+        from_ms=batch[0][0].start_ms,
+        to_ms=batch[-1][0].end_ms,
         timezone=f.timezone,
         include_excluded=f.include_excluded,
     )
-    select, params = month_rows(span_filter)
+    select, params = unit_rows(unit_filter, batch[0][0].is_month)
     columns = ", ".join(ROLLUP_COLUMNS)
     await db.command(
         f"INSERT INTO call_rollups (tenant_id, run_id, {columns}, created_at)"
         " SELECT {rollup_tenant:String},"
-        " {rollup_ids:Array(UUID)}[indexOf({rollup_months:Array(UInt32)}, month)],"
+        " {rollup_ids:Array(UUID)}[indexOf({rollup_starts:Array(Int64)}, unit_start_ms)],"
         f" {columns}, now() FROM ({select})",
         {
             **params,
             "rollup_tenant": f.tenant_id,
-            "rollup_months": list(run_ids),
-            "rollup_ids": list(run_ids.values()),
+            "rollup_starts": [u.start_ms for u, _ in made],
+            "rollup_ids": [run_id for _, run_id in made],
         },
     )
-    for m in months:
-        await _register(db, f, "month", m.yyyymm, m.yyyymm, states[m.yyyymm], run_ids[m.yyyymm])
-    return run_ids
+    for (u, run_id), (_, state) in zip(made, batch, strict=True):
+        await _register(db, f, u.kind, u.code, u.code, state, run_id)
+    return made
 
 
 async def _make_span(
-    db: Database, f: CallFilter, months: list[_Month], state: str, month_runs: tuple[str, ...]
+    db: Database, f: CallFilter, found: list[Unit], state: str, unit_runs: tuple[str, ...]
 ) -> str:
-    """Adds up month runs into a span run (no employee) and registers it; its run id.
+    """Adds up unit runs into a span run (no employee) and registers it; its run id.
 
-    Clients add up across employees and months. A day cut by the edge between two of the months
+    Clients add up across employees and units. A day cut by the edge between two of the units
     is whole within the span: its working seconds are final. Days cut by the span's own edges
     stay rows, to be merged with the calls read around the span.
     """
     run_id = str(uuid.uuid4())
     sums = [f"sum({x})" for x in SUMMED]
     runs = (
-        "tenant_id = {rollup_tenant:String} AND run_id IN {rollup_months:Array(UUID)}"
+        "tenant_id = {rollup_tenant:String} AND run_id IN {rollup_runs:Array(UUID)}"
         " AND is_client = {client:UInt8}"
     )
     edges = (
@@ -295,13 +344,14 @@ async def _make_span(
     params = {
         "rollup_tenant": f.tenant_id,
         "rollup_span": run_id,
-        "rollup_months": list(month_runs),
+        "rollup_runs": list(unit_runs),
         "client": 0,
-        "span_from_ms": months[0].start_ms,
-        "span_to_ms": months[-1].end_ms,
+        "span_from_ms": found[0].start_ms,
+        "span_to_ms": found[-1].end_ms,
         "tz": f.timezone,
     }
     for client, statement in zip((1, 0, 0), statements, strict=True):
         await db.command(head + statement + ")", {**params, "client": client})
-    await _register(db, f, "span", months[0].yyyymm, months[-1].yyyymm, state, run_id)
+    first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
+    await _register(db, f, "span", first, last, state, run_id)
     return run_id

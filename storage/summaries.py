@@ -9,11 +9,12 @@ call contributes its missed and rejected calls to never attended and its outgoin
 picked by client. Grouping by employee and local day gives working seconds (latest end minus
 first start of each day). Local days and hours use the filter's IANA time zone.
 
-CallSummary does both groupings in one read (GROUPING SETS) and, over long ranges, takes the
-months that no longer change from month rollups (``storage/rollups.py``): exact per (employee,
-client) and per (employee, local day) figures of those months, which it adds up with the rest of
-the range read from the calls. Sums add up, first starts take the minimum and latest ends the
-maximum, so a client's judgement and a day that spans two months come out as from the calls.
+CallSummary does both groupings in one read (GROUPING SETS) and takes the settled whole days of
+its range (whole UTC months, and stretches of whole UTC days) from rollups
+(``storage/rollups.py``): exact per (employee, client) and per (employee, local day) figures of
+those days, which it adds up with the rest of the range read from the calls. Sums add up, first
+starts take the minimum and latest ends the maximum, so a client's judgement and a day that
+spans two units come out as from the calls.
 """
 
 from __future__ import annotations
@@ -163,27 +164,37 @@ def _calls(
     return f"({sql})", {**params, "tz": f.timezone}
 
 
-def _month_rollup(f: CallFilter) -> tuple[str, dict[str, Any]]:
-    # What rollup runs hold of the months of ``f`` (rollups.ROLLUP_COLUMNS), in one read. Every
-    # local day but the ones holding a month's first and last instant lies wholly within it.
+def _unit_rollup(f: CallFilter, by_month: bool) -> tuple[str, dict[str, Any]]:
+    # What rollup runs hold of the units of ``f`` (rollups.ROLLUP_COLUMNS), in one read: its
+    # UTC months, or its whole range as one unit. Every local day but the ones holding a unit's
+    # first and last instant lies wholly within it.
     calls, params = _calls(f)
+    if by_month:
+        start = "toInt64(toUnixTimestamp(toDateTime(toStartOfMonth(started_at, 'UTC'), 'UTC')))"
+        unit = (
+            f"{start} * 1000 AS unit_start_ms,"
+            " toInt64(toUnixTimestamp(addMonths(toDateTime(toStartOfMonth(started_at, 'UTC'),"
+            " 'UTC'), 1))) * 1000 AS unit_end_ms"
+        )
+    else:
+        unit = "{from_ms:Int64} AS unit_start_ms, {to_ms:Int64} AS unit_end_ms"
     edges = (
-        "toDate(toDateTime(month_start, 'UTC'), {tz:String}),"
-        " toDate(toDateTime(addMonths(month_start, 1), 'UTC') - 1, {tz:String})"
+        "toDate(fromUnixTimestamp64Milli(unit_start_ms, 'UTC'), {tz:String}),"
+        " toDate(fromUnixTimestamp64Milli(unit_end_ms - 1, 'UTC'), {tz:String})"
     )
     sql = f"""
-        SELECT toYYYYMM(month_start) AS month,
+        SELECT unit_start_ms,
             grouping(client_key) = 0 AS is_client,
             NOT is_client AND day NOT IN ({edges}) AS whole_day,
-            employee_id, client_key, toStartOfMonth(started_at, 'UTC') AS month_start,
-            {_DAY} AS day,
+            employee_id, client_key, {_DAY} AS day,
             {_SUMS},
             min({_START_MS}) AS first_call_at_ms,
             max({_END_MS}) AS last_call_end_ms,
             if(whole_day, intDiv(last_call_end_ms - first_call_at_ms, 1000), 0) AS day_seconds
-        FROM {calls}
+        FROM (SELECT *, {unit} FROM {calls})
         GROUP BY GROUPING SETS (
-            (month_start, employee_id, client_key), (month_start, employee_id, day)
+            (unit_start_ms, unit_end_ms, employee_id, client_key),
+            (unit_start_ms, unit_end_ms, employee_id, day)
         )
     """
     return sql, params
@@ -238,7 +249,7 @@ async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) ->
     The settled whole months of a long range come from month rollups when the filter allows
     (``use_rollups=False`` reads every call, for comparisons).
     """
-    cover = await rollups.cover(db, f, _month_rollup, now_ms()) if use_rollups else None
+    cover = await rollups.cover(db, f, _unit_rollup, now_ms()) if use_rollups else None
     calls, params = _calls(f, skip_started=(cover.start_ms, cover.end_ms) if cover else None)
     source = f"""
         SELECT toUInt8(grouping(client_key) = 0) AS kind, client_key, employee_id,

@@ -231,3 +231,56 @@ async def test_rollups_follow_changes_to_their_months(world: World, db: Database
     )
     world.truth.excluded = set(others)
     await _check(world)
+
+
+async def test_settled_days_follow_changes_and_later_days_leave_them_alone(
+    world: World, db: Database
+) -> None:
+    # Days 14-27 of the oldest month are a stretch of days for "from_mid_month" (its whole month
+    # for "all"): a newer version there, and a new call, must show.
+    await _check(world)
+    tenant_id = world.truth.tenant.tenant_id
+    stretch_from = _month_start(3) + 14 * DAY_MS
+    in_stretch = [
+        c for c in world.truth.calls if stretch_from <= c.started_at_ms < stretch_from + 14 * DAY_MS
+    ]
+    connected = next(c for c in in_stretch if c.duration_s > 0)
+    await world.send(
+        connected.device_id,
+        [
+            ingest_pb2.CallRecord(
+                call_id=connected.call_id,
+                number=connected.number,
+                type=T.CALL_TYPE_MISSED,
+                started_at_ms=connected.started_at_ms,
+                duration_s=0,
+                updated_at_ms=connected.started_at_ms + HOUR_MS,
+            ),
+            ingest_pb2.CallRecord(
+                call_id="stretch-1",
+                number=connected.number,
+                type=T.CALL_TYPE_INCOMING,
+                started_at_ms=stretch_from + 3 * DAY_MS + 5 * HOUR_MS,
+                duration_s=31,
+            ),
+        ],
+    )
+    await _check(world)
+    made = await _runs(db, tenant_id)
+
+    # A call from the last hours lies outside every rollup: it shows, and no run is made again.
+    device_id = next(iter(world.tokens))
+    await world.send(
+        device_id,
+        [
+            ingest_pb2.CallRecord(
+                call_id="recent-1",
+                number=connected.number,
+                type=T.CALL_TYPE_OUTGOING,
+                started_at_ms=world.truth.end_ms - 2 * HOUR_MS,
+                duration_s=12,
+            )
+        ],
+    )
+    await _check(world)
+    assert await _runs(db, tenant_id) == made
