@@ -4,12 +4,12 @@ A summary over a long range spends nearly all of its time aggregating calls that
 change. A *unit run* holds what a summary needs of one unit of time for one tenant, time zone and
 excluded-numbers setting: the figures per (employee, client) and per (employee, local day),
 computed by ``storage/summaries.py`` from the newest version of each call (``filtered_calls``,
-FINAL). A unit is a whole UTC month (a partition of ``calls``, kind "month") or a stretch of whole
-UTC days within one month (kind "days"): the days of a range before its first whole month and
-after its last one. A *span run* adds up the unit runs of consecutive units, without the
-employee: one row per client, the edge days of the span, and the working seconds of every day
-that lies wholly within it. A summary with no employee filter reads a span run; one with an
-employee filter reads the unit runs.
+FINAL). A unit is a whole UTC month (a partition of ``calls``, kind "month") or a whole UTC day
+(kind "day"): the days of a range before its first whole month and after its last one. A *span
+run* adds up the unit runs of consecutive units, without the employee: one row per client, the
+edge days of the span, and one row with the figures and working seconds of every day that lies
+wholly within it. A summary with no employee filter reads a span run; one with an employee
+filter reads the unit runs.
 
 A run is exact because it is only read while nothing it was computed from has changed. A run is
 stamped with the *state* of its unit, read before computing it, and of ``excluded_numbers``:
@@ -19,27 +19,28 @@ stamped with the *state* of its unit, read before computing it, and of ``exclude
   all earlier ones, and every mutation (a lightweight DELETE too) a data version above all
   earlier ones, so a state is never seen again once the data changed; merges may change the
   state too, which only costs a recomputation.
-- a stretch of days: the highest ``_block_number`` among the tenant's rows in it (every row
-  keeps the block number of the insert that wrote it, see migration 0004) and the newest
-  mutation of ``calls``. An insert that changes what FINAL gives for the stretch leaves a row
-  with a block number above all earlier ones (until an even newer one replaces it); inserts into
-  other days, other tenants and merges leave it alone, so a busy current month does not
-  invalidate its settled days.
+- a day: the highest ``_block_number`` among the tenant's rows in it (every row keeps the block
+  number of the insert that wrote it, see migration 0004) and the newest mutation of ``calls``.
+  An insert that changes what FINAL gives for the day leaves a row with a block number above all
+  earlier ones (until an even newer one replaces it); inserts into other days or by other
+  tenants, and merges, leave it alone, so a busy current month does not invalidate its settled
+  days.
 - ``excluded_numbers``: the block numbers and data versions of its parts, as for a month.
 
 A span run is stamped with the states of all its units. A report uses a run only if the state it
-reads now is the one the run was stamped with, and makes a new run otherwise: missing months in
-one read of the calls, a stretch in one read, a missing span from the unit runs. Runs of one
-state made twice (two requests at once) are equal; readers pick the same one. A run's rows are
-written before its entry in ``call_rollup_runs``, so a run that died half-way is never read.
+reads now is the one the run was stamped with, and makes a new run otherwise: consecutive missing
+units of one kind in one read of the calls, a missing span from the unit runs. Runs of one state
+made twice (two requests at once) are equal; readers pick the same one. A run's rows are written
+before its entry in ``call_rollup_runs``, so a run that died half-way is never read.
 
-Only days that ended ``SETTLE_MS`` ago or earlier are rolled up, since the latest days change all
-the time, and only for filters a run can answer: any time zone and employees, but no call types,
-durations or receive-time ranges.
+Only days that ended ``DAY_SETTLE_MS`` ago and months that ended ``MONTH_SETTLE_MS`` ago are
+rolled up, since the latest days change all the time, and only for filters a run can answer: any
+time zone and employees, but no call types, durations or receive-time ranges.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ from storage.database import Database
 from storage.filters import CallFilter
 
 DAY_MS = 86_400_000
-# The latest days keep changing for a while (late syncs, notes added).
-SETTLE_MS = 3 * DAY_MS
+# The latest days keep changing for a while (late syncs, notes added): a day is rolled up once it
+# ended a day ago, a month (whose run costs a read of the whole month to make again) three days.
+DAY_SETTLE_MS = DAY_MS
+MONTH_SETTLE_MS = 3 * DAY_MS
 # Runs are read for this long; call_rollup_runs expires a day later and call_rollups two.
 _RUN_LIFETIME_DAYS = 30
 
@@ -102,7 +105,7 @@ class Cover:
 
 @dataclass(frozen=True)
 class Unit:
-    """A whole UTC month, or a stretch of whole UTC days within one month."""
+    """A whole UTC month or a whole UTC day."""
 
     start_ms: int
     end_ms: int
@@ -110,12 +113,12 @@ class Unit:
 
     @property
     def code(self) -> int:
-        """yyyymm of a month, yyyymmdd of a stretch's first day."""
+        """yyyymm of a month, yyyymmdd of a day."""
         return _yyyymmdd(self.start_ms) // (100 if self.is_month else 1)
 
     @property
     def kind(self) -> str:
-        return "month" if self.is_month else "days"
+        return "month" if self.is_month else "day"
 
 
 def _yyyymmdd(ms: int) -> int:
@@ -130,20 +133,23 @@ def _month_end(ms: int) -> int:
     return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def units(from_ms: int, to_ms: int) -> list[Unit]:
-    """The whole UTC days within [from_ms, to_ms) as units, oldest first, without gaps.
+def units(from_ms: int, to_ms: int, now_ms: int) -> list[Unit]:
+    """The settled whole UTC days within [from_ms, to_ms) as units, oldest first, without gaps.
 
-    A whole month is a month unit; the other days are stretches, one per month they fall in.
+    A whole month that ended MONTH_SETTLE_MS ago is one unit; every other day that ended
+    DAY_SETTLE_MS ago is a unit of its own.
     """
     begin = -(-from_ms // DAY_MS) * DAY_MS
-    last_day = to_ms // DAY_MS * DAY_MS
+    last_day = min(to_ms, now_ms - DAY_SETTLE_MS) // DAY_MS * DAY_MS
     out: list[Unit] = []
     while begin < last_day:
         month_end = _month_end(begin)
-        whole_month = _yyyymmdd(begin) % 100 == 1 and month_end <= last_day
-        end = month_end if whole_month else min(month_end, last_day)
-        out.append(Unit(begin, end, is_month=whole_month))
-        begin = end
+        if _yyyymmdd(begin) % 100 == 1 and month_end <= min(to_ms, now_ms - MONTH_SETTLE_MS):
+            out.append(Unit(begin, month_end, is_month=True))
+            begin = month_end
+        else:
+            out.append(Unit(begin, begin + DAY_MS, is_month=False))
+            begin += DAY_MS
     return out
 
 
@@ -156,41 +162,83 @@ def answerable(f: CallFilter) -> bool:
 
 async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str]:
     """The state of each unit (see the module's doc), in one read."""
-    months = [str(u.code) for u in found if u.is_month]
-    params: dict[str, Any] = {"months": months, "tenant": f.tenant_id}
-    parts = [
-        "SELECT table AS what, partition_id AS unit,"
-        " concat(toString(max(max_block_number)), '.', toString(max(data_version))) AS state"
+    days = [u for u in found if not u.is_month]
+    params: dict[str, Any] = {
+        "months": [str(u.code) for u in found if u.is_month],
+        "tenant": f.tenant_id,
+        "day_starts": [u.start_ms for u in days],
+    }
+    sql = (
+        "SELECT table, partition_id,"
+        " concat(toString(max(max_block_number)), '.', toString(max(data_version)))"
         " FROM system.parts WHERE database = currentDatabase() AND active AND ("
         " (table = 'calls' AND partition_id IN {months:Array(String)})"
         " OR table = 'excluded_numbers')"
-        " GROUP BY table, partition_id",
-        "SELECT 'mutation', '', toString(max(arrayMax(block_numbers.number)))"
-        " FROM system.mutations WHERE database = currentDatabase() AND table = 'calls'",
-    ]
-    for i, u in enumerate(found):
-        if not u.is_month:
-            parts.append(
-                f"SELECT 'days', '{u.code}', toString(max(_block_number)) FROM calls"
-                " WHERE tenant_id = {tenant:String}"
-                f" AND started_at >= fromUnixTimestamp64Milli({{from{i}:Int64}}, 'UTC')"
-                f" AND started_at < fromUnixTimestamp64Milli({{to{i}:Int64}}, 'UTC')"
-            )
-            params[f"from{i}"], params[f"to{i}"] = u.start_ms, u.end_ms
-    rows = await db.query(" UNION ALL ".join(parts), params)
+        " GROUP BY table, partition_id"
+        " UNION ALL"
+        " SELECT 'mutation', '', toString(max(arrayMax(block_numbers.number)))"
+        " FROM system.mutations WHERE database = currentDatabase() AND table = 'calls'"
+    )
+    if days:
+        # The days come in at most two runs of consecutive days (before and after the months).
+        ranges = []
+        for i, u in enumerate(days):
+            if i == 0 or days[i - 1].end_ms != u.start_ms:
+                ranges.append([u.start_ms, u.end_ms])
+            ranges[-1][1] = u.end_ms
+        within = " OR ".join(
+            f"(started_at >= fromUnixTimestamp64Milli({{from{i}:Int64}}, 'UTC')"
+            f" AND started_at < fromUnixTimestamp64Milli({{to{i}:Int64}}, 'UTC'))"
+            for i in range(len(ranges))
+        )
+        for i, (begin, end) in enumerate(ranges):
+            params[f"from{i}"], params[f"to{i}"] = begin, end
+        sql += (
+            " UNION ALL"
+            " SELECT 'day', toString(toYYYYMMDD(started_at, 'UTC')) AS day,"
+            " toString(max(_block_number)) FROM calls"
+            f" WHERE tenant_id = {{tenant:String}} AND ({within}) GROUP BY day"
+        )
+    rows = await db.query(sql, params)
     states = {(str(what), str(unit)): str(state) for what, unit, state in rows}
     if f.include_excluded:
         excluded = "all"
     else:
         excluded = ",".join(sorted(s for (w, _), s in states.items() if w == "excluded_numbers"))
     mutation = states.get(("mutation", ""), "0")
-    # A month without parts has no calls: its (empty) run is stamped "-".
+    # A unit without rows has no calls: its (empty) run is stamped "-".
     return [
         f"{states.get(('calls', str(u.code)), '-')}|{excluded}"
         if u.is_month
-        else f"{states.get(('days', str(u.code)), '0')}.m{mutation}|{excluded}"
+        else f"{states.get(('day', str(u.code)), '-')}.m{mutation}|{excluded}"
         for u in found
     ]
+
+
+_RunKey = tuple[str, int, int, str]  # kind, first unit, last unit, state
+
+
+async def _find(db: Database, f: CallFilter, found: list[Unit]) -> dict[_RunKey, str]:
+    """The runs of these units, and of spans starting with the first, whatever their state.
+
+    Read alongside the states, so it cannot ask for them; the caller picks.
+    """
+    rows = await db.query(
+        "SELECT kind, first_unit, last_unit, state, toString(min(run_id)) FROM call_rollup_runs"
+        " WHERE tenant_id = {tenant:String} AND timezone = {tz:String}"
+        " AND (kind, first_unit) IN {wanted:Array(Tuple(String, UInt32))}"
+        f" AND created_at > now() - INTERVAL {_RUN_LIFETIME_DAYS} DAY"
+        " GROUP BY kind, first_unit, last_unit, state",
+        {
+            "tenant": f.tenant_id,
+            "tz": f.timezone,
+            "wanted": [(u.kind, u.code) for u in found] + [("span", _yyyymmdd(found[0].start_ms))],
+        },
+    )
+    return {
+        (str(kind), int(first), int(last), str(state)): str(run_id)
+        for kind, first, last, state, run_id in rows
+    }
 
 
 async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) -> Cover | None:
@@ -200,39 +248,27 @@ async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) 
     """
     if not answerable(f):
         return None
-    found = units(f.from_ms, min(f.to_ms, now_ms - SETTLE_MS))
+    found = units(f.from_ms, f.to_ms, now_ms)
     if not found:
         return None
-    states = await _states(db, f, found)
+    states, known = await asyncio.gather(_states(db, f, found), _find(db, f, found))
     first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
     span_state = ",".join(f"{u.code}:{s}" for u, s in zip(found, states, strict=True))
-    wanted = [(u.kind, u.code, u.code, s) for u, s in zip(found, states, strict=True)]
     if f.employee_ids is None:
-        wanted.append(("span", first, last, span_state))
-    rows = await db.query(
-        "SELECT kind, first_unit, toString(min(run_id)) FROM call_rollup_runs"
-        " WHERE tenant_id = {tenant:String} AND timezone = {tz:String}"
-        " AND (kind, first_unit, last_unit, state)"
-        " IN {wanted:Array(Tuple(String, UInt32, UInt32, String))}"
-        f" AND created_at > now() - INTERVAL {_RUN_LIFETIME_DAYS} DAY"
-        " GROUP BY kind, first_unit",
-        {"tenant": f.tenant_id, "tz": f.timezone, "wanted": wanted},
-    )
-    runs = {(str(kind), int(unit)): str(run_id) for kind, unit, run_id in rows}
-    span = runs.get(("span", first))
-    if span is not None:
-        return Cover(found[0].start_ms, found[-1].end_ms, (span,))
-    missing = [(u, s) for u, s in zip(found, states, strict=True) if (u.kind, u.code) not in runs]
-    # Consecutive missing months are made in one read of the calls; a stretch in a read of its own.
+        span = known.get(("span", first, last, span_state))
+        if span is not None:
+            return Cover(found[0].start_ms, found[-1].end_ms, (span,))
+    runs = {u: known.get((u.kind, u.code, u.code, s)) for u, s in zip(found, states, strict=True)}
+    missing = [(u, s) for u, s in zip(found, states, strict=True) if runs[u] is None]
+    # Consecutive missing units of one kind are made in one read of the calls.
     while missing:
         batch = [missing.pop(0)]
-        while batch[0][0].is_month and missing and missing[0][0].is_month:
+        while missing and missing[0][0].is_month == batch[0][0].is_month:
             if missing[0][0].start_ms != batch[-1][0].end_ms:
                 break
             batch.append(missing.pop(0))
-        made = await _make_units(db, f, batch, unit_rows)
-        runs.update(((u.kind, u.code), run_id) for u, run_id in made)
-    unit_runs = tuple(runs[(u.kind, u.code)] for u in found)
+        runs.update(await _make_units(db, f, batch, unit_rows))
+    unit_runs = tuple(str(runs[u]) for u in found)
     if f.employee_ids is not None:
         return Cover(found[0].start_ms, found[-1].end_ms, unit_runs)
     span = await _make_span(db, f, found, span_state, unit_runs)
@@ -245,30 +281,34 @@ def _row(expressions: list[str]) -> str:
 
 
 async def _register(
-    db: Database, f: CallFilter, kind: str, first: int, last: int, state: str, run_id: str
+    db: Database, f: CallFilter, runs: list[tuple[str, int, int, str, str]]
 ) -> None:
-    await db.command(
-        "INSERT INTO call_rollup_runs"
-        " (tenant_id, kind, first_unit, last_unit, timezone, state, run_id, created_at)"
-        " SELECT {tenant:String}, {kind:String}, {first:UInt32}, {last:UInt32}, {tz:String},"
-        " {state:String}, {run:UUID}, now()",
-        {
-            "tenant": f.tenant_id,
-            "kind": kind,
-            "first": first,
-            "last": last,
-            "tz": f.timezone,
-            "state": state,
-            "run": run_id,
-        },
+    # Lists runs whose rows are all written: (kind, first unit, last unit, state, run id) each.
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    await db.insert_rows(
+        "call_rollup_runs",
+        [
+            (f.tenant_id, kind, first, last, f.timezone, state, uuid.UUID(run_id), created_at)
+            for kind, first, last, state, run_id in runs
+        ],
+        (
+            "tenant_id",
+            "kind",
+            "first_unit",
+            "last_unit",
+            "timezone",
+            "state",
+            "run_id",
+            "created_at",
+        ),
     )
 
 
 async def _make_units(
     db: Database, f: CallFilter, batch: list[tuple[Unit, str]], unit_rows: UnitQuery
-) -> list[tuple[Unit, str]]:
-    """Makes and registers the runs of consecutive months, or of one stretch, in one read."""
-    made = [(u, str(uuid.uuid4())) for u, _ in batch]
+) -> dict[Unit, str]:
+    """Makes and registers the runs of consecutive units of one kind in one read; by unit."""
+    made = {u: str(uuid.uuid4()) for u, _ in batch}
     # Every call of the tenant in those units; excluded numbers as the filter asks.
     unit_filter = CallFilter(
         tenant_id=f.tenant_id,
@@ -287,12 +327,11 @@ async def _make_units(
         {
             **params,
             "rollup_tenant": f.tenant_id,
-            "rollup_starts": [u.start_ms for u, _ in made],
-            "rollup_ids": [run_id for _, run_id in made],
+            "rollup_starts": [u.start_ms for u in made],
+            "rollup_ids": list(made.values()),
         },
     )
-    for (u, run_id), (_, state) in zip(made, batch, strict=True):
-        await _register(db, f, u.kind, u.code, u.code, state, run_id)
+    await _register(db, f, [(u.kind, u.code, u.code, state, made[u]) for u, state in batch])
     return made
 
 
@@ -302,8 +341,9 @@ async def _make_span(
     """Adds up unit runs into a span run (no employee) and registers it; its run id.
 
     Clients add up across employees and units. A day cut by the edge between two of the units
-    is whole within the span: its working seconds are final. Days cut by the span's own edges
-    stay rows, to be merged with the calls read around the span.
+    is whole within the span: its working seconds are final. Every day whole within the span
+    adds its figures and working seconds to one row; days cut by the span's own edges stay rows,
+    to be merged with the calls read around the span.
     """
     run_id = str(uuid.uuid4())
     sums = [f"sum({x})" for x in SUMMED]
@@ -320,10 +360,11 @@ async def _make_span(
         " SELECT {rollup_tenant:String}, {rollup_span:UUID}, *, now() FROM (SELECT "
     )
     whole_days = (
-        "SELECT sum(day_seconds) AS seconds"
+        f"SELECT {', '.join(f'sum({x}) AS s_{x}' for x in SUMMED)}, sum(day_seconds) AS seconds"
         f" FROM call_rollups WHERE {runs} AND whole_day"
         " UNION ALL"
-        " SELECT intDiv(max(last_call_end_ms) - min(first_call_at_ms), 1000)"
+        f" SELECT {', '.join(f'sum({x})' for x in SUMMED)},"
+        " intDiv(max(last_call_end_ms) - min(first_call_at_ms), 1000)"
         f" FROM call_rollups WHERE {runs} AND NOT whole_day AND day NOT IN ({edges})"
         " GROUP BY employee_id, day"
     )
@@ -337,8 +378,8 @@ async def _make_span(
               "max(last_call_at_ms)", "max(last_call_end_ms)", "toInt64(0)"])
         + f" FROM call_rollups WHERE {runs} AND NOT whole_day AND day IN ({edges})"
         " GROUP BY employee_id, day",
-        _row(["0", "1", "''", "0", "toDate(0)", *("0" for _ in SUMMED), "toInt64(0)",
-              "toInt64(0)", "toInt64(0)", "toInt64(sum(seconds))"])
+        _row(["0", "1", "''", "0", "toDate(0)", *(f"sum(s_{x})" for x in SUMMED),
+              "toInt64(0)", "toInt64(0)", "toInt64(0)", "toInt64(sum(seconds))"])
         + f" FROM ({whole_days})",
     ]  # fmt: skip
     params = {
@@ -353,5 +394,5 @@ async def _make_span(
     for client, statement in zip((1, 0, 0), statements, strict=True):
         await db.command(head + statement + ")", {**params, "client": client})
     first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
-    await _register(db, f, "span", first, last, state, run_id)
+    await _register(db, f, [("span", first, last, state, run_id)])
     return run_id

@@ -10,7 +10,7 @@ picked by client. Grouping by employee and local day gives working seconds (late
 first start of each day). Local days and hours use the filter's IANA time zone.
 
 CallSummary does both groupings in one read (GROUPING SETS) and takes the settled whole days of
-its range (whole UTC months, and stretches of whole UTC days) from rollups
+its range (whole UTC months and days) from rollups
 (``storage/rollups.py``): exact per (employee, client) and per (employee, local day) figures of
 those days, which it adds up with the rest of the range read from the calls. Sums add up, first
 starts take the minimum and latest ends the maximum, so a client's judgement and a day that
@@ -166,18 +166,15 @@ def _calls(
 
 def _unit_rollup(f: CallFilter, by_month: bool) -> tuple[str, dict[str, Any]]:
     # What rollup runs hold of the units of ``f`` (rollups.ROLLUP_COLUMNS), in one read: its
-    # UTC months, or its whole range as one unit. Every local day but the ones holding a unit's
-    # first and last instant lies wholly within it.
+    # UTC months, or its UTC days. Every local day but the ones holding a unit's first and last
+    # instant lies wholly within it.
     calls, params = _calls(f)
-    if by_month:
-        start = "toInt64(toUnixTimestamp(toDateTime(toStartOfMonth(started_at, 'UTC'), 'UTC')))"
-        unit = (
-            f"{start} * 1000 AS unit_start_ms,"
-            " toInt64(toUnixTimestamp(addMonths(toDateTime(toStartOfMonth(started_at, 'UTC'),"
-            " 'UTC'), 1))) * 1000 AS unit_end_ms"
-        )
-    else:
-        unit = "{from_ms:Int64} AS unit_start_ms, {to_ms:Int64} AS unit_end_ms"
+    start = "toStartOfMonth(started_at, 'UTC')" if by_month else "toDate(started_at, 'UTC')"
+    end = f"addMonths({start}, 1)" if by_month else f"addDays({start}, 1)"
+    unit = (
+        f"toInt64(toUnixTimestamp(toDateTime({start}, 'UTC'))) * 1000 AS unit_start_ms,"
+        f" toInt64(toUnixTimestamp(toDateTime({end}, 'UTC'))) * 1000 AS unit_end_ms"
+    )
     edges = (
         "toDate(fromUnixTimestamp64Milli(unit_start_ms, 'UTC'), {tz:String}),"
         " toDate(fromUnixTimestamp64Milli(unit_end_ms - 1, 'UTC'), {tz:String})"
@@ -200,8 +197,9 @@ def _unit_rollup(f: CallFilter, by_month: bool) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-# The figures CallSummary adds up, per client (is_client) and per employee and local day.
-_SUMMARY_FIGURES = (
+# CallSummary's figures that add up over days, in ``Totals`` order: per employee and local day
+# from the calls, and in rollup rows.
+_DAY_FIGURES = (
     "calls",
     "incoming",
     "outgoing",
@@ -212,7 +210,7 @@ _SUMMARY_FIGURES = (
     "incoming_duration",
     "outgoing_duration",
 )
-_SUMMARY_SUMS = f"""
+_DAY_SUMS = f"""
     count() AS calls,
     countIf(type = {INCOMING}) AS incoming,
     countIf(type = {OUTGOING}) AS outgoing,
@@ -224,76 +222,74 @@ _SUMMARY_SUMS = f"""
     sumIf(duration_s, type = {OUTGOING}) AS outgoing_duration,
     min({_START_MS}) AS first_call_at_ms,
     max({_END_MS}) AS last_call_end_ms"""
-# The Summary fields (``Totals`` order) over rows of three kinds: 1 a client, 0 an employee's
-# local day, 2 local days whose working seconds are already final (from rollups).
-_SUMMARY = """
-    sumIf(calls, kind = 1) AS total_calls,
-    sumIf(incoming, kind = 1) AS incoming_calls,
-    sumIf(outgoing, kind = 1) AS outgoing_calls,
-    sumIf(missed, kind = 1) AS missed_calls,
-    sumIf(rejected, kind = 1) AS rejected_calls,
-    sumIf(connected, kind = 1) AS connected_calls,
-    sumIf(missed + rejected, kind = 1 AND connected = 0) AS never_attended_calls,
-    sumIf(outgoing, kind = 1 AND connected = 0) AS not_picked_by_client_calls,
-    sumIf(duration, kind = 1) AS total_duration_s,
-    sumIf(incoming_duration, kind = 1) AS incoming_duration_s,
-    sumIf(outgoing_duration, kind = 1) AS outgoing_duration_s,
-    countIf(kind = 1) AS unique_clients,
-    sumIf(intDiv(last_call_end_ms - first_call_at_ms, 1000), kind = 0)
-        + sumIf(day_seconds, kind = 2) AS working_seconds"""
+# A client's part of the judgements, per call (or per rollup row, with the same names).
+_CLIENT_PART = f"""
+    client_key,
+    duration_s > 0 AS connected,
+    toUInt64(type IN ({MISSED}, {REJECTED}, {BLOCKED})) AS unanswered,
+    toUInt64(type = {OUTGOING}) AS outgoing"""
 
 
 async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) -> Totals:
-    """Totals over the filtered calls: clients and (employee, local day) in one read.
+    """Totals over the filtered calls, from two groupings of one read.
 
-    The settled whole months of a long range come from month rollups when the filter allows
-    (``use_rollups=False`` reads every call, for comparisons).
+    Clients: each client's calls judged together (unique clients, never attended, not picked by
+    client). Employees' local days: working seconds, and every figure that adds up. The settled
+    whole days of the range come from rollups when the filter allows (``use_rollups=False`` reads
+    every call, for comparisons): their clients are judged together with the same clients'
+    calls read around them, and their days cut by the edges of the rollups merged with the same
+    days read from the calls; whole days come summed up.
     """
     cover = await rollups.cover(db, f, _unit_rollup, now_ms()) if use_rollups else None
     calls, params = _calls(f, skip_started=(cover.start_ms, cover.end_ms) if cover else None)
-    source = f"""
-        SELECT toUInt8(grouping(client_key) = 0) AS kind, client_key, employee_id,
-            {_DAY} AS day, {_SUMMARY_SUMS}, toInt64(0) AS day_seconds
-        FROM {calls}
-        GROUP BY GROUPING SETS ((client_key), (employee_id, day))
-    """
+    clients = f"SELECT {_CLIENT_PART} FROM {calls}"
+    days = f"SELECT employee_id, {_DAY} AS day, {_DAY_SUMS} FROM {calls} GROUP BY employee_id, day"
+    figures = ", ".join(_DAY_FIGURES)
+    whole_days = ""
     if cover is not None:
-        figures = ", ".join(_SUMMARY_FIGURES)
-        sums = ", ".join(f"sum({x}) AS {x}" for x in _SUMMARY_FIGURES)
-        zeros = ", ".join(f"0 AS {x}" for x in _SUMMARY_FIGURES)
         runs = "tenant_id = {tenant:String} AND run_id IN {rollup_runs:Array(UUID)}"
         if f.employee_ids is not None:
             runs += " AND employee_id IN {employee_ids:Array(String)}"
-        # The runs' clients are added up across employees and months first, their whole days
-        # into one row of final working seconds; days cut by a month's edge are merged with the
-        # same days of the neighbouring month or of the calls read.
-        source = f"""
-            SELECT kind, client_key, day_employee, day, {sums},
-                min(first_call_at_ms) AS first_call_at_ms,
-                max(last_call_end_ms) AS last_call_end_ms,
-                sum(day_seconds) AS day_seconds
-            FROM (
-                SELECT kind, client_key, employee_id AS day_employee, day, {figures},
-                    first_call_at_ms, last_call_end_ms, day_seconds
-                FROM ({source})
-                UNION ALL
-                SELECT toUInt8(1), client_key, '', toDate(0), {sums},
-                    toInt64(0), toInt64(0), toInt64(0)
-                FROM call_rollups WHERE {runs} AND is_client
-                GROUP BY client_key
-                UNION ALL
-                SELECT toUInt8(0), toUInt64(0), employee_id, day, {figures},
-                    first_call_at_ms, last_call_end_ms, toInt64(0)
-                FROM call_rollups WHERE {runs} AND NOT is_client AND NOT whole_day
-                UNION ALL
-                SELECT toUInt8(2), toUInt64(0), '', toDate(0), {zeros},
-                    toInt64(0), toInt64(0), toInt64(sum(day_seconds))
-                FROM call_rollups WHERE {runs} AND whole_day
-            )
-            GROUP BY kind, client_key, day_employee, day
-        """
         params["rollup_runs"] = list(cover.run_ids)
-    (row,) = await db.query(f"SELECT {_SUMMARY} FROM ({source})", params)
+        clients += (
+            " UNION ALL SELECT client_key, connected > 0, toUInt64(missed + rejected),"
+            f" toUInt64(outgoing) FROM call_rollups WHERE {runs} AND is_client"
+        )
+        days += (
+            f" UNION ALL SELECT employee_id, day, {figures}, first_call_at_ms, last_call_end_ms"
+            f" FROM call_rollups WHERE {runs} AND NOT is_client AND NOT whole_day"
+        )
+        whole_days = (
+            f" UNION ALL SELECT {', '.join(f'sum({x})' for x in _DAY_FIGURES)}, sum(day_seconds)"
+            f" FROM call_rollups WHERE {runs} AND NOT is_client AND whole_day"
+        )
+    sql = f"""
+        SELECT {", ".join(f"day_sums.{x}" for x in _DAY_FIGURES[:6])},
+            never_attended_calls, not_picked_by_client_calls,
+            {", ".join(f"day_sums.{x}" for x in _DAY_FIGURES[6:])},
+            unique_clients, working_seconds
+        FROM (
+            SELECT count() AS unique_clients,
+                sumIf(unanswered, NOT connected) AS never_attended_calls,
+                sumIf(outgoing, NOT connected) AS not_picked_by_client_calls
+            FROM (
+                SELECT max(connected) AS connected, sum(unanswered) AS unanswered,
+                    sum(outgoing) AS outgoing
+                FROM ({clients}) GROUP BY client_key
+            )
+        ) AS judged
+        CROSS JOIN (
+            SELECT {", ".join(f"sum(day_{x}) AS {x}" for x in _DAY_FIGURES)},
+                sum(seconds) AS working_seconds
+            FROM (
+                SELECT {", ".join(f"sum({x}) AS day_{x}" for x in _DAY_FIGURES)},
+                    intDiv(max(last_call_end_ms) - min(first_call_at_ms), 1000) AS seconds
+                FROM ({days}) GROUP BY employee_id, day
+                {whole_days}
+            )
+        ) AS day_sums
+    """
+    (row,) = await db.query(sql, params)
     return Totals(*(int(v) for v in row))
 
 

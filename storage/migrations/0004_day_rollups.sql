@@ -1,21 +1,20 @@
 -- Rollups of whole UTC days besides whole months (storage/rollups.py). A month's state comes
--- from its partition in system.parts; days share their month's partition, so a stretch of days
--- is stamped from its own rows instead: the highest block number among them. With
+-- from its partition in system.parts; days share their month's partition, so a day is stamped
+-- from its own rows instead: the highest block number among them. With
 -- enable_block_number_column every row keeps the number of the insert that wrote it
--- (``_block_number``) through merges, so a stretch's highest number rises with every insert into
--- it and is left alone by inserts into other days and by merges. Parts written before this
--- setting report their own first block number until merged, after which it is kept per row.
+-- (``_block_number``) through merges, so a day's highest number rises with every insert into it
+-- and is left alone by inserts into other days and by merges. Parts written before this setting
+-- report their own first block number until merged, after which it is kept per row.
 ALTER TABLE calls MODIFY SETTING enable_block_number_column = 1;
 
 -- The rollup tables hold nothing but caches: they are made again with unit columns that name a
--- month (yyyymm) or a first day (yyyymmdd) instead of months only.
+-- month (yyyymm) or a day (yyyymmdd) instead of months only.
 DROP TABLE IF EXISTS call_rollup_runs;
 DROP TABLE IF EXISTS call_rollups;
 
--- One entry per run: kind "month" (one UTC month, first_unit = last_unit = yyyymm), "days" (a
--- stretch of whole UTC days, first_unit = last_unit = yyyymmdd of its first day) or "span" (the
--- runs of consecutive units added up without the employee; first_unit and last_unit are the
--- yyyymmdd of its first and last day). ``state`` is what the run was computed from (see
+-- One entry per run: kind "month" (one UTC month, first_unit = last_unit = yyyymm), "day" (one
+-- UTC day, first_unit = last_unit = yyyymmdd) or "span" (the runs of consecutive units added
+-- up without the employee; first_unit and last_unit are the yyyymmdd of its first and last day). ``state`` is what the run was computed from (see
 -- storage/rollups.py): a run is only read while the state read now is the same. A run's rows are
 -- written before its entry here, so a run that died half-way is never read. Readers take runs
 -- younger than 30 days; entries expire a day later and rows two days later, so a listed run
@@ -39,7 +38,8 @@ TTL created_at + INTERVAL 31 DAY;
 -- is_client = 1: one (employee, client), day unset (a span run: one client, employee unset);
 -- is_client = 0: one employee's local day in the run's time zone, client_key unset. whole_day = 1
 -- marks a day that lies wholly within the run's units: its working seconds (day_seconds) are
--- final; a span run sums all of them into one such row with neither employee nor day.
+-- final; a span run sums all of them, figures and seconds, into one such row with neither
+-- employee nor day.
 -- Figures as in storage/summaries.py.
 CREATE TABLE IF NOT EXISTS call_rollups
 (

@@ -1,6 +1,6 @@
-"""CallSummary over ranges that hold whole past months, which it takes from month rollups: the
-same answer as the pure-Python reference, and still after those months change (a newer version,
-a new call, a copy of a stored row, an erasure, other excluded numbers)."""
+"""CallSummary over ranges that hold settled whole months and days, which it takes from rollups:
+the same answer as the pure-Python reference, and still after those months and days change (a
+newer version, a new call, a copy of a stored row, an erasure, other excluded numbers)."""
 
 from __future__ import annotations
 
@@ -236,15 +236,15 @@ async def test_rollups_follow_changes_to_their_months(world: World, db: Database
 async def test_settled_days_follow_changes_and_later_days_leave_them_alone(
     world: World, db: Database
 ) -> None:
-    # Days 14-27 of the oldest month are a stretch of days for "from_mid_month" (its whole month
-    # for "all"): a newer version there, and a new call, must show.
+    # Days 14-27 of the oldest month are day units for "from_mid_month" (its whole month for
+    # "all"): a newer version there, and a new call, must show.
     await _check(world)
     tenant_id = world.truth.tenant.tenant_id
-    stretch_from = _month_start(3) + 14 * DAY_MS
-    in_stretch = [
-        c for c in world.truth.calls if stretch_from <= c.started_at_ms < stretch_from + 14 * DAY_MS
+    days_from = _month_start(3) + 14 * DAY_MS
+    in_days = [
+        c for c in world.truth.calls if days_from <= c.started_at_ms < days_from + 14 * DAY_MS
     ]
-    connected = next(c for c in in_stretch if c.duration_s > 0)
+    connected = next(c for c in in_days if c.duration_s > 0)
     await world.send(
         connected.device_id,
         [
@@ -257,10 +257,10 @@ async def test_settled_days_follow_changes_and_later_days_leave_them_alone(
                 updated_at_ms=connected.started_at_ms + HOUR_MS,
             ),
             ingest_pb2.CallRecord(
-                call_id="stretch-1",
+                call_id="days-1",
                 number=connected.number,
                 type=T.CALL_TYPE_INCOMING,
-                started_at_ms=stretch_from + 3 * DAY_MS + 5 * HOUR_MS,
+                started_at_ms=days_from + 3 * DAY_MS + 5 * HOUR_MS,
                 duration_s=31,
             ),
         ],
