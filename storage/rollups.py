@@ -20,7 +20,8 @@ stamped with the *state* of its unit, read before computing it, and of ``exclude
   earlier ones, so a state is never seen again once the data changed; merges may change the
   state too, which only costs a recomputation.
 - a day: the highest ``_block_number`` among the tenant's rows in it (every row keeps the block
-  number of the insert that wrote it, see migration 0004) and the newest mutation of ``calls``.
+  number of the insert that wrote it, see migration 0004) and the newest mutation of ``calls``
+  (while a mutation is under way, a read may see it half done: nothing is rolled up then).
   An insert that changes what FINAL gives for the day leaves a row with a block number above all
   earlier ones (until an even newer one replaces it); inserts into other days or by other
   tenants, and merges, leave it alone, so a busy current month does not invalidate its settled
@@ -160,8 +161,8 @@ def answerable(f: CallFilter) -> bool:
     )
 
 
-async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str]:
-    """The state of each unit (see the module's doc), in one read."""
+async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str] | None:
+    """The state of each unit (see the module's doc), in one read; None while one can't tell."""
     days = [u for u in found if not u.is_month]
     params: dict[str, Any] = {
         "months": [str(u.code) for u in found if u.is_month],
@@ -176,7 +177,8 @@ async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str]:
         " OR table = 'excluded_numbers')"
         " GROUP BY table, partition_id"
         " UNION ALL"
-        " SELECT 'mutation', '', toString(max(arrayMax(block_numbers.number)))"
+        " SELECT 'mutation', toString(countIf(NOT is_done)),"
+        " toString(max(arrayMax(block_numbers.number)))"
         " FROM system.mutations WHERE database = currentDatabase() AND table = 'calls'"
     )
     if days:
@@ -201,11 +203,15 @@ async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str]:
         )
     rows = await db.query(sql, params)
     states = {(str(what), str(unit)): str(state) for what, unit, state in rows}
+    if ("mutation", "0") not in states:
+        # A mutation of calls (an erasure) is under way: what a read sees may still change
+        # without a new state. Nothing is rolled up until it is done.
+        return None
     if f.include_excluded:
         excluded = "all"
     else:
         excluded = ",".join(sorted(s for (w, _), s in states.items() if w == "excluded_numbers"))
-    mutation = states.get(("mutation", ""), "0")
+    mutation = states[("mutation", "0")]
     # A unit without rows has no calls: its (empty) run is stamped "-".
     return [
         f"{states.get(('calls', str(u.code)), '-')}|{excluded}"
@@ -252,6 +258,8 @@ async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) 
     if not found:
         return None
     states, known = await asyncio.gather(_states(db, f, found), _find(db, f, found))
+    if states is None:
+        return None
     first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
     span_state = ",".join(f"{u.code}:{s}" for u, s in zip(found, states, strict=True))
     if f.employee_ids is None:
