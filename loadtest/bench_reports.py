@@ -20,7 +20,7 @@ Run ``python -m loadtest.bench_reports [--calls 20000000] [--employees 2000] [--
 3. Measures every report through the real gRPC server with the REPORTS key: ``--repeat`` calls
    after two warm-ups, p50/p95 in ms, and the p50 of this process's CPU time per call (server,
    chDB and client all run here, so on a shared machine it shows the work when latency shows
-   the neighbours). Month rollups (``storage/rollups.py``) are dropped first, so the first
+   the neighbours). Rollups (``storage/rollups.py``) are dropped first, so the first
    CallSummary pays for making them; that call is reported on its own. The naive figures run
    the same SQL (built by the same ``storage`` functions, rollups off) against
    ``calls_naive FINAL`` directly, with no gRPC in the way, next to the same functions on
@@ -809,7 +809,7 @@ async def measure(
     """Times every case; checks answers against the naive table and the generated truth."""
     r = Reports(channel, state)
     checks: dict[str, Any] = {}
-    # Month rollups are made by the first summary that needs them: time that call on its own.
+    # Rollups are made by the first summary that needs them: time that call on its own.
     await svc_db.command("TRUNCATE TABLE call_rollup_runs")
     await svc_db.command("TRUNCATE TABLE call_rollups")
     cold: dict[str, float] = {}
@@ -822,7 +822,7 @@ async def measure(
         checks[key] = summary.total_calls == want
         if not checks[key]:
             _say(f"CHECK FAILED: {days} d total_calls {summary.total_calls} != {want}")
-    _say(f"first calls, month rollups made on the way: {cold} ms")
+    _say(f"first calls, rollups made on the way: {cold} ms")
     tokens = await walk_tokens(r, state.days)
     results = []
     for case in cases(r, state.days, tokens):
@@ -953,7 +953,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         naive_db.close()
         svc_db.close()
         await svc.stop()
-    print(f"merge state: {label}; first calls (month rollups made on the way): {cold} ms")
+    print(f"merge state: {label}; first calls (rollups made on the way): {cold} ms")
     print(table(results))
     failed = [name for name, ok in checks.items() if not ok]
     print("checks: " + ("all passed" if not failed else f"FAILED: {failed}"))
