@@ -67,7 +67,7 @@ from server.app import Service
 from server.config import Config
 from storage import listings, summaries
 from storage.database import Database
-from storage.directory import Directory
+from storage.directory import Device, Directory
 from storage.filters import CallFilter
 
 DAY_MS = 86_400_000
@@ -380,53 +380,26 @@ async def insert_devices(
     db: Database, tenant_id: str, employee_ids: Sequence[str], device_ids: Sequence[str]
 ) -> None:
     """One device per employee, written in one insert (reports never read devices)."""
-    now = _dt_now()
-    rows = [
-        (
-            tenant_id,
-            device_id,
-            employee_id,
-            os.urandom(32),
-            "Pixel 8",
-            "Google",
-            "14",
-            34,
-            "1.0.0",
-            100,
-            "",
-            [f"8991{2 * i:015d}", f"8991{2 * i + 1:015d}"],
-            "IN",
-            now,
-            False,
-            time.time_ns(),
+    now_ms = int(time.time() * 1000)
+    devices = [
+        Device(
+            tenant_id=tenant_id,
+            device_id=device_id,
+            employee_id=employee_id,
+            token_hash=os.urandom(32),
+            registered_at_ms=now_ms,
+            model="Pixel 8",
+            manufacturer="Google",
+            android_version="14",
+            sdk_int=34,
+            app_version="1.0.0",
+            version_code=100,
+            sim_ids=(f"8991{2 * i:015d}", f"8991{2 * i + 1:015d}"),
+            region="IN",
         )
         for i, (employee_id, device_id) in enumerate(zip(employee_ids, device_ids, strict=True))
     ]
-    columns = [
-        "tenant_id",
-        "device_id",
-        "employee_id",
-        "token_hash",
-        "model",
-        "manufacturer",
-        "android_version",
-        "sdk_int",
-        "app_version",
-        "version_code",
-        "fcm_id",
-        "sim_ids",
-        "region",
-        "registered_at",
-        "revoked",
-        "version",
-    ]
-    await db.insert_rows("devices", rows, columns)
-
-
-def _dt_now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
+    await Directory(db).put_devices(devices)
 
 
 async def import_leads(

@@ -8,14 +8,15 @@ reads the calls as of the first page's snapshot, so pages stay consistent while 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pipeline.paging import Page, fingerprint, page_size
 from proto.callsight.v1 import common_pb2, report_pb2
 from server.filters import DAY_MS, DEFAULT_RANGE_DAYS
 from storage import listings
+from storage.database import Database
 from storage.directory import now_ms
 from storage.errors import InvalidArgument
 from storage.filters import CallFilter
@@ -24,6 +25,22 @@ if TYPE_CHECKING:
     from server.reports import ReportCall
 
 Row = TypeVar("Row")
+Cursor = TypeVar("Cursor")
+
+
+class PagedRequest(Protocol):
+    """What every paged report request carries."""
+
+    @property
+    def filter(self) -> report_pb2.ReportFilter: ...
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def page_token(self) -> str: ...
+
+
+# A listing's SQL for one page: (db, filter, snapshot_ms, cursor or None, limit) -> rows.
+Fetch = Callable[[Database, CallFilter, int, Cursor | None, int], Awaitable[Sequence[Row]]]
 
 
 @dataclass(frozen=True)
@@ -50,16 +67,26 @@ def _open(
     return _Paging(page, bound_to, f)
 
 
-def _cut(
-    call: ReportCall, paging: _Paging, rows: Sequence[Row], cursor: Callable[[Row], list[Any]]
+async def _serve(
+    call: ReportCall,
+    rpc: str,
+    request: PagedRequest,
+    fetch: Fetch[Cursor, Row],
+    cursor_of: Callable[[Page], Cursor | None],
+    key_of: Callable[[Row], list[Any]],
 ) -> tuple[Sequence[Row], str]:
-    """The rows of this page and the token of the next one (empty on the last page)."""
-    size = paging.page.size
-    if len(rows) <= size:
+    """One page of a listing and the token of the next one (empty on the last page).
+
+    Reads one row more than the page holds, to know whether another page follows; the next
+    token resumes after the page's last row (``key_of``), from the first page's snapshot.
+    """
+    paging = _open(call, rpc, request.filter, request.page_size, request.page_token)
+    page = paging.page
+    rows = await fetch(call.db, paging.filter, page.snapshot_ms, cursor_of(page), page.size + 1)
+    if len(rows) <= page.size:
         return rows, ""
-    rows = rows[:size]
-    token = call.tokens.issue(paging.bound_to, cursor(rows[-1]), paging.page.snapshot_ms)
-    return rows, token
+    rows = rows[: page.size]
+    return rows, call.tokens.issue(paging.bound_to, key_of(rows[-1]), page.snapshot_ms)
 
 
 def _malformed() -> InvalidArgument:
@@ -110,12 +137,14 @@ async def never_attended(
     call: ReportCall, request: report_pb2.NeverAttendedRequest
 ) -> report_pb2.NeverAttendedResponse:
     """Clients with missed or rejected calls and no connected call, by client key."""
-    paging = _open(call, "NeverAttended", request.filter, request.page_size, request.page_token)
-    page = paging.page
-    rows = await listings.never_attended(
-        call.db, paging.filter, page.snapshot_ms, _client_cursor(page), page.size + 1
+    served, token = await _serve(
+        call,
+        "NeverAttended",
+        request,
+        listings.never_attended,
+        _client_cursor,
+        lambda r: [r.client_key],
     )
-    served, token = _cut(call, paging, rows, lambda r: [r.client_key])
     return report_pb2.NeverAttendedResponse(
         clients=_client_rows(call, served), next_page_token=token
     )
@@ -125,12 +154,14 @@ async def not_picked_by_client(
     call: ReportCall, request: report_pb2.NotPickedByClientRequest
 ) -> report_pb2.NotPickedByClientResponse:
     """Clients with outgoing calls and no connected call, by client key."""
-    paging = _open(call, "NotPickedByClient", request.filter, request.page_size, request.page_token)
-    page = paging.page
-    rows = await listings.not_picked_by_client(
-        call.db, paging.filter, page.snapshot_ms, _client_cursor(page), page.size + 1
+    served, token = await _serve(
+        call,
+        "NotPickedByClient",
+        request,
+        listings.not_picked_by_client,
+        _client_cursor,
+        lambda r: [r.client_key],
     )
-    served, token = _cut(call, paging, rows, lambda r: [r.client_key])
     return report_pb2.NotPickedByClientResponse(
         clients=_client_rows(call, served), next_page_token=token
     )
@@ -140,12 +171,14 @@ async def unique_clients(
     call: ReportCall, request: report_pb2.UniqueClientsRequest
 ) -> report_pb2.UniqueClientsResponse:
     """Distinct client numbers with their totals, by client key."""
-    paging = _open(call, "UniqueClients", request.filter, request.page_size, request.page_token)
-    page = paging.page
-    rows = await listings.unique_clients(
-        call.db, paging.filter, page.snapshot_ms, _client_cursor(page), page.size + 1
+    served, token = await _serve(
+        call,
+        "UniqueClients",
+        request,
+        listings.unique_clients,
+        _client_cursor,
+        lambda r: [r.client_key],
     )
-    served, token = _cut(call, paging, rows, lambda r: [r.client_key])
     decrypt = call.keyring.decrypt
     return report_pb2.UniqueClientsResponse(
         clients=[
@@ -169,12 +202,14 @@ async def call_history(
     call: ReportCall, request: report_pb2.CallHistoryRequest
 ) -> report_pb2.CallHistoryResponse:
     """The calls themselves, newest first, stable while new calls arrive."""
-    paging = _open(call, "CallHistory", request.filter, request.page_size, request.page_token)
-    page = paging.page
-    rows = await listings.call_history(
-        call.db, paging.filter, page.snapshot_ms, _history_cursor(page), page.size + 1
+    served, token = await _serve(
+        call,
+        "CallHistory",
+        request,
+        listings.call_history,
+        _history_cursor,
+        lambda r: [r.started_at_ms, r.device_id, r.call_id],
     )
-    served, token = _cut(call, paging, rows, lambda r: [r.started_at_ms, r.device_id, r.call_id])
     decrypt = call.keyring.decrypt
     return report_pb2.CallHistoryResponse(
         calls=[
@@ -202,12 +237,9 @@ async def lead_activity(
     call: ReportCall, request: report_pb2.LeadActivityRequest
 ) -> report_pb2.LeadActivityResponse:
     """Per lead, the calls its assigned employee made with the lead's numbers, by lead id."""
-    paging = _open(call, "LeadActivity", request.filter, request.page_size, request.page_token)
-    page = paging.page
-    rows = await listings.lead_activity(
-        call.db, paging.filter, page.snapshot_ms, _lead_cursor(page), page.size + 1
+    served, token = await _serve(
+        call, "LeadActivity", request, listings.lead_activity, _lead_cursor, lambda r: [r.lead_id]
     )
-    served, token = _cut(call, paging, rows, lambda r: [r.lead_id])
     return report_pb2.LeadActivityResponse(
         leads=[
             report_pb2.LeadActivityRow(

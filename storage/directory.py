@@ -9,6 +9,7 @@ plaintext number.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -274,27 +275,33 @@ class Directory:
 
     async def put_device(self, device: Device) -> None:
         """Stores a new device or a new version of one (e.g. revoked)."""
+        await self.put_devices([device])
+
+    async def put_devices(self, devices: Sequence[Device]) -> None:
+        """Stores many devices (or new versions of them) in one insert."""
+        version = _version()
         await self._db.insert_rows(
             "devices",
             [
                 (
-                    device.tenant_id,
-                    device.device_id,
-                    device.employee_id,
-                    device.token_hash,
-                    device.model,
-                    device.manufacturer,
-                    device.android_version,
-                    device.sdk_int,
-                    device.app_version,
-                    device.version_code,
-                    device.fcm_id,
-                    list(device.sim_ids),
-                    device.region,
-                    _dt(device.registered_at_ms),
-                    device.revoked,
-                    _version(),
+                    d.tenant_id,
+                    d.device_id,
+                    d.employee_id,
+                    d.token_hash,
+                    d.model,
+                    d.manufacturer,
+                    d.android_version,
+                    d.sdk_int,
+                    d.app_version,
+                    d.version_code,
+                    d.fcm_id,
+                    list(d.sim_ids),
+                    d.region,
+                    _dt(d.registered_at_ms),
+                    d.revoked,
+                    version,
                 )
+                for d in devices
             ],
             list(_DEVICE_COLUMNS) + ["version"],
         )

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import grpc
 import psutil
 from google.rpc import error_details_pb2, status_pb2
 
+from loadtest.server import ServerProcess
 from proto.callsight.v1 import ingest_pb2, ingest_pb2_grpc
 from server.app import Service
 from storage.database import Database
@@ -29,72 +27,34 @@ from tests.integration.helpers import auth, enroll, expect_status, new_employee,
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class ServerProcess:
-    """``callsight serve`` as a child process that tests may SIGKILL."""
+def _server(data_dir: Path) -> ServerProcess:
+    # ``callsight serve`` as a child process that tests may SIGKILL, with the suite's secrets.
+    env = {
+        "CALLSIGHT_OPERATOR_TOKEN": OPERATOR_TOKEN,
+        "CALLSIGHT_MASTER_KEY": master_key_b64(),
+        "CALLSIGHT_GRACE_PERIOD_S": "5",
+    }
+    return ServerProcess(data_dir, env=env)
 
-    def __init__(self, data_dir: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.data_dir = data_dir
-        self.proc: subprocess.Popen[str] | None = None
-        self.log: list[str] = []
 
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "CALLSIGHT_OPERATOR_TOKEN": OPERATOR_TOKEN,
-            "CALLSIGHT_MASTER_KEY": master_key_b64(),
-            "CALLSIGHT_GRACE_PERIOD_S": "5",
-        }
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "serve",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            env=env,
-            cwd=ROOT,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if '"event": "serving"' in line:
-                break
-        else:
-            raise AssertionError("server did not start:\n" + "".join(self.log))
-        # Keep draining stderr so the child never blocks on a full pipe.
-        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()  # type: ignore[union-attr,arg-type]
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-    def count_calls(self, tenant_id: str) -> dict[str, object]:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tests.integration.count_calls",
-                f"chdb://{self.data_dir.resolve() / 'clickhouse'}",
-                "callsight",
-                tenant_id,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return json.loads(done.stdout)  # type: ignore[no-any-return]
+def _count_calls(data_dir: Path, tenant_id: str) -> dict[str, object]:
+    # Counted in a process of its own: chDB opens a path in one process at a time.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.count_calls",
+            f"chdb://{data_dir.resolve() / 'clickhouse'}",
+            "callsight",
+            tenant_id,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 async def _bootstrap(port: int) -> tuple[str, str]:
@@ -133,7 +93,7 @@ async def _stream_until(
 async def test_sigkill_mid_stream_then_resend_stores_every_call_exactly_once(
     tmp_path: Path,
 ) -> None:
-    server = ServerProcess(tmp_path / "data")
+    server = _server(tmp_path / "data")
     server.start()
     try:
         tenant_id, token = await _bootstrap(server.port)
@@ -156,10 +116,10 @@ async def test_sigkill_mid_stream_then_resend_stores_every_call_exactly_once(
         await _stream_until(server.port, token, unacked, acked)
         assert acked == {r.seq for r in requests}
         server.kill(signal.SIGTERM)
-        counted = server.count_calls(tenant_id)
+        counted = _count_calls(server.data_dir, tenant_id)
     finally:
-        if server.proc and server.proc.poll() is None:
-            server.proc.kill()
+        if server.running():
+            server.kill()
     assert counted["unique"] == len(unique)
     assert set(counted["call_ids"]) == unique  # type: ignore[arg-type]
     acked_calls = {
@@ -169,7 +129,7 @@ async def test_sigkill_mid_stream_then_resend_stores_every_call_exactly_once(
 
 
 async def test_sigterm_writes_and_acks_what_was_buffered(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data")
+    server = _server(tmp_path / "data")
     server.start()
     try:
         tenant_id, token = await _bootstrap(server.port)
@@ -182,10 +142,10 @@ async def test_sigterm_writes_and_acks_what_was_buffered(tmp_path: Path) -> None
             await asyncio.sleep(0.01)
         assert server.kill(signal.SIGTERM) == 0
         await streaming
-        counted = server.count_calls(tenant_id)
+        counted = _count_calls(server.data_dir, tenant_id)
     finally:
-        if server.proc and server.proc.poll() is None:
-            server.proc.kill()
+        if server.running():
+            server.kill()
     acked_calls = {r.call_id for req in requests if req.seq in acked for r in req.calls.records}
     assert acked_calls <= set(counted["call_ids"])  # type: ignore[arg-type]
     assert any('"event": "stopped"' in line for line in server.log)
