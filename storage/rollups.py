@@ -20,7 +20,8 @@ stamped with the *state* of its unit, read before computing it, and of ``exclude
   earlier ones, so a state is never seen again once the data changed; merges may change the
   state too, which only costs a recomputation.
 - a day: the highest ``_block_number`` among the tenant's rows in it (every row keeps the block
-  number of the insert that wrote it, see migration 0004) and the newest mutation of ``calls``
+  number of the insert that wrote it, see migration 0004; each part is read for it once, see
+  ``_PartDays``) and the newest mutation of ``calls``
   (while a mutation is under way, a read may see it half done: nothing is rolled up then).
   An insert that changes what FINAL gives for the day leaves a row with a block number above all
   earlier ones (until an even newer one replaces it); inserts into other days or by other
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -161,15 +163,67 @@ def answerable(f: CallFilter) -> bool:
     )
 
 
+class _PartDays:
+    """The highest block number per UTC day among one tenant's rows of a part of ``calls``.
+
+    A part never changes once written (inserts, merges and mutations write new parts), so each
+    part is read once per tenant and remembered, by its path (which names the table by its UUID)
+    and name; a day's state is the highest number over the active parts. Bounded: the parts read
+    longest ago are forgotten first.
+    """
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._max_entries = max_entries
+        self._days: OrderedDict[tuple[str, str], dict[int, int]] = OrderedDict()
+
+    async def day_maxima(
+        self, db: Database, tenant_id: str, parts: list[tuple[str, str]]
+    ) -> dict[int, int]:
+        """The highest block number per yyyymmdd over ``parts`` ((name, path) of active parts).
+
+        Parts not remembered are read, and so is every part that replaced one of ``parts``
+        since they were listed: whatever a read sees is either remembered or read, so a day's
+        number is never below what the day holds (above it only costs a recomputation).
+        """
+        known = {name: self._days[(tenant_id, path)] for name, path in parts
+                 if (tenant_id, path) in self._days}  # fmt: skip
+        partitions = sorted({name.split("_", 1)[0] for name, _ in parts})
+        read: dict[str, dict[int, int]] = {name: {} for name, _ in parts if name not in known}
+        if read:
+            rows = await db.query(
+                "SELECT _part, toYYYYMMDD(started_at, 'UTC') AS day, max(_block_number)"
+                " FROM calls WHERE tenant_id = {tenant:String}"
+                " AND _partition_id IN {partitions:Array(String)}"
+                " AND _part NOT IN {known:Array(String)}"
+                " GROUP BY _part, day",
+                {"tenant": tenant_id, "partitions": partitions, "known": list(known)},
+            )
+            for name, day, block in rows:
+                read.setdefault(str(name), {})[int(day)] = int(block)
+        paths = dict(parts)
+        for name, days in read.items():
+            if name in paths:
+                self._remember((tenant_id, paths[name]), days)
+        maxima: dict[int, int] = {}
+        for days in (*known.values(), *read.values()):
+            for day, block in days.items():
+                maxima[day] = max(block, maxima.get(day, 0))
+        return maxima
+
+    def _remember(self, key: tuple[str, str], days: dict[int, int]) -> None:
+        self._days[key] = days
+        self._days.move_to_end(key)
+        while len(self._days) > self._max_entries:
+            self._days.popitem(last=False)
+
+
+_PART_DAYS = _PartDays()
+
+
 async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str] | None:
-    """The state of each unit (see the module's doc), in one read; None while one can't tell."""
-    days = [u for u in found if not u.is_month]
-    params: dict[str, Any] = {
-        "months": [str(u.code) for u in found if u.is_month],
-        "tenant": f.tenant_id,
-        "day_starts": [u.start_ms for u in days],
-    }
-    sql = (
+    """The state of each unit (see the module's doc); None while one can't tell."""
+    day_partitions = sorted({str(u.code // 100) for u in found if not u.is_month})
+    rows = await db.query(
         "SELECT table, partition_id,"
         " concat(toString(max(max_block_number)), '.', toString(max(data_version)))"
         " FROM system.parts WHERE database = currentDatabase() AND active AND ("
@@ -180,28 +234,15 @@ async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str] |
         " SELECT 'mutation', toString(countIf(NOT is_done)),"
         " toString(max(arrayMax(block_numbers.number)))"
         " FROM system.mutations WHERE database = currentDatabase() AND table = 'calls'"
+        " UNION ALL"
+        " SELECT 'part', name, path FROM system.parts"
+        " WHERE database = currentDatabase() AND table = 'calls' AND active"
+        " AND partition_id IN {day_partitions:Array(String)}",
+        {
+            "months": [str(u.code) for u in found if u.is_month],
+            "day_partitions": day_partitions,
+        },
     )
-    if days:
-        # The days come in at most two runs of consecutive days (before and after the months).
-        ranges = []
-        for i, u in enumerate(days):
-            if i == 0 or days[i - 1].end_ms != u.start_ms:
-                ranges.append([u.start_ms, u.end_ms])
-            ranges[-1][1] = u.end_ms
-        within = " OR ".join(
-            f"(started_at >= fromUnixTimestamp64Milli({{from{i}:Int64}}, 'UTC')"
-            f" AND started_at < fromUnixTimestamp64Milli({{to{i}:Int64}}, 'UTC'))"
-            for i in range(len(ranges))
-        )
-        for i, (begin, end) in enumerate(ranges):
-            params[f"from{i}"], params[f"to{i}"] = begin, end
-        sql += (
-            " UNION ALL"
-            " SELECT 'day', toString(toYYYYMMDD(started_at, 'UTC')) AS day,"
-            " toString(max(_block_number)) FROM calls"
-            f" WHERE tenant_id = {{tenant:String}} AND ({within}) GROUP BY day"
-        )
-    rows = await db.query(sql, params)
     states = {(str(what), str(unit)): str(state) for what, unit, state in rows}
     if ("mutation", "0") not in states:
         # A mutation of calls (an erasure) is under way: what a read sees may still change
@@ -212,11 +253,15 @@ async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str] |
     else:
         excluded = ",".join(sorted(s for (w, _), s in states.items() if w == "excluded_numbers"))
     mutation = states[("mutation", "0")]
+    days: dict[int, int] = {}
+    if day_partitions:
+        parts = [(str(name), str(path)) for what, name, path in rows if what == "part"]
+        days = await _PART_DAYS.day_maxima(db, f.tenant_id, parts)
     # A unit without rows has no calls: its (empty) run is stamped "-".
     return [
         f"{states.get(('calls', str(u.code)), '-')}|{excluded}"
         if u.is_month
-        else f"{states.get(('day', str(u.code)), '-')}.m{mutation}|{excluded}"
+        else f"{days.get(u.code, '-')}.m{mutation}|{excluded}"
         for u in found
     ]
 
