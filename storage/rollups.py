@@ -37,12 +37,17 @@ before its entry in ``call_rollup_runs``, so a run that died half-way is never r
 
 Only days that ended ``DAY_SETTLE_MS`` ago and months that ended ``MONTH_SETTLE_MS`` ago are
 rolled up, since the latest days change all the time, and only for filters a run can answer: any
-time zone and employees, but no call types, durations or receive-time ranges.
+time zone and employees, but no call types, durations or receive-time ranges. A unit that keeps
+changing anyway (a device backfilling weeks of calls) has its runs made at most every
+``REMAKE_INTERVAL_S`` per process; in between, summaries read its calls. Runs are read for two
+days and dropped a day later with their partition of ``call_rollups``, so superseded runs cost
+neither a mutation nor lasting space.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -58,8 +63,11 @@ DAY_MS = 86_400_000
 # ended a day ago, a month (whose run costs a read of the whole month to make again) three days.
 DAY_SETTLE_MS = DAY_MS
 MONTH_SETTLE_MS = 3 * DAY_MS
-# Runs are read for this long; call_rollup_runs expires a day later and call_rollups two.
-_RUN_LIFETIME_DAYS = 30
+# A unit's run is made again at most this often by one process (see ``cover``).
+REMAKE_INTERVAL_S = 600.0
+# Runs are read for this long; call_rollup_runs and call_rollups expire a day later (whole
+# partitions of call_rollups by day made, so superseded runs cost no mutation).
+_RUN_LIFETIME_DAYS = 2
 
 # The columns of call_rollups that a unit query fills, besides ``unit_start_ms`` (the start of
 # the unit the row belongs to), in this order. Figures add up across runs, except the first and
@@ -295,7 +303,9 @@ async def _find(db: Database, f: CallFilter, found: list[Unit]) -> dict[_RunKey,
 async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) -> Cover | None:
     """Rollup runs for the settled whole days of ``f``'s range, making the missing ones.
 
-    None when ``f`` cannot use rollups or its range holds no settled whole day.
+    None when ``f`` cannot use rollups or its range holds no settled whole day. A unit that
+    this process made a run of less than REMAKE_INTERVAL_S ago is not made again: the cover
+    ends before it, and the calls from there on are read as they are.
     """
     if not answerable(f):
         return None
@@ -305,13 +315,18 @@ async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) 
     states, known = await asyncio.gather(_states(db, f, found), _find(db, f, found))
     if states is None:
         return None
+    runs = {u: known.get((u.kind, u.code, u.code, s)) for u, s in zip(found, states, strict=True)}
+    churning = [i for i, u in enumerate(found) if runs[u] is None and _MADE.recent(f, u)]
+    if churning:
+        found, states = found[: churning[0]], states[: churning[0]]
+        if not found:
+            return None
     first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
     span_state = ",".join(f"{u.code}:{s}" for u, s in zip(found, states, strict=True))
     if f.employee_ids is None:
         span = known.get(("span", first, last, span_state))
         if span is not None:
             return Cover(found[0].start_ms, found[-1].end_ms, (span,))
-    runs = {u: known.get((u.kind, u.code, u.code, s)) for u, s in zip(found, states, strict=True)}
     missing = [(u, s) for u, s in zip(found, states, strict=True) if runs[u] is None]
     # Consecutive missing units of one kind are made in one read of the calls.
     while missing:
@@ -321,11 +336,43 @@ async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) 
                 break
             batch.append(missing.pop(0))
         runs.update(await _make_units(db, f, batch, unit_rows))
+        for u, _ in batch:
+            _MADE.note(f, u)
     unit_runs = tuple(str(runs[u]) for u in found)
     if f.employee_ids is not None:
         return Cover(found[0].start_ms, found[-1].end_ms, unit_runs)
     span = await _make_span(db, f, found, span_state, unit_runs)
     return Cover(found[0].start_ms, found[-1].end_ms, (span,))
+
+
+class _Made:
+    """When this process last made a run of each unit, to make a changing unit's runs rarely.
+
+    A unit that keeps changing (a device backfilling weeks of calls, late syncs) would otherwise
+    be read and written again by every summary, and its superseded runs kept until they expire.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._max_entries = max_entries
+        self._made: OrderedDict[tuple[str, str, bool, str, int], float] = OrderedDict()
+
+    @staticmethod
+    def _key(f: CallFilter, u: Unit) -> tuple[str, str, bool, str, int]:
+        return (f.tenant_id, f.timezone, f.include_excluded, u.kind, u.code)
+
+    def recent(self, f: CallFilter, u: Unit) -> bool:
+        made = self._made.get(self._key(f, u))
+        return made is not None and time.monotonic() - made < REMAKE_INTERVAL_S
+
+    def note(self, f: CallFilter, u: Unit) -> None:
+        key = self._key(f, u)
+        self._made[key] = time.monotonic()
+        self._made.move_to_end(key)
+        while len(self._made) > self._max_entries:
+            self._made.popitem(last=False)
+
+
+_MADE = _Made()
 
 
 def _row(expressions: list[str]) -> str:

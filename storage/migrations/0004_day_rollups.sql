@@ -17,8 +17,8 @@ DROP TABLE IF EXISTS call_rollups;
 -- up without the employee; first_unit and last_unit are the yyyymmdd of its first and last day). ``state`` is what the run was computed from (see
 -- storage/rollups.py): a run is only read while the state read now is the same. A run's rows are
 -- written before its entry here, so a run that died half-way is never read. Readers take runs
--- younger than 30 days; entries expire a day later and rows two days later, so a listed run
--- always has all its rows.
+-- younger than 2 days; entries and rows expire a day later (rows by whole partitions of the day
+-- they were made, so superseded runs go without a mutation).
 CREATE TABLE IF NOT EXISTS call_rollup_runs
 (
     tenant_id  LowCardinality(String),
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS call_rollup_runs
 ENGINE = MergeTree
 PARTITION BY tuple()
 ORDER BY (tenant_id, kind, first_unit, last_unit, timezone, state)
-TTL created_at + INTERVAL 31 DAY;
+TTL created_at + INTERVAL 3 DAY;
 
 -- is_client = 1: one (employee, client), day unset (a span run: one client, employee unset);
 -- is_client = 0: one employee's local day in the run's time zone, client_key unset. whole_day = 1
@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS call_rollups
     created_at         DateTime('UTC')
 )
 ENGINE = MergeTree
-PARTITION BY tuple()
+PARTITION BY toYYYYMMDD(created_at)
 ORDER BY (tenant_id, run_id, is_client, employee_id, client_key, day)
-TTL created_at + INTERVAL 32 DAY;
+TTL created_at + INTERVAL 3 DAY
+SETTINGS ttl_only_drop_parts = 1;
