@@ -39,9 +39,9 @@ Only days that ended ``DAY_SETTLE_MS`` ago and months that ended ``MONTH_SETTLE_
 rolled up, since the latest days change all the time, and only for filters a run can answer: any
 time zone and employees, but no call types, durations or receive-time ranges. A unit that keeps
 changing anyway (a device backfilling weeks of calls) has its runs made at most every
-``REMAKE_INTERVAL_S`` per process; in between, summaries read its calls. Runs are read for two
-days and dropped a day later with their partition of ``call_rollups``, so superseded runs cost
-neither a mutation nor lasting space.
+``REMAKE_INTERVAL_S`` per process; in between, summaries read its calls. Month runs are read for
+30 days, day runs and spans for two (``READ_DAYS``), and dropped a day later with their
+partition of ``call_rollups``, so superseded runs cost neither a mutation nor lasting space.
 """
 
 from __future__ import annotations
@@ -65,9 +65,11 @@ DAY_SETTLE_MS = DAY_MS
 MONTH_SETTLE_MS = 3 * DAY_MS
 # A unit's run is made again at most this often by one process (see ``cover``).
 REMAKE_INTERVAL_S = 600.0
-# Runs are read for this long; call_rollup_runs and call_rollups expire a day later (whole
-# partitions of call_rollups by day made, so superseded runs cost no mutation).
-_RUN_LIFETIME_DAYS = 2
+# Runs are read for this many days after they were made, by kind: a month run costs a read of
+# the whole month to make and rarely changes; day runs and spans are cheap and superseded often.
+# Their entries and rows expire a day later (rows by whole partitions of the day they were made,
+# so superseded runs go without a mutation).
+READ_DAYS = {"month": 30, "day": 2, "span": 2}
 
 # The columns of call_rollups that a unit query fills, besides ``unit_start_ms`` (the start of
 # the unit the row belongs to), in this order. Figures add up across runs, except the first and
@@ -286,12 +288,15 @@ async def _find(db: Database, f: CallFilter, found: list[Unit]) -> dict[_RunKey,
         "SELECT kind, first_unit, last_unit, state, toString(min(run_id)) FROM call_rollup_runs"
         " WHERE tenant_id = {tenant:String} AND timezone = {tz:String}"
         " AND (kind, first_unit) IN {wanted:Array(Tuple(String, UInt32))}"
-        f" AND created_at > now() - INTERVAL {_RUN_LIFETIME_DAYS} DAY"
+        " AND created_at > now() - toIntervalDay(if(kind = 'month', {month_days:UInt32},"
+        " {other_days:UInt32}))"
         " GROUP BY kind, first_unit, last_unit, state",
         {
             "tenant": f.tenant_id,
             "tz": f.timezone,
             "wanted": [(u.kind, u.code) for u in found] + [("span", _yyyymmdd(found[0].start_ms))],
+            "month_days": READ_DAYS["month"],
+            "other_days": max(READ_DAYS["day"], READ_DAYS["span"]),
         },
     )
     return {
@@ -420,12 +425,13 @@ async def _make_units(
     select, params = unit_rows(unit_filter, batch[0][0].is_month)
     columns = ", ".join(ROLLUP_COLUMNS)
     await db.command(
-        f"INSERT INTO call_rollups (tenant_id, run_id, {columns}, created_at)"
+        f"INSERT INTO call_rollups (tenant_id, run_id, {columns}, created_at, keep_days)"
         " SELECT {rollup_tenant:String},"
         " {rollup_ids:Array(UUID)}[indexOf({rollup_starts:Array(Int64)}, unit_start_ms)],"
-        f" {columns}, now() FROM ({select})",
+        f" {columns}, now(), {{rollup_keep_days:UInt16}} FROM ({select})",
         {
             **params,
+            "rollup_keep_days": READ_DAYS[batch[0][0].kind] + 1,
             "rollup_tenant": f.tenant_id,
             "rollup_starts": [u.start_ms for u in made],
             "rollup_ids": list(made.values()),
@@ -456,8 +462,10 @@ async def _make_span(
         " toDate(fromUnixTimestamp64Milli({span_to_ms:Int64} - 1, 'UTC'), {tz:String})"
     )
     head = (
-        f"INSERT INTO call_rollups (tenant_id, run_id, {', '.join(ROLLUP_COLUMNS)}, created_at)"
-        " SELECT {rollup_tenant:String}, {rollup_span:UUID}, *, now() FROM (SELECT "
+        f"INSERT INTO call_rollups"
+        f" (tenant_id, run_id, {', '.join(ROLLUP_COLUMNS)}, created_at, keep_days)"
+        " SELECT {rollup_tenant:String}, {rollup_span:UUID}, *, now(), {rollup_keep_days:UInt16}"
+        " FROM (SELECT "
     )
     whole_days = (
         f"SELECT {', '.join(f'sum({x}) AS s_{x}' for x in SUMMED)}, sum(day_seconds) AS seconds"
@@ -485,6 +493,7 @@ async def _make_span(
     params = {
         "rollup_tenant": f.tenant_id,
         "rollup_span": run_id,
+        "rollup_keep_days": READ_DAYS["span"] + 1,
         "rollup_runs": list(unit_runs),
         "client": 0,
         "span_from_ms": found[0].start_ms,

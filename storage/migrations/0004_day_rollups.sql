@@ -16,9 +16,10 @@ DROP TABLE IF EXISTS call_rollups;
 -- UTC day, first_unit = last_unit = yyyymmdd) or "span" (the runs of consecutive units added
 -- up without the employee; first_unit and last_unit are the yyyymmdd of its first and last day). ``state`` is what the run was computed from (see
 -- storage/rollups.py): a run is only read while the state read now is the same. A run's rows are
--- written before its entry here, so a run that died half-way is never read. Readers take runs
--- younger than 2 days; entries and rows expire a day later (rows by whole partitions of the day
--- they were made, so superseded runs go without a mutation).
+-- written before its entry here, so a run that died half-way is never read. Readers take month
+-- runs younger than 30 days and other runs younger than 2 days; entries and rows expire a day
+-- later (rows by whole partitions of the day they were made and their lifetime, so superseded
+-- runs go without a mutation).
 CREATE TABLE IF NOT EXISTS call_rollup_runs
 (
     tenant_id  LowCardinality(String),
@@ -33,7 +34,7 @@ CREATE TABLE IF NOT EXISTS call_rollup_runs
 ENGINE = MergeTree
 PARTITION BY tuple()
 ORDER BY (tenant_id, kind, first_unit, last_unit, timezone, state)
-TTL created_at + INTERVAL 3 DAY;
+TTL created_at + toIntervalDay(if(kind = 'month', 31, 3));
 
 -- is_client = 1: one (employee, client), day unset (a span run: one client, employee unset);
 -- is_client = 0: one employee's local day in the run's time zone, client_key unset. whole_day = 1
@@ -65,10 +66,12 @@ CREATE TABLE IF NOT EXISTS call_rollups
     last_call_at_ms    Int64,
     last_call_end_ms   Int64,
     day_seconds        Int64,
-    created_at         DateTime('UTC')
+    created_at         DateTime('UTC'),
+    -- days the run's rows are kept (its readers' lifetime and one day)
+    keep_days          UInt16
 )
 ENGINE = MergeTree
-PARTITION BY toYYYYMMDD(created_at)
+PARTITION BY (toYYYYMMDD(created_at), keep_days)
 ORDER BY (tenant_id, run_id, is_client, employee_id, client_key, day)
-TTL created_at + INTERVAL 3 DAY
+TTL created_at + toIntervalDay(keep_days)
 SETTINGS ttl_only_drop_parts = 1;
