@@ -53,10 +53,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from storage.database import Database
 from storage.filters import CallFilter
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 DAY_MS = 86_400_000
 # The latest days keep changing for a while (late syncs, notes added): a day is rolled up once it
@@ -173,6 +176,14 @@ def answerable(f: CallFilter) -> bool:
     )
 
 
+def _remember(entries: OrderedDict[K, V], key: K, value: V, max_entries: int) -> None:
+    # Sets an entry of a bounded memo, forgetting the ones set longest ago beyond the bound.
+    entries[key] = value
+    entries.move_to_end(key)
+    while len(entries) > max_entries:
+        entries.popitem(last=False)
+
+
 class _PartDays:
     """The highest block number per UTC day among one tenant's rows of a part of ``calls``.
 
@@ -213,18 +224,12 @@ class _PartDays:
         paths = dict(parts)
         for name, days in read.items():
             if name in paths:
-                self._remember((tenant_id, paths[name]), days)
+                _remember(self._days, (tenant_id, paths[name]), days, self._max_entries)
         maxima: dict[int, int] = {}
         for days in (*known.values(), *read.values()):
             for day, block in days.items():
                 maxima[day] = max(block, maxima.get(day, 0))
         return maxima
-
-    def _remember(self, key: tuple[str, str], days: dict[int, int]) -> None:
-        self._days[key] = days
-        self._days.move_to_end(key)
-        while len(self._days) > self._max_entries:
-            self._days.popitem(last=False)
 
 
 _PART_DAYS = _PartDays()
@@ -288,15 +293,15 @@ async def _find(db: Database, f: CallFilter, found: list[Unit]) -> dict[_RunKey,
         "SELECT kind, first_unit, last_unit, state, toString(min(run_id)) FROM call_rollup_runs"
         " WHERE tenant_id = {tenant:String} AND timezone = {tz:String}"
         " AND (kind, first_unit) IN {wanted:Array(Tuple(String, UInt32))}"
-        " AND created_at > now() - toIntervalDay(if(kind = 'month', {month_days:UInt32},"
-        " {other_days:UInt32}))"
+        " AND created_at > now() - toIntervalDay("
+        " {read_days:Array(UInt32)}[indexOf({read_kinds:Array(String)}, kind)])"
         " GROUP BY kind, first_unit, last_unit, state",
         {
             "tenant": f.tenant_id,
             "tz": f.timezone,
             "wanted": [(u.kind, u.code) for u in found] + [("span", _yyyymmdd(found[0].start_ms))],
-            "month_days": READ_DAYS["month"],
-            "other_days": max(READ_DAYS["day"], READ_DAYS["span"]),
+            "read_kinds": list(READ_DAYS),
+            "read_days": list(READ_DAYS.values()),
         },
     )
     return {
@@ -321,9 +326,10 @@ async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) 
     if states is None:
         return None
     runs = {u: known.get((u.kind, u.code, u.code, s)) for u, s in zip(found, states, strict=True)}
-    churning = [i for i, u in enumerate(found) if runs[u] is None and _MADE.recent(f, u)]
-    if churning:
-        found, states = found[: churning[0]], states[: churning[0]]
+    remade = (i for i, u in enumerate(found) if runs[u] is None and _MADE.recent(f, u))
+    churning = next(remade, None)
+    if churning is not None:
+        found, states = found[:churning], states[:churning]
         if not found:
             return None
     first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
@@ -370,11 +376,7 @@ class _Made:
         return made is not None and time.monotonic() - made < REMAKE_INTERVAL_S
 
     def note(self, f: CallFilter, u: Unit) -> None:
-        key = self._key(f, u)
-        self._made[key] = time.monotonic()
-        self._made.move_to_end(key)
-        while len(self._made) > self._max_entries:
-            self._made.popitem(last=False)
+        _remember(self._made, self._key(f, u), time.monotonic(), self._max_entries)
 
 
 _MADE = _Made()

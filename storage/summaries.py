@@ -9,10 +9,10 @@ call contributes its missed and rejected calls to never attended and its outgoin
 picked by client. Grouping by employee and local day gives working seconds (latest end minus
 first start of each day). Local days and hours use the filter's IANA time zone.
 
-CallSummary does both groupings in one read (GROUPING SETS) and takes the settled whole days of
-its range (whole UTC months and days) from rollups
-(``storage/rollups.py``): exact per (employee, client) and per (employee, local day) figures of
-those days, which it adds up with the rest of the range read from the calls. Sums add up, first
+CallSummary does both groupings (each its own read of the calls) and takes the settled whole
+days of its range (whole UTC months and days) from rollups (``storage/rollups.py``): exact per
+(employee, client) and per (employee, local day) figures of those days, which it adds up with
+the rest of the range read from the calls. Sums add up, first
 starts take the minimum and latest ends the maximum, so a client's judgement and a day that
 spans two units come out as from the calls.
 """
@@ -64,6 +64,12 @@ _TOTALS = """
     sum(incoming_duration) AS incoming_duration_s,
     sum(outgoing_duration) AS outgoing_duration_s,
     count() AS unique_clients"""
+
+# ``_SUMS`` with the first start and the latest end: what a rollup holds of a group, and what
+# CallSummary adds up per employee and local day.
+_GROUP_SUMS = f"""{_SUMS},
+    min({_START_MS}) AS first_call_at_ms,
+    max({_END_MS}) AS last_call_end_ms"""
 
 # One employee's local day: first start, latest end, and the seconds between (whole seconds).
 _PER_DAY = f"""
@@ -184,9 +190,7 @@ def _unit_rollup(f: CallFilter, by_month: bool) -> tuple[str, dict[str, Any]]:
             grouping(client_key) = 0 AS is_client,
             NOT is_client AND day NOT IN ({edges}) AS whole_day,
             employee_id, client_key, {_DAY} AS day,
-            {_SUMS},
-            min({_START_MS}) AS first_call_at_ms,
-            max({_END_MS}) AS last_call_end_ms,
+            {_GROUP_SUMS},
             if(whole_day, intDiv(last_call_end_ms - first_call_at_ms, 1000), 0) AS day_seconds
         FROM (SELECT *, {unit} FROM {calls})
         GROUP BY GROUPING SETS (
@@ -197,8 +201,8 @@ def _unit_rollup(f: CallFilter, by_month: bool) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-# CallSummary's figures that add up over days, in ``Totals`` order: per employee and local day
-# from the calls, and in rollup rows.
+# The Summary figures that add up over days (``Totals`` order); CallSummary's day rows, from the
+# calls (``_GROUP_SUMS``) and from rollups (``_GROUP_COLUMNS``), carry them.
 _DAY_FIGURES = (
     "calls",
     "incoming",
@@ -210,18 +214,10 @@ _DAY_FIGURES = (
     "incoming_duration",
     "outgoing_duration",
 )
-_DAY_SUMS = f"""
-    count() AS calls,
-    countIf(type = {INCOMING}) AS incoming,
-    countIf(type = {OUTGOING}) AS outgoing,
-    countIf(type = {MISSED}) AS missed,
-    countIf(type IN ({REJECTED}, {BLOCKED})) AS rejected,
-    countIf(duration_s > 0) AS connected,
-    sum(duration_s) AS duration,
-    sumIf(duration_s, type = {INCOMING}) AS incoming_duration,
-    sumIf(duration_s, type = {OUTGOING}) AS outgoing_duration,
-    min({_START_MS}) AS first_call_at_ms,
-    max({_END_MS}) AS last_call_end_ms"""
+# The columns of call_rollups that hold ``_GROUP_SUMS``, in its order.
+_GROUP_COLUMNS = ", ".join(
+    [*rollups.SUMMED, "last_call_at_ms", "first_call_at_ms", "last_call_end_ms"]
+)
 # A client's part of the judgements, per call (or per rollup row, with the same names).
 _CLIENT_PART = f"""
     client_key,
@@ -231,7 +227,7 @@ _CLIENT_PART = f"""
 
 
 async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) -> Totals:
-    """Totals over the filtered calls, from two groupings of one read.
+    """Totals over the filtered calls, from two groupings, each its own read of the calls.
 
     Clients: each client's calls judged together (unique clients, never attended, not picked by
     client). Employees' local days: working seconds, and every figure that adds up. The settled
@@ -243,8 +239,8 @@ async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) ->
     cover = await rollups.cover(db, f, _unit_rollup, now_ms()) if use_rollups else None
     calls, params = _calls(f, skip_started=(cover.start_ms, cover.end_ms) if cover else None)
     clients = f"SELECT {_CLIENT_PART} FROM {calls}"
-    days = f"SELECT employee_id, {_DAY} AS day, {_DAY_SUMS} FROM {calls} GROUP BY employee_id, day"
-    figures = ", ".join(_DAY_FIGURES)
+    days = f"SELECT employee_id, {_DAY} AS day, {_GROUP_SUMS} FROM {calls}"
+    days += " GROUP BY employee_id, day"
     whole_days = ""
     if cover is not None:
         runs = "tenant_id = {tenant:String} AND run_id IN {rollup_runs:Array(UUID)}"
@@ -256,7 +252,7 @@ async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) ->
             f" toUInt64(outgoing) FROM call_rollups WHERE {runs} AND is_client"
         )
         days += (
-            f" UNION ALL SELECT employee_id, day, {figures}, first_call_at_ms, last_call_end_ms"
+            f" UNION ALL SELECT employee_id, day, {_GROUP_COLUMNS}"
             f" FROM call_rollups WHERE {runs} AND NOT is_client AND NOT whole_day"
         )
         whole_days = (
