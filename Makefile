@@ -2,14 +2,18 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# The strict editable install links each file into build/, so a new or removed module needs a
+# re-install: the stamp covers pyproject.toml and the list of installed files.
+INSTALLED := $(shell (cat pyproject.toml; find proto/callsight server pipeline storage loadtest \
+	-name '*.py' -o -name '*.pyi' -o -name '*.sql' -o -name py.typed | sort) | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(INSTALLED)
 
 .PHONY: serve test lint typecheck proto proto-check pytest bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
@@ -27,16 +31,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 proto: $(STAMP)
-	$(BIN)/python -m proto.generate
+	$(BIN)/python proto/generate.py
 
 proto-check: $(STAMP)
-	$(BIN)/python -m proto.check
+	$(BIN)/python proto/generate.py --check
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(BIN)/python -m loadtest bench
+	$(BIN)/python -m callsight.loadtest bench
 
 clean:
 	rm -rf $(VENV) data

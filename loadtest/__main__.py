@@ -1,4 +1,4 @@
-"""``python -m loadtest <subcommand>``: the load tester's command line.
+"""``python -m callsight.loadtest <subcommand>``: the load tester's command line.
 
 * ``fleet``: a simulated fleet of Android agents against a server, verified afterwards
   (``loadtest.fleet``).
@@ -21,10 +21,22 @@ from types import ModuleType
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "fleet": ("loadtest.fleet", "simulate a fleet of Android agents streaming to a server"),
-    "reports": ("loadtest.report_load", "concurrent report callers, alone or beside a fleet"),
-    "ceilings": ("loadtest.ceilings", "raw transport, decode and insert rates on the same rows"),
-    "bench": ("loadtest.suite", "the standard short suite; writes loadtest/results/latest.json"),
+    "fleet": (
+        "callsight.loadtest.fleet",
+        "simulate a fleet of Android agents streaming to a server",
+    ),
+    "reports": (
+        "callsight.loadtest.report_load",
+        "concurrent report callers, alone or beside a fleet",
+    ),
+    "ceilings": (
+        "callsight.loadtest.ceilings",
+        "raw transport, decode and insert rates on the same rows",
+    ),
+    "bench": (
+        "callsight.loadtest.suite",
+        "the standard short suite; writes loadtest/results/latest.json",
+    ),
 }
 
 
@@ -45,7 +57,9 @@ def _load(name: str) -> ModuleType | str:
 
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str, str]]:
     """The parser, with full flags for the subcommand named in ``argv`` (imported lazily)."""
-    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m callsight.loadtest", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     unavailable: dict[str, str] = {}
     chosen = next((a for a in argv if not a.startswith("-")), None)

@@ -28,11 +28,11 @@ from typing import Any, Protocol
 
 import grpc
 import uvloop
+from callsight.loadtest.bootstrap import DeviceIdentity, auth
+from callsight.loadtest.histogram import Histogram
+from callsight.loadtest.workload import DeviceTruth, DeviceWorkload, WorkloadSpec, device_workload
 
-from loadtest.bootstrap import DeviceIdentity, auth
-from loadtest.histogram import Histogram
-from loadtest.workload import DeviceTruth, DeviceWorkload, WorkloadSpec, device_workload
-from proto.callsight.v1 import ingest_pb2
+from callsight.v1 import ingest_pb2
 
 STREAM_METHOD = "/callsight.v1.IngestService/Stream"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024

@@ -1,6 +1,6 @@
 """Micro-benchmark of pipeline.encode.decode: records/s with a cold and a warm NumberCodec.
 
-Run ``python -m loadtest.bench_decode [--batches 200] [--records 500] [--devices 10]``.
+Run ``python -m callsight.loadtest.bench_decode [--batches 200] [--records 500] [--devices 10]``.
 Each device calls a pool of ~200 client numbers, written the way Android shows them in India
 (international, trunk-prefixed, bare, spaced), so numbers and names repeat as they do in the
 field; about 1 call in 20 carries a note. Requests are parsed before timing: only decode() counts.
@@ -18,9 +18,10 @@ import random
 import time
 from collections.abc import Callable
 
-from pipeline.crypto import Keyring, TenantCipher, new_data_key
-from pipeline.encode import NumberCodec, Source, decode
-from proto.callsight.v1 import ingest_pb2
+from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
+from callsight.pipeline.encode import NumberCodec, Source, decode
+
+from callsight.v1 import ingest_pb2
 
 POOL_SIZE = 200
 NOTE_RATE = 0.05

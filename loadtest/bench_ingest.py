@@ -1,6 +1,6 @@
 """End-to-end ingest throughput of one server process on embedded chDB, next to raw chDB inserts.
 
-Run ``python -m loadtest.bench_ingest [--devices 50] [--batches-per-device 20]
+Run ``python -m callsight.loadtest.bench_ingest [--devices 50] [--batches-per-device 20]
 [--client-processes 1] [--out loadtest/results/ingest.json]``.
 
 1. Starts ``callsight serve`` on a fresh data directory and enrolls one tenant with ``--devices``
@@ -51,15 +51,15 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import structlog
+from callsight.loadtest.generate import FleetSpec, fleet_batches
+from callsight.loadtest.harness import ProcessSampler, ServerProcess
+from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
+from callsight.pipeline.encode import NumberCodec, Source, decode
+from callsight.storage.database import Database, connect
+from callsight.storage.migrator import migrate
 from clickhouse_connect.driver.client import Client
 
-from loadtest.generate import FleetSpec, fleet_batches
-from loadtest.server import ProcessSampler, ServerProcess
-from pipeline.crypto import Keyring, TenantCipher, new_data_key
-from pipeline.encode import NumberCodec, Source, decode
-from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
-from storage.database import Database, connect
-from storage.migrator import migrate
+from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 STREAM_METHOD = "/callsight.v1.IngestService/Stream"
 INSERT_ROWS = 50_000  # rows per raw insert: the server's default --batch-max-rows

@@ -1,6 +1,6 @@
 """Report latency on a year of calls, next to the same reports computed naively in the same run.
 
-Run ``python -m loadtest.bench_reports [--calls 20000000] [--employees 2000] [--days 365]
+Run ``python -m callsight.loadtest.bench_reports [--calls 20000000] [--employees 2000] [--days 365]
 [--repeat 20] [--data-dir DIR] [--reuse] [--out loadtest/results/reports.json]``.
 
 1. Set-up: starts an in-process ``Service`` on ``--data-dir`` (embedded chDB), creates one tenant
@@ -56,19 +56,19 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+from callsight.pipeline.crypto import Keyring
+from callsight.pipeline.encode import CALLS_SCHEMA
+from callsight.pipeline.keys import TenantKeys
+from callsight.server import logs
+from callsight.server.app import Service
+from callsight.server.config import Config
+from callsight.storage import listings, summaries
+from callsight.storage.database import Database
+from callsight.storage.directory import Device, Directory
+from callsight.storage.filters import CallFilter
 from clickhouse_connect.driver.client import Client
 
-from pipeline.crypto import Keyring
-from pipeline.encode import CALLS_SCHEMA
-from pipeline.keys import TenantKeys
-from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2, report_pb2, report_pb2_grpc
-from server import logs
-from server.app import Service
-from server.config import Config
-from storage import listings, summaries
-from storage.database import Database
-from storage.directory import Device, Directory
-from storage.filters import CallFilter
+from callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2, report_pb2, report_pb2_grpc
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000

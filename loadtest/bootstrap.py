@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from callsight.loadtest.generate import FIRST_NAMES, SURNAMES
+from callsight.loadtest.workload import KINDS
 
-from loadtest.generate import FIRST_NAMES, SURNAMES
-from loadtest.workload import KINDS
-from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 Metadata = tuple[tuple[str, str], ...]
 Say = Callable[[str], None]

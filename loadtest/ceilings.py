@@ -1,6 +1,6 @@
 """The raw rates of the stages callsight cannot beat, measured on the same serialised batches.
 
-Run ``python -m loadtest ceilings [--devices 50] [--batches-per-device 20] [--streams 8]
+Run ``python -m callsight.loadtest ceilings [--devices 50] [--batches-per-device 20] [--streams 8]
 [--out loadtest/results/ceilings.json]``; from Python, ``measure_ceilings(batches)``.
 
 * transport: a trivial ``IngestService/Stream`` servicer in a child process (grpc.aio on uvloop,
@@ -50,17 +50,17 @@ import psutil
 import pyarrow as pa
 import structlog
 import uvloop
+from callsight.loadtest.generate import FleetSpec, fleet_batches
+from callsight.loadtest.histogram import Histogram
+from callsight.loadtest.jsonfile import write_json
+from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
+from callsight.pipeline.encode import NumberCodec, Source, decode
+from callsight.pipeline.validate import BatchRejected
+from callsight.storage.database import Database, connect
+from callsight.storage.migrator import migrate
 from clickhouse_connect.driver.client import Client
 
-from loadtest.generate import FleetSpec, fleet_batches
-from loadtest.histogram import Histogram
-from loadtest.jsonfile import write_json
-from pipeline.crypto import Keyring, TenantCipher, new_data_key
-from pipeline.encode import NumberCodec, Source, decode
-from pipeline.validate import BatchRejected
-from proto.callsight.v1 import ingest_pb2, ingest_pb2_grpc
-from storage.database import Database, connect
-from storage.migrator import migrate
+from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 
 STREAM_METHOD = "/callsight.v1.IngestService/Stream"
 INSERT_ROWS = 50_000  # rows per insert: the server's default --batch-max-rows
@@ -675,7 +675,7 @@ def table(ceilings: dict[str, float]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``python -m loadtest ceilings``."""
+    """The flags of ``python -m callsight.loadtest ceilings``."""
     parser.add_argument("--devices", type=int, default=50, help="devices to generate calls for")
     parser.add_argument("--batches-per-device", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=500, help="calls per batch")
@@ -688,7 +688,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m loadtest ceilings``: generate, measure, print the table, write the JSON."""
+    """``python -m callsight.loadtest ceilings``: measure, print the table, write the JSON."""
     spec = FleetSpec(
         devices=args.devices,
         batches_per_device=args.batches_per_device,
@@ -737,7 +737,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.ceilings``: the same as ``python -m loadtest ceilings``."""
+    """The same as ``python -m callsight.loadtest ceilings``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,4 +1,4 @@
-"""``python -m loadtest fleet``: a simulated fleet of Android agents against a callsight server.
+"""``python -m callsight.loadtest fleet``: a simulated fleet of Android agents against a server.
 
 1. Set-up, not measured: tenants, employees and one enrolled device per simulated phone through
    AdminService and RegisterDevice (``loadtest.bootstrap``); every device's batches generated and
@@ -46,8 +46,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import uvloop
-
-from loadtest.agent import (
+from callsight.loadtest.agent import (
     SLOTS,
     AgentOptions,
     ClientProcess,
@@ -57,11 +56,11 @@ from loadtest.agent import (
     generate,
     worker_main,
 )
-from loadtest.bootstrap import DeviceIdentity, TenantInfo, bootstrap, warm_up
-from loadtest.jsonfile import write_json
-from loadtest.report_out import Progress, Say, say_stderr, table
-from loadtest.server import ProcessSampler, ServerProcess, Usage
-from loadtest.verify import (
+from callsight.loadtest.bootstrap import DeviceIdentity, TenantInfo, bootstrap, warm_up
+from callsight.loadtest.harness import ProcessSampler, ServerProcess, Usage
+from callsight.loadtest.jsonfile import write_json
+from callsight.loadtest.report_out import Progress, Say, say_stderr, table
+from callsight.loadtest.verify import (
     Counts,
     Verification,
     all_database_counts,
@@ -69,7 +68,7 @@ from loadtest.verify import (
     ground_truth,
     report_counts,
 )
-from loadtest.workload import DeviceTruth, WorkloadSpec, fleet_payloads
+from callsight.loadtest.workload import DeviceTruth, WorkloadSpec, fleet_payloads
 
 DEFAULT_OUT = Path("loadtest/results/fleet.json")
 CEILING_KEYS = (
@@ -567,7 +566,7 @@ def measure_fleet_ceilings(
 ) -> dict[str, float]:
     """``loadtest.ceilings.measure_ceilings`` on the fleet's own batches (regenerated)."""
     try:
-        ceilings = importlib.import_module("loadtest.ceilings")
+        ceilings = importlib.import_module("callsight.loadtest.ceilings")
     except ImportError as exc:
         (say or say_stderr)(f"ceilings not measured: {exc}")
         return {}
@@ -584,7 +583,7 @@ def measure_fleet_ceilings(
 def draw_timeline(samples: list[dict[str, float]], path: Path, say: Say | None = None) -> None:
     """``loadtest.plot.plot_timeline`` if it (and matplotlib) can be imported."""
     try:
-        plot = importlib.import_module("loadtest.plot")
+        plot = importlib.import_module("callsight.loadtest.plot")
         plot.plot_timeline(samples, str(path))
     except (ImportError, AttributeError) as exc:
         (say or say_stderr)(f"no chart drawn: {exc}")
@@ -596,14 +595,14 @@ def draw_timeline(samples: list[dict[str, float]], path: Path, say: Say | None =
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``python -m loadtest fleet``."""
+    """The flags of ``python -m callsight.loadtest fleet``."""
     server = parser.add_argument_group("server")
     where = server.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", metavar="HOST:PORT", help="a running callsight server")
     where.add_argument(
         "--spawn-server",
         action="store_true",
-        help="start `python -m server serve` on a temporary data directory and measure it",
+        help="start `callsight serve` on a temporary data directory and measure it",
     )
     server.add_argument(
         "--operator-token",
@@ -791,7 +790,7 @@ def _problems(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m loadtest fleet``: exit 0 when every batch was acked and verification passed."""
+    """``python -m callsight.loadtest fleet``: exit 0 when every batch was acked and verified."""
     problems = _problems(args)
     if problems:
         for problem in problems:
@@ -853,7 +852,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m loadtest.fleet``: the same as ``python -m loadtest fleet``."""
+    """The same as ``python -m callsight.loadtest fleet``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

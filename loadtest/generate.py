@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from proto.callsight.v1 import common_pb2, ingest_pb2
+from callsight.v1 import common_pb2, ingest_pb2
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

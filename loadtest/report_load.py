@@ -1,6 +1,6 @@
 """Concurrent report callers over chosen RPCs and ranges, alone or beside a running fleet.
 
-Run ``python -m loadtest reports --target HOST:PORT --api-key KEY [--rpcs CallSummary,...]
+Run ``python -m callsight.loadtest reports --target HOST:PORT --api-key KEY [--rpcs CallSummary,...]
 [--ranges 1d,30d,365d] [--concurrency 8] [--duration 30] [--out ...]``; the key may come from
 ``CALLSIGHT_API_KEY`` instead (flags show in ``ps``). From Python, ``await run_reports(...)``.
 
@@ -30,11 +30,11 @@ from typing import Any
 
 import grpc
 import uvloop
+from callsight.loadtest.histogram import Histogram
+from callsight.loadtest.jsonfile import write_json
 from google.protobuf.message import Message
 
-from loadtest.histogram import Histogram
-from loadtest.jsonfile import write_json
-from proto.callsight.v1 import report_pb2
+from callsight.v1 import report_pb2
 
 SERVICE = "/callsight.v1.ReportService"
 # Each RPC's request and response types; a request with page_token is paged.
@@ -280,7 +280,7 @@ def names(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``python -m loadtest reports``."""
+    """The flags of ``python -m callsight.loadtest reports``."""
     parser.add_argument("--target", required=True, help="HOST:PORT of the callsight server")
     parser.add_argument(
         "--api-key",
@@ -314,7 +314,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m loadtest reports``; exit status 1 when any call failed or none was made."""
+    """``python -m callsight.loadtest reports``; exit 1 when any call failed or none was made."""
     if not args.api_key:
         print(f"reports: give --api-key or set {API_KEY_ENV}", file=sys.stderr)
         return 2
@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m loadtest.report_load``: the same as ``python -m loadtest reports``."""
+    """The same as ``python -m callsight.loadtest reports``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -13,7 +13,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from loadtest.agent import BATCHES, DONE, ERRORS, IN_FLIGHT, RECORDS, SLOTS, STREAMS, Counters
+from callsight.loadtest.agent import (
+    BATCHES,
+    DONE,
+    ERRORS,
+    IN_FLIGHT,
+    RECORDS,
+    SLOTS,
+    STREAMS,
+    Counters,
+)
 
 
 class Progress:

@@ -1,4 +1,4 @@
-"""The standard short suite behind ``python -m loadtest bench`` and ``make bench``.
+"""The standard short suite behind ``python -m callsight.loadtest bench`` and ``make bench``.
 
 A few minutes on 2 cores:
 
@@ -12,7 +12,8 @@ A few minutes on 2 cores:
 4. Stops the server and counts the rows in its chDB from a child process (direct verification).
 5. Measures the ceilings on the fleet's own batches, regenerated (``loadtest.ceilings``).
 6. Writes ``loadtest/results/latest.json``: the fleet's figures (the keys of
-   ``python -m loadtest fleet``), ``ceilings`` and ``ratios``, ``reports`` (p50/p95 per RPC and
+   ``python -m callsight.loadtest fleet``), ``ceilings`` and ``ratios``, ``reports`` (p50/p95 per
+   RPC and
    range), ``machine`` (CPUs, model, RAM, load average, Python, chDB, commit) and ``suite`` (the
    settings), and exits 1 when the verification failed, a batch was lost or a report call failed.
 """
@@ -37,10 +38,9 @@ from typing import Any
 
 import psutil
 import uvloop
-
-from loadtest import report_load
-from loadtest.jsonfile import write_json
-from loadtest.server import ServerProcess
+from callsight.loadtest import report_load
+from callsight.loadtest.harness import ServerProcess
+from callsight.loadtest.jsonfile import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("loadtest/results/latest.json")
@@ -111,7 +111,7 @@ def _say(message: str) -> None:
 
 def _counts_in_child(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Any]:
     """Direct counts from a spawned process: chDB opens one data path per process."""
-    from loadtest.verify import database_counts_main
+    from callsight.loadtest.verify import database_counts_main
 
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(database_counts_main, dsn, database, tenant_ids).result()
@@ -166,11 +166,16 @@ def _summary_lines(latest: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m loadtest bench``: 0 when everything was acked, verified and answered."""
+    """``python -m callsight.loadtest bench``: 0 when all was acked, verified and answered."""
     # The fleet is only needed here: the other subcommands work without it.
-    from loadtest.fleet import FleetOptions, draw_timeline, measure_fleet_ceilings, run_fleet
-    from loadtest.report_out import table as fleet_table
-    from loadtest.workload import WorkloadSpec
+    from callsight.loadtest.fleet import (
+        FleetOptions,
+        draw_timeline,
+        measure_fleet_ceilings,
+        run_fleet,
+    )
+    from callsight.loadtest.report_out import table as fleet_table
+    from callsight.loadtest.workload import WorkloadSpec
 
     started_at = datetime.now(UTC)
     host = machine()
@@ -266,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``python -m loadtest bench``; the defaults are the standard suite."""
+    """The flags of ``python -m callsight.loadtest bench``; the defaults are the standard suite."""
     parser.add_argument("--devices", type=int, default=500, help="simulated phones")
     parser.add_argument("--days", type=int, default=5, help="days of history per device")
     parser.add_argument("--calls-per-day", type=float, default=60.0, help="mean per device")
@@ -305,7 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m loadtest.suite``: the same as ``python -m loadtest bench``."""
+    """The same as ``python -m callsight.loadtest bench``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

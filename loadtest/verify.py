@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from callsight.loadtest.bootstrap import DeviceIdentity, TenantInfo, auth
+from callsight.loadtest.workload import DeviceTruth
+from callsight.storage.database import Database
 
-from loadtest.bootstrap import DeviceIdentity, TenantInfo, auth
-from loadtest.workload import DeviceTruth
-from proto.callsight.v1 import common_pb2, report_pb2, report_pb2_grpc
-from storage.database import Database
+from callsight.v1 import common_pb2, report_pb2, report_pb2_grpc
 
 DAY_MS = 86_400_000
 WINDOW_MS = 400 * DAY_MS  # the longest range one report request may span

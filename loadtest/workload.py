@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-
-from loadtest.generate import (
+from callsight.loadtest.generate import (
     DAY_MS,
     HOUR_MS,
     IST_OFFSET_MS,
@@ -40,7 +39,8 @@ from loadtest.generate import (
     device_rng,
     upload_request,
 )
-from proto.callsight.v1 import ingest_pb2
+
+from callsight.v1 import ingest_pb2
 
 MINUTE_MS = 60_000
 TELEMETRY_EVERY_MS = 30 * MINUTE_MS

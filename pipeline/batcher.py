@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import structlog
+from callsight.pipeline.settings import PipelineSettings
+from callsight.storage.writer import Sink
 
-from storage.errors import InvalidArgument, Unavailable
-from storage.writer import Sink
+from callsight.core.errors import InvalidArgument, Unavailable
 
 log = structlog.get_logger(__name__)
-
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -113,23 +112,15 @@ class Batcher:
     def __init__(
         self,
         sink: Sink,
-        *,
-        max_rows: int = 50_000,
-        max_bytes: int = 32 * MiB,
-        max_age_ms: int = 200,
-        max_in_flight: int = 2,
-        backoff_initial_s: float = 0.05,
-        backoff_max_s: float = 5.0,
+        settings: PipelineSettings,
     ) -> None:
-        if min(max_rows, max_bytes, max_age_ms, max_in_flight) <= 0:
-            raise ValueError("max_rows, max_bytes, max_age_ms and max_in_flight must be positive")
         self._sink = sink
-        self._max_rows = max_rows
-        self._max_bytes = max_bytes
-        self._max_age_s = max_age_ms / 1000
-        self._max_in_flight = max_in_flight
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._max_rows = settings.max_rows
+        self._max_bytes = settings.max_bytes
+        self._max_age_s = settings.max_age_ms / 1000
+        self._max_in_flight = settings.max_in_flight
+        self._backoff_initial_s = settings.retry_initial_s
+        self._backoff_max_s = settings.retry_max_s
         self._buffers: dict[str, _Buffer] = {}
         # Unbounded by design: its contents are bounded by the ingest stage's ByteBudget.
         self._queue: asyncio.Queue[_Flush | None] = asyncio.Queue()

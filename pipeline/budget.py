@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from storage.errors import Unavailable
+from callsight.core.errors import Unavailable
 
 _SHUTTING_DOWN = "shutting down"
 

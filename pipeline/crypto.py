@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from storage.errors import CallsightError
+from callsight.core.errors import CallsightError
 
 KEY_LEN = 32
 NONCE_LEN = 12

@@ -23,10 +23,9 @@ from typing import Generic, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-
-from pipeline.crypto import Keyring, TenantCipher
-from pipeline.phone import PhoneNormalizer
-from pipeline.validate import (
+from callsight.pipeline.crypto import Keyring, TenantCipher
+from callsight.pipeline.phone import PhoneNormalizer
+from callsight.pipeline.validate import (
     CallColumns,
     ContactColumns,
     TelemetryColumns,
@@ -36,7 +35,8 @@ from pipeline.validate import (
     validate_contacts,
     validate_telemetry,
 )
-from proto.callsight.v1 import ingest_pb2
+
+from callsight.v1 import ingest_pb2
 
 DEFAULT_CACHE_ENTRIES = 200_000
 # Longer names are encrypted every time, so the name cache's bound in entries bounds its memory.

@@ -13,31 +13,21 @@ are written: when it is exhausted, streams stop reading and Upload answers UNAVA
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.batcher import Batcher
-from pipeline.budget import ByteBudget
-from pipeline.dedup import Deduplicator, Loader, Outcome
-from pipeline.encode import NumberCodec, Source, decode
-from proto.callsight.v1 import ingest_pb2
-from storage.errors import Unavailable
-from storage.writer import Sink
+from callsight.pipeline.batcher import Batcher
+from callsight.pipeline.budget import ByteBudget
+from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
+from callsight.pipeline.encode import NumberCodec, Source, decode
+from callsight.pipeline.settings import PipelineSettings
+from callsight.storage.writer import Sink
+
+from callsight.core.clock import SYSTEM_CLOCK, Clock
+from callsight.core.errors import Unavailable
+from callsight.v1 import ingest_pb2
 
 RETRY_AFTER_S = 0.5
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Tuning of the pipeline (from the server's config)."""
-
-    max_rows: int = 50_000
-    max_bytes: int = 32 * 1024 * 1024
-    max_age_ms: int = 200
-    buffer_max_bytes: int = 256 * 1024 * 1024
-    max_in_flight: int = 2
-    dedup_max_entries: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -50,15 +40,16 @@ class Ticket:
 class Ingestor:
     """Turns UploadRequests into durable rows and acks."""
 
-    def __init__(self, sink: Sink, loader: Loader, settings: Settings = Settings()) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        loader: Loader,
+        settings: PipelineSettings,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.settings = settings
-        self.batcher = Batcher(
-            sink,
-            max_rows=settings.max_rows,
-            max_bytes=settings.max_bytes,
-            max_age_ms=settings.max_age_ms,
-            max_in_flight=settings.max_in_flight,
-        )
+        self.clock = clock
+        self.batcher = Batcher(sink, settings)
         self.dedup = Deduplicator(loader, max_entries=settings.dedup_max_entries)
         self.budget = ByteBudget(settings.buffer_max_bytes)
         self.codec = NumberCodec()
@@ -111,7 +102,7 @@ class Ingestor:
         self, request: ingest_pb2.UploadRequest, source: Source
     ) -> ingest_pb2.UploadAck:
         self._check_open()
-        decoded = decode(request, source, self.codec, int(time.time() * 1000))
+        decoded = decode(request, source, self.codec, self.clock.now_ms())
         table, tenant, device = decoded.table, source.tenant_id, source.device_id
         await self.dedup.ensure_loaded(table, tenant, device)
         self._check_open()
@@ -142,7 +133,7 @@ class Ingestor:
             duplicates=verdict.count(Outcome.DUPLICATE),
             rejected=len(decoded.errors),
             errors=[ingest_pb2.RecordError(index=i, reason=r) for i, r in decoded.errors],
-            server_time_ms=int(time.time() * 1000),
+            server_time_ms=self.clock.now_ms(),
         )
 
 

@@ -9,6 +9,7 @@ be a different, wrong number. Extensions are dropped; E.164 has no place for the
 from __future__ import annotations
 
 import threading
+import zoneinfo
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
 
-from storage.errors import InvalidArgument
+from callsight.core.errors import InvalidArgument
 
 # Longer raws are never cached, so the cache's bound in entries also bounds its memory.
 _MAX_CACHED_RAW_LEN = 64
@@ -46,6 +47,24 @@ class InvalidNumber(InvalidArgument):
 def is_known_region(region: str) -> bool:
     """Whether ``region`` is an ISO 3166 alpha-2 code libphonenumber has metadata for."""
     return region.upper() in phonenumbers.SUPPORTED_REGIONS
+
+
+def valid_timezone(name: str) -> str:
+    """The IANA zone name, or InvalidArgument."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidArgument(
+            f"timezone {name!r} is not an IANA time zone (e.g. 'Asia/Kolkata')"
+        ) from exc
+    return name
+
+
+def valid_region(region: str, field: str) -> str:
+    """The upper-case ISO 3166 alpha-2 region, or InvalidArgument."""
+    if not is_known_region(region):
+        raise InvalidArgument(f"{field} {region!r} is not an ISO 3166 alpha-2 region (e.g. 'IN')")
+    return region.upper()
 
 
 def _quote(raw: str) -> str:

@@ -16,8 +16,8 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from proto.callsight.v1 import ingest_pb2
-from storage.errors import InvalidArgument
+from callsight.core.errors import InvalidArgument
+from callsight.v1 import ingest_pb2
 
 MAX_RECORDS = 10_000
 MAX_BATCH_BYTES = 4 * 1024 * 1024

@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 
 import uvloop
+from callsight.server import config as config_module
+from callsight.server import logs
+from callsight.server.app import Service
 
-from server import config as config_module
-from server import logs
-from server.app import Service
-from storage.errors import ConfigError
+from callsight.core.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import zoneinfo
 from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
+from callsight.pipeline import phone
+from callsight.pipeline.crypto import Keyring
+from callsight.pipeline.keys import TenantKeys
+from callsight.server.auth import (
+    API_KEY_PREFIX,
+    ENROLLMENT_PREFIX,
+    Authenticator,
+    TokenHasher,
+    new_public_id,
+)
+from callsight.server.auth import current_caller as caller
+from callsight.storage import leads, privacy
+from callsight.storage.database import Database
+from callsight.storage.directory import ApiKey, Directory, Employee, Enrollment, Tenant
 
-from pipeline import phone
-from pipeline.crypto import Keyring
-from pipeline.keys import TenantKeys
-from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2
-from server.auth import API_KEY_PREFIX, ENROLLMENT_PREFIX, Authenticator, TokenHasher, new_public_id
-from server.auth import current_caller as caller
-from storage import leads, privacy
-from storage.database import Database
-from storage.directory import ApiKey, Directory, Employee, Enrollment, Tenant, now_ms
-from storage.errors import FailedPrecondition, InvalidArgument, NotFound
+from callsight.core.clock import Clock
+from callsight.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -39,24 +45,6 @@ def _required(value: str, field: str) -> str:
     if len(value) > 256:
         raise InvalidArgument(f"{field} is longer than 256 characters")
     return value
-
-
-def valid_timezone(name: str) -> str:
-    """The IANA zone name, or InvalidArgument."""
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidArgument(
-            f"timezone {name!r} is not an IANA time zone (e.g. 'Asia/Kolkata')"
-        ) from exc
-    return name
-
-
-def valid_region(region: str, field: str) -> str:
-    """The upper-case ISO 3166 alpha-2 region, or InvalidArgument."""
-    if not phone.is_known_region(region):
-        raise InvalidArgument(f"{field} {region!r} is not an ISO 3166 alpha-2 region (e.g. 'IN')")
-    return region.upper()
 
 
 def _all_problems(problems: list[str], suffix: str) -> InvalidArgument:
@@ -101,8 +89,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         hasher: TokenHasher,
         authenticator: Authenticator,
         db: Database,
+        clock: Clock,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._directory = directory
         self._keys = keys
         self._hasher = hasher
@@ -124,11 +114,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not name:
             problems.append("name is required")
         try:
-            valid_region(request.default_region, "default_region")
+            phone.valid_region(request.default_region, "default_region")
         except InvalidArgument as exc:
             problems.append(str(exc))
         try:
-            valid_timezone(request.timezone)
+            phone.valid_timezone(request.timezone)
         except InvalidArgument as exc:
             problems.append(str(exc))
         if problems:
@@ -138,7 +128,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             name=name,
             default_region=request.default_region.upper(),
             timezone=request.timezone,
-            created_at_ms=now_ms(),
+            created_at_ms=self._clock.now_ms(),
         )
         key_id, wrapped, _ = self._keys.create(tenant.tenant_id)
         await self._directory.add_tenant(tenant, key_id, wrapped)
@@ -149,7 +139,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         key_id = new_public_id()
         token, token_hash = self._hasher.issue(API_KEY_PREFIX, key_id)
         await self._directory.add_api_key(
-            ApiKey(tenant_id, key_id, name, role, token_hash, now_ms())
+            ApiKey(tenant_id, key_id, name, role, token_hash, self._clock.now_ms())
         )
         return token, key_id
 
@@ -179,7 +169,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             number_enc=keyring.encrypt(number),
             number_bidx=keyring.blind_index(number),
             tags=tags,
-            created_at_ms=now_ms(),
+            created_at_ms=self._clock.now_ms(),
         )
         await self._directory.add_employee(employee)
         return admin_pb2.CreateEmployeeResponse(employee_id=employee.employee_id)
@@ -228,7 +218,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument(f"ttl_s must be at most {MAX_ENROLLMENT_TTL_S} (30 days)")
         enrollment_id = new_public_id()
         code, code_hash = self._hasher.issue(ENROLLMENT_PREFIX, enrollment_id)
-        created = now_ms()
+        created = self._clock.now_ms()
         enrollment = Enrollment(
             tenant_id=tenant_id,
             enrollment_id=enrollment_id,
@@ -270,7 +260,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             numbers[keyring.blind_index(e164)] = keyring.encrypt(e164)
         if problems:
             raise InvalidArgument("; ".join(problems) + "; nothing was changed")
-        excluded = await privacy.set_excluded(self._db, tenant.tenant_id, numbers)
+        excluded = await privacy.set_excluded(
+            self._db, tenant.tenant_id, numbers, self._clock.now_ns()
+        )
         return admin_pb2.SetExcludedNumbersResponse(excluded=excluded)
 
     async def ImportLeads(
@@ -317,7 +309,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 )
             ):
                 current[found.primary_bidx] = found
-            created = now_ms()
+            created = self._clock.now_ms()
             changed: dict[str, leads.Lead] = {}
             results = []
             for lead in imported:
@@ -353,7 +345,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                         lead_id=updated.lead_id, is_new=False, employee_id=updated.employee_id
                     )
                 )
-            await leads.put(self._db, list(changed.values()))
+            await leads.put(self._db, list(changed.values()), self._clock.now_ns())
         return admin_pb2.ImportLeadsResponse(leads=results)
 
     @staticmethod

@@ -17,13 +17,25 @@ from pathlib import Path
 
 import grpc
 import structlog
+from callsight.pipeline.ingest import Ingestor
+from callsight.pipeline.keys import TenantKeys
+from callsight.pipeline.paging import PageTokens
+from callsight.server.admin import AdminServicer
+from callsight.server.auth import Authenticator, TokenHasher
+from callsight.server.config import Config, Secret, describe
+from callsight.server.ingest import IngestServicer
+from callsight.server.interceptor import CallsightInterceptor
+from callsight.server.reports import ReportServicer
+from callsight.storage.database import Database
+from callsight.storage.directory import Directory
+from callsight.storage.migrator import migrate
+from callsight.storage.versions import stored_versions
+from callsight.storage.writer import Sink, Writer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pipeline.ingest import Ingestor, Settings
-from pipeline.keys import TenantKeys
-from pipeline.paging import PageTokens
-from proto.callsight.v1 import (
+from callsight.core.clock import SYSTEM_CLOCK, Clock
+from callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     ingest_pb2,
@@ -31,17 +43,6 @@ from proto.callsight.v1 import (
     report_pb2,
     report_pb2_grpc,
 )
-from server.admin import AdminServicer
-from server.auth import Authenticator, TokenHasher
-from server.config import Config, Secret, describe
-from server.ingest import IngestServicer
-from server.interceptor import CallsightInterceptor
-from server.reports import ReportServicer
-from storage.database import Database
-from storage.directory import Directory
-from storage.migrator import migrate
-from storage.versions import stored_versions
-from storage.writer import Sink, Writer
 
 log = structlog.get_logger("callsight.server")
 
@@ -93,9 +94,15 @@ def embedded_secrets(config: Config) -> tuple[bytes, Secret | None]:
 class Service:
     """One callsight server process."""
 
-    def __init__(self, config: Config, wrap_sink: Callable[[Sink], Sink] | None = None) -> None:
-        """``wrap_sink`` lets tests and the load tester inject faults into ClickHouse writes."""
+    def __init__(
+        self,
+        config: Config,
+        wrap_sink: Callable[[Sink], Sink] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        """``wrap_sink`` lets tests inject faults into ClickHouse writes; ``clock`` sets time."""
         self.config = config
+        self._clock = clock
         self._wrap_sink = wrap_sink
         self.ingestor: Ingestor | None = None
         self.port = 0
@@ -109,7 +116,7 @@ class Service:
         master_key, operator = embedded_secrets(self.config)
         db = Database(self.config.dsn.reveal(), self.config.database)
         self._db = db
-        directory = Directory(db)
+        directory = Directory(db, self._clock)
         hasher = TokenHasher(master_key)
         authenticator = Authenticator(directory, hasher, operator.reveal() if operator else None)
         keys = TenantKeys(directory, master_key)
@@ -119,13 +126,8 @@ class Service:
         ingestor = Ingestor(
             sink,
             lambda table, tenant, devices: stored_versions(db, table, tenant, devices),
-            Settings(
-                max_rows=self.config.batch_max_rows,
-                max_bytes=self.config.batch_max_bytes,
-                max_age_ms=self.config.batch_max_age_ms,
-                buffer_max_bytes=self.config.buffer_max_bytes,
-                max_in_flight=self.config.max_inserts_in_flight,
-            ),
+            self.config.pipeline_settings(),
+            self._clock,
         )
         self.ingestor = ingestor
 
@@ -141,10 +143,10 @@ class Service:
             ],
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(directory, keys, hasher, authenticator, db), server
+            AdminServicer(directory, keys, hasher, authenticator, db, self._clock), server
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(directory, hasher, authenticator, keys, ingestor), server
+            IngestServicer(directory, hasher, authenticator, keys, ingestor, self._clock), server
         )
         report_pb2_grpc.add_ReportServiceServicer_to_server(
             ReportServicer(db, directory, keys, PageTokens(master_key)), server

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus, urlsplit
 
-from storage.errors import ConfigError
+from callsight.pipeline.settings import PipelineSettings
+
+from callsight.core.errors import ConfigError
 
 __all__ = ["Config", "Secret", "build_arg_parser", "describe", "load"]
 
@@ -97,6 +99,9 @@ class Config:
     batch_max_age_ms: int = 200
     buffer_max_bytes: int = 256 * 1024 * 1024
     max_inserts_in_flight: int = 2
+    dedup_max_entries: int = 1_000_000
+    write_retry_initial_s: float = 0.05
+    write_retry_max_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.dsn.reveal():
@@ -107,6 +112,19 @@ class Config:
         problems = _validate(self)
         if problems:
             raise ConfigError(problems)
+
+    def pipeline_settings(self) -> PipelineSettings:
+        """The ingest pipeline's tuning; the pipeline has no defaults of its own."""
+        return PipelineSettings(
+            max_rows=self.batch_max_rows,
+            max_bytes=self.batch_max_bytes,
+            max_age_ms=self.batch_max_age_ms,
+            buffer_max_bytes=self.buffer_max_bytes,
+            max_in_flight=self.max_inserts_in_flight,
+            dedup_max_entries=self.dedup_max_entries,
+            retry_initial_s=self.write_retry_initial_s,
+            retry_max_s=self.write_retry_max_s,
+        )
 
     @property
     def is_embedded(self) -> bool:
@@ -242,6 +260,27 @@ _SETTINGS: tuple[_Setting, ...] = (
         _parse_int,
         "concurrent inserts into ClickHouse",
         "N",
+    ),
+    _Setting(
+        "dedup_max_entries",
+        "--dedup-max-entries",
+        _parse_int,
+        "record versions kept in memory for deduplication",
+        "N",
+    ),
+    _Setting(
+        "write_retry_initial_s",
+        "--write-retry-initial-s",
+        _parse_float,
+        "first delay before a failed insert is retried (doubles per try)",
+        "SECONDS",
+    ),
+    _Setting(
+        "write_retry_max_s",
+        "--write-retry-max-s",
+        _parse_float,
+        "longest delay between retries of a failed insert",
+        "SECONDS",
     ),
 )
 _BY_FIELD = {s.field: s for s in _SETTINGS}
@@ -388,9 +427,14 @@ def _validate(c: Config) -> list[str]:
 
     if c.log_level not in LOG_LEVELS:
         bad("log_level", f"unknown level {c.log_level!r}; use one of {', '.join(LOG_LEVELS)}")
-    g = c.grace_period_s
-    if isinstance(g, bool) or not isinstance(g, int | float) or not (math.isfinite(g) and g > 0):
-        bad("grace_period_s", f"must be a number of seconds > 0 (got {g!r})")
+    for name in ("grace_period_s", "write_retry_initial_s", "write_retry_max_s"):
+        g = getattr(c, name)
+        if (
+            isinstance(g, bool)
+            or not isinstance(g, int | float)
+            or not (math.isfinite(g) and g > 0)
+        ):
+            bad(name, f"must be a number of seconds > 0 (got {g!r})")
 
     positive: dict[str, int] = {}
     for name in (
@@ -399,6 +443,7 @@ def _validate(c: Config) -> list[str]:
         "batch_max_age_ms",
         "buffer_max_bytes",
         "max_inserts_in_flight",
+        "dedup_max_entries",
     ):
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

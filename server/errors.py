@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from storage.errors import (
+from callsight.core.errors import (
     AlreadyExists,
     CallsightError,
     ConfigError,
@@ -24,6 +24,7 @@ from storage.errors import (
     StorageError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 
 _CODES: tuple[tuple[type[CallsightError], grpc.StatusCode], ...] = (
@@ -39,10 +40,6 @@ _CODES: tuple[tuple[type[CallsightError], grpc.StatusCode], ...] = (
 )
 
 _DIGITS = re.compile(r"\+?\d[\d\s().-]{2,}\d")
-
-
-class Unimplemented(CallsightError):
-    """The RPC belongs to a capability not built yet."""
 
 
 def status_code(exc: CallsightError) -> grpc.StatusCode:

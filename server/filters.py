@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from proto.callsight.v1 import common_pb2, report_pb2
-from server.admin import valid_timezone
-from storage.directory import Directory, Tenant
-from storage.errors import InvalidArgument
-from storage.filters import CallFilter
+from callsight.pipeline.phone import valid_timezone
+from callsight.storage.directory import Directory, Tenant
+from callsight.storage.filters import CallFilter
+
+from callsight.core.errors import InvalidArgument
+from callsight.v1 import common_pb2, report_pb2
 
 DAY_MS = 86_400_000
 MAX_RANGE_DAYS = 400

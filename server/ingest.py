@@ -8,14 +8,12 @@ from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
-
-from pipeline.encode import Source
-from pipeline.ingest import Ingestor, Ticket
-from pipeline.keys import TenantKeys
-from pipeline.validate import BatchRejected
-from proto.callsight.v1 import ingest_pb2, ingest_pb2_grpc
-from server.admin import valid_region
-from server.auth import (
+from callsight.pipeline.encode import Source
+from callsight.pipeline.ingest import Ingestor, Ticket
+from callsight.pipeline.keys import TenantKeys
+from callsight.pipeline.phone import valid_region
+from callsight.pipeline.validate import BatchRejected
+from callsight.server.auth import (
     DEVICE_PREFIX,
     ENROLLMENT_PREFIX,
     Authenticator,
@@ -24,8 +22,11 @@ from server.auth import (
     new_public_id,
     split_token,
 )
-from storage.directory import Device, Directory, Tenant, now_ms
-from storage.errors import InvalidArgument, Unauthenticated
+from callsight.storage.directory import Device, Directory, Tenant
+
+from callsight.core.clock import Clock
+from callsight.core.errors import InvalidArgument, Unauthenticated
+from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -40,7 +41,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         authenticator: Authenticator,
         keys: TenantKeys,
         ingestor: Ingestor,
+        clock: Clock,
     ) -> None:
+        self._clock = clock
         self._directory = directory
         self._hasher = hasher
         self._auth = authenticator
@@ -67,7 +70,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 raise Unauthenticated(
                     "this enrollment code was already used; ask an admin for a new one"
                 )
-            now = now_ms()
+            now = self._clock.now_ms()
             if now >= enrollment.expires_at_ms:
                 raise Unauthenticated(
                     "this enrollment code has expired; ask an admin for a new one"
@@ -162,7 +165,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 source = await self._source()
                 if isinstance(request, InvalidArgument):
                     done = loop.create_future()
-                    done.set_result(_rejected(ingest_pb2.UploadRequest(), str(request)))
+                    done.set_result(self._rejected(ingest_pb2.UploadRequest(), str(request)))
                     await acks.put(done)
                     continue
                 ticket = await self._ingestor.admit(request)
@@ -176,20 +179,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             return await self._ingestor.ingest(request, source, ticket)
         except BatchRejected as exc:
-            return _rejected(request, str(exc))
+            return self._rejected(request, str(exc))
+
+    def _rejected(self, request: ingest_pb2.UploadRequest, reason: str) -> ingest_pb2.UploadAck:
+        """The ack of a batch refused whole; the stream stays open."""
+        return ingest_pb2.UploadAck(
+            seq=request.seq,
+            batch_id=request.batch_id,
+            result=ingest_pb2.UPLOAD_RESULT_REJECTED,
+            errors=[ingest_pb2.RecordError(index=0, reason=reason)],
+            server_time_ms=self._clock.now_ms(),
+        )
 
 
 def _consume(future: asyncio.Future[ingest_pb2.UploadAck]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _rejected(request: ingest_pb2.UploadRequest, reason: str) -> ingest_pb2.UploadAck:
-    """The ack of a batch refused whole; the stream stays open."""
-    return ingest_pb2.UploadAck(
-        seq=request.seq,
-        batch_id=request.batch_id,
-        result=ingest_pb2.UPLOAD_RESULT_REJECTED,
-        errors=[ingest_pb2.RecordError(index=0, reason=reason)],
-        server_time_ms=now_ms(),
-    )

@@ -15,11 +15,18 @@ from typing import Any, TypeAlias
 
 import grpc
 import structlog
+from callsight.server.auth import (
+    Access,
+    Authenticator,
+    Caller,
+    access_for,
+    reset_caller,
+    set_caller,
+)
+from callsight.server.errors import client_message, redact, status_code, trailing_metadata
 from google.protobuf.message import DecodeError
 
-from server.auth import Access, Authenticator, Caller, access_for, reset_caller, set_caller
-from server.errors import client_message, redact, status_code, trailing_metadata
-from storage.errors import CallsightError, InvalidArgument, Unavailable
+from callsight.core.errors import CallsightError, InvalidArgument, Unavailable
 
 log = structlog.get_logger("callsight.rpc")
 

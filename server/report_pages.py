@@ -12,17 +12,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from pipeline.paging import Page, fingerprint, page_size
-from proto.callsight.v1 import common_pb2, report_pb2
-from server.filters import DAY_MS, DEFAULT_RANGE_DAYS
-from storage import listings
-from storage.database import Database
-from storage.directory import now_ms
-from storage.errors import InvalidArgument
-from storage.filters import CallFilter
+from callsight.pipeline.paging import Page, fingerprint, page_size
+from callsight.server.filters import DAY_MS, DEFAULT_RANGE_DAYS
+from callsight.storage import listings
+from callsight.storage.database import Database
+from callsight.storage.filters import CallFilter
+
+from callsight.core.clock import SYSTEM_CLOCK
+from callsight.core.errors import InvalidArgument
+from callsight.v1 import common_pb2, report_pb2
 
 if TYPE_CHECKING:
-    from server.reports import ReportCall
+    from callsight.server.reports import ReportCall
 
 Row = TypeVar("Row")
 Cursor = TypeVar("Cursor")
@@ -58,7 +59,7 @@ def _open(
     bound_to = fingerprint(
         rpc, call.tenant.tenant_id, request_filter.SerializeToString(deterministic=True)
     )
-    page = call.tokens.open(token, bound_to, page_size(size), now_ms())
+    page = call.tokens.open(token, bound_to, page_size(size), SYSTEM_CLOCK.now_ms())
     f = call.filter
     if not request_filter.to_ms:
         # An open range ends relative to "now": anchor it at the first page so no page shifts it.

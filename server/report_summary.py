@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from pipeline import paging
-from proto.callsight.v1 import report_pb2
-from storage import summaries
-from storage.directory import now_ms
+from callsight.pipeline import paging
+from callsight.storage import summaries
+
+from callsight.core.clock import SYSTEM_CLOCK
+from callsight.v1 import report_pb2
 
 if TYPE_CHECKING:
-    from server.reports import ReportCall
+    from callsight.server.reports import ReportCall
 
 
 def _summary(totals: summaries.Totals) -> report_pb2.Summary:
@@ -49,7 +50,7 @@ async def employee_summary(
         call.tenant.tenant_id,
         request.filter.SerializeToString(deterministic=True),
     )
-    page = call.tokens.open(request.page_token, bound_to, size, now_ms())
+    page = call.tokens.open(request.page_token, bound_to, size, SYSTEM_CLOCK.now_ms())
     after = str(page.cursor[0]) if page.cursor else None
     # One row past the page says whether another page follows.
     rows = await summaries.employee_summary(

@@ -11,18 +11,18 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from callsight.pipeline.crypto import Keyring
+from callsight.pipeline.keys import TenantKeys
+from callsight.pipeline.paging import PageTokens
+from callsight.server import report_pages, report_summary
+from callsight.server.auth import current_caller
+from callsight.server.filters import call_filter
+from callsight.storage.database import Database
+from callsight.storage.directory import Directory, Tenant
+from callsight.storage.filters import CallFilter
 
-from pipeline.crypto import Keyring
-from pipeline.keys import TenantKeys
-from pipeline.paging import PageTokens
-from proto.callsight.v1 import report_pb2, report_pb2_grpc
-from server import report_pages, report_summary
-from server.auth import current_caller
-from server.filters import call_filter
-from storage.database import Database
-from storage.directory import Directory, Tenant
-from storage.errors import NotFound
-from storage.filters import CallFilter
+from callsight.core.errors import NotFound
+from callsight.v1 import report_pb2, report_pb2_grpc
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 

@@ -20,7 +20,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from storage.errors import InvalidArgument, StorageError
+from callsight.core.errors import InvalidArgument, StorageError
 
 T = TypeVar("T")
 

@@ -8,27 +8,18 @@ plaintext number.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from storage.database import Database
+from callsight.storage.database import Database
 
-
-def now_ms() -> int:
-    """Wall clock in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
+from callsight.core.clock import SYSTEM_CLOCK, Clock
 
 
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-def _version() -> int:
-    # Nanosecond wall clock: a later write always carries a larger version.
-    return time.time_ns()
 
 
 @dataclass(frozen=True)
@@ -96,8 +87,9 @@ class Device:
 class Directory:
     """Reads and writes the identity tables of one database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
+        self._clock = clock
 
     # Tenants and their keys
 
@@ -105,7 +97,15 @@ class Directory:
         """Stores a tenant with its first wrapped data key (key first: a tenant never lacks one)."""
         await self._db.insert_rows(
             "tenant_keys",
-            [(tenant.tenant_id, key_id, wrapped_key, _dt(tenant.created_at_ms), _version())],
+            [
+                (
+                    tenant.tenant_id,
+                    key_id,
+                    wrapped_key,
+                    _dt(tenant.created_at_ms),
+                    self._clock.now_ns(),
+                )
+            ],
             ["tenant_id", "key_id", "wrapped_key", "created_at", "version"],
         )
         await self._db.insert_rows(
@@ -117,7 +117,7 @@ class Directory:
                     tenant.default_region,
                     tenant.timezone,
                     _dt(tenant.created_at_ms),
-                    _version(),
+                    self._clock.now_ns(),
                 )
             ],
             ["tenant_id", "name", "default_region", "timezone", "created_at", "version"],
@@ -157,7 +157,7 @@ class Directory:
                     key.token_hash,
                     _dt(key.created_at_ms),
                     key.revoked,
-                    _version(),
+                    self._clock.now_ns(),
                 )
             ],
             [
@@ -197,7 +197,7 @@ class Directory:
                     employee.number_bidx,
                     list(employee.tags),
                     _dt(employee.created_at_ms),
-                    _version(),
+                    self._clock.now_ns(),
                 )
             ],
             [
@@ -244,7 +244,7 @@ class Directory:
                     _dt(enrollment.expires_at_ms),
                     None if enrollment.used_at_ms is None else _dt(enrollment.used_at_ms),
                     enrollment.device_id,
-                    _version(),
+                    self._clock.now_ns(),
                 )
             ],
             [
@@ -279,7 +279,7 @@ class Directory:
 
     async def put_devices(self, devices: Sequence[Device]) -> None:
         """Stores many devices (or new versions of them) in one insert."""
-        version = _version()
+        version = self._clock.now_ns()
         await self._db.insert_rows(
             "devices",
             [

@@ -9,13 +9,12 @@ which no number's HMAC equals.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from storage.database import Database
+from callsight.storage.database import Database
 
 NO_NUMBER = bytes(32)
 # Blind indexes per lookup query: keeps the bound parameter well below URL limits over HTTP.
@@ -137,11 +136,10 @@ async def open_leads(db: Database, tenant_id: str) -> dict[str, int]:
     return {employee_id: int(n) for employee_id, n in rows}
 
 
-async def put(db: Database, leads: Sequence[Lead]) -> None:
-    """Writes new leads or new versions of existing ones, all under one fresh version."""
+async def put(db: Database, leads: Sequence[Lead], version: int) -> None:
+    """Writes new leads or new versions of existing ones, all under one fresh ``version``."""
     if not leads:
         return
-    version = time.time_ns()
     rows = []
     for lead in leads:
         row = [getattr(lead, c) for c in _COLUMNS]

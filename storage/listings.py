@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from storage.database import Database
-from storage.filters import CallFilter, filtered_calls
+from callsight.storage.database import Database
+from callsight.storage.filters import CallFilter, filtered_calls
 
 # CallType values (proto common.proto); the SQL below only ever inlines these constants.
 INCOMING, OUTGOING, MISSED, REJECTED, BLOCKED = 1, 2, 3, 5, 6

@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from importlib import resources
 
 import structlog
-
-from storage.database import Database
+from callsight.storage.database import Database
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +48,7 @@ def _split(sql: str) -> tuple[str, ...]:
 def available() -> list[Migration]:
     """Every migration shipped with this build, in version order."""
     found = []
-    for entry in resources.files("storage.migrations").iterdir():
+    for entry in resources.files("callsight.storage.migrations").iterdir():
         match = _FILE.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), _split(entry.read_text())))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from storage.database import Database
+from callsight.storage.database import Database
 
 
 @dataclass(frozen=True)
@@ -31,8 +30,13 @@ _ERASE = (
 )
 
 
-async def set_excluded(db: Database, tenant_id: str, numbers: dict[bytes, bytes]) -> int:
-    """Replaces the tenant's excluded numbers with ``numbers`` (blind index -> ciphertext)."""
+async def set_excluded(
+    db: Database, tenant_id: str, numbers: dict[bytes, bytes], version: int
+) -> int:
+    """Replaces the tenant's excluded numbers with ``numbers`` (blind index -> ciphertext).
+
+    ``version`` is the clock's nanoseconds: it must exceed the versions of the current rows.
+    """
     current = {
         bytes(r[0])
         for r in await db.query(
@@ -40,7 +44,6 @@ async def set_excluded(db: Database, tenant_id: str, numbers: dict[bytes, bytes]
             {"t": tenant_id},
         )
     }
-    version = time.time_ns()
     rows = [(tenant_id, bidx, enc, version, 0) for bidx, enc in numbers.items()]
     # Numbers no longer listed get a deleted version, which FINAL leaves out.
     rows += [(tenant_id, bidx, b"", version, 1) for bidx in current - numbers.keys()]

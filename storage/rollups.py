@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from storage.database import Database
-from storage.filters import CallFilter
+from callsight.storage.database import Database
+from callsight.storage.filters import CallFilter
 
 K = TypeVar("K")
 V = TypeVar("V")

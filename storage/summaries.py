@@ -22,10 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from storage import rollups
-from storage.database import Database
-from storage.directory import now_ms
-from storage.filters import CallFilter, filtered_calls
+from callsight.storage import rollups
+from callsight.storage.database import Database
+from callsight.storage.filters import CallFilter, filtered_calls
+
+from callsight.core.clock import SYSTEM_CLOCK
 
 # Android's CallLog.Calls.TYPE values, as in common.proto's CallType.
 INCOMING, OUTGOING, MISSED, REJECTED, BLOCKED = 1, 2, 3, 5, 6
@@ -236,7 +237,7 @@ async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) ->
     calls read around them, and their days cut by the edges of the rollups merged with the same
     days read from the calls; whole days come summed up.
     """
-    cover = await rollups.cover(db, f, _unit_rollup, now_ms()) if use_rollups else None
+    cover = await rollups.cover(db, f, _unit_rollup, SYSTEM_CLOCK.now_ms()) if use_rollups else None
     calls, params = _calls(f, skip_started=(cover.start_ms, cover.end_ms) if cover else None)
     clients = f"SELECT {_CLIENT_PART} FROM {calls}"
     days = f"SELECT employee_id, {_DAY} AS day, {_GROUP_SUMS} FROM {calls}"

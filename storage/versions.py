@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from storage.database import Database
+from callsight.storage.database import Database
 
 # Where to look, and the identity of a record within its device as SQL over that table's columns.
 _SOURCE = {"calls": "call_versions", "contacts": "contacts", "telemetry": "telemetry"}

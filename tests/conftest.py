@@ -10,11 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from server import logs
-from server.app import Service
-from server.config import Config, Secret
-from storage.database import Database
+from callsight.server import logs
+from callsight.server.app import Service
+from callsight.server.config import Config, Secret
+from callsight.storage.database import Database
 
 MASTER_KEY = os.urandom(32)
 OPERATOR_TOKEN = "op-" + secrets.token_urlsafe(24)

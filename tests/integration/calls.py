@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from proto.callsight.v1 import common_pb2, ingest_pb2
-from storage.database import Database
+from callsight.storage.database import Database
+
+from callsight.v1 import common_pb2, ingest_pb2
 
 DAY_MS = 86_400_000
 BASE_MS = int(time.time() * 1000) - 3 * DAY_MS

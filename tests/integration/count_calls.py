@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from storage.database import connect
+from callsight.storage.database import connect
 
 
 def main(dsn: str, database: str, tenant_id: str) -> None:

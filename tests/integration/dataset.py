@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc
+from callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc
 from tests.integration.helpers import Tenant, auth, enroll, new_employee, new_tenant
 
 DAY_MS = 86_400_000

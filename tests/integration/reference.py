@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from proto.callsight.v1 import common_pb2, report_pb2
+from callsight.v1 import common_pb2, report_pb2
 from tests.integration.dataset import Call, Truth
 
 DAY_MS = 86_400_000

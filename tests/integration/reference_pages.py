@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from proto.callsight.v1 import common_pb2 as T
+from callsight.v1 import common_pb2 as T
 from tests.integration.dataset import Call, Truth
 
 MISSED_OR_REJECTED: set[int] = {T.CALL_TYPE_MISSED, T.CALL_TYPE_REJECTED, T.CALL_TYPE_BLOCKED}

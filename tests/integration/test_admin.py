@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from proto.callsight.v1 import (
+from callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,

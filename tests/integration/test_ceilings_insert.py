@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import time
 
-from loadtest.ceilings import insert_ceilings, interleave
-from loadtest.generate import FleetSpec, fleet_batches
-from proto.callsight.v1 import ingest_pb2
+from callsight.loadtest.ceilings import insert_ceilings, interleave
+from callsight.loadtest.generate import FleetSpec, fleet_batches
+
+from callsight.v1 import ingest_pb2
 
 NOW = int(time.time() * 1000)  # telemetry past its 90-day TTL would be merged away
 

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import grpc
 import psutil
+from callsight.loadtest.harness import ServerProcess
+from callsight.server.app import Service
+from callsight.storage.database import Database
+from callsight.storage.writer import Sink
 from google.rpc import error_details_pb2, status_pb2
 
-from loadtest.server import ServerProcess
-from proto.callsight.v1 import ingest_pb2, ingest_pb2_grpc
-from server.app import Service
-from storage.database import Database
-from storage.writer import FaultInjectingWriter, Sink
+from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.conftest import OPERATOR_TOKEN, make_config, master_key_b64
+from tests.faults import FaultInjectingWriter
 from tests.integration.calls import batch, call, stored_calls
 from tests.integration.helpers import auth, enroll, expect_status, new_employee, new_tenant
 

@@ -6,10 +6,13 @@ import time
 from collections import Counter
 
 import grpc
+from callsight.pipeline.crypto import Keyring
+from callsight.pipeline.keys import TenantKeys
+from callsight.storage import leads as stored_leads
+from callsight.storage.database import Database
+from callsight.storage.directory import Directory
 
-from pipeline.crypto import Keyring
-from pipeline.keys import TenantKeys
-from proto.callsight.v1 import (
+from callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,
@@ -17,9 +20,6 @@ from proto.callsight.v1 import (
     ingest_pb2_grpc,
     report_pb2,
 )
-from storage import leads as stored_leads
-from storage.database import Database
-from storage.directory import Directory
 from tests.conftest import MASTER_KEY
 from tests.integration import dataset
 from tests.integration import reference_pages as ref

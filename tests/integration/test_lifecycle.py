@@ -15,21 +15,21 @@ import time
 from pathlib import Path
 
 import grpc
+from callsight.server.app import Service
+from callsight.storage.database import Database
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proto.callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
-from server.app import Service
-from storage.database import Database
+from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
 from tests.conftest import OPERATOR_TOKEN, make_config, master_key_b64
 from tests.integration.calls import batch, call
 from tests.integration.helpers import auth, enroll, expect_status, new_employee, new_tenant
 
 CODE = grpc.StatusCode
 ROOT = Path(__file__).resolve().parents[2]
-CALLSIGHT = [sys.executable, "-m", "server"]
+CALLSIGHT = [sys.executable, "-m", "callsight.server"]
 
 
 async def test_restart_on_the_same_data_keeps_tenants_keys_and_devices(data_dir: Path) -> None:

@@ -11,12 +11,12 @@ import secrets
 from pathlib import Path
 
 import pyarrow as pa
+from callsight.loadtest.agent import AgentOptions
+from callsight.loadtest.fleet import FleetOptions, FleetResult, run_fleet
+from callsight.loadtest.workload import WorkloadSpec
+from callsight.server.app import Service
+from callsight.storage.writer import Sink
 
-from loadtest.agent import AgentOptions
-from loadtest.fleet import FleetOptions, FleetResult, run_fleet
-from loadtest.workload import WorkloadSpec
-from server.app import Service
-from storage.writer import Sink
 from tests.conftest import OPERATOR_TOKEN, make_config
 
 

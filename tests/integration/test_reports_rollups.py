@@ -11,8 +11,10 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+from callsight.storage import rollups
+from callsight.storage.database import Database
 
-from proto.callsight.v1 import (
+from callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,
@@ -21,8 +23,6 @@ from proto.callsight.v1 import (
     report_pb2,
     report_pb2_grpc,
 )
-from storage import rollups
-from storage.database import Database
 from tests.integration import reference
 from tests.integration.dataset import Call, Employee, Truth
 from tests.integration.helpers import auth, enroll, new_employee, new_tenant

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from proto.callsight.v1 import (
+from callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,

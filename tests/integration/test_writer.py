@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from callsight.storage.database import Database
+from callsight.storage.writer import Writer
 
-from storage.database import Database
-from storage.errors import StorageError
-from storage.writer import FaultInjectingWriter, Writer
+from callsight.core.errors import StorageError
+from tests.faults import FaultInjectingWriter
 
 TABLE = "writer_events"
 

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 import pyarrow as pa
 import pytest
+from callsight.pipeline.batcher import Batcher
+from callsight.pipeline.settings import PipelineSettings
+from callsight.server.config import Config
 
-from pipeline.batcher import Batcher
-from storage.errors import InvalidArgument, Unavailable
-from storage.writer import FaultInjectingWriter
+from callsight.core.errors import InvalidArgument, Unavailable
+from tests.faults import FaultInjectingWriter
 
 LONG_MS = 60_000  # an age limit no test reaches
+
+
+def settings(**changes: Any) -> PipelineSettings:
+    """The server's default pipeline settings with ``changes``."""
+    return replace(Config().pipeline_settings(), **changes)
 
 
 def rows(start: int, count: int) -> pa.Table:
@@ -84,7 +93,7 @@ async def done(futures: Sequence[asyncio.Future[None]]) -> None:
 
 async def test_flush_at_max_rows_resolves_after_the_sink_got_exactly_those_rows() -> None:
     sink = RecordingSink()
-    batcher = Batcher(sink, max_rows=1_000, max_age_ms=LONG_MS)
+    batcher = Batcher(sink, settings(max_rows=1_000, max_age_ms=LONG_MS))
     first = batcher.add("calls", rows(0, 600))
     await asyncio.sleep(0.01)
     assert len(first) == 1 and not first[0].done()
@@ -103,7 +112,9 @@ async def test_flush_at_max_rows_resolves_after_the_sink_got_exactly_those_rows(
 async def test_flush_at_max_bytes() -> None:
     sink = RecordingSink()
     chunk = rows(0, 100)
-    batcher = Batcher(sink, max_rows=1_000_000, max_bytes=chunk.nbytes * 2, max_age_ms=LONG_MS)
+    batcher = Batcher(
+        sink, settings(max_rows=1_000_000, max_bytes=chunk.nbytes * 2, max_age_ms=LONG_MS)
+    )
     first = batcher.add("calls", chunk)
     await asyncio.sleep(0.01)
     assert not first[0].done()
@@ -115,7 +126,7 @@ async def test_flush_at_max_bytes() -> None:
 
 async def test_flush_at_max_age() -> None:
     sink = RecordingSink()
-    batcher = Batcher(sink, max_rows=1_000, max_age_ms=20)
+    batcher = Batcher(sink, settings(max_rows=1_000, max_age_ms=20))
     await batcher.start()
     futures = batcher.add("calls", rows(0, 10))
     assert not futures[0].done()
@@ -126,7 +137,7 @@ async def test_flush_at_max_age() -> None:
 
 async def test_buffers_are_per_table() -> None:
     sink = RecordingSink()
-    batcher = Batcher(sink, max_rows=10, max_age_ms=LONG_MS)
+    batcher = Batcher(sink, settings(max_rows=10, max_age_ms=LONG_MS))
     calls = batcher.add("calls", rows(0, 5))
     contacts = batcher.add("contacts", rows(100, 10))
     await done(contacts)
@@ -141,7 +152,7 @@ async def test_buffers_are_per_table() -> None:
 
 async def test_an_add_that_crosses_max_rows_is_split_across_two_flushes() -> None:
     sink = RecordingSink()
-    batcher = Batcher(sink, max_rows=1_000, max_age_ms=LONG_MS)
+    batcher = Batcher(sink, settings(max_rows=1_000, max_age_ms=LONG_MS))
     first = batcher.add("calls", rows(0, 700))
     second = batcher.add("calls", rows(700, 700))
     assert len(first) == 1 and len(second) == 2
@@ -156,14 +167,14 @@ async def test_an_add_that_crosses_max_rows_is_split_across_two_flushes() -> Non
 
 
 async def test_an_empty_add_has_nothing_to_wait_for() -> None:
-    batcher = Batcher(RecordingSink(), max_age_ms=LONG_MS)
+    batcher = Batcher(RecordingSink(), settings(max_age_ms=LONG_MS))
     assert batcher.add("calls", rows(0, 0)) == []
     assert batcher.stats.rows_buffered == 0
     await batcher.close(1)
 
 
 async def test_rows_with_other_columns_than_the_buffer_are_refused() -> None:
-    batcher = Batcher(RecordingSink(), max_age_ms=LONG_MS)
+    batcher = Batcher(RecordingSink(), settings(max_age_ms=LONG_MS))
     futures = batcher.add("calls", rows(0, 5))
     with pytest.raises(InvalidArgument):
         batcher.add("calls", pa.table({"id": pa.array([1], pa.int32())}))
@@ -173,7 +184,7 @@ async def test_rows_with_other_columns_than_the_buffer_are_refused() -> None:
 
 async def test_at_most_max_in_flight_writes_at_once_and_flushes_keep_their_order() -> None:
     sink = BlockingSink()
-    batcher = Batcher(sink, max_rows=10, max_age_ms=LONG_MS, max_in_flight=2)
+    batcher = Batcher(sink, settings(max_rows=10, max_age_ms=LONG_MS, max_in_flight=2))
     futures = [f for i in range(5) for f in batcher.add("calls", rows(i * 10, 10))]
     await until(lambda: sink.active == 2)
     await asyncio.sleep(0.01)
@@ -192,7 +203,7 @@ async def test_a_failed_write_is_retried_with_the_same_token_until_it_succeeds()
     sink = TokenSink(recorder)
     sink.fail_next(3)
     batcher = Batcher(
-        sink, max_rows=100, max_age_ms=LONG_MS, backoff_initial_s=0.001, backoff_max_s=0.004
+        sink, settings(max_rows=100, max_age_ms=LONG_MS, retry_initial_s=0.001, retry_max_s=0.004)
     )
     futures = batcher.add("calls", rows(0, 100))
     await done(futures)
@@ -211,7 +222,7 @@ async def test_no_future_resolves_while_the_sink_keeps_failing() -> None:
     sink = FaultInjectingWriter(recorder)
     sink.fail_until_cleared()
     batcher = Batcher(
-        sink, max_rows=100, max_age_ms=LONG_MS, backoff_initial_s=0.001, backoff_max_s=0.002
+        sink, settings(max_rows=100, max_age_ms=LONG_MS, retry_initial_s=0.001, retry_max_s=0.002)
     )
     futures = batcher.add("calls", rows(0, 100))
     await until(lambda: sink.failures >= 5)
@@ -226,7 +237,7 @@ async def test_no_future_resolves_while_the_sink_keeps_failing() -> None:
 
 async def test_close_flushes_pending_rows() -> None:
     sink = RecordingSink()
-    batcher = Batcher(sink, max_age_ms=LONG_MS)
+    batcher = Batcher(sink, settings(max_age_ms=LONG_MS))
     futures = batcher.add("calls", rows(0, 10)) + batcher.add("calls", rows(10, 5))
     await batcher.close(1)
     assert all(f.done() and f.exception() is None for f in futures)
@@ -239,7 +250,7 @@ async def test_close_abandons_unwritten_batches_with_unavailable() -> None:
     sink = FaultInjectingWriter(recorder)
     sink.fail_until_cleared()
     batcher = Batcher(
-        sink, max_rows=10, max_age_ms=LONG_MS, backoff_initial_s=0.001, backoff_max_s=0.002
+        sink, settings(max_rows=10, max_age_ms=LONG_MS, retry_initial_s=0.001, retry_max_s=0.002)
     )
     futures = batcher.add("calls", rows(0, 10)) + batcher.add("calls", rows(10, 3))
     await asyncio.wait_for(batcher.close(timeout_s=0.05), 2)
@@ -251,7 +262,7 @@ async def test_close_abandons_unwritten_batches_with_unavailable() -> None:
 
 
 async def test_add_after_close_raises_unavailable() -> None:
-    batcher = Batcher(RecordingSink(), max_age_ms=LONG_MS)
+    batcher = Batcher(RecordingSink(), settings(max_age_ms=LONG_MS))
     await batcher.close(1)
     with pytest.raises(Unavailable):
         batcher.add("calls", rows(0, 1))
@@ -261,7 +272,7 @@ async def test_equal_content_gets_equal_tokens() -> None:
     tokens = []
     for _ in range(2):
         sink = RecordingSink()
-        batcher = Batcher(sink, max_age_ms=LONG_MS)
+        batcher = Batcher(sink, settings(max_age_ms=LONG_MS))
         batcher.add("calls", rows(0, 10))
         batcher.add("calls", rows(10, 10))
         await batcher.close(1)

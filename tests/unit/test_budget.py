@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from callsight.pipeline.budget import ByteBudget
 
-from pipeline.budget import ByteBudget
-from storage.errors import Unavailable
+from callsight.core.errors import Unavailable
 
 
 async def settle() -> None:

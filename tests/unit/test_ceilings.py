@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from loadtest.ceilings import (
+from callsight.loadtest.ceilings import (
     decode_ceiling,
     interleave,
     ratios,
     record_count,
     transport_ceiling,
 )
-from loadtest.generate import FleetSpec, fleet_batches
-from proto.callsight.v1 import ingest_pb2
+from callsight.loadtest.generate import FleetSpec, fleet_batches
+
+from callsight.v1 import ingest_pb2
 
 SPEC = FleetSpec(devices=3, batches_per_device=4, batch_size=50, seed=7, now_ms=1_700_000_000_000)
 

@@ -10,9 +10,9 @@ import pickle
 from pathlib import Path
 
 import pytest
+from callsight.server.config import Config, Secret, build_arg_parser, describe, load
 
-from server.config import Config, Secret, build_arg_parser, describe, load
-from storage.errors import ConfigError
+from callsight.core.errors import ConfigError
 
 TOKEN = "op-token-0123456789-abcdef"
 KEY = bytes(range(32))

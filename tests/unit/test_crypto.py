@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import pytest
-
-from pipeline.crypto import (
+from callsight.pipeline.crypto import (
     DecryptError,
     Keyring,
     KeyUnwrapError,
@@ -12,7 +11,8 @@ from pipeline.crypto import (
     unwrap_key,
     wrap_key,
 )
-from storage.errors import CallsightError
+
+from callsight.core.errors import CallsightError
 
 NUMBER = "+919876543210"
 

@@ -6,8 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-
-from pipeline.dedup import Deduplicator, Outcome
+from callsight.pipeline.dedup import Deduplicator, Outcome
 
 
 class Loader:

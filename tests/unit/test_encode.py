@@ -4,15 +4,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import callsight.pipeline.phone
 import numpy as np
 import pyarrow as pa
 import pytest
+from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
+from callsight.pipeline.encode import Decoded, NumberCodec, Source, decode
+from callsight.pipeline.validate import MAX_BATCH_BYTES, MAX_RECORDS, BatchRejected
 
-import pipeline.phone
-from pipeline.crypto import Keyring, TenantCipher, new_data_key
-from pipeline.encode import Decoded, NumberCodec, Source, decode
-from pipeline.validate import MAX_BATCH_BYTES, MAX_RECORDS, BatchRejected
-from proto.callsight.v1 import ingest_pb2
+from callsight.v1 import ingest_pb2
 
 NOW = 1_700_000_000_000
 START = NOW - 3_600_000
@@ -114,13 +114,13 @@ def codec() -> NumberCodec:
 def normalizations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every raw number actually parsed by libphonenumber (not answered from a cache)."""
     seen: list[str] = []
-    real = pipeline.phone.normalize
+    real = callsight.pipeline.phone.normalize
 
     def counting(raw: str, region: str) -> str:
         seen.append(raw)
         return real(raw, region)
 
-    monkeypatch.setattr(pipeline.phone, "normalize", counting)
+    monkeypatch.setattr(callsight.pipeline.phone, "normalize", counting)
     return seen
 
 

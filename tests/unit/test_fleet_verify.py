@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from loadtest.verify import (
+from callsight.loadtest.verify import (
     DAY_MS,
     WINDOW_MS,
     Counts,
@@ -14,7 +14,8 @@ from loadtest.verify import (
     compare_reports,
     windows,
 )
-from proto.callsight.v1 import common_pb2 as c
+
+from callsight.v1 import common_pb2 as c
 
 
 def _truth() -> TenantTruth:

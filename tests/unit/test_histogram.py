@@ -7,8 +7,7 @@ import random
 
 import numpy as np
 import pytest
-
-from loadtest.histogram import Histogram
+from callsight.loadtest.histogram import Histogram
 
 
 def test_empty_histogram_reports_nothing() -> None:

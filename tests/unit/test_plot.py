@@ -6,8 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-
-from loadtest.plot import plot_timeline
+from callsight.loadtest.plot import plot_timeline
 
 
 def test_plot_timeline_writes_a_png(tmp_path: Path) -> None:

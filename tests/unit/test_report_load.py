@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
+from callsight.loadtest.report_load import is_paged, range_ms, run_reports
 
-from loadtest.report_load import is_paged, range_ms, run_reports
-from proto.callsight.v1 import report_pb2, report_pb2_grpc
+from callsight.v1 import report_pb2, report_pb2_grpc
 
 API_KEY = "csk_test"
 PAGES = 5  # the fake answers five pages of NeverAttended

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.rollups import _PartDays
+from callsight.storage.rollups import _PartDays
 
 
 class Calls:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from storage.rollups import Unit, units
+from callsight.storage.rollups import Unit, units
 
 HOUR_MS = 3_600_000
 LATER = 10**13  # long after every range here: everything is settled

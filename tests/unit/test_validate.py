@@ -4,8 +4,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from pipeline.validate import (
+from callsight.pipeline.validate import (
     MAX_BATCH_BYTES,
     MAX_RECORDS,
     BatchRejected,
@@ -14,8 +13,9 @@ from pipeline.validate import (
     validate_contacts,
     validate_telemetry,
 )
-from proto.callsight.v1 import ingest_pb2
-from storage.errors import InvalidArgument
+
+from callsight.core.errors import InvalidArgument
+from callsight.v1 import ingest_pb2
 
 NOW = 1_700_000_000_000
 Y2K = 946_684_800_000

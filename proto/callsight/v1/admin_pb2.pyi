@@ -5,12 +5,12 @@ Tenant administration: tenants, API keys, employees, enrollments, devices, leads
 privacy operations.
 """
 
+from callsight.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from proto.callsight.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

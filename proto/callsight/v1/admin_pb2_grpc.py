@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.callsight.v1 import admin_pb2 as proto_dot_callsight_dot_v1_dot_admin__pb2
+from callsight.v1 import admin_pb2 as callsight_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/callsight/v1/admin_pb2_grpc.py depends on'
+        + ' but the generated code in callsight/v1/admin_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,48 +38,48 @@ class AdminServiceStub:
         """
         self.CreateTenant = channel.unary_unary(
                 '/callsight.v1.AdminService/CreateTenant',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateTenantRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateTenantResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.CreateTenantResponse.FromString,
                 _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/callsight.v1.AdminService/CreateApiKey',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
                 _registered_method=True)
         self.CreateEmployee = channel.unary_unary(
                 '/callsight.v1.AdminService/CreateEmployee',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEmployeeRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEmployeeResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.CreateEmployeeRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.CreateEmployeeResponse.FromString,
                 _registered_method=True)
         self.ListEmployees = channel.unary_unary(
                 '/callsight.v1.AdminService/ListEmployees',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.ListEmployeesRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.ListEmployeesResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ListEmployeesRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ListEmployeesResponse.FromString,
                 _registered_method=True)
         self.CreateEnrollment = channel.unary_unary(
                 '/callsight.v1.AdminService/CreateEnrollment',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEnrollmentRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEnrollmentResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.CreateEnrollmentRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.CreateEnrollmentResponse.FromString,
                 _registered_method=True)
         self.RevokeDevice = channel.unary_unary(
                 '/callsight.v1.AdminService/RevokeDevice',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.RevokeDeviceRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.RevokeDeviceResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.RevokeDeviceResponse.FromString,
                 _registered_method=True)
         self.SetExcludedNumbers = channel.unary_unary(
                 '/callsight.v1.AdminService/SetExcludedNumbers',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersResponse.FromString,
                 _registered_method=True)
         self.ImportLeads = channel.unary_unary(
                 '/callsight.v1.AdminService/ImportLeads',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.ImportLeadsRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.ImportLeadsResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ImportLeadsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ImportLeadsResponse.FromString,
                 _registered_method=True)
         self.EraseNumber = channel.unary_unary(
                 '/callsight.v1.AdminService/EraseNumber',
-                request_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.FromString,
                 _registered_method=True)
 
 
@@ -156,48 +156,48 @@ def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTenant,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateTenantRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateTenantResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.CreateTenantRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.CreateTenantResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateApiKeyResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.CreateApiKeyResponse.SerializeToString,
             ),
             'CreateEmployee': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEmployee,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEmployeeRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEmployeeResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.CreateEmployeeRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.CreateEmployeeResponse.SerializeToString,
             ),
             'ListEmployees': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEmployees,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.ListEmployeesRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.ListEmployeesResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ListEmployeesRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ListEmployeesResponse.SerializeToString,
             ),
             'CreateEnrollment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEnrollment,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEnrollmentRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEnrollmentResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.CreateEnrollmentRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.CreateEnrollmentResponse.SerializeToString,
             ),
             'RevokeDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeDevice,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.RevokeDeviceRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.RevokeDeviceResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.RevokeDeviceResponse.SerializeToString,
             ),
             'SetExcludedNumbers': grpc.unary_unary_rpc_method_handler(
                     servicer.SetExcludedNumbers,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersResponse.SerializeToString,
             ),
             'ImportLeads': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportLeads,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.ImportLeadsRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.ImportLeadsResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ImportLeadsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ImportLeadsResponse.SerializeToString,
             ),
             'EraseNumber': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseNumber,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,8 +227,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/CreateTenant',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.CreateTenantRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.CreateTenantResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.CreateTenantRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.CreateTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -254,8 +254,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/CreateApiKey',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -281,8 +281,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/CreateEmployee',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEmployeeRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEmployeeResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.CreateEmployeeRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.CreateEmployeeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -308,8 +308,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/ListEmployees',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.ListEmployeesRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.ListEmployeesResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.ListEmployeesRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ListEmployeesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -335,8 +335,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/CreateEnrollment',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEnrollmentRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.CreateEnrollmentResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.CreateEnrollmentRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.CreateEnrollmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -362,8 +362,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/RevokeDevice',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.RevokeDeviceRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.RevokeDeviceResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.RevokeDeviceRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.RevokeDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -389,8 +389,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/SetExcludedNumbers',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.SetExcludedNumbersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -416,8 +416,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/ImportLeads',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.ImportLeadsRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.ImportLeadsResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.ImportLeadsRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ImportLeadsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -443,8 +443,8 @@ class AdminService:
             request,
             target,
             '/callsight.v1.AdminService/EraseNumber',
-            proto_dot_callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.FromString,
+            callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.FromString,
             options,
             channel_credentials,
             insecure,

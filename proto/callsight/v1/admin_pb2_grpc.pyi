@@ -5,9 +5,9 @@ Tenant administration: tenants, API keys, employees, enrollments, devices, leads
 privacy operations.
 """
 
+from callsight.v1 import admin_pb2 as _admin_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from proto.callsight.v1 import admin_pb2 as _admin_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

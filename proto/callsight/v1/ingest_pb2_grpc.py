@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.callsight.v1 import ingest_pb2 as proto_dot_callsight_dot_v1_dot_ingest__pb2
+from callsight.v1 import ingest_pb2 as callsight_dot_v1_dot_ingest__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/callsight/v1/ingest_pb2_grpc.py depends on'
+        + ' but the generated code in callsight/v1/ingest_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,18 +38,18 @@ class IngestServiceStub:
         """
         self.RegisterDevice = channel.unary_unary(
                 '/callsight.v1.IngestService/RegisterDevice',
-                request_serializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.RegisterDeviceRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.RegisterDeviceResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_ingest__pb2.RegisterDeviceRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_ingest__pb2.RegisterDeviceResponse.FromString,
                 _registered_method=True)
         self.Stream = channel.stream_stream(
                 '/callsight.v1.IngestService/Stream',
-                request_serializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
+                request_serializer=callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
                 _registered_method=True)
         self.Upload = channel.unary_unary(
                 '/callsight.v1.IngestService/Upload',
-                request_serializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
+                request_serializer=callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
                 _registered_method=True)
 
 
@@ -85,18 +85,18 @@ def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RegisterDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterDevice,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.RegisterDeviceRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.RegisterDeviceResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_ingest__pb2.RegisterDeviceRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_ingest__pb2.RegisterDeviceResponse.SerializeToString,
             ),
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadAck.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_ingest__pb2.UploadRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_ingest__pb2.UploadAck.SerializeToString,
             ),
             'Upload': grpc.unary_unary_rpc_method_handler(
                     servicer.Upload,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadAck.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_ingest__pb2.UploadRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_ingest__pb2.UploadAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -126,8 +126,8 @@ class IngestService:
             request,
             target,
             '/callsight.v1.IngestService/RegisterDevice',
-            proto_dot_callsight_dot_v1_dot_ingest__pb2.RegisterDeviceRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_ingest__pb2.RegisterDeviceResponse.FromString,
+            callsight_dot_v1_dot_ingest__pb2.RegisterDeviceRequest.SerializeToString,
+            callsight_dot_v1_dot_ingest__pb2.RegisterDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -153,8 +153,8 @@ class IngestService:
             request_iterator,
             target,
             '/callsight.v1.IngestService/Stream',
-            proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
+            callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
+            callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -180,8 +180,8 @@ class IngestService:
             request,
             target,
             '/callsight.v1.IngestService/Upload',
-            proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
+            callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
+            callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
             options,
             channel_credentials,
             insecure,

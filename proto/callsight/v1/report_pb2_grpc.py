@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.callsight.v1 import report_pb2 as proto_dot_callsight_dot_v1_dot_report__pb2
+from callsight.v1 import report_pb2 as callsight_dot_v1_dot_report__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/callsight/v1/report_pb2_grpc.py depends on'
+        + ' but the generated code in callsight/v1/report_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,58 +38,58 @@ class ReportServiceStub:
         """
         self.CallSummary = channel.unary_unary(
                 '/callsight.v1.ReportService/CallSummary',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallSummaryRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallSummaryResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.CallSummaryRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.CallSummaryResponse.FromString,
                 _registered_method=True)
         self.EmployeeSummary = channel.unary_unary(
                 '/callsight.v1.ReportService/EmployeeSummary',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.EmployeeSummaryRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.EmployeeSummaryResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.EmployeeSummaryRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.EmployeeSummaryResponse.FromString,
                 _registered_method=True)
         self.CallAnalysis = channel.unary_unary(
                 '/callsight.v1.ReportService/CallAnalysis',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallAnalysisRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallAnalysisResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.CallAnalysisRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.CallAnalysisResponse.FromString,
                 _registered_method=True)
         self.NeverAttended = channel.unary_unary(
                 '/callsight.v1.ReportService/NeverAttended',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.NeverAttendedRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.NeverAttendedResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.NeverAttendedRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.NeverAttendedResponse.FromString,
                 _registered_method=True)
         self.NotPickedByClient = channel.unary_unary(
                 '/callsight.v1.ReportService/NotPickedByClient',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.NotPickedByClientRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.NotPickedByClientResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.NotPickedByClientRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.NotPickedByClientResponse.FromString,
                 _registered_method=True)
         self.UniqueClients = channel.unary_unary(
                 '/callsight.v1.ReportService/UniqueClients',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.UniqueClientsRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.UniqueClientsResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.UniqueClientsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.UniqueClientsResponse.FromString,
                 _registered_method=True)
         self.HourlyAnalytics = channel.unary_unary(
                 '/callsight.v1.ReportService/HourlyAnalytics',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.HourlyAnalyticsRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.HourlyAnalyticsResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.HourlyAnalyticsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.HourlyAnalyticsResponse.FromString,
                 _registered_method=True)
         self.DaywiseAnalytics = channel.unary_unary(
                 '/callsight.v1.ReportService/DaywiseAnalytics',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsResponse.FromString,
                 _registered_method=True)
         self.WorkingHours = channel.unary_unary(
                 '/callsight.v1.ReportService/WorkingHours',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.WorkingHoursRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.WorkingHoursResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.WorkingHoursRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.WorkingHoursResponse.FromString,
                 _registered_method=True)
         self.CallHistory = channel.unary_unary(
                 '/callsight.v1.ReportService/CallHistory',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallHistoryRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallHistoryResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.CallHistoryRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.CallHistoryResponse.FromString,
                 _registered_method=True)
         self.LeadActivity = channel.unary_unary(
                 '/callsight.v1.ReportService/LeadActivity',
-                request_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.LeadActivityRequest.SerializeToString,
-                response_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.LeadActivityResponse.FromString,
+                request_serializer=callsight_dot_v1_dot_report__pb2.LeadActivityRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.LeadActivityResponse.FromString,
                 _registered_method=True)
 
 
@@ -180,58 +180,58 @@ def add_ReportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CallSummary': grpc.unary_unary_rpc_method_handler(
                     servicer.CallSummary,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallSummaryRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallSummaryResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.CallSummaryRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.CallSummaryResponse.SerializeToString,
             ),
             'EmployeeSummary': grpc.unary_unary_rpc_method_handler(
                     servicer.EmployeeSummary,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.EmployeeSummaryRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.EmployeeSummaryResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.EmployeeSummaryRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.EmployeeSummaryResponse.SerializeToString,
             ),
             'CallAnalysis': grpc.unary_unary_rpc_method_handler(
                     servicer.CallAnalysis,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallAnalysisRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallAnalysisResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.CallAnalysisRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.CallAnalysisResponse.SerializeToString,
             ),
             'NeverAttended': grpc.unary_unary_rpc_method_handler(
                     servicer.NeverAttended,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.NeverAttendedRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.NeverAttendedResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.NeverAttendedRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.NeverAttendedResponse.SerializeToString,
             ),
             'NotPickedByClient': grpc.unary_unary_rpc_method_handler(
                     servicer.NotPickedByClient,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.NotPickedByClientRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.NotPickedByClientResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.NotPickedByClientRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.NotPickedByClientResponse.SerializeToString,
             ),
             'UniqueClients': grpc.unary_unary_rpc_method_handler(
                     servicer.UniqueClients,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.UniqueClientsRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.UniqueClientsResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.UniqueClientsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.UniqueClientsResponse.SerializeToString,
             ),
             'HourlyAnalytics': grpc.unary_unary_rpc_method_handler(
                     servicer.HourlyAnalytics,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.HourlyAnalyticsRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.HourlyAnalyticsResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.HourlyAnalyticsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.HourlyAnalyticsResponse.SerializeToString,
             ),
             'DaywiseAnalytics': grpc.unary_unary_rpc_method_handler(
                     servicer.DaywiseAnalytics,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsResponse.SerializeToString,
             ),
             'WorkingHours': grpc.unary_unary_rpc_method_handler(
                     servicer.WorkingHours,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.WorkingHoursRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.WorkingHoursResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.WorkingHoursRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.WorkingHoursResponse.SerializeToString,
             ),
             'CallHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.CallHistory,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallHistoryRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.CallHistoryResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.CallHistoryRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.CallHistoryResponse.SerializeToString,
             ),
             'LeadActivity': grpc.unary_unary_rpc_method_handler(
                     servicer.LeadActivity,
-                    request_deserializer=proto_dot_callsight_dot_v1_dot_report__pb2.LeadActivityRequest.FromString,
-                    response_serializer=proto_dot_callsight_dot_v1_dot_report__pb2.LeadActivityResponse.SerializeToString,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.LeadActivityRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.LeadActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,8 +261,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/CallSummary',
-            proto_dot_callsight_dot_v1_dot_report__pb2.CallSummaryRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.CallSummaryResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.CallSummaryRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.CallSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -288,8 +288,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/EmployeeSummary',
-            proto_dot_callsight_dot_v1_dot_report__pb2.EmployeeSummaryRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.EmployeeSummaryResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.EmployeeSummaryRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.EmployeeSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,8 +315,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/CallAnalysis',
-            proto_dot_callsight_dot_v1_dot_report__pb2.CallAnalysisRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.CallAnalysisResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.CallAnalysisRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.CallAnalysisResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,8 +342,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/NeverAttended',
-            proto_dot_callsight_dot_v1_dot_report__pb2.NeverAttendedRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.NeverAttendedResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.NeverAttendedRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.NeverAttendedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -369,8 +369,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/NotPickedByClient',
-            proto_dot_callsight_dot_v1_dot_report__pb2.NotPickedByClientRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.NotPickedByClientResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.NotPickedByClientRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.NotPickedByClientResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -396,8 +396,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/UniqueClients',
-            proto_dot_callsight_dot_v1_dot_report__pb2.UniqueClientsRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.UniqueClientsResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.UniqueClientsRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.UniqueClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -423,8 +423,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/HourlyAnalytics',
-            proto_dot_callsight_dot_v1_dot_report__pb2.HourlyAnalyticsRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.HourlyAnalyticsResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.HourlyAnalyticsRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.HourlyAnalyticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -450,8 +450,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/DaywiseAnalytics',
-            proto_dot_callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.DaywiseAnalyticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -477,8 +477,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/WorkingHours',
-            proto_dot_callsight_dot_v1_dot_report__pb2.WorkingHoursRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.WorkingHoursResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.WorkingHoursRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.WorkingHoursResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -504,8 +504,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/CallHistory',
-            proto_dot_callsight_dot_v1_dot_report__pb2.CallHistoryRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.CallHistoryResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.CallHistoryRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.CallHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -531,8 +531,8 @@ class ReportService:
             request,
             target,
             '/callsight.v1.ReportService/LeadActivity',
-            proto_dot_callsight_dot_v1_dot_report__pb2.LeadActivityRequest.SerializeToString,
-            proto_dot_callsight_dot_v1_dot_report__pb2.LeadActivityResponse.FromString,
+            callsight_dot_v1_dot_report__pb2.LeadActivityRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.LeadActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,9 @@
 isort:skip_file
 Call analytics computed inside ClickHouse."""
 
+from callsight.v1 import report_pb2 as _report_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
-from proto.callsight.v1 import report_pb2 as _report_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

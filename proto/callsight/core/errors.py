@@ -1,7 +1,7 @@
 """The project's exception hierarchy.
 
-It lives in the lowest layer so that storage, pipeline and server all raise the same types;
-``server/errors.py`` maps each class to a gRPC status in one place.
+It lives in the core, below every layer, so that storage, pipeline and server all raise the same
+types; ``callsight.server.errors`` maps each class to a gRPC status in one place.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class Unavailable(CallsightError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Unimplemented(CallsightError):
+    """The RPC belongs to a capability not built yet."""
 
 
 class StorageError(CallsightError):

@@ -1,6 +1,7 @@
 """The server under load as a child process, and a sampler of its CPU time and memory.
 
-``ServerProcess`` runs ``python -m server serve`` on a free port with its own data directory,
+``ServerProcess`` runs ``python -m callsight.server serve`` on a free port with its own data
+directory,
 operator token and master key, waits for the "serving" log line and keeps draining stderr so the
 child never blocks on a full pipe. ``ProcessSampler`` polls a pid with psutil in a thread.
 """
@@ -75,7 +76,7 @@ class ServerProcess:
             "CALLSIGHT_MASTER_KEY": base64.b64encode(self.master_key).decode(),
             **self._env,
         }
-        command = [sys.executable, "-m", "server", "serve", "--listen", f"{self.host}:0"]
+        command = [sys.executable, "-m", "callsight.server", "serve", "--listen", f"{self.host}:0"]
         command += ["--data-dir", str(self.data_dir), *self._args]
         self._serving.clear()
         self._proc = subprocess.Popen(

@@ -1,0 +1,1 @@
+"""What every layer may import: the error hierarchy and the clock. Imports nothing of callsight."""
