@@ -8,7 +8,7 @@ INSTALLED := $(shell (cat pyproject.toml; find proto/callsight server pipeline s
 	-name '*.py' -o -name '*.pyi' -o -name '*.sql' -o -name py.typed | sort) | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(INSTALLED)
 
-.PHONY: serve test lint typecheck proto proto-check pytest bench clean
+.PHONY: serve test lint typecheck layers proto proto-check pytest bench clean
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ venv: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/callsight serve
 
-test: $(STAMP) lint typecheck proto-check pytest
+test: $(STAMP) lint typecheck layers proto-check pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The import contracts in pyproject.toml: server -> pipeline -> storage -> core, never upwards.
+layers: $(STAMP)
+	$(BIN)/lint-imports
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
@@ -43,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python -m callsight.loadtest bench
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data build

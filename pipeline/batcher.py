@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import structlog
-from callsight.pipeline.settings import PipelineSettings
-from callsight.storage.writer import Sink
 
 from callsight.core.errors import InvalidArgument, Unavailable
+from callsight.pipeline.settings import PipelineSettings
+from callsight.storage.writer import Sink
 
 log = structlog.get_logger(__name__)
 

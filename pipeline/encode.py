@@ -23,6 +23,7 @@ from typing import Generic, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+
 from callsight.pipeline.crypto import Keyring, TenantCipher
 from callsight.pipeline.phone import PhoneNormalizer
 from callsight.pipeline.validate import (
@@ -35,7 +36,6 @@ from callsight.pipeline.validate import (
     validate_contacts,
     validate_telemetry,
 )
-
 from callsight.v1 import ingest_pb2
 
 DEFAULT_CACHE_ENTRIES = 200_000

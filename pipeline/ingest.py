@@ -16,15 +16,14 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from callsight.core.clock import SYSTEM_CLOCK, Clock
+from callsight.core.errors import Unavailable
 from callsight.pipeline.batcher import Batcher
 from callsight.pipeline.budget import ByteBudget
 from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
 from callsight.pipeline.encode import NumberCodec, Source, decode
 from callsight.pipeline.settings import PipelineSettings
 from callsight.storage.writer import Sink
-
-from callsight.core.clock import SYSTEM_CLOCK, Clock
-from callsight.core.errors import Unavailable
 from callsight.v1 import ingest_pb2
 
 RETRY_AFTER_S = 0.5

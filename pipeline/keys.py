@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from callsight.core.errors import NotFound
 from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key, unwrap_key, wrap_key
 from callsight.storage.directory import Directory
-
-from callsight.core.errors import NotFound
 
 FIRST_KEY_ID = 1
 

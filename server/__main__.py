@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 
 import uvloop
+
+from callsight.core.errors import ConfigError
 from callsight.server import config as config_module
 from callsight.server import logs
 from callsight.server.app import Service
-
-from callsight.core.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,9 @@ from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
+
+from callsight.core.clock import Clock
+from callsight.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from callsight.pipeline import phone
 from callsight.pipeline.crypto import Keyring
 from callsight.pipeline.keys import TenantKeys
@@ -22,9 +25,6 @@ from callsight.server.auth import current_caller as caller
 from callsight.storage import leads, privacy
 from callsight.storage.database import Database
 from callsight.storage.directory import ApiKey, Directory, Employee, Enrollment, Tenant
-
-from callsight.core.clock import Clock
-from callsight.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"

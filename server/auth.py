@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from enum import Enum
 from hashlib import sha256
 
-from callsight.storage.directory import ApiKey, Device, Directory
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from callsight.core.errors import PermissionDenied, Unauthenticated
+from callsight.storage.directory import ApiKey, Device, Directory
 
 API_KEY_PREFIX = "csk"
 DEVICE_PREFIX = "csd"

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus, urlsplit
 
-from callsight.pipeline.settings import PipelineSettings
-
 from callsight.core.errors import ConfigError
+from callsight.pipeline.settings import PipelineSettings
 
 __all__ = ["Config", "Secret", "build_arg_parser", "describe", "load"]
 

@@ -8,6 +8,9 @@ from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
+
+from callsight.core.clock import Clock
+from callsight.core.errors import InvalidArgument, Unauthenticated
 from callsight.pipeline.encode import Source
 from callsight.pipeline.ingest import Ingestor, Ticket
 from callsight.pipeline.keys import TenantKeys
@@ -23,9 +26,6 @@ from callsight.server.auth import (
     split_token,
 )
 from callsight.storage.directory import Device, Directory, Tenant
-
-from callsight.core.clock import Clock
-from callsight.core.errors import InvalidArgument, Unauthenticated
 from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"

@@ -15,6 +15,9 @@ from typing import Any, TypeAlias
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
+
+from callsight.core.errors import CallsightError, InvalidArgument, Unavailable
 from callsight.server.auth import (
     Access,
     Authenticator,
@@ -24,9 +27,6 @@ from callsight.server.auth import (
     set_caller,
 )
 from callsight.server.errors import client_message, redact, status_code, trailing_metadata
-from google.protobuf.message import DecodeError
-
-from callsight.core.errors import CallsightError, InvalidArgument, Unavailable
 
 log = structlog.get_logger("callsight.rpc")
 

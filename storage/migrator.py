@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from importlib import resources
 
 import structlog
+
 from callsight.storage.database import Database
 
 log = structlog.get_logger(__name__)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import pyarrow as pa
+
 from callsight.storage.database import Database
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from callsight.server import logs
 from callsight.server.app import Service
 from callsight.server.config import Config, Secret

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pyarrow as pa
-from callsight.storage.writer import Sink
 
 from callsight.core.errors import StorageError
+from callsight.storage.writer import Sink
 
 
 class FaultInjectingWriter:

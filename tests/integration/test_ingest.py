@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+
 from callsight.server.app import Service
 from callsight.storage.database import Database
-
 from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests.integration.calls import (
     BASE_MS,

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import grpc
-from callsight.server.app import Service
-from callsight.storage.database import Database
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from callsight.server.app import Service
+from callsight.storage.database import Database
 from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
 from tests.conftest import OPERATOR_TOKEN, make_config, master_key_b64
 from tests.integration.calls import batch, call

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from callsight.storage.database import Database
-from callsight.storage.writer import Writer
 
 from callsight.core.errors import StorageError
+from callsight.storage.database import Database
+from callsight.storage.writer import Writer
 from tests.faults import FaultInjectingWriter
 
 TABLE = "writer_events"

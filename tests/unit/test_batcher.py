@@ -9,11 +9,11 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+
+from callsight.core.errors import InvalidArgument, Unavailable
 from callsight.pipeline.batcher import Batcher
 from callsight.pipeline.settings import PipelineSettings
 from callsight.server.config import Config
-
-from callsight.core.errors import InvalidArgument, Unavailable
 from tests.faults import FaultInjectingWriter
 
 LONG_MS = 60_000  # an age limit no test reaches

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from callsight.pipeline.budget import ByteBudget
 
 from callsight.core.errors import Unavailable
+from callsight.pipeline.budget import ByteBudget
 
 
 async def settle() -> None:

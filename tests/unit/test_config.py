@@ -10,9 +10,9 @@ import pickle
 from pathlib import Path
 
 import pytest
-from callsight.server.config import Config, Secret, build_arg_parser, describe, load
 
 from callsight.core.errors import ConfigError
+from callsight.server.config import Config, Secret, build_arg_parser, describe, load
 
 TOKEN = "op-token-0123456789-abcdef"
 KEY = bytes(range(32))

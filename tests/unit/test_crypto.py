@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+
+from callsight.core.errors import CallsightError
 from callsight.pipeline.crypto import (
     DecryptError,
     Keyring,
@@ -11,8 +13,6 @@ from callsight.pipeline.crypto import (
     unwrap_key,
     wrap_key,
 )
-
-from callsight.core.errors import CallsightError
 
 NUMBER = "+919876543210"
 

@@ -4,14 +4,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import callsight.pipeline.phone
 import numpy as np
 import pyarrow as pa
 import pytest
+
+import callsight.pipeline.phone
 from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
 from callsight.pipeline.encode import Decoded, NumberCodec, Source, decode
 from callsight.pipeline.validate import MAX_BATCH_BYTES, MAX_RECORDS, BatchRejected
-
 from callsight.v1 import ingest_pb2
 
 NOW = 1_700_000_000_000

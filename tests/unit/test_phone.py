@@ -3,10 +3,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from callsight.pipeline import phone
-from callsight.pipeline.phone import InvalidNumber, PhoneNormalizer, is_known_region, normalize
 
 from callsight.core.errors import InvalidArgument
+from callsight.pipeline import phone
+from callsight.pipeline.phone import InvalidNumber, PhoneNormalizer, is_known_region, normalize
 
 
 @pytest.mark.parametrize(

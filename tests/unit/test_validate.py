@@ -4,6 +4,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from callsight.core.errors import InvalidArgument
 from callsight.pipeline.validate import (
     MAX_BATCH_BYTES,
     MAX_RECORDS,
@@ -13,8 +15,6 @@ from callsight.pipeline.validate import (
     validate_contacts,
     validate_telemetry,
 )
-
-from callsight.core.errors import InvalidArgument
 from callsight.v1 import ingest_pb2
 
 NOW = 1_700_000_000_000
