@@ -28,10 +28,11 @@ from typing import Any, Protocol
 
 import grpc
 import uvloop
-from callsight.loadtest.bootstrap import DeviceIdentity, auth
+
+from callsight.loadtest.bootstrap import DeviceIdentity
+from callsight.loadtest.common import auth, cpu_s
 from callsight.loadtest.histogram import Histogram
 from callsight.loadtest.workload import DeviceTruth, DeviceWorkload, WorkloadSpec, device_workload
-
 from callsight.v1 import ingest_pb2
 
 STREAM_METHOD = "/callsight.v1.IngestService/Stream"
@@ -98,6 +99,37 @@ class WorkerResult:
     resent: int = 0  # batches sent again after an error, stall or reconnect
     peak_streams: int = 0
     devices_failed: int = 0
+
+    @classmethod
+    def merged(cls, results: Sequence[WorkerResult]) -> WorkerResult:
+        """One result for every client process: sums, merged histograms and timelines."""
+        out = cls()
+        for r in results:
+            for name in SUMMED:
+                setattr(out, name, getattr(out, name) + getattr(r, name))
+            out.errors.update(r.errors)
+            out.failures += r.failures[: max(0, Recorder.MAX_FAILURES - len(out.failures))]
+            out.latency_us.merge(r.latency_us)
+            for key, second in r.timeline.items():
+                mine = out.timeline.setdefault(key, Second())
+                mine.records += second.records
+                mine.batches += second.batches
+                mine.errors += second.errors
+                mine.latency_us.merge(second.latency_us)
+            out.first_send = min(out.first_send, r.first_send)
+            out.last_ack = max(out.last_ack, r.last_ack)
+            out.peak_rss_mb = max(out.peak_rss_mb, r.peak_rss_mb)
+            out.generation_s = max(out.generation_s, r.generation_s)
+        return out
+
+
+# The fields of WorkerResult that add up across processes.
+# fmt: off
+SUMMED = [
+    "devices", "records", "batches", "accepted", "updated", "duplicates", "rejected", "cpu_s",
+    "sessions", "reconnects", "resent", "peak_streams", "devices_failed",
+]
+# fmt: on
 
 
 class Recorder:
@@ -414,11 +446,6 @@ async def _final_status(
         return "CLIENT_STATE", f"{type(exc).__name__}: {exc}"
 
 
-def _own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -492,10 +519,10 @@ class ClientProcess:
         delay = start - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        cpu = _own_cpu_s()
+        cpu = cpu_s()
         await asyncio.gather(*(agent.run() for agent in agents))
         result = recorder.result
-        result.cpu_s = _own_cpu_s() - cpu
+        result.cpu_s = cpu_s() - cpu
         result.devices = len(agents)
         result.peak_rss_mb = _peak_rss_mb()
         return result

@@ -16,20 +16,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+
+from callsight.loadtest.common import Say, auth
 from callsight.loadtest.generate import FIRST_NAMES, SURNAMES
 from callsight.loadtest.workload import KINDS
-
 from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
-Metadata = tuple[tuple[str, str], ...]
-Say = Callable[[str], None]
 TAGS = ("sales", "support", "collections")
 KICKERS = 8  # warm-up batches held back to restart stuck loads (see warm_up)
-
-
-def auth(token: str) -> Metadata:
-    """gRPC metadata carrying a bearer token."""
-    return (("authorization", f"Bearer {token}"),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,108 +1,93 @@
-"""The raw rates of the stages callsight cannot beat, measured on the same serialised batches.
+"""The white box: rates of the stages callsight cannot beat, and counts only the database knows.
 
 Run ``python -m callsight.loadtest ceilings [--devices 50] [--batches-per-device 20] [--streams 8]
-[--out loadtest/results/ceilings.json]``; from Python, ``measure_ceilings(batches)``.
+[--out loadtest/results/ceilings.json]``; from Python, ``measure_ceilings(batches)``. Everything
+else in ``loadtest`` speaks only the contract; this module uses the product's public seams
+(``pipeline.encode.decode``, ``storage.database.Database``, ``storage.migrator.migrate``).
 
-* transport: a trivial ``IngestService/Stream`` servicer in a child process (grpc.aio on uvloop,
-  the server's message limits) parses each UploadRequest and acks it at once; the batches go out
-  pre-serialised on several concurrent streams, each with at most ``window`` un-acked, as a fleet
-  sends them. Records/s counts the records the acks report, from the first send to the last ack,
-  in the fastest of as many passes over the batches as fit in ``min_transport_s``.
+* transport: the fleet's own client (``loadtest.agent``) streams the batches pre-serialised, on
+  ``streams`` concurrent streams with at most ``window`` un-acked each, to a trivial
+  ``IngestService/Stream`` servicer in a child process (this module run as a script) that parses
+  each UploadRequest and acks it at once. Records/s counts acked records from the first send to
+  the last ack, in the fastest of as many passes as fit in ``min_transport_s``.
 * decode: ``UploadRequest.FromString`` over every batch on one core; the fastest of as many
   passes as fit in ``min_decode_s``.
-* encode (not a ceiling, for reference): ``pipeline.encode.decode`` of every batch with one
-  cold NumberCodec (validate, normalise, encrypt), one core.
-* insert: the same rows, decoded by ``pipeline.encode.decode``, inserted straight into a fresh
-  chDB database made by ``storage.migrator.migrate`` (materialised views included), in
-  ``insert_rows``-row inserts: column-oriented ``client.insert`` of Python lists (building the
-  lists is not timed) and ``client.insert_arrow``. chDB allows one data path per process, so
-  this runs in a spawned child with a temporary path of its own.
+* encode (not a ceiling, for reference): ``pipeline.encode.decode`` of every batch on one core
+  (validate, normalise, encrypt), with a cold NumberCodec and again with the same, warm one.
+* insert: the encoded rows inserted straight into fresh chDB databases made by
+  ``storage.migrator.migrate`` (materialised views included), in ``insert_rows``-row inserts:
+  column-oriented ``client.insert`` of Python lists (building the lists is not timed),
+  ``client.insert_arrow``, and ``insert_arrow`` with an ``insert_deduplication_token`` as the
+  server's writer does. chDB allows one data path per process, so this runs in a spawned child.
 
-The stages run one after the other so they do not compete for the same cores. Decode and
-transport are short, so they repeat and keep their fastest pass: on a shared machine that is the
-least disturbed one, and a ceiling is an upper bound. Each insert runs once, into an empty table.
+The stages run one after the other so they do not compete for the same cores; decode and
+transport repeat and keep their fastest pass (a ceiling is an upper bound). ``counts_in_child``
+counts a tenant's rows in a server's database (``FINAL``) for the fleet's verification: no RPC
+tells contacts or telemetry.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import sys
 import tempfile
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
-import psutil
 import pyarrow as pa
 import structlog
 import uvloop
-from callsight.loadtest.generate import FleetSpec, fleet_batches
-from callsight.loadtest.histogram import Histogram
-from callsight.loadtest.jsonfile import write_json
+from clickhouse_connect.driver.client import Client
+
+from callsight.loadtest.agent import SLOTS, AgentOptions, ClientProcess, WorkerResult
+from callsight.loadtest.bootstrap import DeviceIdentity
+from callsight.loadtest.common import MiB, Say, aligned, num, say, write_json
+from callsight.loadtest.generate import FleetSpec, fleet_batches, interleave
+from callsight.loadtest.harness import ProcessSampler, ServerError, ServerProcess
+from callsight.loadtest.verify import Counts, type_name
+from callsight.loadtest.workload import Batch, DeviceTruth, DeviceWorkload, WorkloadSpec
+from callsight.loadtest.workload import fleet_payloads as workload_payloads
 from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
 from callsight.pipeline.encode import NumberCodec, Source, decode
 from callsight.pipeline.validate import BatchRejected
 from callsight.storage.database import Database, connect
 from callsight.storage.migrator import migrate
-from clickhouse_connect.driver.client import Client
-
 from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 
-STREAM_METHOD = "/callsight.v1.IngestService/Stream"
 INSERT_ROWS = 50_000  # rows per insert: the server's default --batch-max-rows
 STREAMS = 8
 WINDOW = 8
 MIN_DECODE_S = 1.0
 MIN_TRANSPORT_S = 3.0
 STALL_S = 60.0  # a transport stream that gets no ack for this long fails the measurement
-# The real server's limit (server.app.MAX_MESSAGE_BYTES), without importing the server.
+# The real server's limit (server.app.MAX_MESSAGE_BYTES).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_OUT = Path("loadtest/results/ceilings.json")
-MiB = 1024 * 1024
+INSERTS = ("columns", "arrow", "arrow_token")  # the ways rows are inserted, each timed
 
-Metadata = tuple[tuple[str, str], ...]
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 class CeilingError(RuntimeError):
-    """A ceiling could not be measured (the trivial server did not start, a stream stalled)."""
-
-
-def _raw(payload: bytes) -> bytes:
-    """The request serialiser of pre-serialised batches: they go out as they are."""
-    return payload
+    """A ceiling could not be measured (the trivial server did not start, a batch was lost)."""
 
 
 def record_count(request: ingest_pb2.UploadRequest) -> int:
     """Records in a batch, whichever payload it carries."""
     kind = request.WhichOneof("payload")
-    if kind == "calls":
-        return len(request.calls.records)
-    if kind == "contacts":
-        return len(request.contacts.records)
-    if kind == "telemetry":
-        return len(request.telemetry.records)
-    return 0
-
-
-def interleave(per_device: Sequence[Sequence[bytes]]) -> list[bytes]:
-    """Every device's batches in one list, in the order they would arrive: round by round."""
-    rounds = max(map(len, per_device), default=0)
-    return [batches[i] for i in range(rounds) for batches in per_device if i < len(batches)]
+    return len(getattr(request, kind).records) if kind else 0
 
 
 # --- decode -------------------------------------------------------------------------------------
@@ -170,215 +155,76 @@ class TrivialIngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             yield _ack(request)
 
 
-async def _serve_trivial(port_out: Connection, stop: Event) -> None:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+async def serve_trivial(listen: str) -> None:
+    """Serves the trivial servicer on ``listen`` until killed; logs the "serving" line."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(TrivialIngestServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(listen)
     await server.start()
-    port_out.send(port)
-    await asyncio.to_thread(stop.wait)
-    await server.stop(1.0)
-
-
-def trivial_server_main(port_out: Connection, stop: Event) -> None:
-    """Entry point of the trivial server's process: serves until ``stop`` is set."""
-    uvloop.run(_serve_trivial(port_out, stop))
-
-
-class TrivialServer:
-    """The trivial servicer in a spawned child process, on a port of the OS's choosing."""
-
-    def __init__(self) -> None:
-        self._ctx = mp.get_context("spawn")  # forking a process that used grpc is unsafe
-        self._stop = self._ctx.Event()
-        self._proc: mp.process.BaseProcess | None = None
-        self.port = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None or self._proc.pid is None:
-            raise CeilingError("the trivial server was not started")
-        return self._proc.pid
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        receive, send = self._ctx.Pipe(duplex=False)
-        self._proc = self._ctx.Process(
-            target=trivial_server_main, args=(send, self._stop), daemon=True
-        )
-        self._proc.start()
-        send.close()
-        try:
-            if not receive.poll(timeout_s):
-                raise EOFError
-            self.port = int(receive.recv())
-        except EOFError:  # the child died or hung before it bound the port
-            self.close()
-            raise CeilingError("the trivial gRPC server did not start") from None
-        finally:
-            receive.close()
-
-    def close(self) -> None:
-        if self._proc is None:
-            return
-        self._stop.set()
-        self._proc.join(timeout=10)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
-        self._proc = None
-
-    def __enter__(self) -> TrivialServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    print(json.dumps({"event": "serving", "port": port}), file=sys.stderr, flush=True)
+    await server.wait_for_termination()
 
 
 @dataclass(slots=True)
 class TransportResult:
-    """What the transport clients saw in their fastest pass over the batches."""
+    """The client's figures in the fastest pass over the batches."""
 
-    records: int = 0  # as the acks report them
-    acks: int = 0
-    rejected: int = 0  # acks that were not ACCEPTED
-    first_send: float = float("inf")
-    last_ack: float = 0.0
-    latency_us: Histogram = field(default_factory=Histogram)
-    client_cpu_s: float = 0.0
-    server_cpu_s: float = float("nan")  # when the server's pid was given
-    passes: int = 1  # passes made; the figures are those of the fastest
+    client: WorkerResult = field(default_factory=WorkerResult)
+    server_cpu_s: float = float("nan")
+    passes: int = 1
 
     @property
     def wall_s(self) -> float:
-        wall = self.last_ack - self.first_send
+        wall = self.client.last_ack - self.client.first_send
         return wall if wall > 0 else float("nan")
 
     @property
     def records_per_s(self) -> float:
-        return self.records / self.wall_s
+        return self.client.records / self.wall_s
 
 
-async def _stream(
-    method: grpc.aio.StreamStreamMultiCallable[bytes, ingest_pb2.UploadAck],
-    batches: Sequence[bytes],
-    window: int,
-    result: TransportResult,
-    metadata: Metadata,
-) -> None:
-    """One stream: at most ``window`` batches un-acked; acks come back in request order."""
-    call = method(metadata=metadata)
-    credits = asyncio.Semaphore(window)
-    sent_at: deque[float] = deque()
-
-    async def send() -> None:
-        for payload in batches:
-            await credits.acquire()
-            now = time.monotonic()
-            sent_at.append(now)
-            result.first_send = min(result.first_send, now)
-            await call.write(payload)
-        await call.done_writing()
-
-    sender = asyncio.create_task(send())
-    try:
-        for _ in batches:
-            ack = await asyncio.wait_for(call.read(), STALL_S)
-            if not isinstance(ack, ingest_pb2.UploadAck):  # grpc.aio.EOF
-                raise CeilingError(f"a stream ended after {result.acks} acks in all")
-            now = time.monotonic()
-            result.latency_us.record(round((now - sent_at.popleft()) * 1e6))
-            result.last_ack = max(result.last_ack, now)
-            result.acks += 1
-            result.records += ack.accepted
-            result.rejected += ack.result != ingest_pb2.UPLOAD_RESULT_ACCEPTED
-            credits.release()
-        await sender
-    finally:
-        sender.cancel()
-        call.cancel()
+def stream_workloads(batches: Sequence[bytes], streams: int) -> list[DeviceWorkload]:
+    """Batch ``i`` on stream ``i % streams``, its seq renumbered to count up on its stream."""
+    per_stream: list[list[Batch]] = [[] for _ in range(max(1, min(streams, len(batches))))]
+    for i, payload in enumerate(batches):
+        request = ingest_pb2.UploadRequest.FromString(payload)
+        mine = per_stream[i % len(per_stream)]
+        request.seq = len(mine) + 1
+        kind = request.WhichOneof("payload") or "calls"
+        mine.append(Batch(request.seq, kind, record_count(request), request.SerializeToString()))
+    return [DeviceWorkload(i, b, DeviceTruth(), 0.0) for i, b in enumerate(per_stream)]
 
 
-async def stream_batches(
-    address: str,
-    batches: Sequence[bytes],
-    *,
-    streams: int = STREAMS,
-    window: int = WINDOW,
-    metadata: Metadata = (),
-    min_time_s: float = 0.0,
-    server_pid: int | None = None,
+async def _transport(
+    address: str, workloads: list[DeviceWorkload], window: int, min_time_s: float, pid: int
 ) -> TransportResult:
-    """Sends every batch to ``address`` on ``streams`` concurrent streams (batch ``i`` on
-    stream ``i % streams``) and counts the acks; repeats such passes over one channel until
-    ``min_time_s`` has passed (at least one) and returns the fastest."""
-    streams = max(1, min(streams, len(batches)))
+    client = ClientProcess(
+        address, AgentOptions(window=window, stall_s=STALL_S, channels=1), [0] * SLOTS, 0
+    )
+    devices = [
+        (DeviceIdentity(w.device, 0, "", 0, "", f"stream {w.device}", ""), w) for w in workloads
+    ]
+    batches = sum(len(w.batches) for w in workloads)
     best: TransportResult | None = None
     passes = 0
-    async with grpc.aio.insecure_channel(
-        address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-    ) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-        method = channel.stream_stream(
-            STREAM_METHOD,
-            request_serializer=_raw,
-            response_deserializer=ingest_pb2.UploadAck.FromString,
-        )
+    await client.connect()
+    try:
         deadline = time.monotonic() + min_time_s
         while passes == 0 or time.monotonic() < deadline:
-            result = TransportResult()
-            cpu = _own_cpu_s()
-            server_cpu = _process_cpu_s(server_pid)
-            await asyncio.gather(
-                *(
-                    _stream(method, batches[i::streams], window, result, metadata)
-                    for i in range(streams)
-                )
-            )
-            result.client_cpu_s = _own_cpu_s() - cpu
-            result.server_cpu_s = _process_cpu_s(server_pid) - server_cpu
+            sampler = ProcessSampler(pid)
+            sampler.start()
+            result = await client.run(devices, WorkloadSpec(), time.monotonic())
+            measured = TransportResult(result, sampler.stop().cpu_s)
             passes += 1
-            if result.acks != len(batches):  # a pass that lost a batch disqualifies the rest
-                return result
-            if best is None or result.wall_s < best.wall_s:
-                best = result
+            if result.batches != batches or result.errors:  # a lost batch disqualifies the rest
+                return measured
+            if best is None or measured.wall_s < best.wall_s:
+                best = measured
+    finally:
+        await client.close()
     assert best is not None
     best.passes = passes
     return best
-
-
-def _own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _process_cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return float("nan")
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return float("nan")
-    return float(times.user + times.system)
-
-
-def _run_coroutine(make: Callable[[], TransportResult]) -> TransportResult:
-    """Runs ``make`` here, or on a thread when this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return make()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(make).result()
 
 
 def transport_ceiling(
@@ -389,41 +235,39 @@ def transport_ceiling(
     min_time_s: float = MIN_TRANSPORT_S,
 ) -> TransportResult:
     """Streams the batches to a trivial servicer in a child process; see the module doc."""
-    with TrivialServer() as server:
-
-        def go() -> TransportResult:
-            return uvloop.run(
-                stream_batches(
-                    server.address,
-                    batches,
-                    streams=streams,
-                    window=window,
-                    min_time_s=min_time_s,
-                    server_pid=server.pid,
-                )
-            )
-
-        return _run_coroutine(go)
+    workloads = stream_workloads(batches, streams)
+    work = Path(tempfile.mkdtemp(prefix="callsight-trivial-"))
+    server = ServerProcess(work, module="callsight.loadtest.ceilings")
+    try:
+        try:
+            server.start(timeout_s=60)
+        except ServerError as exc:
+            raise CeilingError(f"the trivial gRPC server did not start: {exc}") from None
+        return uvloop.run(_transport(server.address, workloads, window, min_time_s, server.pid))
+    finally:
+        server.kill()
+        shutil.rmtree(work, ignore_errors=True)
 
 
-# --- inserts ------------------------------------------------------------------------------------
+# --- encode and inserts -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class InsertResult:
-    rows: int  # rows decoded and inserted, every table
+    rows: int  # rows encoded and inserted, every table
     inserts: int
-    encode_s: float
-    columns_s: float
-    arrow_s: float
-    written: tuple[int, int]  # rows ClickHouse reports written by the (columns, Arrow) inserts
-    stored: tuple[int, int]  # rows counted in the tables afterwards (merges may collapse some)
+    encode_s: float  # a cold NumberCodec
+    encode_warm_s: float  # the same codec, having seen every batch once
+    seconds: dict[str, float]  # by way of inserting (INSERTS)
+    written: dict[str, int]  # rows ClickHouse reports written, by way
+    stored: dict[str, int]  # rows counted in the tables afterwards (merges may collapse some)
 
 
-def decoded_tables(
+def encoded_tables(
     batches: Sequence[bytes], now_ms: int
-) -> tuple[dict[str, list[pa.Table]], float]:
-    """The rows the server would write, by table, and the seconds ``decode`` took for them.
+) -> tuple[dict[str, list[pa.Table]], float, float]:
+    """The rows the server would write, by table, and the seconds ``decode`` took for them with
+    a cold codec and again with the same, warm one.
 
     Batches are attributed to devices by their batch id's prefix (``d7-b3`` is device ``d7``),
     as one tenant with one data key; ids are made up, stable per device. Batches decode refuses
@@ -443,14 +287,18 @@ def decoded_tables(
         requests.append((sources[device], request))
     codec = NumberCodec()
     tables: dict[str, list[pa.Table]] = {}
-    started = time.perf_counter()
-    for source, request in requests:
-        try:
-            decoded = decode(request, source, codec, now_ms)
-        except BatchRejected:
-            continue
-        tables.setdefault(decoded.table, []).append(decoded.rows)
-    return tables, time.perf_counter() - started
+    seconds = []
+    for _ in range(2):
+        tables.clear()
+        started = time.perf_counter()
+        for source, request in requests:
+            try:
+                decoded = decode(request, source, codec, now_ms)
+            except BatchRejected:
+                continue
+            tables.setdefault(decoded.table, []).append(decoded.rows)
+        seconds.append(time.perf_counter() - started)
+    return tables, seconds[0], seconds[1]
 
 
 def chunk_tables(tables: Sequence[pa.Table], rows: int) -> list[pa.Table]:
@@ -470,71 +318,57 @@ def _fresh_client(dsn: str, database: str) -> Client:
     return connect(dsn, database)
 
 
-Chunks = list[tuple[str, pa.Table]]  # (table name, rows) per insert
-
-
-def _insert_columns(client: Client, chunks: Chunks) -> tuple[float, int]:
-    spent = 0.0
-    written = 0
-    for table, chunk in chunks:
-        columns = [column.to_pylist() for column in chunk.columns]  # not timed
-        started = time.perf_counter()
-        summary = client.insert(
-            table, columns, column_names=chunk.column_names, column_oriented=True
-        )
-        spent += time.perf_counter() - started
-        written += summary.written_rows
-    return spent, written
-
-
-def _insert_arrow(client: Client, chunks: Chunks) -> tuple[float, int]:
-    written = 0
+def _insert(client: Client, way: str, table: str, rows: pa.Table, i: int) -> tuple[float, int]:
+    """One insert the ``way`` asks for: (seconds, rows written); building lists is not timed."""
+    columns = [column.to_pylist() for column in rows.columns] if way == "columns" else []
     started = time.perf_counter()
-    for table, chunk in chunks:
-        written += client.insert_arrow(table, chunk).written_rows
-    return time.perf_counter() - started, written
-
-
-def _stored(client: Client, tables: Iterable[str]) -> int:
-    return sum(client.query(f"SELECT count() FROM {t}").result_rows[0][0] for t in tables)
+    if way == "columns":
+        summary = client.insert(
+            table, columns, column_names=rows.column_names, column_oriented=True
+        )
+    else:
+        token = {"insert_deduplication_token": f"ceiling-{i}"} if way == "arrow_token" else None
+        summary = client.insert_arrow(table, rows, settings=token)
+    return time.perf_counter() - started, summary.written_rows
 
 
 def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -> InsertResult:
-    """Entry point of the insert child: decode, then time both inserts into fresh databases."""
+    """Entry point of the insert child: encode, then time each way of inserting, each into a
+    fresh database."""
     # The migrator logs every migration; only problems are worth showing here.
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    tables, encode_s = decoded_tables(batches, now_ms)
+    tables, encode_s, encode_warm_s = encoded_tables(batches, now_ms)
     chunks = [
-        (table, chunk)
-        for table, parts in tables.items()
-        for chunk in chunk_tables(parts, insert_rows)
+        (t, chunk) for t, parts in tables.items() for chunk in chunk_tables(parts, insert_rows)
     ]
     del tables
+    seconds, written, stored = {}, {}, {}
     work = tempfile.mkdtemp(prefix="callsight-ceilings-")
     try:
-        dsn = f"chdb://{work}/clickhouse"
-        columns = _fresh_client(dsn, "ceiling_columns")
-        arrow = _fresh_client(dsn, "ceiling_arrow")
-        try:
-            columns_s, columns_written = _insert_columns(columns, chunks)
-            arrow_s, arrow_written = _insert_arrow(arrow, chunks)
-            names = {table for table, _ in chunks}
-            stored = (_stored(columns, names), _stored(arrow, names))
-        finally:
-            columns.close()
-            arrow.close()
+        for way in INSERTS:
+            client = _fresh_client(f"chdb://{work}/clickhouse", f"ceiling_{way}")
+            try:
+                timed = [_insert(client, way, t, rows, i) for i, (t, rows) in enumerate(chunks)]
+                seconds[way] = sum(s for s, _ in timed)
+                written[way] = sum(n for _, n in timed)
+                stored[way] = sum(
+                    client.query(f"SELECT count() FROM {t}").result_rows[0][0]
+                    for t in {t for t, _ in chunks}
+                )
+            finally:
+                client.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return InsertResult(
         rows=sum(chunk.num_rows for _, chunk in chunks),
         inserts=len(chunks),
         encode_s=encode_s,
-        columns_s=columns_s,
-        arrow_s=arrow_s,
-        written=(columns_written, arrow_written),
+        encode_warm_s=encode_warm_s,
+        seconds=seconds,
+        written=written,
         stored=stored,
     )
 
@@ -542,11 +376,60 @@ def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -
 def insert_ceilings(
     batches: Sequence[bytes], *, insert_rows: int = INSERT_ROWS, now_ms: int | None = None
 ) -> InsertResult:
-    """Decodes the batches and times raw inserts of their rows, in a spawned child."""
+    """Encodes the batches and times raw inserts of their rows, in a spawned child."""
     if now_ms is None:
         now_ms = int(time.time() * 1000)
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(insert_child_main, list(batches), insert_rows, now_ms).result()
+
+
+# --- direct counts ------------------------------------------------------------------------------
+
+
+async def database_counts(db: Database, tenant_id: str) -> Counts:
+    """Direct counts of ``tenant_id``'s rows: calls FINAL by employee and type, and the rest."""
+    params = {"tenant": tenant_id}
+    rows = await db.query(
+        "SELECT employee_id, type, count() FROM calls FINAL WHERE tenant_id = {tenant:String}"
+        " GROUP BY employee_id, type",
+        params,
+    )
+    counts = Counts()
+    for employee_id, call_type, n in rows:
+        counts.calls += int(n)
+        counts.by_type[int(call_type)] += int(n)
+        mine = counts.by_employee.setdefault(str(employee_id), {})
+        mine[type_name(int(call_type))] = mine.get(type_name(int(call_type)), 0) + int(n)
+    for table in ("contacts", "telemetry"):
+        found = await db.query(
+            f"SELECT count() FROM {table} FINAL WHERE tenant_id = {{tenant:String}}", params
+        )
+        setattr(counts, table, int(found[0][0]))
+    raw = await db.query("SELECT count() FROM calls WHERE tenant_id = {tenant:String}", params)
+    counts.stored_call_rows = int(raw[0][0])
+    return counts
+
+
+async def all_database_counts(
+    dsn: str, database: str, tenant_ids: Sequence[str]
+) -> dict[str, Counts]:
+    """``database_counts`` for each tenant over one connection."""
+    db = Database(dsn, database)
+    try:
+        return {tenant_id: await database_counts(db, tenant_id) for tenant_id in tenant_ids}
+    finally:
+        db.close()
+
+
+def _counts_main(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Counts]:
+    return asyncio.run(all_database_counts(dsn, database, tenant_ids))
+
+
+def counts_in_child(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Counts]:
+    """``all_database_counts`` from a spawned process: chDB opens one data path per process, and
+    a stopped server's chDB is opened here after the run."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_counts_main, dsn, database, tenant_ids).result()
 
 
 # --- together -----------------------------------------------------------------------------------
@@ -565,110 +448,97 @@ def measure_ceilings(
     min_decode_s: float = MIN_DECODE_S,
     min_transport_s: float = MIN_TRANSPORT_S,
     now_ms: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Say | None = None,
 ) -> dict[str, float]:
     """Every ceiling on the same serialised batches, one stage after the other.
 
     Keys ending in ``_per_s`` are rates (records or rows per second); the others are the
     counts and seconds behind them. Raises CeilingError when the transport loses a batch.
     """
-    say = progress or (lambda _: None)
+    tell = progress or say
     parsed = decode_ceiling(batches, min_decode_s)
-    say(f"decode: {parsed.records_per_s:,.0f} records/s ({parsed.passes} passes)")
+    tell(f"decode: {parsed.records_per_s:,.0f} records/s ({parsed.passes} passes)")
     moved = transport_ceiling(batches, streams=streams, window=window, min_time_s=min_transport_s)
-    if moved.acks != len(batches) or moved.records != parsed.records:
+    sent = moved.client
+    if sent.batches != len(batches) or sent.records != parsed.records or sent.errors:
         raise CeilingError(
-            f"transport: {moved.acks} acks for {len(batches)} batches, "
-            f"{moved.records} records acked of {parsed.records}"
+            f"transport: {sent.batches} acks for {len(batches)} batches, {sent.records} records"
+            f" acked of {parsed.records}, errors {dict(sent.errors)} {sent.failures[:3]}"
         )
-    transport_rate = _rate(moved.records, moved.wall_s)
-    say(f"transport: {transport_rate:,.0f} records/s ({moved.passes} passes)")
+    tell(f"transport: {moved.records_per_s:,.0f} records/s ({moved.passes} passes)")
     inserted = insert_ceilings(batches, insert_rows=insert_rows, now_ms=now_ms)
-    if inserted.written != (inserted.rows, inserted.rows):
+    if set(inserted.written.values()) != {inserted.rows}:
         raise CeilingError(f"insert: {inserted.written} rows written of {inserted.rows} inserted")
-    say(
-        f"insert: {_rate(inserted.rows, inserted.columns_s):,.0f} rows/s columns, "
-        f"{_rate(inserted.rows, inserted.arrow_s):,.0f} rows/s Arrow"
-    )
-    latency = moved.latency_us.summary(scale=1e-3)
+    rates = {way: _rate(inserted.rows, inserted.seconds[way]) for way in INSERTS}
+    tell("insert: " + ", ".join(f"{way} {rate:,.0f} rows/s" for way, rate in rates.items()))
+    latency = sent.latency_us.summary(scale=1e-3)
     return {
         "records": parsed.records,
         "batches": len(batches),
         "wire_mib": sum(map(len, batches)) / MiB,
-        "transport_records_per_s": transport_rate,
-        "transport_batches_per_s": _rate(moved.acks, moved.wall_s),
-        "transport_acks": moved.acks,
-        "transport_records_acked": moved.records,
-        "transport_rejected": moved.rejected,
+        "transport_records_per_s": moved.records_per_s,
+        "transport_batches_per_s": _rate(sent.batches, moved.wall_s),
+        "transport_acks": sent.batches,
+        "transport_records_acked": sent.records,
+        "transport_rejected": sent.rejected,
         "transport_streams": max(1, min(streams, len(batches))),
         "transport_window": window,
         "transport_wall_s": moved.wall_s,
         "transport_passes": moved.passes,
         "transport_ack_p50_ms": latency["p50"],
         "transport_ack_p99_ms": latency["p99"],
-        "transport_client_cpu_s": moved.client_cpu_s,
+        "transport_client_cpu_s": sent.cpu_s,
         "transport_server_cpu_s": moved.server_cpu_s,
         "decode_records_per_s": parsed.records_per_s,
         "decode_best_pass_s": parsed.best_pass_s,
         "decode_passes": parsed.passes,
         "encode_records_per_s": _rate(inserted.rows, inserted.encode_s),
         "encode_s": inserted.encode_s,
+        "encode_warm_records_per_s": _rate(inserted.rows, inserted.encode_warm_s),
+        "encode_warm_s": inserted.encode_warm_s,
         "rows_inserted": inserted.rows,
         "insert_batch_rows": insert_rows,
         "inserts": inserted.inserts,
-        "insert_columns_rows_per_s": _rate(inserted.rows, inserted.columns_s),
-        "insert_columns_s": inserted.columns_s,
-        "insert_arrow_rows_per_s": _rate(inserted.rows, inserted.arrow_s),
-        "insert_arrow_s": inserted.arrow_s,
+        **{f"insert_{way}_rows_per_s": rate for way, rate in rates.items()},
+        **{f"insert_{way}_s": inserted.seconds[way] for way in INSERTS},
     }
 
 
-# The ceilings the end-to-end rate is compared with (loadtest.fleet has the same list).
-CEILING_KEYS = (
-    "transport_records_per_s",
-    "decode_records_per_s",
-    "insert_columns_rows_per_s",
-    "insert_arrow_rows_per_s",
-)
+def fleet_ceilings(spec: WorkloadSpec, devices: int) -> dict[str, float]:
+    """``measure_ceilings`` on a fleet's own batches, regenerated."""
+    return measure_ceilings(workload_payloads(spec, devices), now_ms=spec.now_ms)
 
 
-def ratios(records_per_s: float, ceilings: dict[str, float]) -> dict[str, float]:
-    """The end-to-end rate as a share of each ceiling, keyed by the ceiling's name without
-    ``_per_s`` (``transport_records``, ...); NaN where a ceiling is 0."""
-    return {
-        key.removesuffix("_per_s"): _rate(records_per_s, ceilings[key])
-        for key in CEILING_KEYS
-        if key in ceilings
-    }
-
-
-def table(ceilings: dict[str, float]) -> str:
+def table(c: dict[str, float]) -> str:
     """The ceilings as an aligned table."""
-    c = ceilings
-    lines = [
-        ("records / batches", f"{c['records']:,.0f} / {c['batches']:,.0f}"),
-        (
-            f"gRPC transport records/s ({c['transport_streams']:.0f} streams)",
-            f"{c['transport_records_per_s']:,.0f}",
-        ),
-        (
-            "  ack p50 / p99 ms",
-            f"{c['transport_ack_p50_ms']:.1f} / {c['transport_ack_p99_ms']:.1f}",
-        ),
-        (
-            "  client / server CPU s",
-            f"{c['transport_client_cpu_s']:.2f} / {c['transport_server_cpu_s']:.2f}",
-        ),
-        ("protobuf decode records/s (1 core)", f"{c['decode_records_per_s']:,.0f}"),
-        ("pipeline encode records/s (1 core)", f"{c['encode_records_per_s']:,.0f}"),
-        (
-            f"column insert rows/s ({c['insert_batch_rows']:,.0f}-row inserts)",
-            f"{c['insert_columns_rows_per_s']:,.0f}",
-        ),
-        ("Arrow insert rows/s", f"{c['insert_arrow_rows_per_s']:,.0f}"),
-    ]
-    width = max(len(name) for name, _ in lines)
-    return "\n".join(f"{name:<{width}}  {value:>18}" for name, value in lines)
+    return aligned(
+        [
+            ("records / batches", f"{num(c['records'])} / {num(c['batches'])}"),
+            (
+                f"gRPC transport records/s ({c['transport_streams']:.0f} streams)",
+                num(c["transport_records_per_s"]),
+            ),
+            (
+                "  ack p50 / p99 ms",
+                f"{num(c['transport_ack_p50_ms'], 1)} / {num(c['transport_ack_p99_ms'], 1)}",
+            ),
+            (
+                "  client / server CPU s",
+                f"{num(c['transport_client_cpu_s'], 2)} / {num(c['transport_server_cpu_s'], 2)}",
+            ),
+            ("protobuf decode records/s (1 core)", num(c["decode_records_per_s"])),
+            (
+                "pipeline encode records/s (1 core, cold / warm codec)",
+                f"{num(c['encode_records_per_s'])} / {num(c['encode_warm_records_per_s'])}",
+            ),
+            (
+                f"column insert rows/s ({c['insert_batch_rows']:,.0f}-row inserts)",
+                num(c["insert_columns_rows_per_s"]),
+            ),
+            ("Arrow insert rows/s", num(c["insert_arrow_rows_per_s"])),
+            ("Arrow insert + dedup token rows/s", num(c["insert_arrow_token_rows_per_s"])),
+        ]
+    )
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -698,15 +568,10 @@ def run(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     batches = interleave(fleet_batches(spec))
-    print(
+    say(
         f"generated {len(batches):,} batches of {spec.batch_size} calls "
-        f"in {time.perf_counter() - started:.1f} s (not measured)",
-        file=sys.stderr,
+        f"in {time.perf_counter() - started:.1f} s (not measured)"
     )
-
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     try:
         ceilings = measure_ceilings(
             batches,
@@ -714,34 +579,20 @@ def run(args: argparse.Namespace) -> int:
             streams=args.streams,
             window=args.window,
             now_ms=spec.now_ms,
-            progress=progress,
         )
     except CeilingError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
+        say(f"FAILED: {exc}")
         return 1
     print(table(ceilings))
-    result = {
-        "config": {
-            "devices": spec.devices,
-            "batches_per_device": spec.batches_per_device,
-            "batch_size": spec.batch_size,
-            "days": spec.days,
-            "seed": spec.seed,
-            "cpus": os.cpu_count(),
-        },
-        "ceilings": ceilings,
-    }
-    write_json(args.out, result)
-    print(f"wrote {args.out}", file=sys.stderr)
+    config = {k: getattr(spec, k) for k in ("devices", "batches_per_device", "batch_size", "days")}
+    write_json(
+        args.out,
+        {"config": config | {"seed": spec.seed, "cpus": os.cpu_count()}, "ceilings": ceilings},
+    )
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The same as ``python -m callsight.loadtest ceilings``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if (
+    __name__ == "__main__"
+):  # ``serve --listen HOST:0 ...``: the trivial server, run by ServerProcess
+    uvloop.run(serve_trivial(sys.argv[sys.argv.index("--listen") + 1]))

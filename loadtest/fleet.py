@@ -11,12 +11,14 @@
 3. Figures: records/s and batches/s from the first send to the last ack, ack latency in an
    HDR-style histogram, errors by status, client CPU (every client process), server CPU and
    peak RSS when the server's pid is known, a per-second timeline.
-4. Verification (``loadtest.verify``): the ground truth against CallSummary/EmployeeSummary and,
-   when the database can be reached, direct counts; the CLI exits 1 on any difference.
+4. Verification (``loadtest.verify``): the ground truth against CallSummary/EmployeeSummary and
+   the acks; the CLI exits 1 on any difference.
 
+A black box: only the contract, grpc and the load tester's own black-box modules are imported.
 ``run_fleet(FleetOptions)`` is the core, callable from Python (tests drive it on their own loop
-with ``client_processes=0``); ``add_arguments``/``run`` are the CLI, which can also spawn the
-server, count rows in its chDB once it has stopped, measure the ceilings and draw the timeline.
+with ``client_processes=0``); ``add_arguments`` and ``options_from_args`` are its flags. The
+command (``loadtest.suite.run_fleet_command``) adds what needs the white box: direct counts in
+the server's database and the ceilings (``loadtest.ceilings``).
 """
 
 from __future__ import annotations
@@ -24,28 +26,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import importlib
-import inspect
 import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import secrets
-import shutil
-import sys
-import tempfile
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
-import uvloop
+
 from callsight.loadtest.agent import (
     SLOTS,
     AgentOptions,
@@ -57,18 +50,12 @@ from callsight.loadtest.agent import (
     worker_main,
 )
 from callsight.loadtest.bootstrap import DeviceIdentity, TenantInfo, bootstrap, warm_up
-from callsight.loadtest.harness import ProcessSampler, ServerProcess, Usage
-from callsight.loadtest.jsonfile import write_json
-from callsight.loadtest.report_out import Progress, Say, say_stderr, table
-from callsight.loadtest.verify import (
-    Counts,
-    Verification,
-    all_database_counts,
-    database_counts_main,
-    ground_truth,
-    report_counts,
-)
-from callsight.loadtest.workload import DeviceTruth, WorkloadSpec, fleet_payloads
+from callsight.loadtest.common import MiB, Say, cpu_s
+from callsight.loadtest.common import say as say_stderr
+from callsight.loadtest.harness import ProcessSampler, Usage
+from callsight.loadtest.report_out import Progress
+from callsight.loadtest.verify import Verification, ground_truth, report_counts
+from callsight.loadtest.workload import DeviceTruth, WorkloadSpec
 
 DEFAULT_OUT = Path("loadtest/results/fleet.json")
 CEILING_KEYS = (
@@ -87,7 +74,6 @@ FATAL_ERRORS = (
     "UNEXPECTED_ACK",
 )
 DEDUP_ENTRIES = 1_000_000  # the server's dedup memory, in records (pipeline.ingest.Settings)
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +89,6 @@ class FleetOptions:
     agent: AgentOptions = field(default_factory=AgentOptions)
     client_processes: int = 0  # 0: run the devices on the caller's event loop
     verify: bool = True
-    dsn: str | None = None  # direct counts from this process (http(s), or chDB in-process)
-    database: str = "callsight"
     server_pid: int | None = None  # sample this process's CPU and memory during the run
     warm_up: bool = True
     progress: bool = True
@@ -155,14 +139,6 @@ class FleetResult:
         verified = self.verification.ok or not self.verification.checked
         acked = self.client.batches == self.totals["batches"]
         return verified and acked and not self.fatal_errors
-
-    def ratios(self) -> dict[str, float]:
-        """The end-to-end rate over each measured ceiling, keyed like loadtest.ceilings.ratios."""
-        return {
-            key.removesuffix("_per_s"): self.records_per_s / self.ceilings[key]
-            for key in CEILING_KEYS
-            if self.ceilings.get(key)
-        }
 
     def timeline(self) -> list[dict[str, float]]:
         """One sample per second since the start: records/s, batches/s, ack p50/p95, errors."""
@@ -230,7 +206,7 @@ class FleetResult:
             ),
             "ceilings": {key: self.ceilings.get(key) for key in CEILING_KEYS}
             | {k: v for k, v in self.ceilings.items() if k not in CEILING_KEYS},
-            "ratios": self.ratios(),
+            "ratios": ratios(self.records_per_s, self.ceilings),
             "verify": self.verification.to_json(),
             "ok": self.ok,
             "records": c.records,
@@ -263,59 +239,26 @@ class FleetResult:
         }
 
 
-def _own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def ratios(records_per_s: float, ceilings: dict[str, float]) -> dict[str, float]:
+    """The end-to-end rate as a share of each measured ceiling, keyed by the ceiling's name
+    without ``_per_s`` (``transport_records``, ...); NaN where a ceiling is 0."""
+    return {
+        key.removesuffix("_per_s"): records_per_s / ceilings[key] if ceilings[key] else math.nan
+        for key in CEILING_KEYS
+        if key in ceilings
+    }
 
 
-def merge_results(results: list[WorkerResult]) -> WorkerResult:
-    """One result for every client process: sums, merged histograms and timelines."""
-    out = WorkerResult()
-    for r in results:
-        for name in (
-            "devices",
-            "records",
-            "batches",
-            "accepted",
-            "updated",
-            "duplicates",
-            "rejected",
-            "cpu_s",
-            "sessions",
-            "reconnects",
-            "resent",
-            "peak_streams",
-            "devices_failed",
-        ):
-            setattr(out, name, getattr(out, name) + getattr(r, name))
-        out.errors.update(r.errors)
-        out.failures += r.failures[: max(0, 50 - len(out.failures))]
-        out.latency_us.merge(r.latency_us)
-        for second, bucket in r.timeline.items():
-            mine = out.timeline.setdefault(second, type(bucket)())
-            mine.records += bucket.records
-            mine.batches += bucket.batches
-            mine.errors += bucket.errors
-            mine.latency_us.merge(bucket.latency_us)
-        out.first_send = min(out.first_send, r.first_send)
-        out.last_ack = max(out.last_ack, r.last_ack)
-        out.peak_rss_mb = max(out.peak_rss_mb, r.peak_rss_mb)
-        out.generation_s = max(out.generation_s, r.generation_s)
-    return out
+# fmt: off
+TOTALS = [
+    "calls", "contacts", "telemetry", "note_versions", "duplicate_records", "resent_batches",
+    "records", "batches", "wire_bytes",
+]
+# fmt: on
 
 
 def _totals(truths: list[DeviceTruth]) -> dict[str, int]:
-    return {
-        "calls": sum(t.calls for t in truths),
-        "contacts": sum(t.contacts for t in truths),
-        "telemetry": sum(t.telemetry for t in truths),
-        "note_versions": sum(t.note_versions for t in truths),
-        "duplicate_records": sum(t.duplicate_records for t in truths),
-        "resent_batches": sum(t.resent_batches for t in truths),
-        "records": sum(t.records for t in truths),
-        "batches": sum(t.batches for t in truths),
-        "wire_bytes": sum(t.wire_bytes for t in truths),
-    }
+    return {name: sum(getattr(t, name) for t in truths) for name in TOTALS}
 
 
 class _Workers:
@@ -475,7 +418,7 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
                 f"{processes or 'the calling'} client process{'es' if processes != 1 else ''}"
             )
             start = time.monotonic() + (0.5 if workers is not None else 0.0)
-            parent_cpu = _own_cpu_s()
+            parent_cpu = cpu_s()
             progress.start()
             if workers is None:
                 runs = [
@@ -499,9 +442,9 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
                 await _wait_with_progress(list(receiving), progress)
                 results = [task.result()[1] for task in receiving]
             server = sampler.stop() if sampler is not None else None
-            parent_cpu = _own_cpu_s() - parent_cpu
+            parent_cpu = cpu_s() - parent_cpu
             progress.finish()
-            merged = merge_results(results)
+            merged = WorkerResult.merged(results)
             merged.peak_streams = max(progress.peak_streams, max(r.peak_streams for r in results))
             peak_in_flight = progress.peak_in_flight
             verification = Verification(
@@ -534,14 +477,7 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
                             "duplicates": totals["duplicate_records"],
                         },
                     )
-                if options.dsn:
-                    verification.add_database(
-                        await all_database_counts(
-                            options.dsn, options.database, [t.tenant_id for t in tenants]
-                        )
-                    )
-                else:
-                    verification.database_note = "no database access: reports only"
+                verification.database_note = "no database access: reports only"
                 setup["verify_s"] = time.monotonic() - started
     finally:
         if workers is not None:
@@ -559,36 +495,6 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
         peak_in_flight=peak_in_flight,
         parent_cpu_s=parent_cpu if processes else 0.0,
     )
-
-
-def measure_fleet_ceilings(
-    spec: WorkloadSpec, devices: int, say: Say | None = None
-) -> dict[str, float]:
-    """``loadtest.ceilings.measure_ceilings`` on the fleet's own batches (regenerated)."""
-    try:
-        ceilings = importlib.import_module("callsight.loadtest.ceilings")
-    except ImportError as exc:
-        (say or say_stderr)(f"ceilings not measured: {exc}")
-        return {}
-    measure: Callable[..., dict[str, float]] | None = getattr(ceilings, "measure_ceilings", None)
-    if measure is None:
-        (say or say_stderr)("ceilings not measured: loadtest.ceilings has no measure_ceilings")
-        return {}
-    payloads = fleet_payloads(spec, devices)
-    accepted = inspect.signature(measure).parameters
-    extra: dict[str, Any] = {"now_ms": spec.now_ms, "progress": say or say_stderr}
-    return measure(payloads, **{k: v for k, v in extra.items() if k in accepted})
-
-
-def draw_timeline(samples: list[dict[str, float]], path: Path, say: Say | None = None) -> None:
-    """``loadtest.plot.plot_timeline`` if it (and matplotlib) can be imported."""
-    try:
-        plot = importlib.import_module("callsight.loadtest.plot")
-        plot.plot_timeline(samples, str(path))
-    except (ImportError, AttributeError) as exc:
-        (say or say_stderr)(f"no chart drawn: {exc}")
-        return
-    (say or say_stderr)(f"wrote {path}")
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -611,8 +517,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     server.add_argument(
         "--dsn",
-        help="the target's ClickHouse DSN for direct counts: http(s):// is queried during the run;"
-        " chdb:// is opened in a separate process after the run (stop the server first)",
+        help="the target's ClickHouse DSN for direct counts, made in a separate process after the"
+        " run: http(s):// while the server runs; chdb:// once it has stopped (stop it first)",
     )
     server.add_argument("--database", default="callsight", help="the target's database")
     server.add_argument("--server-pid", type=int, help="sample this local process's CPU and RSS")
@@ -745,7 +651,6 @@ def options_from_args(args: argparse.Namespace, target: str, token: str) -> Flee
         max_attempts=args.max_attempts,
         backoff_max_s=args.max_backoff_s,
     )
-    dsn = args.dsn if args.dsn and urlsplit(args.dsn).scheme in ("http", "https") else None
     return FleetOptions(
         target=target,
         operator_token=token,
@@ -756,21 +661,14 @@ def options_from_args(args: argparse.Namespace, target: str, token: str) -> Flee
         agent=agent,
         client_processes=processes,
         verify=args.verify,
-        dsn=dsn,
-        database=args.database,
         server_pid=args.server_pid,
         warm_up=not args.no_warm_up,
         progress=not args.quiet,
     )
 
 
-def _counts_in_child(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Counts]:
-    """Direct counts from a spawned process: chDB opens one data path per process."""
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(database_counts_main, dsn, database, tenant_ids).result()
-
-
-def _problems(args: argparse.Namespace) -> list[str]:
+def problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the flags, all at once."""
     problems = []
     if args.devices < 1 or args.tenants < 1 or args.employees < 0:
         problems.append("--devices and --tenants must be at least 1")
@@ -787,76 +685,3 @@ def _problems(args: argparse.Namespace) -> list[str]:
     if args.steady and (args.duration <= 0 or args.sync_interval <= 0):
         problems.append("--duration and --sync-interval must be positive")
     return problems
-
-
-def run(args: argparse.Namespace) -> int:
-    """``python -m callsight.loadtest fleet``: exit 0 when every batch was acked and verified."""
-    problems = _problems(args)
-    if problems:
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
-    work: Path | None = None
-    server: ServerProcess | None = None
-    try:
-        if args.spawn_server:
-            work = Path(tempfile.mkdtemp(prefix="callsight-fleet-"))
-            server = ServerProcess(work / "server", args=args.server_arg)
-            say_stderr(f"starting server in {work / 'server'}")
-            server.start()
-            say_stderr(f"server pid {server.pid} on {server.address}")
-            options = options_from_args(args, server.address, server.operator_token)
-            options = replace(options, server_pid=server.pid)
-        else:
-            options = options_from_args(args, args.target, args.operator_token)
-        result = uvloop.run(run_fleet(options))
-        chdb_dsn = None
-        if server is not None:
-            status = server.stop()
-            say_stderr(f"server stopped (exit status {status})")
-            if args.server_log:
-                args.server_log.parent.mkdir(parents=True, exist_ok=True)
-                args.server_log.write_text("".join(server.log))
-            chdb_dsn = f"chdb://{(server.data_dir / 'clickhouse').resolve()}"
-        elif args.dsn and urlsplit(args.dsn).scheme == "chdb":
-            chdb_dsn = args.dsn
-        if options.verify and chdb_dsn:
-            try:
-                counts = _counts_in_child(
-                    chdb_dsn, args.database, [t.tenant_id for t in result.tenants]
-                )
-                result.verification.add_database(counts)
-            except Exception as exc:  # reported in the result; the reports were still compared
-                result.verification.database_note = f"direct counts failed: {exc}"
-                say_stderr(result.verification.database_note)
-        if args.ceilings:
-            result.ceilings = measure_fleet_ceilings(options.spec, options.devices)
-    finally:
-        if server is not None and server.running():
-            server.kill()
-        if work is not None and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    data = result.to_json()
-    print(table(data))
-    write_json(args.out, data)
-    say_stderr(f"wrote {args.out}")
-    if args.plot:
-        draw_timeline(data["timeline"], args.plot)
-    if result.verification.differences:
-        say_stderr(f"VERIFICATION FAILED: {len(result.verification.differences)} differences")
-        for difference in result.verification.differences[:30]:
-            say_stderr(f"  {difference}")
-    for failure in result.client.failures[:10]:
-        say_stderr(f"  {failure}")
-    return 0 if result.ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The same as ``python -m callsight.loadtest fleet``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,6 +16,7 @@ calls, however many devices the fleet has; batch ``i`` of a device has ``seq == 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,52 +47,17 @@ CALL_TYPE_SHARES = np.array([0.40, 0.35, 0.15, 0.07, 0.01, 0.01, 0.01])
 # trunk prefix, bare.
 FORMAT_SHARES = np.array([0.30, 0.25, 0.20, 0.25])
 
+# fmt: off
 FIRST_NAMES = [
-    "Aarav",
-    "Aditi",
-    "Amit",
-    "Ananya",
-    "Arjun",
-    "Deepak",
-    "Divya",
-    "Gaurav",
-    "Isha",
-    "Karan",
-    "Kavya",
-    "Manoj",
-    "Meera",
-    "Neha",
-    "Nikhil",
-    "Pooja",
-    "Priya",
-    "Rahul",
-    "Rajesh",
-    "Ravi",
-    "Rohit",
-    "Sanjay",
-    "Shreya",
-    "Sneha",
-    "Suresh",
-    "Vikram",
-    "Vivek",
+    "Aarav", "Aditi", "Amit", "Ananya", "Arjun", "Deepak", "Divya", "Gaurav", "Isha", "Karan",
+    "Kavya", "Manoj", "Meera", "Neha", "Nikhil", "Pooja", "Priya", "Rahul", "Rajesh", "Ravi",
+    "Rohit", "Sanjay", "Shreya", "Sneha", "Suresh", "Vikram", "Vivek",
 ]
 SURNAMES = [
-    "Sharma",
-    "Patel",
-    "Iyer",
-    "Khan",
-    "Reddy",
-    "Nair",
-    "Gupta",
-    "Singh",
-    "Mehta",
-    "Rao",
-    "Das",
-    "Joshi",
-    "Kulkarni",
-    "Menon",
-    "Verma",
+    "Sharma", "Patel", "Iyer", "Khan", "Reddy", "Nair", "Gupta", "Singh", "Mehta", "Rao", "Das",
+    "Joshi", "Kulkarni", "Menon", "Verma",
 ]
+# fmt: on
 NOTES = (
     "Asked for a quote, call back Monday",
     "Interested in the premium plan",
@@ -298,3 +264,9 @@ def device_batches(device: int, spec: FleetSpec) -> list[bytes]:
 def fleet_batches(spec: FleetSpec) -> list[list[bytes]]:
     """Every device's serialised batches, indexed by device."""
     return [device_batches(device, spec) for device in range(spec.devices)]
+
+
+def interleave(per_device: Sequence[Sequence[bytes]]) -> list[bytes]:
+    """Every device's batches in one list, in the order they would arrive: round by round."""
+    rounds = max(map(len, per_device), default=0)
+    return [batches[i] for i in range(rounds) for batches in per_device if i < len(batches)]

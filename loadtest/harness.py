@@ -1,9 +1,10 @@
-"""The server under load as a child process, and a sampler of its CPU time and memory.
+"""A server as a child process, and a sampler of its CPU time and memory: for tests and load.
 
-``ServerProcess`` runs ``python -m callsight.server serve`` on a free port with its own data
-directory,
-operator token and master key, waits for the "serving" log line and keeps draining stderr so the
-child never blocks on a full pipe. ``ProcessSampler`` polls a pid with psutil in a thread.
+``ServerProcess`` runs ``python -m callsight.server serve`` (or another module that logs the same
+"serving" line, such as the transport ceiling's trivial server) on a free port with its own data
+directory, operator token and master key, waits for the "serving" log line and keeps draining
+stderr so the child never blocks on a full pipe. ``ProcessSampler`` polls a pid with psutil in a
+thread. Nothing here imports callsight: tests and the black-box load tester both use it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ServerError(RuntimeError):
 
 
 class ServerProcess:
-    """``callsight serve`` as a child process on a port of the OS's choosing."""
+    """``python -m MODULE serve`` as a child process on a port of the OS's choosing."""
 
     def __init__(
         self,
@@ -43,8 +44,10 @@ class ServerProcess:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
+        module: str = "callsight.server",
     ) -> None:
         """``args`` are extra ``serve`` flags; ``env`` extra variables (CALLSIGHT_*)."""
+        self.module = module
         self.data_dir = data_dir
         self.host = host
         self.operator_token = "op-" + secrets.token_urlsafe(24)
@@ -76,7 +79,7 @@ class ServerProcess:
             "CALLSIGHT_MASTER_KEY": base64.b64encode(self.master_key).decode(),
             **self._env,
         }
-        command = [sys.executable, "-m", "callsight.server", "serve", "--listen", f"{self.host}:0"]
+        command = [sys.executable, "-m", self.module, "serve", "--listen", f"{self.host}:0"]
         command += ["--data-dir", str(self.data_dir), *self._args]
         self._serving.clear()
         self._proc = subprocess.Popen(

@@ -30,10 +30,10 @@ from typing import Any
 
 import grpc
 import uvloop
-from callsight.loadtest.histogram import Histogram
-from callsight.loadtest.jsonfile import write_json
 from google.protobuf.message import Message
 
+from callsight.loadtest.common import auth, write_json
+from callsight.loadtest.histogram import Histogram
 from callsight.v1 import report_pb2
 
 SERVICE = "/callsight.v1.ReportService"
@@ -169,7 +169,7 @@ async def run_reports(
     if not pairs:
         raise ValueError("no RPC or no range to call")
     tallies = {pair: Tally() for pair in pairs}
-    metadata = (("authorization", f"Bearer {api_key}"),)
+    metadata = auth(api_key)
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
@@ -352,7 +352,6 @@ def run(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(table(result))
     write_json(args.out, result)
-    print(f"wrote {args.out}", file=sys.stderr)
     return 1 if result["errors"] or not result["calls"] else 0
 
 

@@ -1,8 +1,14 @@
-"""The standard short suite behind ``python -m callsight.loadtest bench`` and ``make bench``.
+"""The commands that join the black-box fleet and the white-box figures: ``fleet`` and ``bench``.
 
-A few minutes on 2 cores:
+``python -m callsight.loadtest fleet`` (flags in ``loadtest.fleet``) runs ``run_fleet`` against a
+target or a spawned server, then adds what only the white box sees (``loadtest.ceilings``): direct
+counts in the server's database (``--dsn``, or the spawned server's chDB once it has stopped) and,
+with ``--ceilings``, the ceilings measured on the fleet's own batches.
 
-1. Starts ``callsight serve`` on a temporary data directory (``loadtest.server.ServerProcess``).
+``python -m callsight.loadtest bench`` (``make bench``) is the standard short suite, a few minutes
+on 2 cores:
+
+1. Starts ``callsight serve`` on a temporary data directory (``loadtest.harness.ServerProcess``).
 2. Runs a backfill fleet against it (``loadtest.fleet.run_fleet``): tenants, employees and
    devices through the public API, every device streaming its history, with a few injected
    duplicates, then the verification against the reports.
@@ -11,43 +17,45 @@ A few minutes on 2 cores:
    every RPC and range at least once, however slow.
 4. Stops the server and counts the rows in its chDB from a child process (direct verification).
 5. Measures the ceilings on the fleet's own batches, regenerated (``loadtest.ceilings``).
-6. Writes ``loadtest/results/latest.json``: the fleet's figures (the keys of
-   ``python -m callsight.loadtest fleet``), ``ceilings`` and ``ratios``, ``reports`` (p50/p95 per
-   RPC and
-   range), ``machine`` (CPUs, model, RAM, load average, Python, chDB, commit) and ``suite`` (the
-   settings), and exits 1 when the verification failed, a batch was lost or a report call failed.
+6. Writes ``loadtest/results/latest.json``: the fleet's figures (the keys of ``fleet``),
+   ``ceilings`` and ``ratios``, ``reports`` (p50/p95 per RPC and range), ``machine`` (CPUs, model,
+   RAM, load average, Python, chDB, commit) and ``suite`` (the settings), and exits 1 when the
+   verification failed, a batch was lost or a report call failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import math
-import multiprocessing as mp
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import uvloop
-from callsight.loadtest import report_load
-from callsight.loadtest.harness import ServerProcess
-from callsight.loadtest.jsonfile import write_json
 
-ROOT = Path(__file__).resolve().parents[1]
+from callsight.loadtest import ceilings, report_load
+from callsight.loadtest.common import aligned, commit, num, say, write_json
+from callsight.loadtest.fleet import (
+    FleetOptions,
+    FleetResult,
+    options_from_args,
+    problems,
+    run_fleet,
+)
+from callsight.loadtest.harness import ServerProcess
+from callsight.loadtest.report_out import table as fleet_table
+from callsight.loadtest.workload import WorkloadSpec
+
 DEFAULT_OUT = Path("loadtest/results/latest.json")
 GiB = 1024**3
-
-
-# --- the machine --------------------------------------------------------------------------------
 
 
 def _cpu_model() -> str:
@@ -68,21 +76,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
 def machine() -> dict[str, Any]:
     """What the figures were measured on; the load average shows a busy, shared machine."""
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -94,38 +87,96 @@ def machine() -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "chdb": _version("chdb"),
-        "chdb_core": _version("chdb-core"),
-        "grpcio": _version("grpcio"),
-        "protobuf": _version("protobuf"),
-        "commit": _commit(),
+        **{
+            name.replace("-", "_"): _version(name)
+            for name in ("chdb", "chdb-core", "grpcio", "protobuf")
+        },
+        "commit": commit(),
     }
 
 
-# --- the suite ----------------------------------------------------------------------------------
+def add_direct_counts(result: FleetResult, dsn: str, database: str) -> None:
+    """Compares the database's own counts with the truth; a failure is noted, not raised."""
+    try:
+        counts = ceilings.counts_in_child(dsn, database, [t.tenant_id for t in result.tenants])
+    except Exception as exc:  # reported in the result; the reports were still compared
+        result.verification.database_note = f"direct counts failed: {exc}"
+        say(result.verification.database_note)
+        return
+    result.verification.add_database(counts)
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def draw_timeline(samples: list[dict[str, float]], path: Path) -> None:
+    """``loadtest.plot.plot_timeline`` if matplotlib can be imported."""
+    try:
+        from callsight.loadtest.plot import plot_timeline  # matplotlib is optional
+
+        plot_timeline(samples, str(path))
+    except ImportError as exc:
+        say(f"no chart drawn: {exc}")
+        return
+    say(f"wrote {path}")
 
 
-def _counts_in_child(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Any]:
-    """Direct counts from a spawned process: chDB opens one data path per process."""
-    from callsight.loadtest.verify import database_counts_main
+def _report_problems(result: FleetResult) -> None:
+    if result.verification.differences:
+        say(f"VERIFICATION FAILED: {len(result.verification.differences)} differences")
+    for difference in result.verification.differences[:30]:
+        say(f"  {difference}")
+    for failure in result.client.failures[:10]:
+        say(f"  {failure}")
 
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(database_counts_main, dsn, database, tenant_ids).result()
+
+def run_fleet_command(args: argparse.Namespace) -> int:
+    """``python -m callsight.loadtest fleet``: exit 0 when every batch was acked and verified."""
+    wrong = problems(args)
+    for problem in wrong:
+        print(f"error: {problem}", file=sys.stderr)
+    if wrong:
+        return 2
+    work: Path | None = None
+    server: ServerProcess | None = None
+    try:
+        if args.spawn_server:
+            work = Path(tempfile.mkdtemp(prefix="callsight-fleet-"))
+            server = ServerProcess(work / "server", args=args.server_arg)
+            say(f"starting server in {work / 'server'}")
+            server.start()
+            say(f"server pid {server.pid} on {server.address}")
+            options = options_from_args(args, server.address, server.operator_token)
+            options = replace(options, server_pid=server.pid)
+        else:
+            options = options_from_args(args, args.target, args.operator_token)
+        result = uvloop.run(run_fleet(options))
+        dsn = args.dsn
+        if server is not None:
+            say(f"server stopped (exit status {server.stop()})")
+            if args.server_log:
+                args.server_log.parent.mkdir(parents=True, exist_ok=True)
+                args.server_log.write_text("".join(server.log))
+            dsn = f"chdb://{(server.data_dir / 'clickhouse').resolve()}"
+        if options.verify and dsn:
+            add_direct_counts(result, dsn, args.database)
+        if args.ceilings:
+            result.ceilings = ceilings.fleet_ceilings(options.spec, options.devices)
+    finally:
+        if server is not None and server.running():
+            server.kill()
+        if work is not None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    data = result.to_json()
+    print(fleet_table(data))
+    write_json(args.out, data)
+    if args.plot:
+        draw_timeline(data["timeline"], args.plot)
+    _report_problems(result)
+    return 0 if result.ok else 1
 
 
 def _reports_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The report load, with p50/p95 per RPC and range."""
-    return {
-        "calls": result["calls"],
-        "calls_per_s": result["calls_per_s"],
-        "duration_s": result["duration_s"],
-        "concurrency": result["concurrency"],
-        "errors": result["errors"],
-        "latency_ms": result["latency_ms"],
+    keys = ("calls", "calls_per_s", "duration_s", "concurrency", "errors", "latency_ms")
+    return {key: result[key] for key in keys} | {
         "by_rpc": {
             key: {
                 "calls": row["calls"],
@@ -139,53 +190,32 @@ def _reports_summary(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _summary_lines(latest: dict[str, Any]) -> str:
-    latency = latest["ack_latency_ms"]
-    reports = latest.get("reports") or {}
-    report_latency = reports.get("latency_ms") or {}
-
-    def num(value: Any, digits: int = 0) -> str:
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            return "-"
-        return f"{value:,.{digits}f}"
-
-    lines = [
-        ("end-to-end records/s", num(latest["records_per_s"])),
-        ("ack p99 ms", num(latency.get("p99"), 1)),
-        *(
-            (f"ratio to {key}", num(value, 3))
-            for key, value in (latest.get("ratios") or {}).items()
-        ),
-        (
-            "reports p50 / p95 ms",
-            f"{num(report_latency.get('p50'), 1)} / {num(report_latency.get('p95'), 1)}",
-        ),
-        ("verify", "ok" if latest["verify"]["ok"] else "FAILED"),
-    ]
-    width = max(len(name) for name, _ in lines)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+    reports = (latest.get("reports") or {}).get("latency_ms") or {}
+    return aligned(
+        [
+            ("end-to-end records/s", num(latest["records_per_s"])),
+            ("ack p99 ms", num(latest["ack_latency_ms"].get("p99"), 1)),
+            *((f"ratio to {key}", num(value, 3)) for key, value in latest["ratios"].items()),
+            (
+                "reports p50 / p95 ms",
+                f"{num(reports.get('p50'), 1)} / {num(reports.get('p95'), 1)}",
+            ),
+            ("verify", "ok" if latest["verify"]["ok"] else "FAILED"),
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """``python -m callsight.loadtest bench``: 0 when all was acked, verified and answered."""
-    # The fleet is only needed here: the other subcommands work without it.
-    from callsight.loadtest.fleet import (
-        FleetOptions,
-        draw_timeline,
-        measure_fleet_ceilings,
-        run_fleet,
-    )
-    from callsight.loadtest.report_out import table as fleet_table
-    from callsight.loadtest.workload import WorkloadSpec
-
     started_at = datetime.now(UTC)
     host = machine()
     work = Path(tempfile.mkdtemp(prefix="callsight-bench-"))
     server = ServerProcess(work / "server", args=args.server_arg)
     reports: dict[str, Any] | None = None
     try:
-        _say(f"starting server in {work / 'server'}")
+        say(f"starting server in {work / 'server'}")
         server.start()
-        _say(f"server pid {server.pid} on {server.address}")
+        say(f"server pid {server.pid} on {server.address}")
         options = FleetOptions(
             target=server.address,
             operator_token=server.operator_token,
@@ -205,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         )
         result = uvloop.run(run_fleet(options))
         if args.report_duration > 0 and result.tenants:
-            _say(f"reports: {args.report_concurrency} callers for {args.report_duration:.0f} s")
+            say(f"reports: {args.report_concurrency} callers for {args.report_duration:.0f} s")
             reports = uvloop.run(
                 report_load.run_reports(
                     server.address,
@@ -217,22 +247,17 @@ def run(args: argparse.Namespace) -> int:
                     min_rounds=1,
                 )
             )
-        status = server.stop()
-        _say(f"server stopped (exit status {status})")
-        dsn = f"chdb://{(server.data_dir / 'clickhouse').resolve()}"
-        try:
-            counts = _counts_in_child(dsn, "callsight", [t.tenant_id for t in result.tenants])
-            result.verification.add_database(counts)
-        except Exception as exc:  # reported in the result; the reports were still compared
-            result.verification.database_note = f"direct counts failed: {exc}"
-            _say(result.verification.database_note)
+        say(f"server stopped (exit status {server.stop()})")
+        add_direct_counts(
+            result, f"chdb://{(server.data_dir / 'clickhouse').resolve()}", "callsight"
+        )
     finally:
         if server.running():
             server.kill()
         shutil.rmtree(work, ignore_errors=True)
     if not args.no_ceilings:
-        _say("ceilings on the fleet's own batches (regenerated)")
-        result.ceilings = measure_fleet_ceilings(options.spec, options.devices, _say)
+        say("ceilings on the fleet's own batches (regenerated)")
+        result.ceilings = ceilings.fleet_ceilings(options.spec, options.devices)
     data = result.to_json()
     latest = {
         **{k: v for k, v in data.items() if k not in ("config", "host")},
@@ -258,16 +283,11 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(_summary_lines(latest))
     write_json(args.out, latest)
-    _say(f"wrote {args.out}")
     if args.plot:
-        draw_timeline(data["timeline"], args.plot, _say)
-    for difference in result.verification.differences[:30]:
-        _say(f"  {difference}")
+        draw_timeline(data["timeline"], args.plot)
+    _report_problems(result)
     report_failed = reports is not None and (bool(reports["errors"]) or not reports["calls"])
     return 0 if result.ok and not report_failed else 1
-
-
-# --- command line -------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,14 +327,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ceilings", action="store_true", help="skip the ceilings")
     parser.add_argument("--plot", type=Path, help="chart of the fleet's throughput and latency")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The same as ``python -m callsight.loadtest bench``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

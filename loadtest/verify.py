@@ -7,7 +7,8 @@ and telemetry samples. It is compared with
 * ``ReportService.CallSummary`` with each tenant's ADMIN key: the total and one call per call
   type (``call_types`` filter), and ``EmployeeSummary`` (every page) per employee: total,
   incoming, outgoing, missed and rejected (rejected + blocked, as the report counts them);
-* direct counts in the database, when it can be reached: ``calls FINAL`` per employee and type,
+* direct counts in the database, when the caller has them (``loadtest.ceilings.database_counts``,
+  white-box: no RPC tells contacts or telemetry): ``calls FINAL`` per employee and type,
   ``contacts FINAL`` and ``telemetry FINAL`` per tenant;
 * the acks' totals, when no batch went out twice by accident: accepted = unique records,
   updated = newer versions (notes), duplicates = injected duplicate records.
@@ -26,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from callsight.loadtest.bootstrap import DeviceIdentity, TenantInfo, auth
-from callsight.loadtest.workload import DeviceTruth
-from callsight.storage.database import Database
 
+from callsight.loadtest.bootstrap import DeviceIdentity, TenantInfo
+from callsight.loadtest.common import auth
+from callsight.loadtest.workload import DeviceTruth
 from callsight.v1 import common_pb2, report_pb2, report_pb2_grpc
 
 DAY_MS = 86_400_000
@@ -174,46 +175,6 @@ async def report_counts(channel: grpc.aio.Channel, tenant: TenantTruth) -> Count
             if not token:
                 break
     return counts
-
-
-async def database_counts(db: Database, tenant_id: str) -> Counts:
-    """Direct counts of ``tenant_id``'s rows: calls FINAL by employee and type, and the rest."""
-    params = {"tenant": tenant_id}
-    rows = await db.query(
-        "SELECT employee_id, type, count() FROM calls FINAL WHERE tenant_id = {tenant:String}"
-        " GROUP BY employee_id, type",
-        params,
-    )
-    counts = Counts()
-    for employee_id, call_type, n in rows:
-        counts.calls += int(n)
-        counts.by_type[int(call_type)] += int(n)
-        mine = counts.by_employee.setdefault(str(employee_id), {})
-        mine[type_name(int(call_type))] = mine.get(type_name(int(call_type)), 0) + int(n)
-    for table in ("contacts", "telemetry"):
-        found = await db.query(
-            f"SELECT count() FROM {table} FINAL WHERE tenant_id = {{tenant:String}}", params
-        )
-        setattr(counts, table, int(found[0][0]))
-    raw = await db.query("SELECT count() FROM calls WHERE tenant_id = {tenant:String}", params)
-    counts.stored_call_rows = int(raw[0][0])
-    return counts
-
-
-async def all_database_counts(
-    dsn: str, database: str, tenant_ids: Sequence[str]
-) -> dict[str, Counts]:
-    """``database_counts`` for each tenant over one connection."""
-    db = Database(dsn, database)
-    try:
-        return {tenant_id: await database_counts(db, tenant_id) for tenant_id in tenant_ids}
-    finally:
-        db.close()
-
-
-def database_counts_main(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Counts]:
-    """``all_database_counts`` for a separate process (chDB allows one data path per process)."""
-    return asyncio.run(all_database_counts(dsn, database, tenant_ids))
 
 
 def _employee_view(counts: Counter[int]) -> dict[str, int]:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
 from callsight.loadtest.generate import (
     DAY_MS,
     HOUR_MS,
@@ -37,9 +38,9 @@ from callsight.loadtest.generate import (
     client_pool,
     device_calls,
     device_rng,
+    interleave,
     upload_request,
 )
-
 from callsight.v1 import ingest_pb2
 
 MINUTE_MS = 60_000
@@ -165,16 +166,8 @@ def _calls(
             log,
             **{
                 name: getattr(log, name)[:n]
-                for name in (
-                    "call_id",
-                    "number",
-                    "name",
-                    "type",
-                    "duration_s",
-                    "sim_slot",
-                    "sim_id",
-                    "note",
-                )
+                for name in ("call_id", "number", "name", "type", "duration_s", "sim_slot")
+                + ("sim_id", "note")
             },
             started_at_ms=started.tolist(),
         )
@@ -368,6 +361,6 @@ def _with_note(record: ingest_pb2.CallRecord, rng: np.random.Generator) -> inges
 
 def fleet_payloads(spec: WorkloadSpec, devices: int) -> list[bytes]:
     """Every device's batches interleaved round by round, as they would arrive: for ceilings."""
-    per_device = [[b.payload for b in device_workload(spec, d).batches] for d in range(devices)]
-    rounds = max(map(len, per_device), default=0)
-    return [batches[i] for i in range(rounds) for batches in per_device if i < len(batches)]
+    return interleave(
+        [[b.payload for b in device_workload(spec, d).batches] for d in range(devices)]
+    )

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import grpc
 import psutil
+from google.rpc import error_details_pb2, status_pb2
+
 from callsight.loadtest.harness import ServerProcess
 from callsight.server.app import Service
 from callsight.storage.database import Database
 from callsight.storage.writer import Sink
-from google.rpc import error_details_pb2, status_pb2
-
 from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.conftest import OPERATOR_TOKEN, make_config, master_key_b64
 from tests.faults import FaultInjectingWriter

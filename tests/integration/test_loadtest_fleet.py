@@ -1,7 +1,8 @@
 """The load tester's fleet against a real server: verification passes, and catches lost writes.
 
 Both tests run ``loadtest.fleet.run_fleet`` on the test's own event loop (``client_processes=0``)
-against an in-process server on port 0 with real gRPC and real chDB: 50 devices of 25 employees
+against an in-process server on port 0 with real gRPC and real chDB, then count the rows directly
+(``loadtest.ceilings.all_database_counts``): 50 devices of 25 employees
 in two tenants, about 20,000 calls with injected duplicates, forced reconnects and skewed clocks.
 """
 
@@ -11,12 +12,13 @@ import secrets
 from pathlib import Path
 
 import pyarrow as pa
+
 from callsight.loadtest.agent import AgentOptions
+from callsight.loadtest.ceilings import all_database_counts
 from callsight.loadtest.fleet import FleetOptions, FleetResult, run_fleet
 from callsight.loadtest.workload import WorkloadSpec
 from callsight.server.app import Service
 from callsight.storage.writer import Sink
-
 from tests.conftest import OPERATOR_TOKEN, make_config
 
 
@@ -54,16 +56,22 @@ def _options(service: Service) -> FleetOptions:
         ),
         agent=AgentOptions(window=4, reconnect_every=5, stall_s=30),
         client_processes=0,
-        dsn=service.config.dsn.reveal(),
-        database=service.config.database,
         progress=False,
     )
 
 
 async def _run(service: Service) -> FleetResult:
+    """The black-box fleet, then the white-box direct counts in the service's database."""
     await service.start()
     try:
-        return await run_fleet(_options(service), say=lambda _: None)
+        result = await run_fleet(_options(service), say=lambda _: None)
+        counts = await all_database_counts(
+            service.config.dsn.reveal(),
+            service.config.database,
+            [t.tenant_id for t in result.tenants],
+        )
+        result.verification.add_database(counts)
+        return result
     finally:
         await service.stop()
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from callsight.loadtest.ceilings import (
     decode_ceiling,
-    interleave,
-    ratios,
     record_count,
+    stream_workloads,
     transport_ceiling,
 )
-from callsight.loadtest.generate import FleetSpec, fleet_batches
-
+from callsight.loadtest.fleet import ratios
+from callsight.loadtest.generate import FleetSpec, fleet_batches, interleave
 from callsight.v1 import ingest_pb2
 
 SPEC = FleetSpec(devices=3, batches_per_device=4, batch_size=50, seed=7, now_ms=1_700_000_000_000)
@@ -53,19 +53,34 @@ def test_decode_ceiling_counts_all_records(batches: list[bytes]) -> None:
     assert result.records_per_s > 0
 
 
+def test_stream_workloads_deal_batches_round_robin_with_their_own_seqs(
+    batches: list[bytes],
+) -> None:
+    streams = stream_workloads(batches, 5)
+    assert [len(s.batches) for s in streams] == [3, 3, 2, 2, 2]
+    for stream in streams:
+        seqs = [b.seq for b in stream.batches]
+        assert seqs == list(range(1, len(seqs) + 1))
+        for batch in stream.batches:
+            request = ingest_pb2.UploadRequest.FromString(batch.payload)
+            assert request.seq == batch.seq and batch.records == SPEC.batch_size
+    assert len(stream_workloads(batches[:2], 8)) == 2
+
+
 def test_transport_ceiling_acks_every_batch(batches: list[bytes]) -> None:
     result = transport_ceiling(batches, streams=4, window=2, min_time_s=0.0)
-    assert result.acks == len(batches) == SPEC.devices * SPEC.batches_per_device
-    assert result.records == SPEC.devices * SPEC.calls_per_device
-    assert result.rejected == 0
+    client = result.client
+    assert client.batches == len(batches) == SPEC.devices * SPEC.batches_per_device
+    assert client.records == client.accepted == SPEC.devices * SPEC.calls_per_device
+    assert client.rejected == 0 and not client.errors
     assert result.passes == 1
-    assert result.latency_us.count == len(batches)
-    assert result.records_per_s > 0
+    assert client.latency_us.count == len(batches)
+    assert result.records_per_s > 0 and result.server_cpu_s >= 0  # measured, not NaN
 
 
 def test_transport_ceiling_with_more_streams_than_batches(batches: list[bytes]) -> None:
     result = transport_ceiling(batches[:2], streams=8, window=1, min_time_s=0.0)
-    assert (result.acks, result.records) == (2, 2 * SPEC.batch_size)
+    assert (result.client.batches, result.client.records) == (2, 2 * SPEC.batch_size)
 
 
 def test_ratios_divide_the_end_to_end_rate_by_each_ceiling() -> None:

@@ -14,7 +14,6 @@ from callsight.loadtest.verify import (
     compare_reports,
     windows,
 )
-
 from callsight.v1 import common_pb2 as c
 
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from callsight.loadtest.plot import plot_timeline
 
 

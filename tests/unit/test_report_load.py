@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 import pytest
-from callsight.loadtest.report_load import is_paged, range_ms, run_reports
 
+from callsight.loadtest.report_load import is_paged, range_ms, run_reports
 from callsight.v1 import report_pb2, report_pb2_grpc
 
 API_KEY = "csk_test"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from callsight.loadtest.workload import DAY_MS, WorkloadSpec, device_workload, fleet_payloads
 
+from callsight.loadtest.workload import DAY_MS, WorkloadSpec, device_workload, fleet_payloads
 from callsight.v1 import ingest_pb2
 
 NOW_MS = 1_790_000_000_000

@@ -1,0 +1,84 @@
+"""What every part of the load tester shares: auth metadata, CPU time, result files, the commit.
+
+Nothing here imports callsight: black-box and white-box modules alike may use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+
+Metadata = tuple[tuple[str, str], ...]
+Say = Callable[[str], None]
+
+
+def auth(token: str) -> Metadata:
+    """gRPC metadata carrying a bearer token (a device token or an API key)."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def cpu_s() -> float:
+    """CPU seconds (user + system) this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def say(message: str) -> None:
+    """A progress message on stderr (stdout is for the figures)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def commit() -> str | None:
+    """The checkout's short commit id, or None outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def finite(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None, recursively."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(value) for value in data]
+    return data
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes ``data`` to ``path`` as strict, indented JSON (NaN becomes null), parents made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
+    say(f"wrote {path}")
+
+
+def num(value: Any, digits: int = 0) -> str:
+    """``value`` with thousands separators; "-" for None or NaN."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def aligned(lines: Sequence[tuple[str, str]]) -> str:
+    """(name, value) pairs as a two-column table."""
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
