@@ -12,8 +12,9 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -23,6 +24,7 @@ from callsight.core.errors import InvalidArgument
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _MAC_BYTES = 32
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,40 @@ class PageTokens:
                 " first page, or start again without a token"
             )
         return Page(size=size, snapshot_ms=int(snapshot_ms), cursor=list(cursor))
+
+
+@dataclass(frozen=True)
+class OpenedPage:
+    """A page request checked against its token: the page, and what its tokens are bound to."""
+
+    tokens: PageTokens
+    page: Page
+    bound_to: str
+
+    def cut(
+        self, rows: Sequence[Row], key_of: Callable[[Row], list[Any]]
+    ) -> tuple[Sequence[Row], str]:
+        """The page out of a read of one row more than it holds, and the next page's token.
+
+        The token is empty on the last page; otherwise it resumes after the page's last row
+        (``key_of``), from the first page's snapshot.
+        """
+        if len(rows) <= self.page.size:
+            return rows, ""
+        rows = rows[: self.page.size]
+        return rows, self.tokens.issue(self.bound_to, key_of(rows[-1]), self.page.snapshot_ms)
+
+
+def open_page(
+    tokens: PageTokens,
+    report: str,
+    tenant_id: str,
+    request_filter: bytes,
+    size: int,
+    token: str,
+    now_ms: int,
+) -> OpenedPage:
+    """Checks a page request's size, then its token, bound to the report, the tenant and the
+    serialized filter; a first page takes ``now_ms`` as its snapshot."""
+    bound_to = fingerprint(report, tenant_id, request_filter)
+    return OpenedPage(tokens, tokens.open(token, bound_to, page_size(size), now_ms), bound_to)

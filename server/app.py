@@ -17,6 +17,10 @@ from pathlib import Path
 
 import grpc
 import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.pipeline.ingest import Ingestor
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.paging import PageTokens
@@ -29,12 +33,10 @@ from callsight.server.reports import ReportServicer
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
 from callsight.storage.migrator import migrate
+from callsight.storage.rollups import DEFAULT_SETTINGS as DEFAULT_ROLLUP_SETTINGS
+from callsight.storage.rollups import Rollups, RollupSettings
 from callsight.storage.versions import stored_versions
 from callsight.storage.writer import Sink, Writer
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -99,10 +101,13 @@ class Service:
         config: Config,
         wrap_sink: Callable[[Sink], Sink] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        rollup_settings: RollupSettings = DEFAULT_ROLLUP_SETTINGS,
     ) -> None:
-        """``wrap_sink`` lets tests inject faults into ClickHouse writes; ``clock`` sets time."""
+        """``wrap_sink`` lets tests inject faults into ClickHouse writes; ``clock`` sets time;
+        ``rollup_settings`` sets when summaries roll up and remake settled days."""
         self.config = config
         self._clock = clock
+        self._rollup_settings = rollup_settings
         self._wrap_sink = wrap_sink
         self.ingestor: Ingestor | None = None
         self.port = 0
@@ -149,7 +154,15 @@ class Service:
             IngestServicer(directory, hasher, authenticator, keys, ingestor, self._clock), server
         )
         report_pb2_grpc.add_ReportServiceServicer_to_server(
-            ReportServicer(db, directory, keys, PageTokens(master_key)), server
+            ReportServicer(
+                db,
+                directory,
+                keys,
+                PageTokens(master_key),
+                Rollups(self._rollup_settings, self._clock),
+                self._clock,
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 
+from callsight.core.errors import InvalidArgument
 from callsight.pipeline.phone import valid_timezone
 from callsight.storage.directory import Directory, Tenant
 from callsight.storage.filters import CallFilter
-
-from callsight.core.errors import InvalidArgument
 from callsight.v1 import common_pb2, report_pb2
 
 DAY_MS = 86_400_000
@@ -17,11 +16,13 @@ DEFAULT_RANGE_DAYS = 30
 
 
 async def call_filter(
-    request: report_pb2.ReportFilter, tenant: Tenant, directory: Directory
+    request: report_pb2.ReportFilter, tenant: Tenant, directory: Directory, now_ms: int
 ) -> CallFilter:
-    """Validates a request filter for ``tenant``; employee tags become employee ids."""
+    """Validates a request filter for ``tenant`` at ``now_ms``; employee tags become employee ids.
+
+    An open range ends relative to ``now_ms`` (see ``anchored`` for later pages).
+    """
     problems: list[str] = []
-    now_ms = int(time.time() * 1000)
     from_ms, to_ms = request.from_ms, request.to_ms
     if not from_ms and not to_ms:
         # Unset range: the last 30 days (and calls stamped up to a day ahead by skewed clocks).
@@ -80,3 +81,12 @@ async def call_filter(
         max_duration_s=max_duration,
         include_excluded=request.include_excluded_numbers,
     )
+
+
+def anchored(f: CallFilter, request: report_pb2.ReportFilter, snapshot_ms: int) -> CallFilter:
+    """``f`` with an open range ending relative to ``snapshot_ms`` (a paged report's first page)
+    instead of now, so that no later page shifts the range; a closed range is left alone."""
+    if request.to_ms:
+        return f
+    from_ms = request.from_ms or snapshot_ms - DEFAULT_RANGE_DAYS * DAY_MS
+    return replace(f, from_ms=from_ms, to_ms=snapshot_ms + DAY_MS)

@@ -1,104 +1,25 @@
 """Paged listings: never attended, not picked by client, unique clients, call history, leads.
 
-Each handler validates the page size, opens the page token (bound to the RPC, the tenant and the
-serialized filter), runs the listing's SQL for one page plus one row (to know whether another
-page follows), decrypts that page's numbers, names and notes and issues the next token. Every page
-reads the calls as of the first page's snapshot, so pages stay consistent while ingest goes on.
+Each handler pages through ``report_call.paged`` (size and token checked, the calls as of the
+first page's snapshot, one row more than a page to know whether another follows) and decrypts
+that page's numbers, names and notes. Pages stay consistent while ingest goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Sequence
 
-from callsight.pipeline.paging import Page, fingerprint, page_size
-from callsight.server.filters import DAY_MS, DEFAULT_RANGE_DAYS
+from callsight.pipeline.paging import Page
+from callsight.server.report_call import ReportCall, malformed, paged, text_cursor
 from callsight.storage import listings
-from callsight.storage.database import Database
-from callsight.storage.filters import CallFilter
-
-from callsight.core.clock import SYSTEM_CLOCK
-from callsight.core.errors import InvalidArgument
 from callsight.v1 import common_pb2, report_pb2
-
-if TYPE_CHECKING:
-    from callsight.server.reports import ReportCall
-
-Row = TypeVar("Row")
-Cursor = TypeVar("Cursor")
-
-
-class PagedRequest(Protocol):
-    """What every paged report request carries."""
-
-    @property
-    def filter(self) -> report_pb2.ReportFilter: ...
-    @property
-    def page_size(self) -> int: ...
-    @property
-    def page_token(self) -> str: ...
-
-
-# A listing's SQL for one page: (db, filter, snapshot_ms, cursor or None, limit) -> rows.
-Fetch = Callable[[Database, CallFilter, int, Cursor | None, int], Awaitable[Sequence[Row]]]
-
-
-@dataclass(frozen=True)
-class _Paging:
-    """An opened page request, what its tokens are bound to and the filter every page reads."""
-
-    page: Page
-    bound_to: str
-    filter: CallFilter
-
-
-def _open(
-    call: ReportCall, rpc: str, request_filter: report_pb2.ReportFilter, size: int, token: str
-) -> _Paging:
-    bound_to = fingerprint(
-        rpc, call.tenant.tenant_id, request_filter.SerializeToString(deterministic=True)
-    )
-    page = call.tokens.open(token, bound_to, page_size(size), SYSTEM_CLOCK.now_ms())
-    f = call.filter
-    if not request_filter.to_ms:
-        # An open range ends relative to "now": anchor it at the first page so no page shifts it.
-        from_ms = request_filter.from_ms or page.snapshot_ms - DEFAULT_RANGE_DAYS * DAY_MS
-        f = replace(f, from_ms=from_ms, to_ms=page.snapshot_ms + DAY_MS)
-    return _Paging(page, bound_to, f)
-
-
-async def _serve(
-    call: ReportCall,
-    rpc: str,
-    request: PagedRequest,
-    fetch: Fetch[Cursor, Row],
-    cursor_of: Callable[[Page], Cursor | None],
-    key_of: Callable[[Row], list[Any]],
-) -> tuple[Sequence[Row], str]:
-    """One page of a listing and the token of the next one (empty on the last page).
-
-    Reads one row more than the page holds, to know whether another page follows; the next
-    token resumes after the page's last row (``key_of``), from the first page's snapshot.
-    """
-    paging = _open(call, rpc, request.filter, request.page_size, request.page_token)
-    page = paging.page
-    rows = await fetch(call.db, paging.filter, page.snapshot_ms, cursor_of(page), page.size + 1)
-    if len(rows) <= page.size:
-        return rows, ""
-    rows = rows[: page.size]
-    return rows, call.tokens.issue(paging.bound_to, key_of(rows[-1]), page.snapshot_ms)
-
-
-def _malformed() -> InvalidArgument:
-    return InvalidArgument("page_token does not belong to this report; start without a token")
 
 
 def _client_cursor(page: Page) -> int | None:
     if page.cursor is None:
         return None
     if len(page.cursor) != 1 or not isinstance(page.cursor[0], int):
-        raise _malformed()
+        raise malformed()
     return page.cursor[0]
 
 
@@ -108,15 +29,7 @@ def _history_cursor(page: Page) -> listings.HistoryKey | None:
     match page.cursor:
         case [int(started_at_ms), str(device_id), str(call_id)]:
             return listings.HistoryKey(started_at_ms, device_id, call_id)
-    raise _malformed()
-
-
-def _lead_cursor(page: Page) -> str | None:
-    if page.cursor is None:
-        return None
-    if len(page.cursor) != 1 or not isinstance(page.cursor[0], str):
-        raise _malformed()
-    return page.cursor[0]
+    raise malformed()
 
 
 def _client_rows(
@@ -138,7 +51,7 @@ async def never_attended(
     call: ReportCall, request: report_pb2.NeverAttendedRequest
 ) -> report_pb2.NeverAttendedResponse:
     """Clients with missed or rejected calls and no connected call, by client key."""
-    served, token = await _serve(
+    served, token = await paged(
         call,
         "NeverAttended",
         request,
@@ -155,7 +68,7 @@ async def not_picked_by_client(
     call: ReportCall, request: report_pb2.NotPickedByClientRequest
 ) -> report_pb2.NotPickedByClientResponse:
     """Clients with outgoing calls and no connected call, by client key."""
-    served, token = await _serve(
+    served, token = await paged(
         call,
         "NotPickedByClient",
         request,
@@ -172,7 +85,7 @@ async def unique_clients(
     call: ReportCall, request: report_pb2.UniqueClientsRequest
 ) -> report_pb2.UniqueClientsResponse:
     """Distinct client numbers with their totals, by client key."""
-    served, token = await _serve(
+    served, token = await paged(
         call,
         "UniqueClients",
         request,
@@ -203,7 +116,7 @@ async def call_history(
     call: ReportCall, request: report_pb2.CallHistoryRequest
 ) -> report_pb2.CallHistoryResponse:
     """The calls themselves, newest first, stable while new calls arrive."""
-    served, token = await _serve(
+    served, token = await paged(
         call,
         "CallHistory",
         request,
@@ -238,8 +151,8 @@ async def lead_activity(
     call: ReportCall, request: report_pb2.LeadActivityRequest
 ) -> report_pb2.LeadActivityResponse:
     """Per lead, the calls its assigned employee made with the lead's numbers, by lead id."""
-    served, token = await _serve(
-        call, "LeadActivity", request, listings.lead_activity, _lead_cursor, lambda r: [r.lead_id]
+    served, token = await paged(
+        call, "LeadActivity", request, listings.lead_activity, text_cursor, lambda r: [r.lead_id]
     )
     return report_pb2.LeadActivityResponse(
         leads=[

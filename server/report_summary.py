@@ -1,22 +1,17 @@
 """Summary-shaped reports: totals, per-employee totals, analysis, hourly, daily, working days.
 
-The figures come from ``storage/summaries.py``, aggregated in ClickHouse; this module only pages,
-decrypts employee names and builds the responses.
+The figures come from ``storage/summaries.py``, aggregated in ClickHouse; this module only pages
+(EmployeeSummary, through ``report_call.paged`` like every paged report), decrypts employee names
+and builds the responses.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
-from callsight.pipeline import paging
+from callsight.server.report_call import ReportCall, paged, text_cursor
 from callsight.storage import summaries
-
-from callsight.core.clock import SYSTEM_CLOCK
 from callsight.v1 import report_pb2
-
-if TYPE_CHECKING:
-    from callsight.server.reports import ReportCall
 
 
 def _summary(totals: summaries.Totals) -> report_pb2.Summary:
@@ -36,7 +31,7 @@ async def call_summary(
     call: ReportCall, request: report_pb2.CallSummaryRequest
 ) -> report_pb2.CallSummaryResponse:
     """Totals over the filtered calls."""
-    totals = await summaries.call_summary(call.db, call.filter)
+    totals = await summaries.call_summary(call.db, call.filter, rollups=call.rollups)
     return report_pb2.CallSummaryResponse(summary=_summary(totals))
 
 
@@ -44,19 +39,14 @@ async def employee_summary(
     call: ReportCall, request: report_pb2.EmployeeSummaryRequest
 ) -> report_pb2.EmployeeSummaryResponse:
     """Totals per employee with calls in the filter, by employee_id, keyset-paged."""
-    size = paging.page_size(request.page_size)
-    bound_to = paging.fingerprint(
+    rows, token = await paged(
+        call,
         "EmployeeSummary",
-        call.tenant.tenant_id,
-        request.filter.SerializeToString(deterministic=True),
+        request,
+        summaries.employee_summary,
+        text_cursor,
+        lambda r: [r.employee_id],
     )
-    page = call.tokens.open(request.page_token, bound_to, size, SYSTEM_CLOCK.now_ms())
-    after = str(page.cursor[0]) if page.cursor else None
-    # One row past the page says whether another page follows.
-    rows = await summaries.employee_summary(
-        call.db, call.filter, after, page.size + 1, page.snapshot_ms
-    )
-    rows, more = rows[: page.size], len(rows) > page.size
     names = await _names(call, {r.employee_id for r in rows})
     return report_pb2.EmployeeSummaryResponse(
         employees=[
@@ -71,9 +61,7 @@ async def employee_summary(
             )
             for r in rows
         ],
-        next_page_token=(
-            call.tokens.issue(bound_to, [rows[-1].employee_id], page.snapshot_ms) if more else ""
-        ),
+        next_page_token=token,
     )
 
 

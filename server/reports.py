@@ -7,61 +7,61 @@ history, lead activity) in ``server/report_pages.py``. The aggregation itself is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
-from callsight.pipeline.crypto import Keyring
+
+from callsight.core.clock import Clock
+from callsight.core.errors import NotFound
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.paging import PageTokens
 from callsight.server import report_pages, report_summary
 from callsight.server.auth import current_caller
 from callsight.server.filters import call_filter
+from callsight.server.report_call import ReportCall
 from callsight.storage.database import Database
-from callsight.storage.directory import Directory, Tenant
-from callsight.storage.filters import CallFilter
-
-from callsight.core.errors import NotFound
+from callsight.storage.directory import Directory
+from callsight.storage.rollups import Rollups
 from callsight.v1 import report_pb2, report_pb2_grpc
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-
-
-@dataclass(frozen=True)
-class ReportCall:
-    """Everything a report handler needs, resolved for the caller."""
-
-    tenant: Tenant
-    filter: CallFilter
-    keyring: Keyring
-    db: Database
-    directory: Directory
-    tokens: PageTokens
 
 
 class ReportServicer(report_pb2_grpc.ReportServiceServicer):
     """Reports over the caller's tenant."""
 
     def __init__(
-        self, db: Database, directory: Directory, keys: TenantKeys, tokens: PageTokens
+        self,
+        db: Database,
+        directory: Directory,
+        keys: TenantKeys,
+        tokens: PageTokens,
+        rollups: Rollups,
+        clock: Clock,
     ) -> None:
         self._db = db
         self._directory = directory
         self._keys = keys
         self._tokens = tokens
+        self._rollups = rollups
+        self._clock = clock
 
     async def _call(self, request_filter: report_pb2.ReportFilter) -> ReportCall:
         tenant_id = current_caller().tenant_id
         tenant = await self._directory.tenant(tenant_id)
         if tenant is None:
             raise NotFound("the caller's tenant no longer exists")
+        # One instant per call: the filter's open range and a first page's snapshot agree.
+        now_ms = self._clock.now_ms()
         return ReportCall(
             tenant=tenant,
-            filter=await call_filter(request_filter, tenant, self._directory),
+            filter=await call_filter(request_filter, tenant, self._directory, now_ms),
             keyring=await self._keys.keyring(tenant_id),
             db=self._db,
             directory=self._directory,
             tokens=self._tokens,
+            rollups=self._rollups,
+            now_ms=now_ms,
         )
 
     async def CallSummary(

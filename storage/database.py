@@ -21,6 +21,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from callsight.core.errors import InvalidArgument, StorageError
+from callsight.storage.sql import Sql
 
 T = TypeVar("T")
 
@@ -112,10 +113,27 @@ class Database:
             ]
         )
 
-    async def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
-        """Runs a statement that returns no rows (DDL, DELETE, ...)."""
-        params = dict(parameters or {})
-        return await self.run(lambda c: c.command(sql, parameters=params))
+    async def named_rows(self, query: Sql, binary: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Runs a SELECT fragment with its bound parameters; each row maps column name -> value.
+
+        Columns named in ``binary`` (ciphertexts) come back as ``bytes``.
+        """
+        formats: dict[str, str | dict[str, str]] = dict.fromkeys(binary, "bytes")
+        params = dict(query.params)
+        return await self.run(
+            lambda c: list(
+                c.query(query.text, parameters=params, column_formats=formats).named_results()
+            )
+        )
+
+    async def command(self, sql: str | Sql, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Runs a statement that returns no rows (DDL, DELETE, ...); a fragment binds its own."""
+        if isinstance(sql, Sql):
+            sql = sql.bind(**(parameters or {}))
+            text, params = sql.text, dict(sql.params)
+        else:
+            text, params = sql, dict(parameters or {})
+        return await self.run(lambda c: c.command(text, parameters=params))
 
     async def insert_rows(
         self,

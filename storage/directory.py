@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from callsight.storage.database import Database
-
 from callsight.core.clock import SYSTEM_CLOCK, Clock
+from callsight.storage.database import Database
+from callsight.storage.sql import Sql
 
 
 def _dt(ms: int) -> datetime:
@@ -125,22 +125,27 @@ class Directory:
 
     async def tenant(self, tenant_id: str) -> Tenant | None:
         """The tenant, or None."""
-        rows = await self._db.query(
-            "SELECT tenant_id, name, default_region, timezone, toUnixTimestamp64Milli(created_at)"
-            " FROM tenants FINAL WHERE tenant_id = {t:String}",
-            {"t": tenant_id},
+        rows = await self._db.named_rows(
+            Sql(
+                "SELECT tenant_id, name, default_region, timezone,"
+                " toUnixTimestamp64Milli(created_at) AS created_at_ms"
+                " FROM tenants FINAL WHERE tenant_id = {t:String}",
+                {"t": tenant_id},
+            )
         )
-        return Tenant(*rows[0]) if rows else None
+        return Tenant(**rows[0]) if rows else None
 
     async def tenant_keys(self, tenant_id: str) -> list[tuple[int, bytes]]:
         """(key_id, wrapped_key) of every data key of the tenant, oldest first."""
-        rows = await self._db.query(
-            "SELECT key_id, wrapped_key FROM tenant_keys FINAL WHERE tenant_id = {t:String}"
-            " ORDER BY key_id",
-            {"t": tenant_id},
+        rows = await self._db.named_rows(
+            Sql(
+                "SELECT key_id, wrapped_key FROM tenant_keys FINAL WHERE tenant_id = {t:String}"
+                " ORDER BY key_id",
+                {"t": tenant_id},
+            ),
             binary=["wrapped_key"],
         )
-        return [(int(k), bytes(w)) for k, w in rows]
+        return [(int(r["key_id"]), bytes(r["wrapped_key"])) for r in rows]
 
     # API keys
 
@@ -174,13 +179,26 @@ class Directory:
 
     async def api_key(self, key_id: str) -> ApiKey | None:
         """The API key with this public id, whatever its tenant, or None."""
-        rows = await self._db.query(
-            "SELECT tenant_id, key_id, name, toString(role), token_hash,"
-            " toUnixTimestamp64Milli(created_at), revoked"
-            " FROM api_keys FINAL WHERE key_id = {k:String}",
-            {"k": key_id},
+        rows = await self._db.named_rows(
+            Sql(
+                "SELECT tenant_id, key_id, name, toString(role) AS role_name, token_hash,"
+                " toUnixTimestamp64Milli(created_at) AS created_at_ms, revoked"
+                " FROM api_keys FINAL WHERE key_id = {k:String}",
+                {"k": key_id},
+            )
         )
-        return ApiKey(*rows[0]) if rows else None
+        if not rows:
+            return None
+        row = rows[0]
+        return ApiKey(
+            tenant_id=row["tenant_id"],
+            key_id=row["key_id"],
+            name=row["name"],
+            role=row["role_name"],
+            token_hash=row["token_hash"],
+            created_at_ms=row["created_at_ms"],
+            revoked=row["revoked"],
+        )
 
     # Employees
 
@@ -217,15 +235,26 @@ class Directory:
         where = "tenant_id = {t:String}"
         if employee_id is not None:
             where += " AND employee_id = {e:String}"
-        rows = await self._db.query(
-            "SELECT tenant_id, employee_id, name_enc, number_enc, number_bidx, tags,"
-            f" toUnixTimestamp64Milli(created_at) FROM employees FINAL WHERE {where}",
-            {"t": tenant_id, "e": employee_id or ""},
+        rows = await self._db.named_rows(
+            Sql(
+                "SELECT tenant_id, employee_id, name_enc, number_enc, number_bidx, tags,"
+                " toUnixTimestamp64Milli(created_at) AS created_at_ms"
+                f" FROM employees FINAL WHERE {where}",
+                {"t": tenant_id, "e": employee_id or ""},
+            ),
             binary=["name_enc", "number_enc"],
         )
         return [
-            Employee(t, e, bytes(n), bytes(num), bytes(b), tuple(tags), c)
-            for t, e, n, num, b, tags, c in rows
+            Employee(
+                tenant_id=r["tenant_id"],
+                employee_id=r["employee_id"],
+                name_enc=bytes(r["name_enc"]),
+                number_enc=bytes(r["number_enc"]),
+                number_bidx=bytes(r["number_bidx"]),
+                tags=tuple(r["tags"]),
+                created_at_ms=r["created_at_ms"],
+            )
+            for r in rows
         ]
 
     # Enrollments
@@ -262,14 +291,17 @@ class Directory:
 
     async def enrollment(self, enrollment_id: str) -> Enrollment | None:
         """The enrollment with this public id, whatever its tenant, or None."""
-        rows = await self._db.query(
-            "SELECT tenant_id, enrollment_id, employee_id, code_hash,"
-            " toUnixTimestamp64Milli(created_at), toUnixTimestamp64Milli(expires_at),"
-            " toUnixTimestamp64Milli(used_at), device_id"
-            " FROM enrollments FINAL WHERE enrollment_id = {i:String}",
-            {"i": enrollment_id},
+        rows = await self._db.named_rows(
+            Sql(
+                "SELECT tenant_id, enrollment_id, employee_id, code_hash,"
+                " toUnixTimestamp64Milli(created_at) AS created_at_ms,"
+                " toUnixTimestamp64Milli(expires_at) AS expires_at_ms,"
+                " toUnixTimestamp64Milli(used_at) AS used_at_ms, device_id"
+                " FROM enrollments FINAL WHERE enrollment_id = {i:String}",
+                {"i": enrollment_id},
+            )
         )
-        return Enrollment(*rows[0]) if rows else None
+        return Enrollment(**rows[0]) if rows else None
 
     # Devices
 
@@ -319,10 +351,14 @@ class Directory:
             params["d"] = device_id
         where = " AND ".join(conditions) or "1"
         select = ", ".join(
-            "toUnixTimestamp64Milli(registered_at)" if c == "registered_at" else c
+            "toUnixTimestamp64Milli(registered_at) AS registered_at_ms"
+            if c == "registered_at"
+            else c
             for c in _DEVICE_COLUMNS
         )
-        rows = await self._db.query(f"SELECT {select} FROM devices FINAL WHERE {where}", params)
+        rows = await self._db.named_rows(
+            Sql(f"SELECT {select} FROM devices FINAL WHERE {where}", params)
+        )
         return [_device(row) for row in rows]
 
     async def revoke_device(self, device: Device) -> Device:
@@ -351,9 +387,8 @@ _DEVICE_COLUMNS = (
 )
 
 
-def _device(row: tuple[Any, ...]) -> Device:
-    values = dict(zip(_DEVICE_COLUMNS, row, strict=True))
-    values["registered_at_ms"] = values.pop("registered_at")
+def _device(row: dict[str, Any]) -> Device:
+    values = dict(row)
     values["sim_ids"] = tuple(values["sim_ids"])
     values["token_hash"] = bytes(values["token_hash"])
     return Device(**values)

@@ -11,11 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# The excluded numbers of a tenant, as client keys (first 8 bytes of the blind index).
-_EXCLUDED = (
-    "SELECT reinterpretAsUInt64(substring(number_bidx, 1, 8)) FROM excluded_numbers FINAL"
-    " WHERE tenant_id = {tenant:String}"
-)
+from callsight.storage.sql import Sql
+from callsight.storage.tables import DEFAULT_TABLES, Tables
+from callsight.v1 import common_pb2
+
+# CallType numbers from the contract; report SQL formats these ints, never a request's values.
+INCOMING = int(common_pb2.CALL_TYPE_INCOMING)
+OUTGOING = int(common_pb2.CALL_TYPE_OUTGOING)
+MISSED = int(common_pb2.CALL_TYPE_MISSED)
+REJECTED = int(common_pb2.CALL_TYPE_REJECTED)
+BLOCKED = int(common_pb2.CALL_TYPE_BLOCKED)
+# The calls a client never answered or the employee never took: missed, rejected, blocked.
+UNANSWERED = f"type IN ({MISSED}, {REJECTED}, {BLOCKED})"
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,10 @@ def filtered_calls(
     snapshot_ms: int | None = None,
     started: tuple[int | None, int | None] = (None, None),
     skip_started: tuple[int, int] | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """``SELECT columns FROM calls FINAL WHERE <filter>`` and its parameters.
+    *,
+    tables: Tables = DEFAULT_TABLES,
+) -> Sql:
+    """``SELECT columns FROM calls FINAL WHERE <filter>``, binding its parameters.
 
     ``snapshot_ms`` leaves out calls received after that instant (stable paging). ``started``
     (epoch ms, half-open) further narrows the calls by start time whatever the filter's time
@@ -69,7 +78,11 @@ def filtered_calls(
         conditions.append("duration_s <= {max_duration_s:UInt32}")
         params["max_duration_s"] = f.max_duration_s
     if not f.include_excluded:
-        conditions.append(f"client_key NOT IN ({_EXCLUDED})")
+        # The excluded numbers of the tenant, as client keys (first 8 bytes of the blind index).
+        conditions.append(
+            "client_key NOT IN (SELECT reinterpretAsUInt64(substring(number_bidx, 1, 8))"
+            f" FROM {tables.excluded_numbers} FINAL WHERE tenant_id = {{tenant:String}})"
+        )
     if snapshot_ms is not None:
         conditions.append("synced_at <= fromUnixTimestamp64Milli({snapshot_ms:Int64}, 'UTC')")
         params["snapshot_ms"] = snapshot_ms
@@ -86,5 +99,6 @@ def filtered_calls(
             " OR started_at >= fromUnixTimestamp64Milli({skip_to_ms:Int64}, 'UTC'))"
         )
         params["skip_from_ms"], params["skip_to_ms"] = skip_started
-    sql = f"SELECT {columns} FROM calls FINAL WHERE " + " AND ".join(conditions)
-    return sql, params
+    return Sql(
+        f"SELECT {columns} FROM {tables.calls} FINAL WHERE " + " AND ".join(conditions), params
+    )

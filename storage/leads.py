@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from callsight.storage.database import Database
+from callsight.storage.sql import Sql
 
 NO_NUMBER = bytes(32)
 # Blind indexes per lookup query: keeps the bound parameter well below URL limits over HTTP.
@@ -87,8 +88,8 @@ def fill_blanks(existing: Lead, imported: Lead) -> Lead:
     return replace(existing, **changes)
 
 
-def _lead(row: tuple[Any, ...]) -> Lead:
-    values = dict(zip(_COLUMNS, row, strict=True))
+def _lead(row: dict[str, Any]) -> Lead:
+    values = dict(row)
     for name in _BINARY + ["primary_bidx", "secondary_bidx"]:
         values[name] = bytes(values[name])
     values["tags"] = tuple(values["tags"])
@@ -97,7 +98,8 @@ def _lead(row: tuple[Any, ...]) -> Lead:
 
 def _select() -> str:
     return ", ".join(
-        "toUnixTimestamp64Milli(created_at)" if c == "created_at_ms" else c for c in _COLUMNS
+        "toUnixTimestamp64Milli(created_at) AS created_at_ms" if c == "created_at_ms" else c
+        for c in _COLUMNS
     )
 
 
@@ -106,10 +108,12 @@ async def by_primary(db: Database, tenant_id: str, primary_bidxs: Iterable[bytes
     wanted = sorted(set(primary_bidxs))
     found: list[Lead] = []
     for start in range(0, len(wanted), _LOOKUP_CHUNK):
-        rows = await db.query(
-            f"SELECT {_select()} FROM leads FINAL WHERE tenant_id = {{t:String}}"
-            " AND primary_bidx IN {b:Array(FixedString(32))} ORDER BY lead_id",
-            {"t": tenant_id, "b": wanted[start : start + _LOOKUP_CHUNK]},
+        rows = await db.named_rows(
+            Sql(
+                f"SELECT {_select()} FROM leads FINAL WHERE tenant_id = {{t:String}}"
+                " AND primary_bidx IN {b:Array(FixedString(32))} ORDER BY lead_id",
+                {"t": tenant_id, "b": wanted[start : start + _LOOKUP_CHUNK]},
+            ),
             binary=_BINARY,
         )
         found += [_lead(row) for row in rows]
@@ -118,9 +122,11 @@ async def by_primary(db: Database, tenant_id: str, primary_bidxs: Iterable[bytes
 
 async def all_leads(db: Database, tenant_id: str) -> list[Lead]:
     """Every current lead of the tenant, by lead id."""
-    rows = await db.query(
-        f"SELECT {_select()} FROM leads FINAL WHERE tenant_id = {{t:String}} ORDER BY lead_id",
-        {"t": tenant_id},
+    rows = await db.named_rows(
+        Sql(
+            f"SELECT {_select()} FROM leads FINAL WHERE tenant_id = {{t:String}} ORDER BY lead_id",
+            {"t": tenant_id},
+        ),
         binary=_BINARY,
     )
     return [_lead(row) for row in rows]
@@ -128,12 +134,14 @@ async def all_leads(db: Database, tenant_id: str) -> list[Lead]:
 
 async def open_leads(db: Database, tenant_id: str) -> dict[str, int]:
     """How many current leads each employee of the tenant is assigned."""
-    rows = await db.query(
-        "SELECT employee_id, count() FROM leads FINAL WHERE tenant_id = {t:String}"
-        " GROUP BY employee_id",
-        {"t": tenant_id},
+    rows = await db.named_rows(
+        Sql(
+            "SELECT employee_id, count() AS leads FROM leads FINAL WHERE tenant_id = {t:String}"
+            " GROUP BY employee_id",
+            {"t": tenant_id},
+        )
     )
-    return {employee_id: int(n) for employee_id, n in rows}
+    return {str(r["employee_id"]): int(r["leads"]) for r in rows}
 
 
 async def put(db: Database, leads: Sequence[Lead], version: int) -> None:

@@ -22,14 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from callsight.storage.database import Database
-from callsight.storage.filters import CallFilter, filtered_calls
+from callsight.storage.filters import (
+    INCOMING,
+    OUTGOING,
+    UNANSWERED,
+    CallFilter,
+    filtered_calls,
+)
+from callsight.storage.sql import Sql, compose, joined
+from callsight.storage.tables import DEFAULT_TABLES, Tables
 
-# CallType values (proto common.proto); the SQL below only ever inlines these constants.
-INCOMING, OUTGOING, MISSED, REJECTED, BLOCKED = 1, 2, 3, 5, 6
-_MISSED_OR_REJECTED = f"type IN ({MISSED}, {REJECTED}, {BLOCKED})"
 _OUTGOING = f"type = {OUTGOING}"
 # "Newest" call of a group: ties on started_at broken the way CallHistory orders calls.
 _NEWEST = "(started_at, device_id, call_id)"
@@ -113,17 +118,21 @@ class LeadActivityRow:
     last_call_at_ms: int
 
 
-# Each number a lead has (primary, and secondary when set), with the smallest lead per number.
-_LEAD_NUMBERS = """
+def _lead_numbers(f: CallFilter, tables: Tables) -> Sql:
+    # Each number a lead has (primary, and secondary when set), with the smallest lead per number.
+    return Sql(
+        f"""
 SELECT bidx, min(lead_id) AS lead_id
 FROM (
     SELECT lead_id, arrayJoin([primary_bidx, secondary_bidx]) AS bidx
-    FROM leads FINAL
-    WHERE tenant_id = {tenant:String}
+    FROM {tables.leads} FINAL
+    WHERE tenant_id = {{tenant:String}}
 )
 WHERE bidx != toFixedString('', 32)
 GROUP BY bidx
-"""
+""",
+        {"tenant": f.tenant_id},
+    )
 
 
 def _page_keys(
@@ -133,24 +142,23 @@ def _page_keys(
     after: int | None,
     below: int | None,
     limit: int,
-) -> tuple[str, dict[str, Any]]:
+    tables: Tables,
+) -> Sql:
     """The client keys of one page (after ``after``, below ``below``, at most ``limit``), from
     the cheap columns."""
-    calls_sql, params = filtered_calls(f, "client_key, type, duration_s", snapshot_ms)
     conditions = []
     if after is not None:
-        conditions.append("client_key > {after:UInt64}")
-        params["after"] = after
+        conditions.append(Sql("client_key > {after:UInt64}", {"after": after}))
     if below is not None:
-        conditions.append("client_key < {below:UInt64}")
-        params["below"] = below
-    where = " WHERE " + " AND ".join(conditions) if conditions else ""
-    params["limit"] = limit
-    sql = (
-        f"SELECT client_key FROM ({calls_sql}){where} GROUP BY client_key {having}"
-        " ORDER BY client_key LIMIT {limit:UInt32}"
-    )
-    return sql, params
+        conditions.append(Sql("client_key < {below:UInt64}", {"below": below}))
+    where = " WHERE " + joined(" AND ", conditions) if conditions else Sql("")
+    return compose(
+        "SELECT client_key FROM ($calls)$where GROUP BY client_key $having"
+        " ORDER BY client_key LIMIT {limit:UInt32}",
+        calls=filtered_calls(f, "client_key, type, duration_s", snapshot_ms, tables=tables),
+        where=where,
+        having=having,
+    ).bind(limit=limit)
 
 
 async def _windowed(
@@ -181,41 +189,55 @@ def _missing_calls_sql(
     after: int | None,
     below: int | None,
     limit: int,
-) -> tuple[str, dict[str, Any]]:
+    tables: Tables,
+) -> Sql:
     """Clients with at least one ``counted`` call and no connected call, after ``after``."""
-    keys_sql, params = _page_keys(
-        f,
-        snapshot_ms,
-        f"HAVING countIf({counted}) > 0 AND countIf(duration_s > 0) = 0",
-        after,
-        below,
-        limit,
-    )
-    calls_sql, _ = filtered_calls(f, _CLIENT_COLUMNS, snapshot_ms)
-    sql = f"""
+    return compose(
+        f"""
 SELECT client_key,
        argMax(number_enc, {_NEWEST}) AS number_enc,
        argMaxIf(name_enc, {_NEWEST}, name_enc != '') AS name_enc,
        arraySort(groupUniqArrayIf(employee_id, {counted})) AS employee_ids,
        countIf({counted}) AS calls
-FROM ({calls_sql})
-WHERE client_key IN ({keys_sql})
+FROM ($calls)
+WHERE client_key IN ($keys)
 GROUP BY client_key
 ORDER BY client_key
-"""
-    return sql, params
+""",
+        calls=filtered_calls(f, _CLIENT_COLUMNS, snapshot_ms, tables=tables),
+        keys=_page_keys(
+            f,
+            snapshot_ms,
+            f"HAVING countIf({counted}) > 0 AND countIf(duration_s > 0) = 0",
+            after,
+            below,
+            limit,
+            tables,
+        ),
+    )
 
 
-async def _client_rows(db: Database, sql: str, params: dict[str, Any]) -> list[ClientRow]:
-    rows = await db.query(sql, params, binary=["number_enc", "name_enc"])
+async def _client_rows(db: Database, query: Sql) -> list[ClientRow]:
     return [
-        ClientRow(int(key), bytes(number), bytes(name), tuple(employees), int(calls))
-        for key, number, name, employees, calls in rows
+        ClientRow(
+            client_key=int(r["client_key"]),
+            number_enc=bytes(r["number_enc"]),
+            name_enc=bytes(r["name_enc"]),
+            employee_ids=tuple(r["employee_ids"]),
+            calls=int(r["calls"]),
+        )
+        for r in await db.named_rows(query, binary=["number_enc", "name_enc"])
     ]
 
 
 async def never_attended(
-    db: Database, f: CallFilter, snapshot_ms: int, after: int | None, limit: int
+    db: Database,
+    f: CallFilter,
+    snapshot_ms: int,
+    after: int | None,
+    limit: int,
+    *,
+    tables: Tables = DEFAULT_TABLES,
 ) -> list[ClientRow]:
     """Clients with a missed, rejected or blocked call and no connected call (either way).
 
@@ -223,31 +245,45 @@ async def never_attended(
     """
 
     async def fetch(below: int | None) -> list[ClientRow]:
-        sql, params = _missing_calls_sql(f, snapshot_ms, _MISSED_OR_REJECTED, after, below, limit)
-        return await _client_rows(db, sql, params)
+        return await _client_rows(
+            db, _missing_calls_sql(f, snapshot_ms, UNANSWERED, after, below, limit, tables)
+        )
 
     return await _windowed(fetch, after, limit)
 
 
 async def not_picked_by_client(
-    db: Database, f: CallFilter, snapshot_ms: int, after: int | None, limit: int
+    db: Database,
+    f: CallFilter,
+    snapshot_ms: int,
+    after: int | None,
+    limit: int,
+    *,
+    tables: Tables = DEFAULT_TABLES,
 ) -> list[ClientRow]:
     """Clients with an outgoing call and no connected call; ``calls`` are the outgoing ones."""
 
     async def fetch(below: int | None) -> list[ClientRow]:
-        sql, params = _missing_calls_sql(f, snapshot_ms, _OUTGOING, after, below, limit)
-        return await _client_rows(db, sql, params)
+        return await _client_rows(
+            db, _missing_calls_sql(f, snapshot_ms, _OUTGOING, after, below, limit, tables)
+        )
 
     return await _windowed(fetch, after, limit)
 
 
 async def unique_clients(
-    db: Database, f: CallFilter, snapshot_ms: int, after: int | None, limit: int
+    db: Database,
+    f: CallFilter,
+    snapshot_ms: int,
+    after: int | None,
+    limit: int,
+    *,
+    tables: Tables = DEFAULT_TABLES,
 ) -> list[UniqueClientRow]:
     """Distinct client numbers with their totals, ordered by client key."""
 
     async def fetch(below: int | None) -> list[UniqueClientRow]:
-        return await _unique_clients(db, f, snapshot_ms, after, below, limit)
+        return await _unique_clients(db, f, snapshot_ms, after, below, limit, tables)
 
     return await _windowed(fetch, after, limit)
 
@@ -259,10 +295,10 @@ async def _unique_clients(
     after: int | None,
     below: int | None,
     limit: int,
+    tables: Tables,
 ) -> list[UniqueClientRow]:
-    keys_sql, params = _page_keys(f, snapshot_ms, "", after, below, limit)
-    calls_sql, _ = filtered_calls(f, _CLIENT_COLUMNS, snapshot_ms)
-    sql = f"""
+    query = compose(
+        f"""
 SELECT client_key,
        argMax(number_enc, {_NEWEST}) AS number_enc,
        argMaxIf(name_enc, {_NEWEST}, name_enc != '') AS name_enc,
@@ -272,25 +308,27 @@ SELECT client_key,
        sum(duration_s) AS total_duration_s,
        toUnixTimestamp64Milli(max(started_at)) AS last_call_at_ms,
        argMax(type, {_NEWEST}) AS last_call_type
-FROM ({calls_sql})
-WHERE client_key IN ({keys_sql})
+FROM ($calls)
+WHERE client_key IN ($keys)
 GROUP BY client_key
 ORDER BY client_key
-"""
-    rows = await db.query(sql, params, binary=["number_enc", "name_enc"])
+""",
+        calls=filtered_calls(f, _CLIENT_COLUMNS, snapshot_ms, tables=tables),
+        keys=_page_keys(f, snapshot_ms, "", after, below, limit, tables),
+    )
     return [
         UniqueClientRow(
-            client_key=int(key),
-            number_enc=bytes(number),
-            name_enc=bytes(name),
-            total_calls=int(total),
-            incoming_calls=int(incoming),
-            outgoing_calls=int(outgoing),
-            total_duration_s=int(duration),
-            last_call_at_ms=int(last_ms),
-            last_call_type=int(last_type),
+            client_key=int(r["client_key"]),
+            number_enc=bytes(r["number_enc"]),
+            name_enc=bytes(r["name_enc"]),
+            total_calls=int(r["total_calls"]),
+            incoming_calls=int(r["incoming_calls"]),
+            outgoing_calls=int(r["outgoing_calls"]),
+            total_duration_s=int(r["total_duration_s"]),
+            last_call_at_ms=int(r["last_call_at_ms"]),
+            last_call_type=int(r["last_call_type"]),
         )
-        for key, number, name, total, incoming, outgoing, duration, last_ms, last_type in rows
+        for r in await db.named_rows(query, binary=["number_enc", "name_enc"])
     ]
 
 
@@ -304,7 +342,13 @@ _HISTORY_COLUMNS = (
 
 
 async def call_history(
-    db: Database, f: CallFilter, snapshot_ms: int, after: HistoryKey | None, limit: int
+    db: Database,
+    f: CallFilter,
+    snapshot_ms: int,
+    after: HistoryKey | None,
+    limit: int,
+    *,
+    tables: Tables = DEFAULT_TABLES,
 ) -> list[HistoryRow]:
     """Calls newest first, after ``after``, each with the lead its number belongs to (if any).
 
@@ -312,20 +356,24 @@ async def call_history(
     the range): the windows are disjoint and in the listing's order, so the page is the first
     ``limit`` rows of their concatenation, and a window is read only while rows are missing.
     """
+
+    async def window(started: tuple[int | None, int | None], limit: int) -> list[HistoryRow]:
+        return await _history_window(db, f, snapshot_ms, after, started, limit, tables)
+
     # A call after the cursor started at or before the cursor's millisecond.
     upper = None if after is None else after.started_at_ms + 1
     if f.sync_time:
         # The range bounds the receive time, not the start: one read, bounded by the cursor only.
-        return await _history_window(db, f, snapshot_ms, after, (None, upper), limit)
+        return await window((None, upper), limit)
     upper = f.to_ms if upper is None else min(upper, f.to_ms)
     rows: list[HistoryRow] = []
     for span in _HISTORY_WINDOWS_MS:
         lower = max(f.from_ms, upper - span)
-        rows += await _history_window(db, f, snapshot_ms, after, (lower, upper), limit - len(rows))
+        rows += await window((lower, upper), limit - len(rows))
         if len(rows) >= limit or lower == f.from_ms:
             return rows
         upper = lower
-    rows += await _history_window(db, f, snapshot_ms, after, (None, upper), limit - len(rows))
+    rows += await window((None, upper), limit - len(rows))
     return rows
 
 
@@ -336,67 +384,67 @@ async def _history_window(
     after: HistoryKey | None,
     started: tuple[int | None, int | None],
     limit: int,
+    tables: Tables,
 ) -> list[HistoryRow]:
     """The first ``limit`` calls after ``after`` that started within ``started``."""
-    calls_sql, params = filtered_calls(f, _HISTORY_COLUMNS, snapshot_ms, started)
-    where = ""
+    where = Sql("")
     if after is not None:
-        where = (
+        where = Sql(
             " WHERE (started_at, device_id, call_id) < (fromUnixTimestamp64Milli("
-            "{after_ms:Int64}, 'UTC'), {after_device:String}, {after_call:String})"
+            "{after_ms:Int64}, 'UTC'), {after_device:String}, {after_call:String})",
+            {
+                "after_ms": after.started_at_ms,
+                "after_device": after.device_id,
+                "after_call": after.call_id,
+            },
         )
-        params.update(
-            after_ms=after.started_at_ms, after_device=after.device_id, after_call=after.call_id
-        )
-    params["limit"] = limit
     # The page is cut first, so only its rows are joined with the leads.
-    sql = f"""
-SELECT c.call_id, c.device_id, c.employee_id, c.number_enc, c.name_enc, c.type,
-       toUnixTimestamp64Milli(c.started_at), c.duration_s, c.note_enc, c.recording_uri,
-       toUnixTimestamp64Milli(c.synced_at), l.lead_id
+    query = compose(
+        """
+SELECT c.call_id AS call_id, c.device_id AS device_id, c.employee_id AS employee_id,
+       c.number_enc AS number_enc, c.name_enc AS name_enc, c.type AS type,
+       toUnixTimestamp64Milli(c.started_at) AS started_at_ms, c.duration_s AS duration_s,
+       c.note_enc AS note_enc, c.recording_uri AS recording_uri,
+       toUnixTimestamp64Milli(c.synced_at) AS synced_at_ms, l.lead_id AS lead_id
 FROM (
-    SELECT * FROM ({calls_sql}){where}
+    SELECT * FROM ($calls)$where
     ORDER BY started_at DESC, device_id DESC, call_id DESC
-    LIMIT {{limit:UInt32}}
+    LIMIT {limit:UInt32}
 ) AS c
-LEFT JOIN ({_LEAD_NUMBERS}) AS l ON l.bidx = c.number_bidx
+LEFT JOIN ($leads) AS l ON l.bidx = c.number_bidx
 ORDER BY c.started_at DESC, c.device_id DESC, c.call_id DESC
-"""
-    rows = await db.query(sql, params, binary=["number_enc", "name_enc", "note_enc"])
+""",
+        calls=filtered_calls(f, _HISTORY_COLUMNS, snapshot_ms, started, tables=tables),
+        where=where,
+        leads=_lead_numbers(f, tables),
+    ).bind(limit=limit)
     return [
         HistoryRow(
-            call_id=call_id,
-            device_id=device_id,
-            employee_id=employee_id,
-            number_enc=bytes(number),
-            name_enc=bytes(name),
-            type=int(kind),
-            started_at_ms=int(started),
-            duration_s=int(duration),
-            note_enc=bytes(note),
-            recording_uri=uri,
-            synced_at_ms=int(synced),
-            lead_id=lead_id,
+            call_id=str(r["call_id"]),
+            device_id=str(r["device_id"]),
+            employee_id=str(r["employee_id"]),
+            number_enc=bytes(r["number_enc"]),
+            name_enc=bytes(r["name_enc"]),
+            type=int(r["type"]),
+            started_at_ms=int(r["started_at_ms"]),
+            duration_s=int(r["duration_s"]),
+            note_enc=bytes(r["note_enc"]),
+            recording_uri=str(r["recording_uri"]),
+            synced_at_ms=int(r["synced_at_ms"]),
+            lead_id=str(r["lead_id"]),
         )
-        for (
-            call_id,
-            device_id,
-            employee_id,
-            number,
-            name,
-            kind,
-            started,
-            duration,
-            note,
-            uri,
-            synced,
-            lead_id,
-        ) in rows
+        for r in await db.named_rows(query, binary=["number_enc", "name_enc", "note_enc"])
     ]
 
 
 async def lead_activity(
-    db: Database, f: CallFilter, snapshot_ms: int, after: str | None, limit: int
+    db: Database,
+    f: CallFilter,
+    snapshot_ms: int,
+    after: str | None,
+    limit: int,
+    *,
+    tables: Tables = DEFAULT_TABLES,
 ) -> list[LeadActivityRow]:
     """Per lead (by lead_id), the filter's calls by its assigned employee with its numbers.
 
@@ -405,29 +453,30 @@ async def lead_activity(
     after the lead's creation (calls before it count in ``calls`` but are no response to the
     lead); ``time_to_first_call_s`` is its start minus the creation, in whole seconds.
     """
-    calls_sql, params = filtered_calls(
-        f, "employee_id, number_bidx, started_at, duration_s", snapshot_ms
-    )
-    lead_where = "tenant_id = {tenant:String}"
+    leads = [Sql("tenant_id = {tenant:String}", {"tenant": f.tenant_id})]
     if f.employee_ids is not None:
-        lead_where += " AND employee_id IN {employee_ids:Array(String)}"
-        params["employee_ids"] = list(f.employee_ids)
+        leads.append(
+            Sql(
+                "employee_id IN {employee_ids:Array(String)}",
+                {"employee_ids": list(f.employee_ids)},
+            )
+        )
     if after is not None:
-        lead_where += " AND lead_id > {after:String}"
-        params["after"] = after
-    params["limit"] = limit
-    sql = f"""
+        leads.append(Sql("lead_id > {after:String}", {"after": after}))
+    query = compose(
+        f"""
 WITH page AS (
     SELECT lead_id, employee_id, toUnixTimestamp64Milli(created_at) AS created_ms,
            primary_bidx, secondary_bidx
-    FROM leads FINAL
-    WHERE {lead_where}
+    FROM {tables.leads} FINAL
+    WHERE $leads
     ORDER BY lead_id
     LIMIT {{limit:UInt32}}
 )
-SELECT p.lead_id, p.employee_id, if(a.answered > 0, a.first_ms, 0),
-       if(a.answered > 0, intDiv(a.first_ms - p.created_ms, 1000), 0),
-       a.calls, a.connected, a.last_ms
+SELECT p.lead_id AS lead_id, p.employee_id AS employee_id,
+       if(a.answered > 0, a.first_ms, 0) AS first_call_at_ms,
+       if(a.answered > 0, intDiv(a.first_ms - p.created_ms, 1000), 0) AS time_to_first_call_s,
+       a.calls AS calls, a.connected AS connected_calls, a.last_ms AS last_call_at_ms
 FROM page AS p
 LEFT JOIN (
     SELECT n.lead_id AS lead_id,
@@ -438,7 +487,7 @@ LEFT JOIN (
            count() AS calls,
            countIf(c.duration_s > 0) AS connected,
            toUnixTimestamp64Milli(max(c.started_at)) AS last_ms
-    FROM ({calls_sql}) AS c
+    FROM ($calls) AS c
     INNER JOIN (
         -- arrayDistinct: a lead whose two numbers are equal counts each call once.
         SELECT lead_id, employee_id, created_ms,
@@ -448,17 +497,21 @@ LEFT JOIN (
     GROUP BY n.lead_id
 ) AS a ON a.lead_id = p.lead_id
 ORDER BY p.lead_id
-"""
-    rows = await db.query(sql, params)
+""",
+        leads=joined(" AND ", leads),
+        calls=filtered_calls(
+            f, "employee_id, number_bidx, started_at, duration_s", snapshot_ms, tables=tables
+        ),
+    ).bind(limit=limit)
     return [
         LeadActivityRow(
-            lead_id=lead_id,
-            employee_id=employee_id,
-            first_call_at_ms=int(first_ms),
-            time_to_first_call_s=int(to_first),
-            calls=int(calls),
-            connected_calls=int(connected),
-            last_call_at_ms=int(last_ms),
+            lead_id=str(r["lead_id"]),
+            employee_id=str(r["employee_id"]),
+            first_call_at_ms=int(r["first_call_at_ms"]),
+            time_to_first_call_s=int(r["time_to_first_call_s"]),
+            calls=int(r["calls"]),
+            connected_calls=int(r["connected_calls"]),
+            last_call_at_ms=int(r["last_call_at_ms"]),
         )
-        for lead_id, employee_id, first_ms, to_first, calls, connected, last_ms in rows
+        for r in await db.named_rows(query)
     ]

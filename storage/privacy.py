@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from callsight.storage.database import Database
+from callsight.storage.sql import Sql
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,12 @@ async def set_excluded(
     ``version`` is the clock's nanoseconds: it must exceed the versions of the current rows.
     """
     current = {
-        bytes(r[0])
-        for r in await db.query(
-            "SELECT number_bidx FROM excluded_numbers FINAL WHERE tenant_id = {t:String}",
-            {"t": tenant_id},
+        bytes(r["number_bidx"])
+        for r in await db.named_rows(
+            Sql(
+                "SELECT number_bidx FROM excluded_numbers FINAL WHERE tenant_id = {t:String}",
+                {"t": tenant_id},
+            )
         )
     }
     rows = [(tenant_id, bidx, enc, version, 0) for bidx, enc in numbers.items()]
@@ -62,11 +65,14 @@ async def erase_number(db: Database, tenant_id: str, bidx: bytes) -> Erased:
     params = {"t": tenant_id, "b": bidx}
     counts: dict[str, int] = {}
     for table, holds, key in _ERASE:
-        rows = await db.query(
-            f"SELECT count() FROM {table} FINAL WHERE tenant_id = {{t:String}} AND {holds}",
-            params,
+        rows = await db.named_rows(
+            Sql(
+                f"SELECT count() AS records FROM {table} FINAL"
+                f" WHERE tenant_id = {{t:String}} AND {holds}",
+                params,
+            )
         )
-        counts[table] = int(rows[0][0])
+        counts[table] = int(rows[0]["records"])
         # Lightweight DELETE: the rows vanish from every read at once; parts are cleaned later.
         await db.command(
             f"DELETE FROM {table} WHERE tenant_id = {{t:String}} AND ({holds} OR {key} IN ("

@@ -35,44 +35,71 @@ units of one kind in one read of the calls, a missing span from the unit runs. R
 made twice (two requests at once) are equal; readers pick the same one. A run's rows are written
 before its entry in ``call_rollup_runs``, so a run that died half-way is never read.
 
-Only days that ended ``DAY_SETTLE_MS`` ago and months that ended ``MONTH_SETTLE_MS`` ago are
+Only days that ended ``day_settle_ms`` ago and months that ended ``month_settle_ms`` ago are
 rolled up, since the latest days change all the time, and only for filters a run can answer: any
 time zone and employees, but no call types, durations or receive-time ranges. A unit that keeps
 changing anyway (a device backfilling weeks of calls) has its runs made at most every
-``REMAKE_INTERVAL_S`` per process; in between, summaries read its calls. Month runs are read for
-30 days, day runs and spans for two (``READ_DAYS``), and dropped a day later with their
+``remake_interval_s`` per service; in between, summaries read its calls. Month runs are read for
+30 days, day runs and spans for two (``RollupSettings``), and dropped a day later with their
 partition of ``call_rollups``, so superseded runs cost neither a mutation nor lasting space.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.storage.database import Database
 from callsight.storage.filters import CallFilter
+from callsight.storage.sql import Sql, compose
+from callsight.storage.tables import DEFAULT_TABLES, Tables
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 DAY_MS = 86_400_000
-# The latest days keep changing for a while (late syncs, notes added): a day is rolled up once it
-# ended a day ago, a month (whose run costs a read of the whole month to make again) three days.
-DAY_SETTLE_MS = DAY_MS
-MONTH_SETTLE_MS = 3 * DAY_MS
-# A unit's run is made again at most this often by one process (see ``cover``).
-REMAKE_INTERVAL_S = 600.0
-# Runs are read for this many days after they were made, by kind: a month run costs a read of
-# the whole month to make and rarely changes; day runs and spans are cheap and superseded often.
-# Their entries and rows expire a day later (rows by whole partitions of the day they were made,
-# so superseded runs go without a mutation).
-READ_DAYS = {"month": 30, "day": 2, "span": 2}
+
+
+@dataclass(frozen=True)
+class RollupSettings:
+    """When units are rolled up, how often a changing one is made again, how long runs are read.
+
+    The defaults are the production settings.
+    """
+
+    # The latest days keep changing for a while (late syncs, notes added): a day is rolled up
+    # once it ended a day ago, a month (whose run costs a read of the whole month) three days.
+    day_settle_ms: int = DAY_MS
+    month_settle_ms: int = 3 * DAY_MS
+    # A unit's run is made again at most this often by one service (see ``Rollups.cover``).
+    remake_interval_s: float = 600.0
+    # Runs are read for this many days after they were made, by kind: a month run costs a read
+    # of the whole month to make and rarely changes; day runs and spans are cheap and superseded
+    # often. Their entries and rows expire a day later (rows by whole partitions of the day
+    # they were made, so superseded runs go without a mutation).
+    month_read_days: int = 30
+    day_read_days: int = 2
+    span_read_days: int = 2
+    # Bounds of the service's memory: parts of calls read, and units made.
+    max_part_entries: int = 20_000
+    max_made_entries: int = 100_000
+
+    def read_days(self) -> dict[str, int]:
+        """Days a run is read, by kind ("month", "day", "span")."""
+        return {
+            "month": self.month_read_days,
+            "day": self.day_read_days,
+            "span": self.span_read_days,
+        }
+
+
+DEFAULT_SETTINGS = RollupSettings()
 
 # The columns of call_rollups that a unit query fills, besides ``unit_start_ms`` (the start of
 # the unit the row belongs to), in this order. Figures add up across runs, except the first and
@@ -103,11 +130,11 @@ ROLLUP_COLUMNS = (
     "day_seconds",
 )
 
-# The rows of units, from a filter spanning them: (SELECT of ``unit_start_ms`` and
-# ROLLUP_COLUMNS, its parameters). With ``by_month`` each UTC month of the filter's range is a
-# unit; without, the range is one unit. ``whole_day`` may be 0 for a day that lies within its
+# The rows of units, from a filter spanning them: a SELECT of ``unit_start_ms`` and
+# ROLLUP_COLUMNS over the given tables. With ``by_month`` each UTC month of the filter's range is
+# a unit; without, the range is one unit. ``whole_day`` may be 0 for a day that lies within its
 # unit (that costs a row) but never 1 for a day that reaches out of it.
-UnitQuery = Callable[[CallFilter, bool], tuple[str, dict[str, Any]]]
+UnitQuery = Callable[[CallFilter, bool, Tables], Sql]
 
 
 @dataclass(frozen=True)
@@ -149,18 +176,21 @@ def _month_end(ms: int) -> int:
     return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def units(from_ms: int, to_ms: int, now_ms: int) -> list[Unit]:
+def units(
+    from_ms: int, to_ms: int, now_ms: int, settings: RollupSettings = DEFAULT_SETTINGS
+) -> list[Unit]:
     """The settled whole UTC days within [from_ms, to_ms) as units, oldest first, without gaps.
 
-    A whole month that ended MONTH_SETTLE_MS ago is one unit; every other day that ended
-    DAY_SETTLE_MS ago is a unit of its own.
+    A whole month that ended ``month_settle_ms`` ago is one unit; every other day that ended
+    ``day_settle_ms`` ago is a unit of its own.
     """
     begin = -(-from_ms // DAY_MS) * DAY_MS
-    last_day = min(to_ms, now_ms - DAY_SETTLE_MS) // DAY_MS * DAY_MS
+    last_day = min(to_ms, now_ms - settings.day_settle_ms) // DAY_MS * DAY_MS
     out: list[Unit] = []
     while begin < last_day:
         month_end = _month_end(begin)
-        if _yyyymmdd(begin) % 100 == 1 and month_end <= min(to_ms, now_ms - MONTH_SETTLE_MS):
+        settled = min(to_ms, now_ms - settings.month_settle_ms)
+        if _yyyymmdd(begin) % 100 == 1 and month_end <= settled:
             out.append(Unit(begin, month_end, is_month=True))
             begin = month_end
         else:
@@ -193,12 +223,16 @@ class _PartDays:
     longest ago are forgotten first.
     """
 
-    def __init__(self, max_entries: int = 20_000) -> None:
+    def __init__(self, max_entries: int = DEFAULT_SETTINGS.max_part_entries) -> None:
         self._max_entries = max_entries
         self._days: OrderedDict[tuple[str, str], dict[int, int]] = OrderedDict()
 
     async def day_maxima(
-        self, db: Database, tenant_id: str, parts: list[tuple[str, str]]
+        self,
+        db: Database,
+        tenant_id: str,
+        parts: list[tuple[str, str]],
+        tables: Tables = DEFAULT_TABLES,
     ) -> dict[int, int]:
         """The highest block number per yyyymmdd over ``parts`` ((name, path) of active parts).
 
@@ -211,16 +245,19 @@ class _PartDays:
         partitions = sorted({name.split("_", 1)[0] for name, _ in parts})
         read: dict[str, dict[int, int]] = {name: {} for name, _ in parts if name not in known}
         if read:
-            rows = await db.query(
-                "SELECT _part, toYYYYMMDD(started_at, 'UTC') AS day, max(_block_number)"
-                " FROM calls WHERE tenant_id = {tenant:String}"
-                " AND _partition_id IN {partitions:Array(String)}"
-                " AND _part NOT IN {known:Array(String)}"
-                " GROUP BY _part, day",
-                {"tenant": tenant_id, "partitions": partitions, "known": list(known)},
+            rows = await db.named_rows(
+                Sql(
+                    "SELECT _part AS part, toYYYYMMDD(started_at, 'UTC') AS day,"
+                    f" max(_block_number) AS block FROM {tables.calls}"
+                    " WHERE tenant_id = {tenant:String}"
+                    " AND _partition_id IN {partitions:Array(String)}"
+                    " AND _part NOT IN {known:Array(String)}"
+                    " GROUP BY part, day",
+                    {"tenant": tenant_id, "partitions": partitions, "known": list(known)},
+                )
             )
-            for name, day, block in rows:
-                read.setdefault(str(name), {})[int(day)] = int(block)
+            for row in rows:
+                read.setdefault(str(row["part"]), {})[int(row["day"])] = int(row["block"])
         paths = dict(parts)
         for name, days in read.items():
             if name in paths:
@@ -232,154 +269,308 @@ class _PartDays:
         return maxima
 
 
-_PART_DAYS = _PartDays()
-
-
-async def _states(db: Database, f: CallFilter, found: list[Unit]) -> list[str] | None:
-    """The state of each unit (see the module's doc); None while one can't tell."""
-    day_partitions = sorted({str(u.code // 100) for u in found if not u.is_month})
-    rows = await db.query(
-        "SELECT table, partition_id,"
-        " concat(toString(max(max_block_number)), '.', toString(max(data_version)))"
-        " FROM system.parts WHERE database = currentDatabase() AND active AND ("
-        " (table = 'calls' AND partition_id IN {months:Array(String)})"
-        " OR table = 'excluded_numbers')"
-        " GROUP BY table, partition_id"
-        " UNION ALL"
-        " SELECT 'mutation', toString(countIf(NOT is_done)),"
-        " toString(max(arrayMax(block_numbers.number)))"
-        " FROM system.mutations WHERE database = currentDatabase() AND table = 'calls'"
-        " UNION ALL"
-        " SELECT 'part', name, path FROM system.parts"
-        " WHERE database = currentDatabase() AND table = 'calls' AND active"
-        " AND partition_id IN {day_partitions:Array(String)}",
-        {
-            "months": [str(u.code) for u in found if u.is_month],
-            "day_partitions": day_partitions,
-        },
-    )
-    states = {(str(what), str(unit)): str(state) for what, unit, state in rows}
-    if ("mutation", "0") not in states:
-        # A mutation of calls (an erasure) is under way: what a read sees may still change
-        # without a new state. Nothing is rolled up until it is done.
-        return None
-    if f.include_excluded:
-        excluded = "all"
-    else:
-        excluded = ",".join(sorted(s for (w, _), s in states.items() if w == "excluded_numbers"))
-    mutation = states[("mutation", "0")]
-    days: dict[int, int] = {}
-    if day_partitions:
-        parts = [(str(name), str(path)) for what, name, path in rows if what == "part"]
-        days = await _PART_DAYS.day_maxima(db, f.tenant_id, parts)
-    # A unit without rows has no calls: its (empty) run is stamped "-".
-    return [
-        f"{states.get(('calls', str(u.code)), '-')}|{excluded}"
-        if u.is_month
-        else f"{days.get(u.code, '-')}.m{mutation}|{excluded}"
-        for u in found
-    ]
-
-
-_RunKey = tuple[str, int, int, str]  # kind, first unit, last unit, state
-
-
-async def _find(db: Database, f: CallFilter, found: list[Unit]) -> dict[_RunKey, str]:
-    """The runs of these units, and of spans starting with the first, whatever their state.
-
-    Read alongside the states, so it cannot ask for them; the caller picks.
-    """
-    rows = await db.query(
-        "SELECT kind, first_unit, last_unit, state, toString(min(run_id)) FROM call_rollup_runs"
-        " WHERE tenant_id = {tenant:String} AND timezone = {tz:String}"
-        " AND (kind, first_unit) IN {wanted:Array(Tuple(String, UInt32))}"
-        " AND created_at > now() - toIntervalDay("
-        " {read_days:Array(UInt32)}[indexOf({read_kinds:Array(String)}, kind)])"
-        " GROUP BY kind, first_unit, last_unit, state",
-        {
-            "tenant": f.tenant_id,
-            "tz": f.timezone,
-            "wanted": [(u.kind, u.code) for u in found] + [("span", _yyyymmdd(found[0].start_ms))],
-            "read_kinds": list(READ_DAYS),
-            "read_days": list(READ_DAYS.values()),
-        },
-    )
-    return {
-        (str(kind), int(first), int(last), str(state)): str(run_id)
-        for kind, first, last, state, run_id in rows
-    }
-
-
-async def cover(db: Database, f: CallFilter, unit_rows: UnitQuery, now_ms: int) -> Cover | None:
-    """Rollup runs for the settled whole days of ``f``'s range, making the missing ones.
-
-    None when ``f`` cannot use rollups or its range holds no settled whole day. A unit that
-    this process made a run of less than REMAKE_INTERVAL_S ago is not made again: the cover
-    ends before it, and the calls from there on are read as they are.
-    """
-    if not answerable(f):
-        return None
-    found = units(f.from_ms, f.to_ms, now_ms)
-    if not found:
-        return None
-    states, known = await asyncio.gather(_states(db, f, found), _find(db, f, found))
-    if states is None:
-        return None
-    runs = {u: known.get((u.kind, u.code, u.code, s)) for u, s in zip(found, states, strict=True)}
-    remade = (i for i, u in enumerate(found) if runs[u] is None and _MADE.recent(f, u))
-    churning = next(remade, None)
-    if churning is not None:
-        found, states = found[:churning], states[:churning]
-        if not found:
-            return None
-    first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
-    span_state = ",".join(f"{u.code}:{s}" for u, s in zip(found, states, strict=True))
-    if f.employee_ids is None:
-        span = known.get(("span", first, last, span_state))
-        if span is not None:
-            return Cover(found[0].start_ms, found[-1].end_ms, (span,))
-    missing = [(u, s) for u, s in zip(found, states, strict=True) if runs[u] is None]
-    # Consecutive missing units of one kind are made in one read of the calls.
-    while missing:
-        batch = [missing.pop(0)]
-        while missing and missing[0][0].is_month == batch[0][0].is_month:
-            if missing[0][0].start_ms != batch[-1][0].end_ms:
-                break
-            batch.append(missing.pop(0))
-        runs.update(await _make_units(db, f, batch, unit_rows))
-        for u, _ in batch:
-            _MADE.note(f, u)
-    unit_runs = tuple(str(runs[u]) for u in found)
-    if f.employee_ids is not None:
-        return Cover(found[0].start_ms, found[-1].end_ms, unit_runs)
-    span = await _make_span(db, f, found, span_state, unit_runs)
-    return Cover(found[0].start_ms, found[-1].end_ms, (span,))
-
-
 class _Made:
-    """When this process last made a run of each unit, to make a changing unit's runs rarely.
+    """When this service last made a run of each unit, to make a changing unit's runs rarely.
 
     A unit that keeps changing (a device backfilling weeks of calls, late syncs) would otherwise
     be read and written again by every summary, and its superseded runs kept until they expire.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, interval_s: float, clock: Clock, max_entries: int) -> None:
+        self._interval_ms = interval_s * 1000
+        self._clock = clock
         self._max_entries = max_entries
-        self._made: OrderedDict[tuple[str, str, bool, str, int], float] = OrderedDict()
+        self._made: OrderedDict[tuple[str, str, str, bool, str, int], int] = OrderedDict()
 
     @staticmethod
-    def _key(f: CallFilter, u: Unit) -> tuple[str, str, bool, str, int]:
-        return (f.tenant_id, f.timezone, f.include_excluded, u.kind, u.code)
+    def _key(f: CallFilter, u: Unit, tables: Tables) -> tuple[str, str, str, bool, str, int]:
+        return (tables.calls, f.tenant_id, f.timezone, f.include_excluded, u.kind, u.code)
 
-    def recent(self, f: CallFilter, u: Unit) -> bool:
-        made = self._made.get(self._key(f, u))
-        return made is not None and time.monotonic() - made < REMAKE_INTERVAL_S
+    def recent(self, f: CallFilter, u: Unit, tables: Tables) -> bool:
+        made = self._made.get(self._key(f, u, tables))
+        return made is not None and self._clock.now_ms() - made < self._interval_ms
 
-    def note(self, f: CallFilter, u: Unit) -> None:
-        _remember(self._made, self._key(f, u), time.monotonic(), self._max_entries)
+    def note(self, f: CallFilter, u: Unit, tables: Tables) -> None:
+        _remember(self._made, self._key(f, u, tables), self._clock.now_ms(), self._max_entries)
 
 
-_MADE = _Made()
+_RunKey = tuple[str, int, int, str]  # kind, first unit, last unit, state
+
+
+class Rollups:
+    """The rollups of one service: its settings, its clock and what it remembers between calls.
+
+    Made once by the service and handed to every summary that reads rollups; a summary made
+    without one (a benchmark, a script) gets a fresh one that remembers nothing.
+    """
+
+    def __init__(
+        self, settings: RollupSettings = DEFAULT_SETTINGS, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._part_days = _PartDays(settings.max_part_entries)
+        self._made = _Made(settings.remake_interval_s, clock, settings.max_made_entries)
+
+    async def cover(
+        self,
+        db: Database,
+        f: CallFilter,
+        unit_rows: UnitQuery,
+        *,
+        tables: Tables = DEFAULT_TABLES,
+    ) -> Cover | None:
+        """Rollup runs for the settled whole days of ``f``'s range, making the missing ones.
+
+        None when ``f`` cannot use rollups or its range holds no settled whole day. A unit that
+        this service made a run of less than ``remake_interval_s`` ago is not made again: the
+        cover ends before it, and the calls from there on are read as they are.
+        """
+        if not answerable(f):
+            return None
+        found = units(f.from_ms, f.to_ms, self._clock.now_ms(), self.settings)
+        if not found:
+            return None
+        states, known = await asyncio.gather(
+            self._states(db, f, found, tables), self._find(db, f, found, tables)
+        )
+        if states is None:
+            return None
+        runs = {
+            u: known.get((u.kind, u.code, u.code, s)) for u, s in zip(found, states, strict=True)
+        }
+        remade = (
+            i for i, u in enumerate(found) if runs[u] is None and self._made.recent(f, u, tables)
+        )
+        churning = next(remade, None)
+        if churning is not None:
+            found, states = found[:churning], states[:churning]
+            if not found:
+                return None
+        first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
+        span_state = ",".join(f"{u.code}:{s}" for u, s in zip(found, states, strict=True))
+        if f.employee_ids is None:
+            span = known.get(("span", first, last, span_state))
+            if span is not None:
+                return Cover(found[0].start_ms, found[-1].end_ms, (span,))
+        missing = [(u, s) for u, s in zip(found, states, strict=True) if runs[u] is None]
+        # Consecutive missing units of one kind are made in one read of the calls.
+        while missing:
+            batch = [missing.pop(0)]
+            while missing and missing[0][0].is_month == batch[0][0].is_month:
+                if missing[0][0].start_ms != batch[-1][0].end_ms:
+                    break
+                batch.append(missing.pop(0))
+            runs.update(await self._make_units(db, f, batch, unit_rows, tables))
+            for u, _ in batch:
+                self._made.note(f, u, tables)
+        unit_runs = tuple(str(runs[u]) for u in found)
+        if f.employee_ids is not None:
+            return Cover(found[0].start_ms, found[-1].end_ms, unit_runs)
+        span = await self._make_span(db, f, found, span_state, unit_runs, tables)
+        return Cover(found[0].start_ms, found[-1].end_ms, (span,))
+
+    async def _states(
+        self, db: Database, f: CallFilter, found: list[Unit], tables: Tables
+    ) -> list[str] | None:
+        """The state of each unit (see the module's doc); None while one can't tell."""
+        day_partitions = sorted({str(u.code // 100) for u in found if not u.is_month})
+        rows = await db.named_rows(
+            Sql(
+                "SELECT table AS what, partition_id AS unit,"
+                " concat(toString(max(max_block_number)), '.', toString(max(data_version)))"
+                " AS stamp"
+                " FROM system.parts WHERE database = currentDatabase() AND active AND ("
+                " (table = {calls_table:String} AND partition_id IN {months:Array(String)})"
+                " OR table = {excluded_table:String})"
+                " GROUP BY table, partition_id"
+                " UNION ALL"
+                " SELECT 'mutation', toString(countIf(NOT is_done)),"
+                " toString(max(arrayMax(block_numbers.number)))"
+                " FROM system.mutations WHERE database = currentDatabase()"
+                " AND table = {calls_table:String}"
+                " UNION ALL"
+                " SELECT 'part', name, path FROM system.parts"
+                " WHERE database = currentDatabase() AND table = {calls_table:String} AND active"
+                " AND partition_id IN {day_partitions:Array(String)}",
+                {
+                    "calls_table": tables.calls,
+                    "excluded_table": tables.excluded_numbers,
+                    "months": [str(u.code) for u in found if u.is_month],
+                    "day_partitions": day_partitions,
+                },
+            )
+        )
+        states = {(str(r["what"]), str(r["unit"])): str(r["stamp"]) for r in rows}
+        if ("mutation", "0") not in states:
+            # A mutation of calls (an erasure) is under way: what a read sees may still change
+            # without a new state. Nothing is rolled up until it is done.
+            return None
+        if f.include_excluded:
+            excluded = "all"
+        else:
+            excluded = ",".join(
+                sorted(s for (w, _), s in states.items() if w == tables.excluded_numbers)
+            )
+        mutation = states[("mutation", "0")]
+        days: dict[int, int] = {}
+        if day_partitions:
+            parts = [(str(r["unit"]), str(r["stamp"])) for r in rows if r["what"] == "part"]
+            days = await self._part_days.day_maxima(db, f.tenant_id, parts, tables)
+        # Runs of a copy of the calls (a benchmark's) never stand in for the calls' own.
+        source = "" if tables.calls == DEFAULT_TABLES.calls else f"{tables.calls}:"
+        # A unit without rows has no calls: its (empty) run is stamped "-".
+        return [
+            source
+            + (
+                f"{states.get((tables.calls, str(u.code)), '-')}|{excluded}"
+                if u.is_month
+                else f"{days.get(u.code, '-')}.m{mutation}|{excluded}"
+            )
+            for u in found
+        ]
+
+    async def _find(
+        self, db: Database, f: CallFilter, found: list[Unit], tables: Tables
+    ) -> dict[_RunKey, str]:
+        """The runs of these units, and of spans starting with the first, whatever their state.
+
+        Read alongside the states, so it cannot ask for them; the caller picks.
+        """
+        read_days = self.settings.read_days()
+        rows = await db.named_rows(
+            Sql(
+                "SELECT kind, first_unit, last_unit, state, toString(min(run_id)) AS run"
+                f" FROM {tables.call_rollup_runs}"
+                " WHERE tenant_id = {tenant:String} AND timezone = {tz:String}"
+                " AND (kind, first_unit) IN {wanted:Array(Tuple(String, UInt32))}"
+                " AND created_at > now() - toIntervalDay("
+                " {read_days:Array(UInt32)}[indexOf({read_kinds:Array(String)}, kind)])"
+                " GROUP BY kind, first_unit, last_unit, state",
+                {
+                    "tenant": f.tenant_id,
+                    "tz": f.timezone,
+                    "wanted": [(u.kind, u.code) for u in found]
+                    + [("span", _yyyymmdd(found[0].start_ms))],
+                    "read_kinds": list(read_days),
+                    "read_days": list(read_days.values()),
+                },
+            )
+        )
+        return {
+            (str(r["kind"]), int(r["first_unit"]), int(r["last_unit"]), str(r["state"])): str(
+                r["run"]
+            )
+            for r in rows
+        }
+
+    async def _make_units(
+        self,
+        db: Database,
+        f: CallFilter,
+        batch: list[tuple[Unit, str]],
+        unit_rows: UnitQuery,
+        tables: Tables,
+    ) -> dict[Unit, str]:
+        """Makes and registers the runs of consecutive units of one kind in one read; by unit."""
+        made = {u: str(uuid.uuid4()) for u, _ in batch}
+        # Every call of the tenant in those units; excluded numbers as the filter asks.
+        unit_filter = CallFilter(
+            tenant_id=f.tenant_id,
+            from_ms=batch[0][0].start_ms,
+            to_ms=batch[-1][0].end_ms,
+            timezone=f.timezone,
+            include_excluded=f.include_excluded,
+        )
+        columns = ", ".join(ROLLUP_COLUMNS)
+        statement = compose(
+            f"INSERT INTO {tables.call_rollups} (tenant_id, run_id, {columns}, created_at,"
+            " keep_days) SELECT {rollup_tenant:String},"
+            " {rollup_ids:Array(UUID)}[indexOf({rollup_starts:Array(Int64)}, unit_start_ms)],"
+            f" {columns}, now(), {{rollup_keep_days:UInt16}} FROM ($select)",
+            select=unit_rows(unit_filter, batch[0][0].is_month, tables),
+        ).bind(
+            rollup_keep_days=self.settings.read_days()[batch[0][0].kind] + 1,
+            rollup_tenant=f.tenant_id,
+            rollup_starts=[u.start_ms for u in made],
+            rollup_ids=list(made.values()),
+        )
+        await db.command(statement)
+        await _register(
+            db, f, [(u.kind, u.code, u.code, state, made[u]) for u, state in batch], tables
+        )
+        return made
+
+    async def _make_span(
+        self,
+        db: Database,
+        f: CallFilter,
+        found: list[Unit],
+        state: str,
+        unit_runs: tuple[str, ...],
+        tables: Tables,
+    ) -> str:
+        """Adds up unit runs into a span run (no employee) and registers it; its run id.
+
+        Clients add up across employees and units. A day cut by the edge between two of the
+        units is whole within the span: its working seconds are final. Every day whole within
+        the span adds its figures and working seconds to one row; days cut by the span's own
+        edges stay rows, to be merged with the calls read around the span.
+        """
+        run_id = str(uuid.uuid4())
+        rollups = tables.call_rollups
+        sums = [f"sum({x})" for x in SUMMED]
+        runs = (
+            "tenant_id = {rollup_tenant:String} AND run_id IN {rollup_runs:Array(UUID)}"
+            " AND is_client = {client:UInt8}"
+        )
+        edges = (
+            "toDate(fromUnixTimestamp64Milli({span_from_ms:Int64}, 'UTC'), {tz:String}),"
+            " toDate(fromUnixTimestamp64Milli({span_to_ms:Int64} - 1, 'UTC'), {tz:String})"
+        )
+        head = (
+            f"INSERT INTO {rollups}"
+            f" (tenant_id, run_id, {', '.join(ROLLUP_COLUMNS)}, created_at, keep_days)"
+            " SELECT {rollup_tenant:String}, {rollup_span:UUID}, *, now(),"
+            " {rollup_keep_days:UInt16} FROM (SELECT "
+        )
+        whole_days = (
+            f"SELECT {', '.join(f'sum({x}) AS s_{x}' for x in SUMMED)}, sum(day_seconds) AS seconds"
+            f" FROM {rollups} WHERE {runs} AND whole_day"
+            " UNION ALL"
+            f" SELECT {', '.join(f'sum({x})' for x in SUMMED)},"
+            " intDiv(max(last_call_end_ms) - min(first_call_at_ms), 1000)"
+            f" FROM {rollups} WHERE {runs} AND NOT whole_day AND day NOT IN ({edges})"
+            " GROUP BY employee_id, day"
+        )
+        # One statement per kind of row (each binds its own is_client); columns are named apart
+        # from the table's, so that no name in a WHERE means an output column.
+        statements = [
+            _row(["1", "0", "''", "client_key", "toDate(0)", *sums, "min(first_call_at_ms)",
+                  "max(last_call_at_ms)", "max(last_call_end_ms)", "toInt64(0)"])
+            + f" FROM {rollups} WHERE {runs} GROUP BY client_key",
+            _row(["0", "0", "employee_id", "0", "day", *sums, "min(first_call_at_ms)",
+                  "max(last_call_at_ms)", "max(last_call_end_ms)", "toInt64(0)"])
+            + f" FROM {rollups} WHERE {runs} AND NOT whole_day AND day IN ({edges})"
+            " GROUP BY employee_id, day",
+            _row(["0", "1", "''", "0", "toDate(0)", *(f"sum(s_{x})" for x in SUMMED),
+                  "toInt64(0)", "toInt64(0)", "toInt64(0)", "toInt64(sum(seconds))"])
+            + f" FROM ({whole_days})",
+        ]  # fmt: skip
+        params = {
+            "rollup_tenant": f.tenant_id,
+            "rollup_span": run_id,
+            "rollup_keep_days": self.settings.span_read_days + 1,
+            "rollup_runs": list(unit_runs),
+            "span_from_ms": found[0].start_ms,
+            "span_to_ms": found[-1].end_ms,
+            "tz": f.timezone,
+        }
+        for client, statement in zip((1, 0, 0), statements, strict=True):
+            await db.command(Sql(head + statement + ")", {**params, "client": client}))
+        first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
+        await _register(db, f, [("span", first, last, state, run_id)], tables)
+        return run_id
 
 
 def _row(expressions: list[str]) -> str:
@@ -388,12 +579,13 @@ def _row(expressions: list[str]) -> str:
 
 
 async def _register(
-    db: Database, f: CallFilter, runs: list[tuple[str, int, int, str, str]]
+    db: Database, f: CallFilter, runs: list[tuple[str, int, int, str, str]], tables: Tables
 ) -> None:
     # Lists runs whose rows are all written: (kind, first unit, last unit, state, run id) each.
+    # The wall clock, not the service's: runs are read and expire by ClickHouse's now().
     created_at = datetime.now(UTC).replace(microsecond=0)
     await db.insert_rows(
-        "call_rollup_runs",
+        tables.call_rollup_runs,
         [
             (f.tenant_id, kind, first, last, f.timezone, state, uuid.UUID(run_id), created_at)
             for kind, first, last, state, run_id in runs
@@ -409,101 +601,3 @@ async def _register(
             "created_at",
         ),
     )
-
-
-async def _make_units(
-    db: Database, f: CallFilter, batch: list[tuple[Unit, str]], unit_rows: UnitQuery
-) -> dict[Unit, str]:
-    """Makes and registers the runs of consecutive units of one kind in one read; by unit."""
-    made = {u: str(uuid.uuid4()) for u, _ in batch}
-    # Every call of the tenant in those units; excluded numbers as the filter asks.
-    unit_filter = CallFilter(
-        tenant_id=f.tenant_id,
-        from_ms=batch[0][0].start_ms,
-        to_ms=batch[-1][0].end_ms,
-        timezone=f.timezone,
-        include_excluded=f.include_excluded,
-    )
-    select, params = unit_rows(unit_filter, batch[0][0].is_month)
-    columns = ", ".join(ROLLUP_COLUMNS)
-    await db.command(
-        f"INSERT INTO call_rollups (tenant_id, run_id, {columns}, created_at, keep_days)"
-        " SELECT {rollup_tenant:String},"
-        " {rollup_ids:Array(UUID)}[indexOf({rollup_starts:Array(Int64)}, unit_start_ms)],"
-        f" {columns}, now(), {{rollup_keep_days:UInt16}} FROM ({select})",
-        {
-            **params,
-            "rollup_keep_days": READ_DAYS[batch[0][0].kind] + 1,
-            "rollup_tenant": f.tenant_id,
-            "rollup_starts": [u.start_ms for u in made],
-            "rollup_ids": list(made.values()),
-        },
-    )
-    await _register(db, f, [(u.kind, u.code, u.code, state, made[u]) for u, state in batch])
-    return made
-
-
-async def _make_span(
-    db: Database, f: CallFilter, found: list[Unit], state: str, unit_runs: tuple[str, ...]
-) -> str:
-    """Adds up unit runs into a span run (no employee) and registers it; its run id.
-
-    Clients add up across employees and units. A day cut by the edge between two of the units
-    is whole within the span: its working seconds are final. Every day whole within the span
-    adds its figures and working seconds to one row; days cut by the span's own edges stay rows,
-    to be merged with the calls read around the span.
-    """
-    run_id = str(uuid.uuid4())
-    sums = [f"sum({x})" for x in SUMMED]
-    runs = (
-        "tenant_id = {rollup_tenant:String} AND run_id IN {rollup_runs:Array(UUID)}"
-        " AND is_client = {client:UInt8}"
-    )
-    edges = (
-        "toDate(fromUnixTimestamp64Milli({span_from_ms:Int64}, 'UTC'), {tz:String}),"
-        " toDate(fromUnixTimestamp64Milli({span_to_ms:Int64} - 1, 'UTC'), {tz:String})"
-    )
-    head = (
-        f"INSERT INTO call_rollups"
-        f" (tenant_id, run_id, {', '.join(ROLLUP_COLUMNS)}, created_at, keep_days)"
-        " SELECT {rollup_tenant:String}, {rollup_span:UUID}, *, now(), {rollup_keep_days:UInt16}"
-        " FROM (SELECT "
-    )
-    whole_days = (
-        f"SELECT {', '.join(f'sum({x}) AS s_{x}' for x in SUMMED)}, sum(day_seconds) AS seconds"
-        f" FROM call_rollups WHERE {runs} AND whole_day"
-        " UNION ALL"
-        f" SELECT {', '.join(f'sum({x})' for x in SUMMED)},"
-        " intDiv(max(last_call_end_ms) - min(first_call_at_ms), 1000)"
-        f" FROM call_rollups WHERE {runs} AND NOT whole_day AND day NOT IN ({edges})"
-        " GROUP BY employee_id, day"
-    )
-    # One statement per kind of row (each binds its own is_client); columns are named apart
-    # from the table's, so that no name in a WHERE means an output column.
-    statements = [
-        _row(["1", "0", "''", "client_key", "toDate(0)", *sums, "min(first_call_at_ms)",
-              "max(last_call_at_ms)", "max(last_call_end_ms)", "toInt64(0)"])
-        + f" FROM call_rollups WHERE {runs} GROUP BY client_key",
-        _row(["0", "0", "employee_id", "0", "day", *sums, "min(first_call_at_ms)",
-              "max(last_call_at_ms)", "max(last_call_end_ms)", "toInt64(0)"])
-        + f" FROM call_rollups WHERE {runs} AND NOT whole_day AND day IN ({edges})"
-        " GROUP BY employee_id, day",
-        _row(["0", "1", "''", "0", "toDate(0)", *(f"sum(s_{x})" for x in SUMMED),
-              "toInt64(0)", "toInt64(0)", "toInt64(0)", "toInt64(sum(seconds))"])
-        + f" FROM ({whole_days})",
-    ]  # fmt: skip
-    params = {
-        "rollup_tenant": f.tenant_id,
-        "rollup_span": run_id,
-        "rollup_keep_days": READ_DAYS["span"] + 1,
-        "rollup_runs": list(unit_runs),
-        "client": 0,
-        "span_from_ms": found[0].start_ms,
-        "span_to_ms": found[-1].end_ms,
-        "tz": f.timezone,
-    }
-    for client, statement in zip((1, 0, 0), statements, strict=True):
-        await db.command(head + statement + ")", {**params, "client": client})
-    first, last = _yyyymmdd(found[0].start_ms), _yyyymmdd(found[-1].end_ms - DAY_MS)
-    await _register(db, f, [("span", first, last, state, run_id)])
-    return run_id

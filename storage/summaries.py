@@ -22,14 +22,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from callsight.storage import rollups
 from callsight.storage.database import Database
-from callsight.storage.filters import CallFilter, filtered_calls
-
-from callsight.core.clock import SYSTEM_CLOCK
-
-# Android's CallLog.Calls.TYPE values, as in common.proto's CallType.
-INCOMING, OUTGOING, MISSED, REJECTED, BLOCKED = 1, 2, 3, 5, 6
+from callsight.storage.filters import (
+    BLOCKED,
+    INCOMING,
+    MISSED,
+    OUTGOING,
+    REJECTED,
+    UNANSWERED,
+    CallFilter,
+    filtered_calls,
+)
+from callsight.storage.rollups import SUMMED, Rollups
+from callsight.storage.sql import Sql, compose
+from callsight.storage.tables import DEFAULT_TABLES, Tables
 
 _COLUMNS = "employee_id, client_key, type, duration_s, started_at"
 _DAY = "toDate(started_at, {tz:String})"
@@ -51,7 +57,7 @@ _SUMS = f"""
     sumIf(duration_s, type = {OUTGOING}) AS outgoing_duration,
     max({_START_MS}) AS last_call_at_ms"""
 
-# The Summary fields over per-client rows, in ``Totals`` field order (working_seconds apart).
+# The Summary fields over per-client rows, under the names of ``Totals`` (working_seconds apart).
 _TOTALS = """
     sum(calls) AS total_calls,
     sum(incoming) AS incoming_calls,
@@ -164,18 +170,24 @@ class WorkingDay:
 
 
 def _calls(
-    f: CallFilter, snapshot_ms: int | None = None, skip_started: tuple[int, int] | None = None
-) -> tuple[str, dict[str, Any]]:
-    # The filtered calls as a subquery, with the time zone that local days and hours use.
-    sql, params = filtered_calls(f, _COLUMNS, snapshot_ms=snapshot_ms, skip_started=skip_started)
-    return f"({sql})", {**params, "tz": f.timezone}
+    f: CallFilter,
+    snapshot_ms: int | None = None,
+    skip_started: tuple[int, int] | None = None,
+    *,
+    tables: Tables,
+) -> Sql:
+    # The filtered calls as a subquery; local days and hours bind the time zone themselves.
+    return (
+        "("
+        + filtered_calls(f, _COLUMNS, snapshot_ms, skip_started=skip_started, tables=tables)
+        + ")"
+    )
 
 
-def _unit_rollup(f: CallFilter, by_month: bool) -> tuple[str, dict[str, Any]]:
+def _unit_rollup(f: CallFilter, by_month: bool, tables: Tables) -> Sql:
     # What rollup runs hold of the units of ``f`` (rollups.ROLLUP_COLUMNS), in one read: its
     # UTC months, or its UTC days. Every local day but the ones holding a unit's first and last
     # instant lies wholly within it.
-    calls, params = _calls(f)
     start = "toStartOfMonth(started_at, 'UTC')" if by_month else "toDate(started_at, 'UTC')"
     end = f"addMonths({start}, 1)" if by_month else f"addDays({start}, 1)"
     unit = (
@@ -186,48 +198,59 @@ def _unit_rollup(f: CallFilter, by_month: bool) -> tuple[str, dict[str, Any]]:
         "toDate(fromUnixTimestamp64Milli(unit_start_ms, 'UTC'), {tz:String}),"
         " toDate(fromUnixTimestamp64Milli(unit_end_ms - 1, 'UTC'), {tz:String})"
     )
-    sql = f"""
+    return compose(
+        f"""
         SELECT unit_start_ms,
             grouping(client_key) = 0 AS is_client,
             NOT is_client AND day NOT IN ({edges}) AS whole_day,
             employee_id, client_key, {_DAY} AS day,
             {_GROUP_SUMS},
             if(whole_day, intDiv(last_call_end_ms - first_call_at_ms, 1000), 0) AS day_seconds
-        FROM (SELECT *, {unit} FROM {calls})
+        FROM (SELECT *, {unit} FROM $calls)
         GROUP BY GROUPING SETS (
             (unit_start_ms, unit_end_ms, employee_id, client_key),
             (unit_start_ms, unit_end_ms, employee_id, day)
         )
-    """
-    return sql, params
+        """,
+        calls=_calls(f, tables=tables),
+    ).bind(tz=f.timezone)
 
 
-# The Summary figures that add up over days (``Totals`` order); CallSummary's day rows, from the
-# calls (``_GROUP_SUMS``) and from rollups (``_GROUP_COLUMNS``), carry them.
-_DAY_FIGURES = (
-    "calls",
-    "incoming",
-    "outgoing",
-    "missed",
-    "rejected",
-    "connected",
-    "duration",
-    "incoming_duration",
-    "outgoing_duration",
-)
+# The Summary figures that add up over days, and their ``Totals`` names; CallSummary's day rows,
+# from the calls (``_GROUP_SUMS``) and from rollups (``_GROUP_COLUMNS``), carry them.
+_DAY_FIGURES = {
+    "calls": "total_calls",
+    "incoming": "incoming_calls",
+    "outgoing": "outgoing_calls",
+    "missed": "missed_calls",
+    "rejected": "rejected_calls",
+    "connected": "connected_calls",
+    "duration": "total_duration_s",
+    "incoming_duration": "incoming_duration_s",
+    "outgoing_duration": "outgoing_duration_s",
+}
 # The columns of call_rollups that hold ``_GROUP_SUMS``, in its order.
-_GROUP_COLUMNS = ", ".join(
-    [*rollups.SUMMED, "last_call_at_ms", "first_call_at_ms", "last_call_end_ms"]
-)
+_GROUP_COLUMNS = ", ".join([*SUMMED, "last_call_at_ms", "first_call_at_ms", "last_call_end_ms"])
 # A client's part of the judgements, per call (or per rollup row, with the same names).
 _CLIENT_PART = f"""
     client_key,
     duration_s > 0 AS connected,
-    toUInt64(type IN ({MISSED}, {REJECTED}, {BLOCKED})) AS unanswered,
+    toUInt64({UNANSWERED}) AS unanswered,
     toUInt64(type = {OUTGOING}) AS outgoing"""
 
 
-async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) -> Totals:
+def _totals(row: dict[str, Any]) -> Totals:
+    return Totals(**{column.name: int(row[column.name]) for column in fields(Totals)})
+
+
+async def call_summary(
+    db: Database,
+    f: CallFilter,
+    use_rollups: bool = True,
+    *,
+    rollups: Rollups | None = None,
+    tables: Tables = DEFAULT_TABLES,
+) -> Totals:
     """Totals over the filtered calls, from two groupings, each its own read of the calls.
 
     Clients: each client's calls judged together (unique clients, never attended, not picked by
@@ -235,36 +258,50 @@ async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) ->
     whole days of the range come from rollups when the filter allows (``use_rollups=False`` reads
     every call, for comparisons): their clients are judged together with the same clients'
     calls read around them, and their days cut by the edges of the rollups merged with the same
-    days read from the calls; whole days come summed up.
+    days read from the calls; whole days come summed up. ``rollups`` is the service's; without
+    one, a fresh one (default settings, system clock, nothing remembered) is used.
     """
-    cover = await rollups.cover(db, f, _unit_rollup, SYSTEM_CLOCK.now_ms()) if use_rollups else None
-    calls, params = _calls(f, skip_started=(cover.start_ms, cover.end_ms) if cover else None)
-    clients = f"SELECT {_CLIENT_PART} FROM {calls}"
-    days = f"SELECT employee_id, {_DAY} AS day, {_GROUP_SUMS} FROM {calls}"
-    days += " GROUP BY employee_id, day"
-    whole_days = ""
+    cover = None
+    if use_rollups:
+        keeper = rollups if rollups is not None else Rollups()
+        cover = await keeper.cover(db, f, _unit_rollup, tables=tables)
+    calls = _calls(f, skip_started=(cover.start_ms, cover.end_ms) if cover else None, tables=tables)
+    clients = compose(f"SELECT {_CLIENT_PART} FROM $calls", calls=calls)
+    days = compose(
+        f"SELECT employee_id, {_DAY} AS day, {_GROUP_SUMS} FROM $calls GROUP BY employee_id, day",
+        calls=calls,
+    )
+    whole_days = Sql("")
     if cover is not None:
-        runs = "tenant_id = {tenant:String} AND run_id IN {rollup_runs:Array(UUID)}"
+        runs = Sql(
+            "tenant_id = {tenant:String} AND run_id IN {rollup_runs:Array(UUID)}",
+            {"tenant": f.tenant_id, "rollup_runs": list(cover.run_ids)},
+        )
         if f.employee_ids is not None:
-            runs += " AND employee_id IN {employee_ids:Array(String)}"
-        params["rollup_runs"] = list(cover.run_ids)
-        clients += (
+            runs += Sql(
+                " AND employee_id IN {employee_ids:Array(String)}",
+                {"employee_ids": list(f.employee_ids)},
+            )
+        parts: dict[str, Sql | str] = {"rollups": tables.call_rollups, "runs": runs}
+        clients += compose(
             " UNION ALL SELECT client_key, connected > 0, toUInt64(missed + rejected),"
-            f" toUInt64(outgoing) FROM call_rollups WHERE {runs} AND is_client"
+            " toUInt64(outgoing) FROM $rollups WHERE $runs AND is_client",
+            **parts,
         )
-        days += (
+        days += compose(
             f" UNION ALL SELECT employee_id, day, {_GROUP_COLUMNS}"
-            f" FROM call_rollups WHERE {runs} AND NOT is_client AND NOT whole_day"
+            " FROM $rollups WHERE $runs AND NOT is_client AND NOT whole_day",
+            **parts,
         )
-        whole_days = (
+        whole_days = compose(
             f" UNION ALL SELECT {', '.join(f'sum({x})' for x in _DAY_FIGURES)}, sum(day_seconds)"
-            f" FROM call_rollups WHERE {runs} AND NOT is_client AND whole_day"
+            " FROM $rollups WHERE $runs AND NOT is_client AND whole_day",
+            **parts,
         )
-    sql = f"""
-        SELECT {", ".join(f"day_sums.{x}" for x in _DAY_FIGURES[:6])},
-            never_attended_calls, not_picked_by_client_calls,
-            {", ".join(f"day_sums.{x}" for x in _DAY_FIGURES[6:])},
-            unique_clients, working_seconds
+    query = compose(
+        f"""
+        SELECT {", ".join(f"day_sums.{x} AS {name}" for x, name in _DAY_FIGURES.items())},
+            never_attended_calls, not_picked_by_client_calls, unique_clients, working_seconds
         FROM (
             SELECT count() AS unique_clients,
                 sumIf(unanswered, NOT connected) AS never_attended_calls,
@@ -272,7 +309,7 @@ async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) ->
             FROM (
                 SELECT max(connected) AS connected, sum(unanswered) AS unanswered,
                     sum(outgoing) AS outgoing
-                FROM ({clients}) GROUP BY client_key
+                FROM ($clients) GROUP BY client_key
             )
         ) AS judged
         CROSS JOIN (
@@ -281,30 +318,42 @@ async def call_summary(db: Database, f: CallFilter, use_rollups: bool = True) ->
             FROM (
                 SELECT {", ".join(f"sum({x}) AS day_{x}" for x in _DAY_FIGURES)},
                     intDiv(max(last_call_end_ms) - min(first_call_at_ms), 1000) AS seconds
-                FROM ({days}) GROUP BY employee_id, day
-                {whole_days}
+                FROM ($days) GROUP BY employee_id, day
+                $whole_days
             )
         ) AS day_sums
-    """
-    (row,) = await db.query(sql, params)
-    return Totals(*(int(v) for v in row))
+        """,
+        clients=clients,
+        days=days,
+        whole_days=whole_days,
+    ).bind(tz=f.timezone)
+    (row,) = await db.named_rows(query)
+    return _totals(row)
 
 
 async def employee_summary(
-    db: Database, f: CallFilter, after: str | None, limit: int, snapshot_ms: int
+    db: Database,
+    f: CallFilter,
+    snapshot_ms: int,
+    after: str | None,
+    limit: int,
+    *,
+    tables: Tables = DEFAULT_TABLES,
 ) -> list[EmployeeTotals]:
     """Up to ``limit`` employees with calls, by employee_id, starting after ``after``.
 
     Never attended and not picked by client are judged per (employee, client). Calls received
     after ``snapshot_ms`` are left out so that every page sees the same calls.
     """
-    calls, params = _calls(f, snapshot_ms)
-    page = "WHERE employee_id > {after:String}" if after is not None else ""
-    sql = f"""
+    page = Sql("")
+    if after is not None:
+        page = Sql("WHERE employee_id > {after:String}", {"after": after})
+    query = compose(
+        f"""
         SELECT employee_id, {", ".join(column.name for column in fields(Totals))},
-            {_ratio("total_duration_s", "connected_calls")},
-            {_ratio("incoming_duration_s", "connected_incoming")},
-            {_ratio("outgoing_duration_s", "connected_outgoing")},
+            {_ratio("total_duration_s", "connected_calls")} AS avg_duration_s,
+            {_ratio("incoming_duration_s", "connected_incoming")} AS avg_incoming_duration_s,
+            {_ratio("outgoing_duration_s", "connected_outgoing")} AS avg_outgoing_duration_s,
             last_call_at_ms
         FROM (
             SELECT employee_id, {_TOTALS},
@@ -312,7 +361,7 @@ async def employee_summary(
                 sum(connected_outgoing) AS connected_outgoing,
                 max(last_call_at_ms) AS last_call_at_ms
             FROM (SELECT employee_id, client_key, {_SUMS}
-                  FROM {calls} {page} GROUP BY employee_id, client_key)
+                  FROM $calls $page GROUP BY employee_id, client_key)
             GROUP BY employee_id
             ORDER BY employee_id
             LIMIT {{limit:UInt32}}
@@ -320,92 +369,130 @@ async def employee_summary(
         LEFT JOIN (
             SELECT employee_id, sum(working_seconds) AS working_seconds
             FROM (SELECT employee_id, {_DAY} AS day, {_PER_DAY}
-                  FROM {calls} {page} GROUP BY employee_id, day)
+                  FROM $calls $page GROUP BY employee_id, day)
             GROUP BY employee_id
         ) AS days USING (employee_id)
         ORDER BY employee_id
-    """
-    rows = await db.query(sql, {**params, "after": after or "", "limit": limit})
-    width = len(fields(Totals))
+        """,
+        calls=_calls(f, snapshot_ms, tables=tables),
+        page=page,
+    ).bind(tz=f.timezone, limit=limit)
     return [
         EmployeeTotals(
-            employee_id=str(row[0]),
-            totals=Totals(*(int(v) for v in row[1 : 1 + width])),
-            avg_duration_s=float(row[1 + width]),
-            avg_incoming_duration_s=float(row[2 + width]),
-            avg_outgoing_duration_s=float(row[3 + width]),
-            last_call_at_ms=int(row[4 + width]),
+            employee_id=str(row["employee_id"]),
+            totals=_totals(row),
+            avg_duration_s=float(row["avg_duration_s"]),
+            avg_incoming_duration_s=float(row["avg_incoming_duration_s"]),
+            avg_outgoing_duration_s=float(row["avg_outgoing_duration_s"]),
+            last_call_at_ms=int(row["last_call_at_ms"]),
         )
-        for row in rows
+        for row in await db.named_rows(query)
     ]
 
 
-def _leader(figure: str) -> str:
+# The leaders of CallAnalysis (``Analysis`` field names) and the per-employee figure of each.
+_LEADERS = {
+    "top_dialer": "outgoing",
+    "top_answered": "connected_incoming",
+    "top_caller": "calls",
+    "longest_call": "longest",
+    "highest_total_duration": "duration",
+}
+
+
+def _leader(name: str, figure: str) -> str:
     # Highest figure first, ties to the smallest employee_id; nobody when every figure is 0.
     return (
-        f"if(max({figure}) = 0, '', argMin(employee_id, (-toInt64({figure}), employee_id))),"
-        f" max({figure})"
+        f"if(max({figure}) = 0, '', argMin(employee_id, (-toInt64({figure}), employee_id)))"
+        f" AS {name}_id, max({figure}) AS {name}_value"
     )
 
 
-async def call_analysis(db: Database, f: CallFilter) -> Analysis:
+async def call_analysis(
+    db: Database, f: CallFilter, *, tables: Tables = DEFAULT_TABLES
+) -> Analysis:
     """Averages and top performers in one scan grouped by employee."""
-    calls, params = _calls(f)
-    sql = f"""
+    query = compose(
+        f"""
         SELECT
-            {_ratio("sum(duration)", "sum(connected)")},
-            {_ratio("sum(duration)", "uniqExactArray(days)")},
-            {_ratio("sum(incoming_duration)", "sum(connected_incoming)")},
-            {_ratio("sum(outgoing_duration)", "sum(connected_outgoing)")},
-            {_leader("outgoing")},
-            {_leader("connected_incoming")},
-            {_leader("calls")},
-            {_leader("longest")},
-            {_leader("duration")}
+            {_ratio("sum(duration)", "sum(connected)")} AS avg_duration_per_call_s,
+            {_ratio("sum(duration)", "uniqExactArray(days)")} AS avg_duration_per_day_s,
+            {_ratio("sum(incoming_duration)", "sum(connected_incoming)")}
+                AS avg_incoming_duration_s,
+            {_ratio("sum(outgoing_duration)", "sum(connected_outgoing)")}
+                AS avg_outgoing_duration_s,
+            {", ".join(_leader(name, figure) for name, figure in _LEADERS.items())}
         FROM (
             SELECT employee_id, {_SUMS},
                 max(duration_s) AS longest,
                 groupUniqArray({_DAY}) AS days
-            FROM {calls} GROUP BY employee_id
+            FROM $calls GROUP BY employee_id
         )
-    """
-    (row,) = await db.query(sql, params)
-    leaders = [Leader(str(row[i]), int(row[i + 1])) for i in range(4, 14, 2)]
-    return Analysis(float(row[0]), float(row[1]), float(row[2]), float(row[3]), *leaders)
+        """,
+        calls=_calls(f, tables=tables),
+    ).bind(tz=f.timezone)
+    (row,) = await db.named_rows(query)
+    return Analysis(
+        avg_duration_per_call_s=float(row["avg_duration_per_call_s"]),
+        avg_duration_per_day_s=float(row["avg_duration_per_day_s"]),
+        avg_incoming_duration_s=float(row["avg_incoming_duration_s"]),
+        avg_outgoing_duration_s=float(row["avg_outgoing_duration_s"]),
+        **{name: Leader(str(row[f"{name}_id"]), int(row[f"{name}_value"])) for name in _LEADERS},
+    )
 
 
-async def hourly(db: Database, f: CallFilter) -> list[Slot]:
+# Calls, connected calls and seconds talked of one bucket (``Slot``).
+_SLOT = "count() AS calls, countIf(duration_s > 0) AS connected_calls, sum(duration_s) AS talked_s"
+
+
+async def hourly(db: Database, f: CallFilter, *, tables: Tables = DEFAULT_TABLES) -> list[Slot]:
     """Calls per local hour of the day (0-23), only the hours that have calls."""
-    calls, params = _calls(f)
-    sql = f"""
-        SELECT toHour(started_at, {{tz:String}}) AS hour,
-            count(), countIf(duration_s > 0), sum(duration_s)
-        FROM {calls} GROUP BY hour ORDER BY hour
-    """
-    return [Slot(int(h), int(c), int(k), int(d)) for h, c, k, d in await db.query(sql, params)]
-
-
-async def daywise(db: Database, f: CallFilter) -> list[Slot]:
-    """Calls per local date ("YYYY-MM-DD"), oldest first, only the days that have calls."""
-    calls, params = _calls(f)
-    sql = f"""
-        SELECT toString({_DAY}) AS date, count(), countIf(duration_s > 0), sum(duration_s)
-        FROM {calls} GROUP BY date ORDER BY date
-    """
-    return [Slot(str(day), int(c), int(k), int(d)) for day, c, k, d in await db.query(sql, params)]
-
-
-async def working_hours(db: Database, f: CallFilter) -> list[WorkingDay]:
-    """One row per employee and local day with calls, by employee then date."""
-    calls, params = _calls(f)
-    sql = f"""
-        SELECT employee_id, toString(day), first_call_at_ms, last_call_end_ms, working_seconds,
-            calls, talk_seconds
-        FROM (SELECT employee_id, {_DAY} AS day, {_PER_DAY}
-              FROM {calls} GROUP BY employee_id, day)
-        ORDER BY employee_id, day
-    """
+    query = compose(
+        f"SELECT toHour(started_at, {{tz:String}}) AS hour, {_SLOT}"
+        " FROM $calls GROUP BY hour ORDER BY hour",
+        calls=_calls(f, tables=tables),
+    ).bind(tz=f.timezone)
     return [
-        WorkingDay(str(e), str(d), int(first), int(end), int(s), int(c), int(t))
-        for e, d, first, end, s, c, t in await db.query(sql, params)
+        Slot(int(r["hour"]), int(r["calls"]), int(r["connected_calls"]), int(r["talked_s"]))
+        for r in await db.named_rows(query)
+    ]
+
+
+async def daywise(db: Database, f: CallFilter, *, tables: Tables = DEFAULT_TABLES) -> list[Slot]:
+    """Calls per local date ("YYYY-MM-DD"), oldest first, only the days that have calls."""
+    query = compose(
+        f"SELECT toString({_DAY}) AS date, {_SLOT} FROM $calls GROUP BY date ORDER BY date",
+        calls=_calls(f, tables=tables),
+    ).bind(tz=f.timezone)
+    return [
+        Slot(str(r["date"]), int(r["calls"]), int(r["connected_calls"]), int(r["talked_s"]))
+        for r in await db.named_rows(query)
+    ]
+
+
+async def working_hours(
+    db: Database, f: CallFilter, *, tables: Tables = DEFAULT_TABLES
+) -> list[WorkingDay]:
+    """One row per employee and local day with calls, by employee then date."""
+    query = compose(
+        f"""
+        SELECT employee_id, toString(day) AS date, first_call_at_ms, last_call_end_ms,
+            working_seconds, calls, talk_seconds
+        FROM (SELECT employee_id, {_DAY} AS day, {_PER_DAY}
+              FROM $calls GROUP BY employee_id, day)
+        ORDER BY employee_id, day
+        """,
+        calls=_calls(f, tables=tables),
+    ).bind(tz=f.timezone)
+    return [
+        WorkingDay(
+            employee_id=str(r["employee_id"]),
+            date=str(r["date"]),
+            first_call_at_ms=int(r["first_call_at_ms"]),
+            last_call_end_ms=int(r["last_call_end_ms"]),
+            working_seconds=int(r["working_seconds"]),
+            calls=int(r["calls"]),
+            talk_seconds=int(r["talk_seconds"]),
+        )
+        for r in await db.named_rows(query)
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from callsight.storage.database import Database
+from callsight.storage.sql import Sql
 
 # Where to look, and the identity of a record within its device as SQL over that table's columns.
 _SOURCE = {"calls": "call_versions", "contacts": "contacts", "telemetry": "telemetry"}
@@ -20,13 +21,15 @@ async def stored_versions(
 ) -> dict[str, dict[str, int]]:
     """device_id -> record key -> newest stored version, for the given devices of a tenant."""
     key, version = _KEY[table]
-    rows = await db.query(
-        f"SELECT device_id, {key} AS key, max({version}) FROM {_SOURCE[table]}"
-        " WHERE tenant_id = {tenant:String} AND device_id IN {devices:Array(String)}"
-        " GROUP BY device_id, key",
-        {"tenant": tenant_id, "devices": list(device_ids)},
+    rows = await db.named_rows(
+        Sql(
+            f"SELECT device_id, {key} AS key, max({version}) AS newest FROM {_SOURCE[table]}"
+            " WHERE tenant_id = {tenant:String} AND device_id IN {devices:Array(String)}"
+            " GROUP BY device_id, key",
+            {"tenant": tenant_id, "devices": list(device_ids)},
+        )
     )
     stored: dict[str, dict[str, int]] = {d: {} for d in device_ids}
-    for device_id, record_key, newest in rows:
-        stored[device_id][record_key] = int(newest)
+    for row in rows:
+        stored[row["device_id"]][row["key"]] = int(row["newest"])
     return stored

@@ -8,12 +8,14 @@ import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
-from callsight.storage import rollups
-from callsight.storage.database import Database
 
+from callsight.server.app import Service
+from callsight.storage.database import Database
+from callsight.storage.rollups import RollupSettings
 from callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -23,6 +25,7 @@ from callsight.v1 import (
     report_pb2,
     report_pb2_grpc,
 )
+from tests.conftest import make_config
 from tests.integration import reference
 from tests.integration.dataset import Call, Employee, Truth
 from tests.integration.helpers import auth, enroll, new_employee, new_tenant
@@ -133,6 +136,20 @@ async def world(channel: grpc.aio.Channel) -> World:
     return world
 
 
+@pytest.fixture(scope="module")
+async def eager(service: Service, data_dir: Path) -> AsyncIterator[grpc.aio.Channel]:
+    """A second server on the session's database whose rollups make a changed unit's runs again
+    at once (normally at most every 10 minutes)."""
+    svc = Service(
+        make_config(data_dir, service.config.database),
+        rollup_settings=RollupSettings(remake_interval_s=0.0),
+    )
+    await svc.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
+        yield channel
+    await svc.stop()
+
+
 def _filters(world: World) -> dict[str, report_pb2.ReportFilter]:
     truth = world.truth
     ids = sorted(truth.employees)
@@ -152,8 +169,8 @@ def _filters(world: World) -> dict[str, report_pb2.ReportFilter]:
     }
 
 
-async def _check(world: World) -> None:
-    stub = report_pb2_grpc.ReportServiceStub(world.channel)
+async def _check(world: World, channel: grpc.aio.Channel | None = None) -> None:
+    stub = report_pb2_grpc.ReportServiceStub(channel or world.channel)
     for name, f in _filters(world).items():
         calls, tz = reference.select(world.truth, f, (0, 0))
         got = await stub.CallSummary(
@@ -185,11 +202,10 @@ async def test_whole_months_come_from_rollups_and_match_the_reference(
 
 
 async def test_rollups_follow_changes_to_their_months(
-    world: World, db: Database, monkeypatch: pytest.MonkeyPatch
+    world: World, db: Database, eager: grpc.aio.Channel
 ) -> None:
     # Runs of a changed unit are made again at once here (normally at most every 10 minutes).
-    monkeypatch.setattr(rollups, "REMAKE_INTERVAL_S", 0.0)
-    await _check(world)
+    await _check(world, eager)
     tenant_id = world.truth.tenant.tenant_id
     old_month = _month_start(2)
     in_old_month = [c for c in world.truth.calls if old_month <= c.started_at_ms < _month_start(1)]
@@ -222,7 +238,7 @@ async def test_rollups_follow_changes_to_their_months(
         " AND started_at >= fromUnixTimestamp64Milli({m:Int64}, 'UTC') LIMIT 5",
         {"t": tenant_id, "m": old_month},
     )
-    await _check(world)
+    await _check(world, eager)
 
     # An erased number leaves every month, rolled up or not.
     gone = missed.number
@@ -231,7 +247,7 @@ async def test_rollups_follow_changes_to_their_months(
     )
     world.truth.calls = [c for c in world.truth.calls if c.number != gone]
     world.truth.excluded.discard(gone)
-    await _check(world)
+    await _check(world, eager)
 
     # Other excluded numbers: the months are judged again without them.
     others = sorted({c.number for c in world.truth.calls})[:2]
@@ -239,16 +255,15 @@ async def test_rollups_follow_changes_to_their_months(
         admin_pb2.SetExcludedNumbersRequest(numbers=others), metadata=world.truth.tenant.admin
     )
     world.truth.excluded = set(others)
-    await _check(world)
+    await _check(world, eager)
 
 
 async def test_settled_days_follow_changes_and_later_days_leave_them_alone(
-    world: World, db: Database, monkeypatch: pytest.MonkeyPatch
+    world: World, db: Database, eager: grpc.aio.Channel
 ) -> None:
-    monkeypatch.setattr(rollups, "REMAKE_INTERVAL_S", 0.0)
     # Days 14-27 of the oldest month are day units for "from_mid_month" (its whole month for
     # "all"): a newer version there, and a new call, must show.
-    await _check(world)
+    await _check(world, eager)
     tenant_id = world.truth.tenant.tenant_id
     days_from = _month_start(3) + 14 * DAY_MS
     in_days = [
@@ -275,7 +290,7 @@ async def test_settled_days_follow_changes_and_later_days_leave_them_alone(
             ),
         ],
     )
-    await _check(world)
+    await _check(world, eager)
     made = await _runs(db, tenant_id)
 
     # A call from the last hours lies outside every rollup: it shows, and no run is made again.
@@ -292,7 +307,7 @@ async def test_settled_days_follow_changes_and_later_days_leave_them_alone(
             )
         ],
     )
-    await _check(world)
+    await _check(world, eager)
     assert await _runs(db, tenant_id) == made
 
 

@@ -5,20 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from callsight.storage.rollups import _PartDays
+from callsight.storage.sql import Sql
 
 
 class Calls:
-    """Stands in for the one query _PartDays makes: rows of (part, yyyymmdd, max block)."""
+    """Stands in for the one query _PartDays makes: rows of part, day (yyyymmdd), max block."""
 
     def __init__(self, parts: dict[str, dict[int, int]]) -> None:
         self.parts = parts  # what a read sees now, by part name
         self.reads: list[list[str]] = []
 
-    async def query(self, sql: str, params: dict[str, Any]) -> list[tuple[str, int, int]]:
-        assert "_part NOT IN {known:Array(String)}" in sql
-        seen = [name for name in sorted(self.parts) if name not in params["known"]]
+    async def named_rows(self, query: Sql) -> list[dict[str, Any]]:
+        assert "_part NOT IN {known:Array(String)}" in query.text
+        seen = [name for name in sorted(self.parts) if name not in query.params["known"]]
         self.reads.append(seen)
-        return [(name, day, block) for name in seen for day, block in self.parts[name].items()]
+        return [
+            {"part": name, "day": day, "block": block}
+            for name in seen
+            for day, block in self.parts[name].items()
+        ]
 
 
 def _listed(*names: str) -> list[tuple[str, str]]:

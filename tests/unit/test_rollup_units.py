@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from callsight.storage.rollups import Unit, units
+from callsight.storage.rollups import RollupSettings, Unit, units
 
 HOUR_MS = 3_600_000
 LATER = 10**13  # long after every range here: everything is settled
@@ -56,3 +56,21 @@ def test_no_settled_whole_day_no_units() -> None:
     assert units(_ms(2026, 5, 3, 1), _ms(2026, 5, 4, 23), LATER) == []
     assert units(_ms(2026, 5, 3), _ms(2026, 5, 6), _ms(2026, 5, 4, 12)) == []
     assert _shape(units(_ms(2026, 5, 3), _ms(2026, 5, 4), LATER)) == [("day", 20260503)]
+
+
+def test_settle_times_come_from_the_settings() -> None:
+    now = _ms(2026, 5, 6, 12)
+    # By default a day is rolled up once it ended a day ago, a month three days after its end.
+    assert _shape(units(_ms(2026, 5, 3), _ms(2026, 5, 7), now)) == [
+        ("day", 20260503),
+        ("day", 20260504),
+    ]
+    eager = RollupSettings(day_settle_ms=0, month_settle_ms=0)
+    assert _shape(units(_ms(2026, 5, 3), _ms(2026, 5, 7), now, eager)) == [
+        ("day", 20260503),
+        ("day", 20260504),
+        ("day", 20260505),
+    ]
+    found = units(_ms(2026, 4, 1), _ms(2026, 5, 2), _ms(2026, 5, 2), eager)
+    assert _shape(found) == [("month", 202604), ("day", 20260501)]
+    assert RollupSettings().read_days() == {"month": 30, "day": 2, "span": 2}
