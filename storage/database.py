@@ -100,7 +100,9 @@ class Database:
         parameters: Mapping[str, Any] | None = None,
         binary: Sequence[str] = (),
     ) -> list[tuple[Any, ...]]:
-        """Runs a SELECT with server-side bound parameters and returns its rows.
+        """Runs a SELECT with server-side bound parameters and returns its rows as tuples.
+
+        For tests and tools that count; the product reads rows by name (``named_rows``).
 
         Columns named in ``binary`` (ciphertexts, wrapped keys) come back as ``bytes``.
         """

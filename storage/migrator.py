@@ -16,6 +16,7 @@ from importlib import resources
 import structlog
 
 from callsight.storage.database import Database
+from callsight.storage.sql import Sql
 
 log = structlog.get_logger(__name__)
 
@@ -59,8 +60,8 @@ def available() -> list[Migration]:
 async def applied(db: Database) -> set[int]:
     """Versions recorded as applied."""
     await db.command(_LEDGER)
-    rows = await db.query("SELECT version FROM schema_migrations FINAL")
-    return {int(r[0]) for r in rows}
+    rows = await db.named_rows(Sql("SELECT version FROM schema_migrations FINAL"))
+    return {int(r["version"]) for r in rows}
 
 
 async def migrate(db: Database) -> list[int]:
