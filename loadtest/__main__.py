@@ -1,11 +1,7 @@
 """``python -m callsight.loadtest <subcommand>``: the load tester's command line.
 
-* ``fleet``: a simulated fleet of Android agents against a server, verified afterwards (flags in
-  ``loadtest.fleet``, run by ``loadtest.suite``, which adds the white-box figures).
-* ``reports``: concurrent report callers (``loadtest.report_load``).
-* ``ceilings``: the raw rates of transport, decode, encode and insert (``loadtest.ceilings``).
-* ``bench``: the standard short suite behind ``make bench`` (``loadtest.suite``).
-
+Subcommands: ``fleet`` (``loadtest.fleet``, run by ``loadtest.suite``), ``reports``
+(``loadtest.report_load``), ``ceilings`` (``loadtest.ceilings``), ``bench`` (``loadtest.suite``).
 Modules are imported only when their subcommand runs: ``reports`` needs nothing but the contract.
 """
 

@@ -1,16 +1,11 @@
 """One simulated Android agent per device, and the client process that runs thousands of them.
 
-A ``DeviceAgent`` streams its pre-serialised batches on one ``IngestService/Stream`` the way the
-agent app does: at most ``window`` batches un-acked, every batch kept until its ack, and on any
-error, stall or forced reconnect the stream is dropped and the un-acked batches are sent again on
-a new one (same seq and batch_id). Injected re-sends of whole batches go out only once the
-original is acked (they model a lost ack). In steady mode a batch is due at its sync's time and
-the stream stays open in between.
-
-A ``ClientProcess`` holds a few gRPC channels (separate HTTP/2 connections) and runs its devices
-concurrently on one event loop; ``worker_main`` is the entry point of a spawned client process,
-driven over a pipe by ``loadtest.fleet``. Live figures go to a shared array of counters, one row
-per process; everything else comes back as a ``WorkerResult`` at the end.
+A ``DeviceAgent`` streams its pre-serialised batches on one ``IngestService/Stream`` as the app
+does: at most ``window`` un-acked, and on any error, stall or forced reconnect the un-acked
+batches go again on a new stream (same seq and batch_id). Injected re-sends go out only once the
+original is acked (a lost ack). A ``ClientProcess`` runs its devices over a few channels on one
+event loop; ``worker_main`` is a spawned client process, driven over a pipe by ``loadtest.fleet``,
+with live figures in shared counters (one row per process) and a ``WorkerResult`` at the end.
 """
 
 from __future__ import annotations
@@ -100,6 +95,12 @@ class WorkerResult:
     peak_streams: int = 0
     devices_failed: int = 0
 
+    @property
+    def wall_s(self) -> float:
+        """First send to last ack, seconds (NaN when nothing was acked)."""
+        wall = self.last_ack - self.first_send
+        return wall if wall > 0 else float("nan")
+
     @classmethod
     def merged(cls, results: Sequence[WorkerResult]) -> WorkerResult:
         """One result for every client process: sums, merged histograms and timelines."""
@@ -144,7 +145,7 @@ class Recorder:
         self.start = start
         self._streams = 0
 
-    def _bump(self, column: int, by: int) -> None:
+    def _bump(self, column: int, by: int) -> None:  # the live figures of loadtest.report_out
         self._counters[self._base + column] = self._counters[self._base + column] + by
 
     def _second(self, now: float) -> Second:
@@ -243,7 +244,6 @@ class DeviceAgent:
         recorder: Recorder,
         delay_s: float = 0.0,
     ) -> None:
-        """``delay_s``: when the device starts, after the fleet's start (the ramp)."""
         self.identity = identity
         self.batches = workload.batches
         self._method = method
@@ -446,10 +446,6 @@ async def _final_status(
         return "CLIENT_STATE", f"{type(exc).__name__}: {exc}"
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 class ClientProcess:
     """A few gRPC channels and the devices that stream over them, on the running loop."""
 
@@ -488,19 +484,15 @@ class ClientProcess:
         start: float,
         fleet_size: int = 0,
     ) -> WorkerResult:
-        """Runs every device to completion; ``start`` is the shared time.monotonic() origin.
-
-        With ``options.ramp_s``, device ``d`` of ``fleet_size`` starts ``ramp_s * d / fleet_size``
-        seconds after ``start``.
-        """
+        """Runs every device to completion from ``start`` (time.monotonic()); with ``ramp_s``,
+        device ``d`` of ``fleet_size`` starts ``ramp_s * d / fleet_size`` s later."""
         size = max(fleet_size, len(devices), 1)
         ramp = self._options.ramp_s
         recorder = Recorder(self._counters, self._row, start)
-        methods = [
+        methods: list[StreamMethod] = [
+            # No request serialiser: the batches go out as the bytes they already are.
             channel.stream_stream(
-                STREAM_METHOD,
-                request_serializer=_raw,
-                response_deserializer=ingest_pb2.UploadAck.FromString,
+                STREAM_METHOD, response_deserializer=ingest_pb2.UploadAck.FromString
             )
             for channel in self._channels
         ]
@@ -524,13 +516,8 @@ class ClientProcess:
         result = recorder.result
         result.cpu_s = cpu_s() - cpu
         result.devices = len(agents)
-        result.peak_rss_mb = _peak_rss_mb()
+        result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
         return result
-
-
-def _raw(payload: bytes) -> bytes:
-    """The request serialiser of pre-serialised batches: they go out as they are."""
-    return payload
 
 
 @dataclass(frozen=True, slots=True)

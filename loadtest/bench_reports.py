@@ -1,37 +1,27 @@
 """Report latency on a year of calls, next to the same reports computed naively in the same run.
 
 Run ``python -m callsight.loadtest.bench_reports [--calls 20000000] [--employees 2000] [--days 365]
-[--repeat 20] [--data-dir DIR] [--reuse] [--out loadtest/results/reports.json]``.
+[--repeat 20] [--data-dir DIR] [--reuse] [--out loadtest/results/reports.json]``. White-box: a
+year of calls cannot be streamed through gRPC in a benchmark's time, and the naive figures call
+the storage functions directly.
 
-White-box, beside ``loadtest.ceilings``: a year of calls cannot be streamed in through gRPC in a
-benchmark's time, and the naive figures call the storage functions directly.
+1. Set-up through the public API (``loadtest.bootstrap``) on an in-process ``Service``: a tenant,
+   its employees with a device each, a REPORTS key, ten excluded numbers and 2,000 leads.
+2. ``--calls`` calls generated with numpy in columns (each employee calls a skewed pool of ~200
+   clients from a shared 300,000; types, durations and hours as ``loadtest.generate`` draws
+   them, the last ``--days`` days), every
+   distinct number, name and note encrypted once. ~1% arrive twice and ~2% again as a newer
+   version with a note, so FINAL has work. Rows go in arrival order, ~1M per ``insert_arrow``,
+   into ``calls`` and ``calls_naive`` (dedup-only layout: no time in the key, no partitions);
+   then background merges settle (``--optimize``: ``OPTIMIZE TABLE .. FINAL`` first).
+3. Every report through gRPC with the REPORTS key: ``--repeat`` calls after two warm-ups, p50/p95
+   and this process's CPU p50 (server, chDB and client all run here). Rollups are dropped first,
+   so the first CallSummary, reported on its own, makes them. The naive figures run the same
+   ``storage`` functions, rollups off, on ``calls_naive`` next to ``calls`` (sql p50); both must
+   agree, and CallSummary's ``total_calls`` must equal the distinct calls generated in range.
 
-1. Set-up: starts an in-process ``Service`` on ``--data-dir`` (embedded chDB), then, through the
-   public API (``loadtest.bootstrap``), one tenant with its employees and one enrolled device
-   each, a REPORTS key, ten excluded numbers and 2,000 leads.
-2. Generates ``--calls`` calls with numpy, in columns: each employee calls a pool of ~200
-   clients drawn (skewed) from a shared pool of 300,000 numbers, with a realistic type mix and
-   many zero durations, within Kolkata working hours over the last ``--days`` local days. Each
-   distinct number, name and note is encrypted and blind-indexed once, with the tenant's keyring.
-   About 1% of the calls arrive a second time (re-sent, same version) and 2% again later as a
-   newer version with a note added, so FINAL has real work. Rows are inserted in arrival order,
-   ~1M rows per ``insert_arrow``, into ``calls`` and into ``calls_naive``: the same rows in the
-   dedup-only layout (ORDER BY (tenant_id, device_id, call_id), no time in the key, no
-   partitions). Then the benchmark waits until background merges settle, as a running system
-   would see its tables; ``--optimize`` runs ``OPTIMIZE TABLE .. FINAL`` on both tables first.
-3. Measures every report through the real gRPC server with the REPORTS key: ``--repeat`` calls
-   after two warm-ups, p50/p95 in ms, and the p50 of this process's CPU time per call (server,
-   chDB and client all run here, so on a shared machine it shows the work when latency shows
-   the neighbours). Rollups (``storage/rollups.py``) are dropped first, so the first
-   CallSummary pays for making them; that call is reported on its own. The naive figures run
-   the same ``storage`` functions, rollups off, with ``Tables(calls="calls_naive")``, directly
-   with no gRPC in the way, next to the same functions on ``calls`` (sql p50); both must give
-   the same answer, and CallSummary's ``total_calls`` must equal the number of distinct calls
-   generated in the range.
-
-``--reuse`` keeps the data directory (default /tmp/bench-reports) and loads it only once;
-otherwise the directory is deleted at the end. Progress goes to stderr; the table to stdout and,
-as JSON, to ``--out``.
+``--reuse`` keeps the data directory (default /tmp/bench-reports) and loads it once; otherwise it
+is deleted at the end. Progress goes to stderr; the table to stdout and, as JSON, to ``--out``.
 """
 
 from __future__ import annotations
@@ -61,8 +51,22 @@ import uvloop
 from clickhouse_connect.driver.client import Client
 
 from callsight.loadtest.bootstrap import DeviceIdentity, bootstrap
-from callsight.loadtest.common import auth, cpu_s, write_json
+from callsight.loadtest.common import add_flags, auth, cpu_s, write_json
 from callsight.loadtest.common import say as _stderr
+from callsight.loadtest.generate import (
+    CALL_TYPE_SHARES,
+    CALL_TYPES,
+    DAY_MS,
+    FIRST_NAMES,
+    MINUTE_MS,
+    NOTES,
+    SURNAMES,
+    contact_names,
+    durations,
+    ist_midnight_ms,
+    mobile_numbers,
+    start_times,
+)
 from callsight.pipeline.crypto import Keyring
 from callsight.pipeline.encode import CALLS_SCHEMA
 from callsight.pipeline.keys import TenantKeys
@@ -76,10 +80,7 @@ from callsight.storage.filters import CallFilter
 from callsight.storage.tables import DEFAULT_TABLES, Tables
 from callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2, report_pb2, report_pb2_grpc
 
-DAY_MS = 86_400_000
-MINUTE_MS = 60_000
 TIMEZONE = "Asia/Kolkata"
-IST_OFFSET_MS = 19_800_000  # UTC+05:30, no daylight saving
 SHARED_POOL = 300_000
 CLIENTS_PER_EMPLOYEE = 200
 CHUNK_ROWS = 1_000_000
@@ -90,22 +91,6 @@ LEADS = 2_000
 PAGE_WALK = 20
 STATE_FILE = "bench-state.json"
 NAIVE = Tables(calls="calls_naive")
-# CallType values with their share of calls: outgoing, incoming, missed, rejected, blocked,
-# voicemail, answered externally.
-TYPES = np.array([2, 1, 3, 5, 6, 4, 7], dtype=np.uint8)
-TYPE_SHARES = np.array([0.40, 0.35, 0.15, 0.05, 0.02, 0.02, 0.01])
-FIRST_NAMES = ["Asha", "Ravi", "Meera", "Arjun", "Priya", "Vikram", "Neha", "Kiran", "Sunil"]
-LAST_NAMES = ["Sharma", "Patel", "Iyer", "Khan", "Reddy", "Gupta", "Nair", "Das", "Singh"]
-NOTES = [
-    "call back tomorrow",
-    "interested, send quote",
-    "asked for a demo",
-    "not interested",
-    "wrong number",
-    "follow up next week",
-    "price too high",
-    "meeting fixed",
-]
 
 I64 = npt.NDArray[np.int64]
 
@@ -131,11 +116,6 @@ class Calls:
     synced_ms: I64
 
 
-def local_midnight_ms(now_ms: int) -> int:
-    """The start of today in Kolkata, as epoch ms."""
-    return (now_ms + IST_OFFSET_MS) // DAY_MS * DAY_MS - IST_OFFSET_MS
-
-
 def generate_calls(
     rng: np.random.Generator, n: int, employees: int, days: int, anchor_ms: int
 ) -> tuple[Calls, npt.NDArray[np.int32]]:
@@ -147,20 +127,10 @@ def generate_calls(
     # Within an employee's pool a few clients get most of the calls.
     rank = (CLIENTS_PER_EMPLOYEE * rng.random(n) ** 2.5).astype(np.int32)
     client = pools[employee, rank]
-    kind = TYPES[rng.choice(len(TYPES), size=n, p=TYPE_SHARES)]
-    talk = np.minimum(rng.lognormal(np.log(70.0), 1.1, n), 3600).astype(np.uint32) + 1
-    u = rng.random(n)
-    connected = ((kind == 2) & (u < 0.55)) | ((kind == 1) & (u < 0.92)) | ((kind == 4) & (u < 0.5))
-    duration = np.where(connected, talk, 0).astype(np.uint32)
-    # Local working hours, 09:00-20:00 Kolkata, busiest late morning and afternoon.
-    day = rng.integers(0, days, n)
-    peak = np.where(rng.random(n) < 0.55, 11.5, 16.0)
-    hour = np.clip(rng.normal(peak, 1.8), 9.0, 19.99)
-    started = anchor_ms - days * DAY_MS + day * DAY_MS + (hour * 3_600_000).astype(np.int64)
-    started += rng.integers(0, 1000, n)  # millisecond jitter, as phones report
-    order = np.argsort(started, kind="stable")
-    employee, client, kind = employee[order], client[order], kind[order]
-    duration, started = duration[order], started[order]
+    kind = rng.choice(CALL_TYPES, size=n, p=CALL_TYPE_SHARES)
+    duration = durations(rng, kind).astype(np.uint32)
+    # Sorted, in IST working hours of the days before the anchor (a midnight), none after it.
+    started = start_times(rng, n, anchor_ms - 1, days)
     # Android numbers its call log per device: call ids grow with time.
     counts = np.bincount(employee, minlength=employees)
     call_no = np.empty(n, dtype=np.int64)
@@ -171,7 +141,9 @@ def generate_calls(
     # Devices sync shortly after a call ends.
     synced = started + duration.astype(np.int64) * 1000 + rng.integers(5_000, 10 * MINUTE_MS, n)
     synced = np.minimum(synced, anchor_ms - 1)
-    return Calls(employee, client, kind, started, duration, call_no, sim_slot, synced), pools
+    return Calls(
+        employee, client, kind.astype(np.uint8), started, duration, call_no, sim_slot, synced
+    ), pools
 
 
 @dataclass
@@ -210,25 +182,7 @@ def arrivals(rng: np.random.Generator, calls: Calls, anchor_ms: int, notes: int)
     )
 
 
-@dataclass
-class Pools:
-    """Per-entity Arrow values that the rows take from (encrypted once each)."""
-
-    tenant: pa.Array
-    devices: pa.Array
-    employees: pa.Array
-    sims: pa.Array  # employee * 2 + sim_slot
-    bidx: pa.Array
-    number_enc: pa.Array
-    name_enc: pa.Array
-    notes: pa.Array
-
-
-def number_pool(rng: np.random.Generator) -> list[str]:
-    """The shared pool of Indian mobile numbers, E.164, distinct."""
-    drawn = np.unique(rng.integers(6_000_000_000, 10_000_000_000, int(SHARED_POOL * 1.05)))
-    rng.shuffle(drawn)
-    return [f"+91{n}" for n in drawn[:SHARED_POOL]]
+Pools = dict[str, pa.Array]  # per-entity values the rows take from, encrypted once each
 
 
 def build_pools(
@@ -239,23 +193,17 @@ def build_pools(
 ) -> Pools:
     """Encrypts and blind-indexes each distinct number, name and note once."""
     cipher = keyring.current
-    named = rng.random(len(numbers)) < 0.6
-    first = rng.integers(0, len(FIRST_NAMES), len(numbers))
-    last = rng.integers(0, len(LAST_NAMES), len(numbers))
-    names = [
-        f"{FIRST_NAMES[f]} {LAST_NAMES[s]} {i % 997}" if ok else ""
-        for i, (ok, f, s) in enumerate(zip(named, first, last, strict=True))
-    ]
-    return Pools(
-        tenant=pa.array([devices[0].tenant_id], pa.string()),
-        devices=pa.array([d.device_id for d in devices], pa.string()),
-        employees=pa.array([d.employee_id for d in devices], pa.string()),
-        sims=pa.array([f"8991{i:015d}" for i in range(2 * len(devices))], pa.string()),
-        bidx=pa.array(cipher.blind_index_many(numbers), pa.binary(32)),
-        number_enc=pa.array(cipher.encrypt_many(numbers), pa.binary()),
-        name_enc=pa.array(cipher.encrypt_many(names), pa.binary()),
-        notes=pa.array(cipher.encrypt_many(["", *NOTES]), pa.binary()),
-    )
+    names = contact_names(rng, len(numbers), 0.6)
+    return {
+        "tenant": pa.array([devices[0].tenant_id], pa.string()),
+        "devices": pa.array([d.device_id for d in devices], pa.string()),
+        "employees": pa.array([d.employee_id for d in devices], pa.string()),
+        "sims": pa.array([f"8991{i:015d}" for i in range(2 * len(devices))], pa.string()),
+        "bidx": pa.array(cipher.blind_index_many(numbers), pa.binary(32)),
+        "number_enc": pa.array(cipher.encrypt_many(numbers), pa.binary()),
+        "name_enc": pa.array(cipher.encrypt_many(names), pa.binary()),
+        "notes": pa.array(cipher.encrypt_many(["", *NOTES]), pa.binary()),
+    }
 
 
 def chunk_table(calls: Calls, rows: Arrivals, start: int, stop: int, pools: Pools) -> pa.Table:
@@ -271,19 +219,19 @@ def chunk_table(calls: Calls, rows: Arrivals, start: int, stop: int, pools: Pool
         "",
     )
     columns = [
-        pools.tenant.take(pa.array(np.zeros(len(i), dtype=np.int32))),
-        pools.devices.take(pa.array(employee)),
+        pools["tenant"].take(pa.array(np.zeros(len(i), dtype=np.int32))),
+        pools["devices"].take(pa.array(employee)),
         call_id,
-        pools.employees.take(pa.array(employee)),
-        pools.bidx.take(pa.array(client)),
-        pools.number_enc.take(pa.array(client)),
-        pools.name_enc.take(pa.array(client)),
+        pools["employees"].take(pa.array(employee)),
+        pools["bidx"].take(pa.array(client)),
+        pools["number_enc"].take(pa.array(client)),
+        pools["name_enc"].take(pa.array(client)),
         pa.array(calls.type[i], pa.uint8()),
         pa.array(calls.started_ms[i], pa.timestamp("ms", tz="UTC")),
         pa.array(duration, pa.uint32()),
         pa.array(calls.sim_slot[i], pa.int32()),
-        pools.sims.take(pa.array(employee * 2 + calls.sim_slot[i])),
-        pools.notes.take(pa.array(rows.note[start:stop])),
+        pools["sims"].take(pa.array(employee * 2 + calls.sim_slot[i])),
+        pools["notes"].take(pa.array(rows.note[start:stop])),
         recording,
         pa.array(rows.version[start:stop].astype(np.uint64), pa.uint64()),
         pa.array(rows.synced_ms[start:stop], pa.timestamp("ms", tz="UTC")),
@@ -330,7 +278,7 @@ async def import_leads(
         client = int(pools[e, int(rng.integers(0, CLIENTS_PER_EMPLOYEE))])
         if client not in seen:
             seen.add(client)
-            lead = admin_pb2.Lead(first_name=FIRST_NAMES[i % 9], last_name=LAST_NAMES[i % 7])
+            lead = admin_pb2.Lead(first_name=FIRST_NAMES[i % 9], last_name=SURNAMES[i % 7])
             lead.company, lead.primary_number = f"Company {i}", numbers[client]
             lead.city, lead.country, lead.employee_id = "Pune", "IN", devices[e].employee_id
             lead.tags.append("bench")
@@ -361,14 +309,11 @@ async def set_up(
         metadata=auth(admin_key),
     )
     state = State(
-        calls=args.calls,
-        employees=args.employees,
-        days=args.days,
-        seed=args.seed,
+        **{key: getattr(args, key) for key in ("calls", "employees", "days", "seed")},
         tenant_id=tenants[0].tenant_id,
         admin_key=admin_key,
         reports_key=reports.api_key,
-        anchor_ms=local_midnight_ms(int(time.time() * 1000)),
+        anchor_ms=ist_midnight_ms(int(time.time() * 1000)),
     )
     return state, devices
 
@@ -387,7 +332,7 @@ async def load(
     """Leads, excluded numbers and the calls, into both tables."""
     rng = np.random.default_rng(state.seed)
     t = time.perf_counter()
-    numbers = number_pool(rng)
+    numbers = [f"+91{n}" for n in mobile_numbers(rng, SHARED_POOL)]  # E.164, distinct
     calls, pools = generate_calls(rng, state.calls, state.employees, state.days, state.anchor_ms)
     rows = arrivals(rng, calls, state.anchor_ms, len(NOTES) + 1)
     _say(
@@ -661,10 +606,7 @@ async def measure(
                 report=case.report,
                 range=span,
                 page=case.page,
-                p50_ms=t.p50_ms,
-                p95_ms=t.p95_ms,
-                cpu_p50_ms=t.cpu_p50_ms,
-                first_ms=t.first_ms,
+                **asdict(t),
                 sql_p50_ms=sql.p50_ms if sql else None,
                 naive_p50_ms=naive.p50_ms if naive else None,
                 naive_p95_ms=naive.p95_ms if naive else None,
@@ -712,12 +654,8 @@ async def _state(
     path = data_dir / STATE_FILE
     if path.exists():
         state = State(**json.loads(path.read_text()))
-        if (state.calls, state.employees, state.days, state.seed) != (
-            args.calls,
-            args.employees,
-            args.days,
-            args.seed,
-        ):
+        keys = ("calls", "employees", "days", "seed")
+        if [getattr(state, k) for k in keys] != [getattr(args, k) for k in keys]:
             raise SystemExit(
                 f"{data_dir} holds a different data set ({state.calls} calls,"
                 f" {state.employees} employees, {state.days} days, seed {state.seed});"
@@ -799,16 +737,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parses the flags, runs the benchmark, writes ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--calls", type=int, default=20_000_000)
-    parser.add_argument("--employees", type=int, default=2_000)
-    parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--naive-repeat", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--reuse", action="store_true", help="keep (and reuse) the data dir")
-    parser.add_argument("--optimize", action="store_true", help="OPTIMIZE .. FINAL before timing")
-    parser.add_argument("--out", type=Path, default=Path("loadtest/results/reports.json"))
+    add_flags(
+        parser,
+        ("--calls", 20_000_000),
+        ("--employees", 2_000),
+        ("--days", 365),
+        ("--repeat", 20),
+        ("--naive-repeat", 5),
+        ("--seed", 7),
+        ("--data-dir", Path),
+        ("--reuse", False, "keep (and reuse) the data dir"),
+        ("--optimize", False, "OPTIMIZE .. FINAL before timing"),
+        ("--out", Path("loadtest/results/reports.json")),
+    )
     args = parser.parse_args(argv)
     if args.data_dir is None:
         args.data_dir = (

@@ -1,10 +1,8 @@
 """Setting a fleet up the way an operator and admins would: tenants, employees, enrolled devices.
 
-``bootstrap`` creates each tenant with the operator token (its ADMIN key comes back with it),
-the employees with CreateEmployee, one enrollment code per device with CreateEnrollment, and
-exchanges each code for a device token with IngestService.RegisterDevice. ``warm_up`` then sends
-every device one empty batch of each kind, so that the server's first load of a device's stored
-versions (once per table) happens before the measurement.
+``bootstrap`` creates tenants (operator token), employees and one enrollment per device (ADMIN
+key), and registers each device; ``warm_up`` sends every device one empty batch per kind so the
+server's first load of its stored versions happens before the measurement.
 """
 
 from __future__ import annotations
@@ -48,16 +46,6 @@ class DeviceIdentity:
     token: str
 
 
-def employee_of(device: int, employees: int) -> int:
-    """The employee a device belongs to: devices are dealt to employees in turn."""
-    return device % employees
-
-
-def tenant_of(employee: int, tenants: int) -> int:
-    """The tenant an employee works for: employees are dealt to tenants in turn."""
-    return employee % tenants
-
-
 async def _limited(limit: int, jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
     """Runs ``jobs`` with at most ``limit`` at once; the first failure cancels the rest."""
     queue = list(reversed(jobs))
@@ -97,7 +85,7 @@ async def bootstrap(
     employee_ids = [""] * employees
 
     async def employee(e: int) -> None:
-        tenant = created[tenant_of(e, tenants)]
+        tenant = created[e % tenants]  # employees are dealt to tenants in turn
         first = FIRST_NAMES[e % len(FIRST_NAMES)]
         last = SURNAMES[(e // len(FIRST_NAMES)) % len(SURNAMES)]
         response = await admin.CreateEmployee(
@@ -120,8 +108,8 @@ async def bootstrap(
 
     async def device(d: int) -> None:
         nonlocal done, last_said
-        e = employee_of(d, employees)
-        tenant = created[tenant_of(e, tenants)]
+        e = d % employees  # devices are dealt to employees in turn
+        tenant = created[e % tenants]
         code = await admin.CreateEnrollment(
             admin_pb2.CreateEnrollmentRequest(employee_id=employee_ids[e]),
             metadata=auth(tenant.admin_key),
@@ -178,12 +166,9 @@ async def warm_up(
 ) -> float:
     """Sends every device an empty batch of each kind; returns the seconds it took.
 
-    The server loads a device's stored versions the first time it sees the device in a table,
-    batching devices that arrive together. A device that arrives while such a load is running
-    waits for the next device to arrive (the server's Deduplicator only starts a new load on a new
-    arrival), so the last few of a burst can wait forever. The warm-up holds back a few batches
-    and sends them one at a time whenever nothing has completed for ``quiet_s``; each starts a
-    load that takes every waiting device with it.
+    A device arriving while the server loads others' stored versions waits for the next arrival
+    (the Deduplicator starts a load only then), so the last of a burst could wait forever: a few
+    batches are held back and sent one at a time whenever nothing completed for ``quiet_s``.
     """
     upload = ingest_pb2_grpc.IngestServiceStub(channel).Upload
     report = say or (lambda _: None)

@@ -1,29 +1,20 @@
 """The white box: rates of the stages callsight cannot beat, and counts only the database knows.
 
 Run ``python -m callsight.loadtest ceilings [--devices 50] [--batches-per-device 20] [--streams 8]
-[--out loadtest/results/ceilings.json]``; from Python, ``measure_ceilings(batches)``. Everything
-else in ``loadtest`` speaks only the contract; this module uses the product's public seams
-(``pipeline.encode.decode``, ``storage.database.Database``, ``storage.migrator.migrate``).
+[--out loadtest/results/ceilings.json]``; from Python, ``measure_ceilings(batches)``. One stage
+after another, so they do not share cores; decode and transport keep their fastest pass.
 
-* transport: the fleet's own client (``loadtest.agent``) streams the batches pre-serialised, on
-  ``streams`` concurrent streams with at most ``window`` un-acked each, to a trivial
-  ``IngestService/Stream`` servicer in a child process (this module run as a script) that parses
-  each UploadRequest and acks it at once. Records/s counts acked records from the first send to
-  the last ack, in the fastest of as many passes as fit in ``min_transport_s``.
-* decode: ``UploadRequest.FromString`` over every batch on one core; the fastest of as many
-  passes as fit in ``min_decode_s``.
-* encode (not a ceiling, for reference): ``pipeline.encode.decode`` of every batch on one core
-  (validate, normalise, encrypt), with a cold NumberCodec and again with the same, warm one.
-* insert: the encoded rows inserted straight into fresh chDB databases made by
-  ``storage.migrator.migrate`` (materialised views included), in ``insert_rows``-row inserts:
-  column-oriented ``client.insert`` of Python lists (building the lists is not timed),
-  ``client.insert_arrow``, and ``insert_arrow`` with an ``insert_deduplication_token`` as the
-  server's writer does. chDB allows one data path per process, so this runs in a spawned child.
+* transport: the fleet's own client (``loadtest.agent``) streams the batches on ``streams``
+  streams (``window`` un-acked each) to a servicer in a child process (this module as a script)
+  that only parses and acks; records/s from first send to last ack.
+* decode: ``UploadRequest.FromString`` of every batch on one core.
+* encode (for reference): ``pipeline.encode.decode`` of every batch, cold and warm NumberCodec.
+* insert: the encoded rows into fresh migrated chDB databases in ``insert_rows``-row inserts:
+  ``client.insert`` of column lists, ``insert_arrow``, and ``insert_arrow`` with a dedup token as
+  the server's writer does; in a spawned child (chDB allows one data path per process).
 
-The stages run one after the other so they do not compete for the same cores; decode and
-transport repeat and keep their fastest pass (a ceiling is an upper bound). ``counts_in_child``
-counts a tenant's rows in a server's database (``FINAL``) for the fleet's verification: no RPC
-tells contacts or telemetry.
+``counts_in_child`` counts a tenant's rows ``FINAL`` for the fleet's verification: no RPC tells
+contacts or telemetry.
 """
 
 from __future__ import annotations
@@ -32,7 +23,6 @@ import argparse
 import asyncio
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -40,7 +30,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -53,7 +42,7 @@ from clickhouse_connect.driver.client import Client
 
 from callsight.loadtest.agent import SLOTS, AgentOptions, ClientProcess, WorkerResult
 from callsight.loadtest.bootstrap import DeviceIdentity
-from callsight.loadtest.common import MiB, Say, aligned, num, say, write_json
+from callsight.loadtest.common import MiB, Say, add_flags, aligned, in_child, num, say, write_json
 from callsight.loadtest.generate import FleetSpec, fleet_batches, interleave
 from callsight.loadtest.harness import ProcessSampler, ServerError, ServerProcess
 from callsight.loadtest.verify import Counts, type_name
@@ -102,7 +91,7 @@ class DecodeResult:
 
     @property
     def records_per_s(self) -> float:
-        return self.records / self.best_pass_s if self.best_pass_s > 0 else float("nan")
+        return _rate(self.records, self.best_pass_s)
 
 
 def decode_ceiling(batches: Sequence[bytes], min_time_s: float = MIN_DECODE_S) -> DecodeResult:
@@ -125,16 +114,6 @@ def decode_ceiling(batches: Sequence[bytes], min_time_s: float = MIN_DECODE_S) -
 # --- transport ----------------------------------------------------------------------------------
 
 
-def _ack(request: ingest_pb2.UploadRequest) -> ingest_pb2.UploadAck:
-    return ingest_pb2.UploadAck(
-        seq=request.seq,
-        batch_id=request.batch_id,
-        result=ingest_pb2.UPLOAD_RESULT_ACCEPTED,
-        accepted=record_count(request),
-        server_time_ms=int(time.time() * 1000),
-    )
-
-
 class TrivialIngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """Acks every batch as soon as grpc has parsed it: all callsight does, minus the work."""
 
@@ -146,13 +125,19 @@ class TrivialIngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def Upload(
         self, request: ingest_pb2.UploadRequest, context: Context
     ) -> ingest_pb2.UploadAck:
-        return _ack(request)
+        return ingest_pb2.UploadAck(
+            seq=request.seq,
+            batch_id=request.batch_id,
+            result=ingest_pb2.UPLOAD_RESULT_ACCEPTED,
+            accepted=record_count(request),
+            server_time_ms=int(time.time() * 1000),
+        )
 
     async def Stream(
         self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest], context: Context
     ) -> AsyncIterator[ingest_pb2.UploadAck]:
         async for request in request_iterator:
-            yield _ack(request)
+            yield await self.Upload(request, context)
 
 
 async def serve_trivial(listen: str) -> None:
@@ -174,13 +159,8 @@ class TransportResult:
     passes: int = 1
 
     @property
-    def wall_s(self) -> float:
-        wall = self.client.last_ack - self.client.first_send
-        return wall if wall > 0 else float("nan")
-
-    @property
     def records_per_s(self) -> float:
-        return self.client.records / self.wall_s
+        return self.client.records / self.client.wall_s
 
 
 def stream_workloads(batches: Sequence[bytes], streams: int) -> list[DeviceWorkload]:
@@ -218,7 +198,7 @@ async def _transport(
             passes += 1
             if result.batches != batches or result.errors:  # a lost batch disqualifies the rest
                 return measured
-            if best is None or measured.wall_s < best.wall_s:
+            if best is None or measured.client.wall_s < best.client.wall_s:
                 best = measured
     finally:
         await client.close()
@@ -266,13 +246,9 @@ class InsertResult:
 def encoded_tables(
     batches: Sequence[bytes], now_ms: int
 ) -> tuple[dict[str, list[pa.Table]], float, float]:
-    """The rows the server would write, by table, and the seconds ``decode`` took for them with
-    a cold codec and again with the same, warm one.
-
-    Batches are attributed to devices by their batch id's prefix (``d7-b3`` is device ``d7``),
-    as one tenant with one data key; ids are made up, stable per device. Batches decode refuses
-    whole (none in generated fleets) are left out.
-    """
+    """The rows the server would write, by table, and ``decode``'s seconds with a cold codec
+    and again warm. Devices come from the batch id's prefix (``d7-b3``: ``d7``), of one tenant
+    with one data key; batches refused whole (none in generated fleets) are left out."""
     keyring = Keyring(TenantCipher(1, new_data_key()))
     tenant_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "callsight-ceilings"))
     sources: dict[str, Source] = {}
@@ -333,8 +309,7 @@ def _insert(client: Client, way: str, table: str, rows: pa.Table, i: int) -> tup
 
 
 def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -> InsertResult:
-    """Entry point of the insert child: encode, then time each way of inserting, each into a
-    fresh database."""
+    """The insert child: encodes, then times each way of inserting into a fresh database."""
     # The migrator logs every migration; only problems are worth showing here.
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
@@ -377,10 +352,8 @@ def insert_ceilings(
     batches: Sequence[bytes], *, insert_rows: int = INSERT_ROWS, now_ms: int | None = None
 ) -> InsertResult:
     """Encodes the batches and times raw inserts of their rows, in a spawned child."""
-    if now_ms is None:
-        now_ms = int(time.time() * 1000)
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(insert_child_main, list(batches), insert_rows, now_ms).result()
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return in_child(insert_child_main, list(batches), insert_rows, now_ms)
 
 
 # --- direct counts ------------------------------------------------------------------------------
@@ -426,10 +399,8 @@ def _counts_main(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Co
 
 
 def counts_in_child(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Counts]:
-    """``all_database_counts`` from a spawned process: chDB opens one data path per process, and
-    a stopped server's chDB is opened here after the run."""
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(_counts_main, dsn, database, tenant_ids).result()
+    """``all_database_counts`` from a spawned process (a stopped server's chDB opens there)."""
+    return in_child(_counts_main, dsn, database, tenant_ids)
 
 
 # --- together -----------------------------------------------------------------------------------
@@ -450,11 +421,8 @@ def measure_ceilings(
     now_ms: int | None = None,
     progress: Say | None = None,
 ) -> dict[str, float]:
-    """Every ceiling on the same serialised batches, one stage after the other.
-
-    Keys ending in ``_per_s`` are rates (records or rows per second); the others are the
-    counts and seconds behind them. Raises CeilingError when the transport loses a batch.
-    """
+    """Every ceiling on the same batches: ``_per_s`` keys are rates, the rest the counts and
+    seconds behind them. Raises CeilingError when the transport loses a batch."""
     tell = progress or say
     parsed = decode_ceiling(batches, min_decode_s)
     tell(f"decode: {parsed.records_per_s:,.0f} records/s ({parsed.passes} passes)")
@@ -477,13 +445,13 @@ def measure_ceilings(
         "batches": len(batches),
         "wire_mib": sum(map(len, batches)) / MiB,
         "transport_records_per_s": moved.records_per_s,
-        "transport_batches_per_s": _rate(sent.batches, moved.wall_s),
+        "transport_batches_per_s": _rate(sent.batches, sent.wall_s),
         "transport_acks": sent.batches,
         "transport_records_acked": sent.records,
         "transport_rejected": sent.rejected,
         "transport_streams": max(1, min(streams, len(batches))),
         "transport_window": window,
-        "transport_wall_s": moved.wall_s,
+        "transport_wall_s": sent.wall_s,
         "transport_passes": moved.passes,
         "transport_ack_p50_ms": latency["p50"],
         "transport_ack_p99_ms": latency["p99"],
@@ -546,15 +514,18 @@ def table(c: dict[str, float]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``python -m callsight.loadtest ceilings``."""
-    parser.add_argument("--devices", type=int, default=50, help="devices to generate calls for")
-    parser.add_argument("--batches-per-device", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=500, help="calls per batch")
-    parser.add_argument("--days", type=int, default=30, help="calls start in the last N days")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--insert-rows", type=int, default=INSERT_ROWS, help="rows per raw insert")
-    parser.add_argument("--streams", type=int, default=STREAMS, help="concurrent gRPC streams")
-    parser.add_argument("--window", type=int, default=WINDOW, help="un-acked batches per stream")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
+    add_flags(
+        parser,
+        ("--devices", 50, "devices to generate calls for"),
+        ("--batches-per-device", 20),
+        ("--batch-size", 500, "calls per batch"),
+        ("--days", 30, "calls start in the last N days"),
+        ("--seed", 1),
+        ("--insert-rows", INSERT_ROWS, "rows per raw insert"),
+        ("--streams", STREAMS, "concurrent gRPC streams"),
+        ("--window", WINDOW, "un-acked batches per stream"),
+        ("--out", DEFAULT_OUT, "JSON file to write"),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -592,7 +563,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if (
-    __name__ == "__main__"
-):  # ``serve --listen HOST:0 ...``: the trivial server, run by ServerProcess
+if __name__ == "__main__":  # ``serve --listen HOST:0 ...``: the trivial server (ServerProcess)
     uvloop.run(serve_trivial(sys.argv[sys.argv.index("--listen") + 1]))

@@ -5,20 +5,24 @@ Nothing here imports callsight: black-box and white-box modules alike may use it
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import multiprocessing as mp
 import resource
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 
 Metadata = tuple[tuple[str, str], ...]
 Say = Callable[[str], None]
+T = TypeVar("T")
 
 
 def auth(token: str) -> Metadata:
@@ -82,3 +86,26 @@ def aligned(lines: Sequence[tuple[str, str]]) -> str:
     """(name, value) pairs as a two-column table."""
     width = max(len(name) for name, _ in lines)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+def add_flags(parser: argparse._ActionsContainer, *flags: tuple[Any, ...]) -> None:
+    """Adds ``(name, default[, help[, extra keywords]])`` flags: a False default makes a switch,
+    a list a repeatable flag, a type (a callable) a flag with no default; any other default gives
+    the type."""
+    for name, default, *rest in flags:
+        kwargs: dict[str, Any] = {"help": rest[0] if rest else None, **(rest[1:] or [{}])[0]}
+        if default is False:
+            kwargs["action"] = "store_true"
+        elif isinstance(default, list):
+            kwargs.update(action="append", default=default)
+        elif callable(default):
+            kwargs["type"] = default
+        else:
+            kwargs.update(type=type(default), default=default)
+        parser.add_argument(name, **kwargs)
+
+
+def in_child(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a spawned process (chDB opens one data path per process)."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()

@@ -1,23 +1,19 @@
 """A seeded, realistic call-log generator for simulated fleets of Android agents.
 
-Each device has a pool of ~200 Indian mobile clients, called with a Zipf-like skew (a few clients
-get most calls), and shown the way phones show them ("+91 98xxx xxxxx", "+9198xxxxxxxx",
-"098xxxxxxxx", "98xxxxxxxx"). Calls follow the type mix of a sales team (40% outgoing, 35%
-incoming, 15% missed, 7% rejected, 3% other); missed, rejected and ~30% of outgoing calls last 0 s,
-connected ones are lognormal around 60-120 s, capped at an hour. Calls start in the last ``days``
-days during Indian working hours, never in the future; call ids increase with time like Android's
-CallLog ``_ID``, so they are unique and stable per device.
-
-Everything is drawn a device at a time in columns (numpy), then cut into ``UploadRequest`` batches
-and serialised, so a sender only writes bytes. Device ``d`` of seed ``s`` always gets the same
-calls, however many devices the fleet has; batch ``i`` of a device has ``seq == i + 1``.
+Each device calls a pool of ~200 Indian mobile clients with a Zipf-like skew, spelled the ways
+phones show them; a sales team's type mix (40% outgoing, 35% incoming, 15% missed, 7% rejected,
+3% other); unanswered calls last 0 s, the rest lognormal around 60-120 s up to an hour; starts in
+the last ``days`` days in Indian working hours, never in the future; call ids grow with time like
+CallLog's ``_ID``. Drawn a device at a time in numpy columns, then cut into serialised
+``UploadRequest`` batches (batch ``i`` has ``seq == i + 1``); device ``d`` of seed ``s`` always
+gets the same calls, whatever the fleet's size.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +22,7 @@ from callsight.v1 import common_pb2, ingest_pb2
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+MINUTE_MS = 60_000
 IST_OFFSET_MS = 5 * HOUR_MS + 30 * 60_000  # India Standard Time is UTC+05:30
 MAX_DURATION_S = 3600
 
@@ -117,6 +114,14 @@ class CallLog:
         return len(self.call_id)
 
 
+def ist_midnight_ms(now_ms: int) -> int:
+    """The start of the IST day holding ``now_ms``, as epoch ms."""
+    return (now_ms + IST_OFFSET_MS) // DAY_MS * DAY_MS - IST_OFFSET_MS
+
+
+CALL_FIELDS = [f.name for f in fields(CallLog)]  # named as CallRecord's fields
+
+
 def device_rng(seed: int, device: int) -> np.random.Generator:
     """The random stream of one device: independent of the fleet's size."""
     return np.random.default_rng([seed, device])
@@ -161,7 +166,7 @@ def client_pool(rng: np.random.Generator, spec: FleetSpec) -> ClientPool:
 
 def start_times(rng: np.random.Generator, n: int, now_ms: int, days: int) -> npt.NDArray[np.int64]:
     """Sorted call start times in the last ``days`` days, in IST working hours, none in future."""
-    today_ist = (now_ms + IST_OFFSET_MS) // DAY_MS * DAY_MS - IST_OFFSET_MS  # UTC of IST midnight
+    today_ist = ist_midnight_ms(now_ms)
     day = rng.integers(0, days, size=n)
     hour = np.clip(rng.normal(14.0, 3.0, size=n), 8.0, 21.5)
     started = today_ist - day * DAY_MS + (hour * HOUR_MS).astype(np.int64)
@@ -216,54 +221,27 @@ def upload_request(
     log: CallLog, start: int, stop: int, seq: int, batch_id: str
 ) -> ingest_pb2.UploadRequest:
     """The calls ``start:stop`` of ``log`` as one UploadRequest."""
+    columns = [getattr(log, name)[start:stop] for name in CALL_FIELDS]
     records = [
-        ingest_pb2.CallRecord(
-            call_id=call_id,
-            number=number,
-            name=name,
-            type=call_type,
-            started_at_ms=started,
-            duration_s=duration,
-            sim_slot=slot,
-            sim_id=sim_id,
-            note=note,
-        )
-        for call_id, number, name, call_type, started, duration, slot, sim_id, note in zip(
-            log.call_id[start:stop],
-            log.number[start:stop],
-            log.name[start:stop],
-            log.type[start:stop],
-            log.started_at_ms[start:stop],
-            log.duration_s[start:stop],
-            log.sim_slot[start:stop],
-            log.sim_id[start:stop],
-            log.note[start:stop],
-            strict=True,
-        )
+        ingest_pb2.CallRecord(**dict(zip(CALL_FIELDS, values, strict=True)))
+        for values in zip(*columns, strict=True)
     ]
     return ingest_pb2.UploadRequest(
         seq=seq, batch_id=batch_id, calls=ingest_pb2.CallLogBatch(records=records)
     )
 
 
-def device_requests(device: int, spec: FleetSpec) -> list[ingest_pb2.UploadRequest]:
-    """One device's batches; batch ``i`` has ``seq == i + 1``."""
-    log = device_calls(device, spec)
-    size = spec.batch_size
-    return [
-        upload_request(log, i * size, (i + 1) * size, i + 1, f"d{device}-b{i + 1}")
-        for i in range(spec.batches_per_device)
-    ]
-
-
-def device_batches(device: int, spec: FleetSpec) -> list[bytes]:
-    """One device's batches, serialised: what goes on the wire."""
-    return [request.SerializeToString() for request in device_requests(device, spec)]
-
-
 def fleet_batches(spec: FleetSpec) -> list[list[bytes]]:
-    """Every device's serialised batches, indexed by device."""
-    return [device_batches(device, spec) for device in range(spec.devices)]
+    """Every device's serialised batches, indexed by device; batch ``i`` has ``seq == i + 1``."""
+    out = []
+    for device in range(spec.devices):
+        log, size = device_calls(device, spec), spec.batch_size
+        requests = (
+            upload_request(log, i * size, (i + 1) * size, i + 1, f"d{device}-b{i + 1}")
+            for i in range(spec.batches_per_device)
+        )
+        out.append([request.SerializeToString() for request in requests])
+    return out
 
 
 def interleave(per_device: Sequence[Sequence[bytes]]) -> list[bytes]:

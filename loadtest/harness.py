@@ -1,10 +1,8 @@
 """A server as a child process, and a sampler of its CPU time and memory: for tests and load.
 
-``ServerProcess`` runs ``python -m callsight.server serve`` (or another module that logs the same
-"serving" line, such as the transport ceiling's trivial server) on a free port with its own data
-directory, operator token and master key, waits for the "serving" log line and keeps draining
-stderr so the child never blocks on a full pipe. ``ProcessSampler`` polls a pid with psutil in a
-thread. Nothing here imports callsight: tests and the black-box load tester both use it.
+``ServerProcess`` runs ``python -m callsight.server serve`` (or another module logging the same
+"serving" line) on a free port with its own data directory, operator token and master key, and
+drains its stderr so it never blocks on a full pipe. Nothing here imports callsight.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import psutil
 
@@ -128,19 +125,6 @@ class ServerProcess:
         if self._proc.poll() is None:
             self._proc.send_signal(sig)
         return self._proc.wait(timeout=60)
-
-    def __enter__(self) -> ServerProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.running():
-            self.kill()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,8 @@
 """An HDR-style histogram: log-bucketed counts of non-negative integers with bounded relative error.
 
-Values below ``2 * 2**bits`` get a bucket each (exact); above that, every power of two is split
-into ``2**bits`` equal sub-buckets, so a value is known to within ``2**-bits`` of itself (0.8% with
-the default 7 bits) however large it is. Recording is O(1) and memory is a few thousand counters
-at most, so a client can record every ack; histograms of several processes or seconds merge by
-adding counts. Percentiles report the highest value equivalent to the bucket they fall in (as
-HdrHistogram does), capped by the largest value recorded, so they never understate latency.
+Values below ``2 * 2**bits`` are exact; above, each power of two splits into ``2**bits``
+sub-buckets (0.8% error with 7 bits). Recording is O(1), histograms merge by adding counts, and
+percentiles report the highest value of their bucket, capped by the maximum, as HdrHistogram does.
 """
 
 from __future__ import annotations

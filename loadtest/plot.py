@@ -30,12 +30,8 @@ def _value(sample: Mapping[str, Any], keys: Sequence[str], nested: str = "") -> 
 
 
 def plot_timeline(samples: list[dict[str, Any]], path: str) -> None:
-    """Draws records/s and ack latency p95 (ms) over seconds since the start, one above the
-    other, into ``path`` (PNG, SVG or PDF by its suffix).
-
-    Each sample is one interval of the run: ``t_s`` (seconds since the start), ``records_per_s``
-    and ``ack_p95_ms`` (or ``ack_latency_ms: {"p95": ...}``); missing figures leave gaps.
-    """
+    """Draws records/s and ack p95 (ms) over time into ``path`` (PNG, SVG or PDF by suffix);
+    samples carry ``t_s``, ``records_per_s``, ``ack_p95_ms``; missing figures leave gaps."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed

@@ -1,16 +1,12 @@
 """Concurrent report callers over chosen RPCs and ranges, alone or beside a running fleet.
 
 Run ``python -m callsight.loadtest reports --target HOST:PORT --api-key KEY [--rpcs CallSummary,...]
-[--ranges 1d,30d,365d] [--concurrency 8] [--duration 30] [--out ...]``; the key may come from
-``CALLSIGHT_API_KEY`` instead (flags show in ``ps``). From Python, ``await run_reports(...)``.
-
-``concurrency`` callers share one channel. Each keeps taking the next (RPC, range) pair of the
-plan (one turn shared by all, so every pair gets its share) until ``duration`` seconds have
-passed. A range ``30d`` asks for the calls of the last 30 days up to now (by call time). A paged
-RPC walks up to ``pages`` pages with the page tokens it gets back; every page is one call.
-Latency is measured per successful call, from the request to the response, into an HDR-style
-histogram (``loadtest.histogram``, microseconds, under 1% error); failed calls are counted by
-status code.
+[--ranges 1d,30d,365d] [--concurrency 8] [--duration 30] [--out ...]`` (the key may come from
+``CALLSIGHT_API_KEY``: flags show in ``ps``); from Python, ``await run_reports(...)``. The callers
+share one channel and one turn over the (RPC, range) pairs, so every pair gets its share, until
+``duration`` passes. ``30d`` is the last 30 days up to now; a paged RPC walks up to ``pages``
+pages, a call each. Latency of successful calls goes into a ``loadtest.histogram`` (µs); failed
+calls are counted by status code.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import math
 import os
 import sys
 import time
@@ -32,30 +27,22 @@ import grpc
 import uvloop
 from google.protobuf.message import Message
 
-from callsight.loadtest.common import auth, write_json
+from callsight.loadtest.common import add_flags, auth, num, write_json
 from callsight.loadtest.histogram import Histogram
 from callsight.v1 import report_pb2
 
 SERVICE = "/callsight.v1.ReportService"
 # Each RPC's request and response types; a request with page_token is paged.
+# fmt: off
+RPC_NAMES = (
+    "CallSummary", "EmployeeSummary", "CallAnalysis", "NeverAttended", "NotPickedByClient",
+    "UniqueClients", "HourlyAnalytics", "DaywiseAnalytics", "WorkingHours", "CallHistory",
+    "LeadActivity",
+)
+# fmt: on
 RPCS: dict[str, tuple[type[Message], type[Message]]] = {
-    "CallSummary": (report_pb2.CallSummaryRequest, report_pb2.CallSummaryResponse),
-    "EmployeeSummary": (report_pb2.EmployeeSummaryRequest, report_pb2.EmployeeSummaryResponse),
-    "CallAnalysis": (report_pb2.CallAnalysisRequest, report_pb2.CallAnalysisResponse),
-    "NeverAttended": (report_pb2.NeverAttendedRequest, report_pb2.NeverAttendedResponse),
-    "NotPickedByClient": (
-        report_pb2.NotPickedByClientRequest,
-        report_pb2.NotPickedByClientResponse,
-    ),
-    "UniqueClients": (report_pb2.UniqueClientsRequest, report_pb2.UniqueClientsResponse),
-    "HourlyAnalytics": (report_pb2.HourlyAnalyticsRequest, report_pb2.HourlyAnalyticsResponse),
-    "DaywiseAnalytics": (
-        report_pb2.DaywiseAnalyticsRequest,
-        report_pb2.DaywiseAnalyticsResponse,
-    ),
-    "WorkingHours": (report_pb2.WorkingHoursRequest, report_pb2.WorkingHoursResponse),
-    "CallHistory": (report_pb2.CallHistoryRequest, report_pb2.CallHistoryResponse),
-    "LeadActivity": (report_pb2.LeadActivityRequest, report_pb2.LeadActivityResponse),
+    name: (getattr(report_pb2, f"{name}Request"), getattr(report_pb2, f"{name}Response"))
+    for name in RPC_NAMES
 }
 DEFAULT_RANGES = ("1d", "30d", "365d")
 UNITS_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -153,12 +140,9 @@ async def run_reports(
     min_rounds: int = 0,
     progress: Callable[[float, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Calls the reports for ``duration_s`` seconds; the figures as the JSON file has them.
-
-    With ``min_rounds``, the callers go on past ``duration_s`` until every (RPC, range) pair has
-    been asked that many times (a slow server still gets every report measured).
-    ``progress(elapsed_s, calls, errors)`` is called about once a second when given.
-    """
+    """Calls the reports for ``duration_s`` seconds (and on until every pair was asked
+    ``min_rounds`` times: a slow server still gets every report measured); the figures as the
+    JSON file has them. ``progress(elapsed_s, calls, errors)`` is called about once a second."""
     unknown = [rpc for rpc in rpcs if rpc not in RPCS]
     if unknown:
         raise ValueError(f"unknown report RPCs {unknown}; choose from {', '.join(RPCS)}")
@@ -240,10 +224,6 @@ def summarise(
     }
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:,.1f}"
-
-
 def table(result: dict[str, Any]) -> str:
     """Per (RPC, range): calls, errors and latency percentiles, then the totals."""
     header = ("rpc/range", "calls", "errors", "p50 ms", "p95 ms", "p99 ms", "max ms")
@@ -256,7 +236,7 @@ def table(result: dict[str, Any]) -> str:
                 key,
                 f"{row['calls']:,}",
                 errors,
-                *(_ms(latency[q]) for q in ("p50", "p95", "p99", "max")),
+                *(num(latency[q], 1) for q in ("p50", "p95", "p99", "max")),
             )
         )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -299,18 +279,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_RANGES),
         help="comma-separated ranges ending now, in m, h or d (default: 1d,30d,365d)",
     )
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent callers")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds to keep calling")
-    parser.add_argument("--pages", type=int, default=3, help="pages a paged RPC walks")
-    parser.add_argument("--page-size", type=int, default=100, help="rows per page")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline of a call, s")
-    parser.add_argument(
-        "--min-rounds",
-        type=int,
-        default=0,
-        help="go on past --duration until every RPC and range was asked this many times",
+    add_flags(
+        parser,
+        ("--concurrency", 8, "concurrent callers"),
+        ("--duration", 30.0, "seconds to keep calling"),
+        ("--pages", 3, "pages a paged RPC walks"),
+        ("--page-size", 100, "rows per page"),
+        ("--timeout", 30.0, "deadline of a call, s"),
+        (
+            "--min-rounds",
+            0,
+            "go on past --duration until every RPC and range was asked this many times",
+        ),
+        ("--out", DEFAULT_OUT, "JSON file to write"),
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,16 +1,13 @@
 """What a fleet run shows: the live progress line while it runs, and the table at the end.
 
-The progress line goes to stderr: rewritten in place (``\\r``) once a second on a terminal, one
-line every few seconds otherwise (logs, CI). The table is built from the result's JSON form, so
-what is printed and what is written to ``--out`` cannot disagree.
+The progress line goes to stderr, rewritten in place on a terminal, a line every few seconds
+otherwise. The table is built from the result's JSON, so it cannot disagree with ``--out``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from callsight.loadtest.agent import (
@@ -23,10 +20,12 @@ from callsight.loadtest.agent import (
     STREAMS,
     Counters,
 )
+from callsight.loadtest.common import aligned, num
 
 
 class Progress:
-    """Reads the shared counters and prints records/s, acks in flight, streams and errors."""
+    """Reads the shared counters and prints records/s, acks in flight, streams and errors;
+    ``show=False`` only samples the peaks (open streams, batches in flight)."""
 
     def __init__(
         self,
@@ -38,7 +37,6 @@ class Progress:
         every_s: float | None = None,
         show: bool = True,
     ) -> None:
-        """``show=False`` only samples the peaks (open streams, batches in flight)."""
         self._counters = counters
         self._rows = rows
         self._devices = devices
@@ -106,12 +104,6 @@ class Progress:
         self._stream.flush()
 
 
-def _num(value: Any, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
 def table(result: dict[str, Any]) -> str:
     """The end-of-run table, from ``FleetResult.to_json()``."""
     latency = result["ack_latency_ms"]
@@ -122,12 +114,12 @@ def table(result: dict[str, Any]) -> str:
     lines: list[tuple[str, str]] = [
         ("mode", f"{result['config']['mode']} ({result['config']['devices']:,} devices)"),
         ("records acked / batches", f"{result['records']:,} / {result['batches']:,}"),
-        ("wall s (first send to last ack)", _num(result["wall_s"], 2)),
-        ("records/s", _num(result["records_per_s"])),
-        ("batches/s", _num(result["batches_per_s"], 1)),
+        ("wall s (first send to last ack)", num(result["wall_s"], 2)),
+        ("records/s", num(result["records_per_s"])),
+        ("batches/s", num(result["batches_per_s"], 1)),
         (
             "ack p50 / p95 / p99 / max ms",
-            " / ".join(_num(latency[k], 1) for k in ("p50", "p95", "p99", "max")),
+            " / ".join(num(latency[k], 1) for k in ("p50", "p95", "p99", "max")),
         ),
         (
             "errors by status",
@@ -140,19 +132,19 @@ def table(result: dict[str, Any]) -> str:
         ),
         (
             f"client CPU s, cores busy ({client['processes']} processes)",
-            f"{_num(client['cpu_s'], 1)}, {_num(client['cores'], 2)}",
+            f"{num(client['cpu_s'], 1)}, {num(client['cores'], 2)}",
         ),
-        ("client peak RSS MiB (largest process)", _num(client["peak_rss_mb"])),
+        ("client peak RSS MiB (largest process)", num(client["peak_rss_mb"])),
         (
             "server CPU s, cores busy",
-            f"{_num(server.get('cpu_s'), 1)}, {_num(server.get('cores'), 2)}",
+            f"{num(server.get('cpu_s'), 1)}, {num(server.get('cores'), 2)}",
         ),
-        ("server peak RSS MiB", _num(result["server_peak_rss_mb"])),
+        ("server peak RSS MiB", num(result["server_peak_rss_mb"])),
     ]
     ceilings = result.get("ceilings") or {}
     for key, ratio in (result.get("ratios") or {}).items():
         ceiling = ceilings.get(f"{key}_per_s")
-        lines.append((f"ceiling {key}/s (e2e ratio)", f"{_num(ceiling)} ({_num(ratio, 3)})"))
+        lines.append((f"ceiling {key}/s (e2e ratio)", f"{num(ceiling)} ({num(ratio, 3)})"))
     expected = verify["expected"]
     lines.append(
         (
@@ -169,13 +161,4 @@ def table(result: dict[str, Any]) -> str:
             ),
         )
     )
-    width = max(len(name) for name, _ in lines)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
-
-
-Say = Callable[[str], None]
-
-
-def say_stderr(message: str) -> None:
-    """Prints a progress message to stderr."""
-    print(message, file=sys.stderr, flush=True)
+    return aligned(lines)

@@ -1,26 +1,16 @@
 """The commands that join the black-box fleet and the white-box figures: ``fleet`` and ``bench``.
 
-``python -m callsight.loadtest fleet`` (flags in ``loadtest.fleet``) runs ``run_fleet`` against a
-target or a spawned server, then adds what only the white box sees (``loadtest.ceilings``): direct
-counts in the server's database (``--dsn``, or the spawned server's chDB once it has stopped) and,
-with ``--ceilings``, the ceilings measured on the fleet's own batches.
+``fleet`` (flags in ``loadtest.fleet``) runs ``run_fleet`` against a target or a spawned server,
+then adds what only the white box sees (``loadtest.ceilings``): direct counts in the server's
+database (``--dsn``, or the spawned server's chDB once stopped) and, with ``--ceilings``, the
+ceilings on the fleet's own batches.
 
-``python -m callsight.loadtest bench`` (``make bench``) is the standard short suite, a few minutes
-on 2 cores:
-
-1. Starts ``callsight serve`` on a temporary data directory (``loadtest.harness.ServerProcess``).
-2. Runs a backfill fleet against it (``loadtest.fleet.run_fleet``): tenants, employees and
-   devices through the public API, every device streaming its history, with a few injected
-   duplicates, then the verification against the reports.
-3. Calls the reports for a short while on the data just ingested (``loadtest.report_load``), with
-   the fleet's first tenant's ADMIN key, once the fleet is done (the two would share the cores);
-   every RPC and range at least once, however slow.
-4. Stops the server and counts the rows in its chDB from a child process (direct verification).
-5. Measures the ceilings on the fleet's own batches, regenerated (``loadtest.ceilings``).
-6. Writes ``loadtest/results/latest.json``: the fleet's figures (the keys of ``fleet``),
-   ``ceilings`` and ``ratios``, ``reports`` (p50/p95 per RPC and range), ``machine`` (CPUs, model,
-   RAM, load average, Python, chDB, commit) and ``suite`` (the settings), and exits 1 when the
-   verification failed, a batch was lost or a report call failed.
+``bench`` (``make bench``) is the standard short suite, a few minutes on 2 cores: a spawned
+server, a backfill fleet with a few duplicates and its verification, then the reports called for
+a while on that data (``loadtest.report_load``, after the fleet: they would share the cores;
+every RPC and range at least once), the server stopped and its chDB counted from a child process,
+the ceilings on the fleet's batches. It writes ``loadtest/results/latest.json``: the ``fleet``
+keys, ``reports``, ``machine`` and ``suite``; exit 1 when verification, a batch or a report failed.
 """
 
 from __future__ import annotations
@@ -42,7 +32,7 @@ import psutil
 import uvloop
 
 from callsight.loadtest import ceilings, report_load
-from callsight.loadtest.common import aligned, commit, num, say, write_json
+from callsight.loadtest.common import add_flags, aligned, commit, num, say, write_json
 from callsight.loadtest.fleet import (
     FleetOptions,
     FleetResult,
@@ -118,7 +108,24 @@ def draw_timeline(samples: list[dict[str, float]], path: Path) -> None:
     say(f"wrote {path}")
 
 
-def _report_problems(result: FleetResult) -> None:
+def _start_server(work: Path, args: list[str]) -> ServerProcess:
+    server = ServerProcess(work / "server", args=args)
+    say(f"starting server in {work / 'server'}")
+    server.start()
+    say(f"server pid {server.pid} on {server.address}")
+    return server
+
+
+def _chdb(server: ServerProcess) -> str:
+    """The DSN of a stopped server's embedded chDB."""
+    return f"chdb://{(server.data_dir / 'clickhouse').resolve()}"
+
+
+def _finish(result: FleetResult, data: dict[str, Any], out: dict[str, Any], args: Any) -> None:
+    """Writes ``out`` to ``--out``, draws ``--plot`` and tells what went wrong."""
+    write_json(args.out, out)
+    if args.plot:
+        draw_timeline(data["timeline"], args.plot)
     if result.verification.differences:
         say(f"VERIFICATION FAILED: {len(result.verification.differences)} differences")
     for difference in result.verification.differences[:30]:
@@ -139,10 +146,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     try:
         if args.spawn_server:
             work = Path(tempfile.mkdtemp(prefix="callsight-fleet-"))
-            server = ServerProcess(work / "server", args=args.server_arg)
-            say(f"starting server in {work / 'server'}")
-            server.start()
-            say(f"server pid {server.pid} on {server.address}")
+            server = _start_server(work, args.server_arg)
             options = options_from_args(args, server.address, server.operator_token)
             options = replace(options, server_pid=server.pid)
         else:
@@ -154,7 +158,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
             if args.server_log:
                 args.server_log.parent.mkdir(parents=True, exist_ok=True)
                 args.server_log.write_text("".join(server.log))
-            dsn = f"chdb://{(server.data_dir / 'clickhouse').resolve()}"
+            dsn = _chdb(server)
         if options.verify and dsn:
             add_direct_counts(result, dsn, args.database)
         if args.ceilings:
@@ -166,10 +170,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
     data = result.to_json()
     print(fleet_table(data))
-    write_json(args.out, data)
-    if args.plot:
-        draw_timeline(data["timeline"], args.plot)
-    _report_problems(result)
+    _finish(result, data, data, args)
     return 0 if result.ok else 1
 
 
@@ -210,12 +211,9 @@ def run(args: argparse.Namespace) -> int:
     started_at = datetime.now(UTC)
     host = machine()
     work = Path(tempfile.mkdtemp(prefix="callsight-bench-"))
-    server = ServerProcess(work / "server", args=args.server_arg)
     reports: dict[str, Any] | None = None
+    server = _start_server(work, args.server_arg)
     try:
-        say(f"starting server in {work / 'server'}")
-        server.start()
-        say(f"server pid {server.pid} on {server.address}")
         options = FleetOptions(
             target=server.address,
             operator_token=server.operator_token,
@@ -248,9 +246,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
         say(f"server stopped (exit status {server.stop()})")
-        add_direct_counts(
-            result, f"chdb://{(server.data_dir / 'clickhouse').resolve()}", "callsight"
-        )
+        add_direct_counts(result, _chdb(server), "callsight")
     finally:
         if server.running():
             server.kill()
@@ -282,48 +278,41 @@ def run(args: argparse.Namespace) -> int:
         print(report_load.table(reports))
     print()
     print(_summary_lines(latest))
-    write_json(args.out, latest)
-    if args.plot:
-        draw_timeline(data["timeline"], args.plot)
-    _report_problems(result)
+    _finish(result, data, latest, args)
     report_failed = reports is not None and (bool(reports["errors"]) or not reports["calls"])
     return 0 if result.ok and not report_failed else 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``python -m callsight.loadtest bench``; the defaults are the standard suite."""
-    parser.add_argument("--devices", type=int, default=500, help="simulated phones")
-    parser.add_argument("--days", type=int, default=5, help="days of history per device")
-    parser.add_argument("--calls-per-day", type=float, default=60.0, help="mean per device")
-    parser.add_argument(
-        "--duplicates", type=float, default=0.02, help="share of calls sent twice (dedup work)"
+    add_flags(
+        parser,
+        ("--devices", 500, "simulated phones"),
+        ("--days", 5, "days of history per device"),
+        ("--calls-per-day", 60.0, "mean per device"),
+        ("--duplicates", 0.02, "share of calls sent twice (dedup work)"),
+        ("--client-processes", 1, "processes the devices spread over"),
+        ("--seed", 1),
+        (
+            "--server-arg",
+            [],
+            "extra `serve` flag, e.g. --server-arg=--batch-max-rows=20000 (repeatable)",
+        ),
+        (
+            "--report-rpcs",
+            report_load.names,
+            "comma-separated report RPCs (default: all)",
+            {"default": list(report_load.RPCS)},
+        ),
+        (
+            "--report-ranges",
+            report_load.names,
+            "comma-separated ranges ending now (default: 1d,30d,365d)",
+            {"default": list(report_load.DEFAULT_RANGES)},
+        ),
+        ("--report-concurrency", 4, "report callers"),
+        ("--report-duration", 20.0, "seconds of report calls; 0: none"),
+        ("--no-ceilings", False, "skip the ceilings"),
+        ("--plot", Path, "chart of the fleet's throughput and latency"),
+        ("--out", DEFAULT_OUT, "JSON result file"),
     )
-    parser.add_argument(
-        "--client-processes", type=int, default=1, help="processes the devices spread over"
-    )
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        help="extra `serve` flag, e.g. --server-arg=--batch-max-rows=20000 (repeatable)",
-    )
-    parser.add_argument(
-        "--report-rpcs",
-        type=report_load.names,
-        default=list(report_load.RPCS),
-        help="comma-separated report RPCs (default: all)",
-    )
-    parser.add_argument(
-        "--report-ranges",
-        type=report_load.names,
-        default=list(report_load.DEFAULT_RANGES),
-        help="comma-separated ranges ending now (default: 1d,30d,365d)",
-    )
-    parser.add_argument("--report-concurrency", type=int, default=4, help="report callers")
-    parser.add_argument(
-        "--report-duration", type=float, default=20.0, help="seconds of report calls; 0: none"
-    )
-    parser.add_argument("--no-ceilings", action="store_true", help="skip the ceilings")
-    parser.add_argument("--plot", type=Path, help="chart of the fleet's throughput and latency")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")

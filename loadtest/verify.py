@@ -1,21 +1,12 @@
 """The loader's ground truth against what callsight reports and what its database holds.
 
-Ground truth is what the devices were generated to send: each unique call once (duplicates,
-re-sends and newer versions collapse), per tenant, employee and call type, plus unique contacts
-and telemetry samples. It is compared with
-
-* ``ReportService.CallSummary`` with each tenant's ADMIN key: the total and one call per call
-  type (``call_types`` filter), and ``EmployeeSummary`` (every page) per employee: total,
-  incoming, outgoing, missed and rejected (rejected + blocked, as the report counts them);
-* direct counts in the database, when the caller has them (``loadtest.ceilings.database_counts``,
-  white-box: no RPC tells contacts or telemetry): ``calls FINAL`` per employee and type,
-  ``contacts FINAL`` and ``telemetry FINAL`` per tenant;
-* the acks' totals, when no batch went out twice by accident: accepted = unique records,
-  updated = newer versions (notes), duplicates = injected duplicate records.
-
-Report ranges cover every generated call (skewed clocks included) in windows of at most 400
-days, the report limit. Excluded numbers are included, so a tenant's own settings cannot hide
-calls. Any difference makes ``ok`` false and is listed in ``differences``.
+The truth is what the devices were generated to send: each unique call once, per tenant,
+employee and type, plus unique contacts and telemetry samples. It is compared with CallSummary
+(total, and per type with the ``call_types`` filter) and every page of EmployeeSummary, with each
+tenant's ADMIN key and excluded numbers included, in ranges of at most 400 days covering every
+call; with direct counts ``FINAL`` in the database when the caller has them
+(``loadtest.ceilings.database_counts``); and with the acks' totals when no batch went out twice by
+accident. Any difference makes ``ok`` false and is listed in ``differences``.
 """
 
 from __future__ import annotations
@@ -276,11 +267,8 @@ class Verification:
             self.differences += compare_database(truth, found.get(truth.tenant_id, Counts()))
 
     def add_acks(self, acks: Mapping[str, int], expected: Mapping[str, int]) -> None:
-        """Compares the acks' accepted/updated/duplicates totals with what was generated.
-
-        Exact only when no batch was sent twice by accident (no drop, stall or error): a batch
-        whose ack was lost comes back as duplicates on its re-send.
-        """
+        """Compares the acks' accepted/updated/duplicates totals with what was generated: exact
+        only when no batch went twice by accident (a lost ack's re-send acks duplicates)."""
         self.acks = {"found": dict(acks), "expected": dict(expected)}
         for name, value in expected.items():
             if acks.get(name, 0) != value:
@@ -290,18 +278,14 @@ class Verification:
 
     def to_json(self) -> dict[str, Any]:
         """The ``verify`` section of the result file."""
-        expected = Counts()
-        for truth in self.truths:
-            expected.calls += truth.calls
-            expected.by_type.update(truth.by_type)
-            expected.by_employee.update(dict.fromkeys(truth.by_employee, {}))
-        expected_json = expected.to_json()
-        expected_json["contacts"] = sum(t.contacts for t in self.truths)
-        expected_json["telemetry"] = sum(t.telemetry for t in self.truths)
+        expected = [
+            Counts(t.calls, t.by_type, dict.fromkeys(t.by_employee, {}), t.contacts, t.telemetry)
+            for t in self.truths
+        ]
         return {
             "ok": self.ok,
             "checked": self.checked,
-            "expected": expected_json,
+            "expected": _total(expected),
             "injected": self.injected,
             "report": _total(self.reports),
             "database": _total(self.database),
@@ -315,24 +299,24 @@ class Verification:
                     "from_ms": t.from_ms,
                     "to_ms": t.to_ms,
                     "expected_calls": t.calls,
-                    "report_calls": self.reports[t.tenant_id].calls
-                    if self.reports and t.tenant_id in self.reports
-                    else None,
-                    "database_calls": self.database[t.tenant_id].calls
-                    if self.database and t.tenant_id in self.database
-                    else None,
+                    "report_calls": _calls(self.reports, t.tenant_id),
+                    "database_calls": _calls(self.database, t.tenant_id),
                 }
                 for t in self.truths
             ],
         }
 
 
-def _total(found: dict[str, Counts] | None) -> dict[str, Any] | None:
+def _calls(found: dict[str, Counts] | None, tenant_id: str) -> int | None:
+    return found[tenant_id].calls if found and tenant_id in found else None
+
+
+def _total(found: dict[str, Counts] | list[Counts] | None) -> dict[str, Any] | None:
     if found is None:
         return None
     total = Counts()
     optional: dict[str, int] = {}
-    for counts in found.values():
+    for counts in found.values() if isinstance(found, dict) else found:
         total.calls += counts.calls
         total.by_type.update(counts.by_type)
         total.by_employee.update(dict.fromkeys(counts.by_employee, {}))

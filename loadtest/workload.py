@@ -1,23 +1,13 @@
 """What each simulated device sends, pre-serialised, and the ground truth it implies.
 
-Calls come from ``loadtest.generate`` (per-device skewed client pool, mixed number formats, the
-type mix of a sales team, many zero-length calls, Indian working hours); this module adds what an
-agent sends around them and cuts everything into wire-ready batches:
-
-* a per-device call rate (lognormal around ``calls_per_day``; ``calls_per_hour`` in steady mode),
-* the device's address book (the named clients of its pool) as contacts,
-* telemetry samples (every 30 min of working hours in backfill, one per sync in steady mode),
-* notes added later: a newer version (``updated_at_ms``) of some connected calls, same type,
-* injected duplicates: whole batches re-sent after their ack, and calls already sent repeated
-  inside later batches (``duplicates`` is the share of calls sent a second time, half each way),
-* a per-device clock offset applied to every device timestamp (calls stay at most a day ahead).
-
-Backfill: one tick, batches in order (contacts, calls oldest first, telemetry, notes, re-sends).
-Steady: tick ``k`` is due ``phase + k * sync_interval_s`` after the start and holds the calls of
-the interval before it, stamped in real time from ``now_ms`` (the anchor taken before
-generation), so nothing a device sends is ever in its future. Everything is a pure function of
-(spec, device index): client processes generate their own devices and the parent can regenerate
-the same bytes for the ceilings.
+Around the calls of ``loadtest.generate`` (with a lognormal per-device rate) an agent sends its
+address book (the named clients of its pool), telemetry (every 30 min of working hours, or one
+per sync), newer versions of some connected calls with a note, injected duplicates (``duplicates``
+is the share of calls sent twice: half as whole batches re-sent after their ack, half repeated in
+later batches) and a per-device clock offset on every timestamp. Backfill is one tick; in steady
+mode tick ``k`` is due ``phase + k * sync_interval_s`` after the start with the calls of the
+interval before it, stamped from ``now_ms``, so nothing lies in a device's future. Everything is a
+pure function of (spec, device): the parent can regenerate the same bytes for the ceilings.
 """
 
 from __future__ import annotations
@@ -30,20 +20,21 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from callsight.loadtest.generate import (
+    CALL_FIELDS,
     DAY_MS,
     HOUR_MS,
-    IST_OFFSET_MS,
+    MINUTE_MS,
     NOTES,
     FleetSpec,
     client_pool,
     device_calls,
     device_rng,
     interleave,
+    ist_midnight_ms,
     upload_request,
 )
 from callsight.v1 import ingest_pb2
 
-MINUTE_MS = 60_000
 TELEMETRY_EVERY_MS = 30 * MINUTE_MS
 TELEMETRY_MAX_DAYS = 30  # telemetry expires after 90 days; recent samples are what agents send
 MAX_SKEW_MS = 12 * HOUR_MS  # the server refuses timestamps over a day ahead of its clock
@@ -135,11 +126,6 @@ class DeviceWorkload:
     phase_s: float  # steady mode: when tick 0 is due, after the start
 
 
-def _extra_rng(spec: WorkloadSpec, device: int) -> np.random.Generator:
-    # Independent of generate's stream for the same device, so its calls stay what they are.
-    return np.random.default_rng([spec.seed, device, 0x5EED])
-
-
 def _calls(
     spec: WorkloadSpec, device: int, rng: np.random.Generator
 ) -> tuple[ingest_pb2.CallLogBatch, list[int], FleetSpec]:
@@ -162,15 +148,8 @@ def _calls(
         interval_ms = spec.sync_interval_s * 1000
         offsets = (np.asarray(ticks, dtype=np.float64) - 1 + rng.random(n)) * interval_ms
         started = np.sort((spec.now_ms + phase_ms + offsets).astype(np.int64))
-        log = replace(
-            log,
-            **{
-                name: getattr(log, name)[:n]
-                for name in ("call_id", "number", "name", "type", "duration_s", "sim_slot")
-                + ("sim_id", "note")
-            },
-            started_at_ms=started.tolist(),
-        )
+        cut = {name: getattr(log, name)[:n] for name in CALL_FIELDS}
+        log = replace(log, **cut | {"started_at_ms": started.tolist()})
     records = upload_request(log, 0, len(log), 0, "").calls
     return records, ticks, gen
 
@@ -209,7 +188,7 @@ def _telemetry_times(spec: WorkloadSpec, phase_s: float) -> list[list[int]]:
             for k in range(spec.ticks)
         ]
     days = min(spec.days, TELEMETRY_MAX_DAYS)
-    today_ist = (spec.now_ms + IST_OFFSET_MS) // DAY_MS * DAY_MS - IST_OFFSET_MS
+    today_ist = ist_midnight_ms(spec.now_ms)
     times = [
         today_ist - day * DAY_MS + minute * MINUTE_MS
         for day in range(days, -1, -1)
@@ -287,7 +266,8 @@ class _Builder:
 
 def device_workload(spec: WorkloadSpec, device: int) -> DeviceWorkload:
     """Every batch device ``device`` sends, serialised, in send order, and its ground truth."""
-    rng = _extra_rng(spec, device)
+    # Independent of generate's stream for the same device, so its calls stay what they are.
+    rng = np.random.default_rng([spec.seed, device, 0x5EED])
     skew = 0
     if spec.clock_skew_ms:
         skew = int(rng.integers(-spec.clock_skew_ms, spec.clock_skew_ms + 1))
