@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from callsight.storage.database import Database
-
 from callsight.v1 import common_pb2, ingest_pb2
 
 DAY_MS = 86_400_000

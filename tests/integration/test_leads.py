@@ -6,12 +6,12 @@ import time
 from collections import Counter
 
 import grpc
+
 from callsight.pipeline.crypto import Keyring
 from callsight.pipeline.keys import TenantKeys
 from callsight.storage import leads as stored_leads
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
-
 from callsight.v1 import (
     admin_pb2,
     admin_pb2_grpc,

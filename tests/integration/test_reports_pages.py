@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 import pytest
-from callsight.storage.database import Database
 
+from callsight.storage.database import Database
 from callsight.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc, report_pb2, report_pb2_grpc
 from tests.integration import dataset
 from tests.integration import reference_pages as ref

@@ -1,4 +1,4 @@
-"""What installs is one namespace: ``callsight.*`` and nothing generic at the top of site-packages."""
+"""What installs is one namespace, ``callsight.*``: nothing generic at the top of site-packages."""
 
 from __future__ import annotations
 
