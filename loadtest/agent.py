@@ -25,13 +25,12 @@ import grpc
 import uvloop
 
 from callsight.loadtest.bootstrap import DeviceIdentity
-from callsight.loadtest.common import auth, cpu_s
+from callsight.loadtest.common import MAX_MESSAGE_BYTES, auth, cpu_s
 from callsight.loadtest.histogram import Histogram
 from callsight.loadtest.workload import DeviceTruth, DeviceWorkload, WorkloadSpec, device_workload
 from callsight.v1 import ingest_pb2
 
 STREAM_METHOD = "/callsight.v1.IngestService/Stream"
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Columns of a process's row in the shared counters.
 RECORDS, BATCHES, IN_FLIGHT, ERRORS, STREAMS, DONE = range(6)
 SLOTS = 6
@@ -145,8 +144,9 @@ class Recorder:
         self.start = start
         self._streams = 0
 
-    def _bump(self, column: int, by: int) -> None:  # the live figures of loadtest.report_out
-        self._counters[self._base + column] = self._counters[self._base + column] + by
+    def bump(self, column: int, by: int = 1) -> None:
+        """Adds ``by`` to a live figure of this process (read by loadtest.report_out)."""
+        self._counters[self._base + column] += by
 
     def _second(self, now: float) -> Second:
         key = int(now - self.start)
@@ -158,54 +158,47 @@ class Recorder:
     def sent(self, now: float) -> None:
         """A batch went out."""
         self.result.first_send = min(self.result.first_send, now)
-        self._bump(IN_FLIGHT, 1)
-
-    def unsent(self, n: int) -> None:
-        """``n`` batches in flight lost their stream."""
-        self._bump(IN_FLIGHT, -n)
+        self.bump(IN_FLIGHT)
 
     def acked(self, batch_records: int, ack: ingest_pb2.UploadAck, latency_s: float) -> None:
         """A batch's ack arrived ``latency_s`` after it was sent."""
         now = time.monotonic()
         r = self.result
         micros = max(0, int(latency_s * 1e6))
-        r.latency_us.record(micros)
-        second = self._second(now)
-        second.records += batch_records
-        second.batches += 1
-        second.latency_us.record(micros)
-        r.records += batch_records
-        r.batches += 1
+        for tally in (r, self._second(now)):
+            tally.records += batch_records
+            tally.batches += 1
+            tally.latency_us.record(micros)
         r.accepted += ack.accepted
         r.updated += ack.updated
         r.duplicates += ack.duplicates
         r.rejected += ack.rejected
         r.last_ack = max(r.last_ack, now)
-        self._bump(RECORDS, batch_records)
-        self._bump(BATCHES, 1)
-        self._bump(IN_FLIGHT, -1)
+        self.bump(RECORDS, batch_records)
+        self.bump(BATCHES)
+        self.bump(IN_FLIGHT, -1)
 
     def error(self, code: str, detail: str = "", times: int = 1) -> None:
         """Counts an error under ``code`` (a gRPC status name or a client-side reason)."""
         self.result.errors[code] += times
         self._second(time.monotonic()).errors += times
-        self._bump(ERRORS, times)
+        self.bump(ERRORS, times)
         if detail and len(self.result.failures) < self.MAX_FAILURES:
             self.result.failures.append(f"{code}: {detail}")
 
     def stream(self, opened: bool) -> None:
         """A stream opened or closed."""
-        self._streams += 1 if opened else -1
-        self._bump(STREAMS, 1 if opened else -1)
+        step = 1 if opened else -1
+        self._streams += step
+        self.bump(STREAMS, step)
         if opened:
             self.result.sessions += 1
             self.result.peak_streams = max(self.result.peak_streams, self._streams)
 
     def device_done(self, failed: bool) -> None:
         """A device finished (all acked) or gave up."""
-        self._bump(DONE, 1)
-        if failed:
-            self.result.devices_failed += 1
+        self.bump(DONE)
+        self.result.devices_failed += failed
 
 
 def _check(ack: ingest_pb2.UploadAck, records: int) -> tuple[str, str] | None:
@@ -423,7 +416,7 @@ class DeviceAgent:
             recorder.stream(opened=False)
             if in_flight:
                 # Un-acked batches go out again first, in their original order.
-                recorder.unsent(len(in_flight))
+                recorder.bump(IN_FLIGHT, -len(in_flight))
                 recorder.result.resent += len(in_flight)
                 self._todo.extendleft(sorted((i for i, _ in in_flight.values()), reverse=True))
         return acks > 0

@@ -51,7 +51,7 @@ import uvloop
 from clickhouse_connect.driver.client import Client
 
 from callsight.loadtest.bootstrap import DeviceIdentity, bootstrap
-from callsight.loadtest.common import add_flags, auth, cpu_s, write_json
+from callsight.loadtest.common import add_flags, auth, columns, cpu_s, write_json
 from callsight.loadtest.common import say as _stderr
 from callsight.loadtest.generate import (
     CALL_TYPE_SHARES,
@@ -425,18 +425,9 @@ Rpc = Callable[[], Awaitable[Any]]
 Direct = Callable[[Tables], Awaitable[Any]]
 
 
-@dataclass
-class Timing:
-    """Latency of repeated calls; cpu is this process's CPU time (server, chDB and client)."""
-
-    p50_ms: float
-    p95_ms: float
-    cpu_p50_ms: float
-    first_ms: float
-
-
-async def timed(fn: Callable[[], Awaitable[Any]], repeat: int, warmups: int) -> Timing:
-    """``warmups`` untimed calls (the first one's latency is kept), then ``repeat`` timed ones."""
+async def timed(fn: Callable[[], Awaitable[Any]], repeat: int, warmups: int) -> dict[str, float]:
+    """``warmups`` untimed calls (the first one's latency is kept), then ``repeat`` timed ones:
+    p50/p95 ms, and p50 of this process's CPU ms (server, chDB and client all run here)."""
     wall: list[float] = []
     cpu: list[float] = []
     for _ in range(warmups + repeat):
@@ -446,9 +437,8 @@ async def timed(fn: Callable[[], Awaitable[Any]], repeat: int, warmups: int) -> 
         cpu.append((cpu_s() - cpu_started) * 1000)
     p50, p95 = np.percentile(wall[warmups:], [50, 95])
     cpu_p50 = np.percentile(cpu[warmups:], 50)
-    return Timing(
-        round(float(p50), 1), round(float(p95), 1), round(float(cpu_p50), 1), round(wall[0], 1)
-    )
+    figures = {"p50_ms": p50, "p95_ms": p95, "cpu_p50_ms": cpu_p50, "first_ms": wall[0]}
+    return {key: round(float(value), 1) for key, value in figures.items()}
 
 
 @dataclass
@@ -461,23 +451,6 @@ class Case:
     target_ms: float | None
     rpc: Rpc
     direct: Direct | None = None
-
-
-@dataclass
-class Result:
-    report: str
-    range: str
-    page: str
-    p50_ms: float
-    p95_ms: float
-    cpu_p50_ms: float
-    first_ms: float
-    sql_p50_ms: float | None
-    naive_p50_ms: float | None
-    naive_p95_ms: float | None
-    ratio: float | None
-    target_ms: float | None
-    met: bool | None
 
 
 LISTINGS: dict[str, Callable[..., Awaitable[Any]]] = {
@@ -570,7 +543,7 @@ async def walk_tokens(r: Reports, year: int) -> dict[str, str]:
 
 async def measure(
     db: Database, channel: grpc.aio.Channel, state: State, repeat: int, naive_repeat: int
-) -> tuple[list[Result], dict[str, Any], dict[str, float]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, float]]:
     """Times every case; checks answers against the naive table and the generated truth."""
     r = Reports(channel, db, state)
     checks: dict[str, Any] = {}
@@ -601,47 +574,49 @@ async def measure(
                 _say(f"CHECK FAILED: {key}")
             sql = await timed(functools.partial(direct, DEFAULT_TABLES), naive_repeat, 1)
             naive = await timed(functools.partial(direct, NAIVE), naive_repeat, 0)
+        p50 = t["p50_ms"]
         results.append(
-            Result(
-                report=case.report,
-                range=span,
-                page=case.page,
-                **asdict(t),
-                sql_p50_ms=sql.p50_ms if sql else None,
-                naive_p50_ms=naive.p50_ms if naive else None,
-                naive_p95_ms=naive.p95_ms if naive else None,
-                ratio=round(naive.p50_ms / t.p50_ms, 1) if naive and t.p50_ms else None,
-                target_ms=case.target_ms,
-                met=None if case.target_ms is None else t.p50_ms <= case.target_ms,
-            )
+            {
+                "report": case.report,
+                "range": span,
+                "page": case.page,
+                **t,
+                "sql_p50_ms": sql["p50_ms"] if sql else None,
+                "naive_p50_ms": naive["p50_ms"] if naive else None,
+                "naive_p95_ms": naive["p95_ms"] if naive else None,
+                "ratio": round(naive["p50_ms"] / p50, 1) if naive and p50 else None,
+                "target_ms": case.target_ms,
+                "met": None if case.target_ms is None else p50 <= case.target_ms,
+            }
         )
         _say(
-            f"{case.report} {span} {case.page}: p50 {t.p50_ms} ms p95 {t.p95_ms} ms"
-            f" cpu {t.cpu_p50_ms} ms" + (f", naive p50 {naive.p50_ms} ms" if naive else "")
+            f"{case.report} {span} {case.page}: p50 {p50} ms p95 {t['p95_ms']} ms"
+            f" cpu {t['cpu_p50_ms']} ms" + (f", naive p50 {naive['p50_ms']} ms" if naive else "")
         )
     return results, checks, cold
 
 
-def table(results: Sequence[Result]) -> str:
-    """The results as a fixed-width table."""
+def table(results: Sequence[dict[str, Any]]) -> str:
+    """The results as a table."""
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
-    header = (
-        f"{'report':<18} {'range':>6} {'page':>8} {'p50':>7} {'p95':>7} {'cpu p50':>8}"
-        f" {'sql p50':>8} {'naive p50':>10} {'ratio':>7} {'target':>7} {'met':>4}"
-    )
-    lines = [header + "   (ms)", "-" * len(header)]
-    for r in results:
-        ratio = f"{r.ratio:.1f}x" if r.ratio is not None else "-"
-        met = "-" if r.met is None else ("yes" if r.met else "NO")
-        lines.append(
-            f"{r.report:<18} {r.range:>6} {r.page or '-':>8} {ms(r.p50_ms):>7} {ms(r.p95_ms):>7}"
-            f" {ms(r.cpu_p50_ms):>8} {ms(r.sql_p50_ms):>8} {ms(r.naive_p50_ms):>10} {ratio:>7}"
-            f" {ms(r.target_ms):>7} {met:>4}"
+    header = ("report", "range", "page", "p50", "p95", "cpu p50", "sql p50", "naive p50")
+    rows = [
+        (
+            r["report"],
+            r["range"],
+            r["page"] or "-",
+            *(ms(r[k]) for k in ("p50_ms", "p95_ms", "cpu_p50_ms", "sql_p50_ms", "naive_p50_ms")),
+            "-" if r["ratio"] is None else f"{r['ratio']:.1f}x",
+            ms(r["target_ms"]),
+            "-" if r["met"] is None else "yes" if r["met"] else "NO",
         )
-    return "\n".join(lines)
+        for r in results
+    ]
+    lines = columns((*header, "ratio", "target", "met"), rows)
+    return "\n".join([lines[0] + "   (ms)", "-" * len(lines[0]), *lines[1:]])
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -729,7 +704,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "repeat": args.repeat,
         "naive_repeat": args.naive_repeat,
         "first_calls_ms": cold,
-        "results": [asdict(r) for r in results],
+        "results": results,
         "checks": checks,
     }
 

@@ -30,7 +30,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -42,7 +41,17 @@ from clickhouse_connect.driver.client import Client
 
 from callsight.loadtest.agent import SLOTS, AgentOptions, ClientProcess, WorkerResult
 from callsight.loadtest.bootstrap import DeviceIdentity
-from callsight.loadtest.common import MiB, Say, add_flags, aligned, in_child, num, say, write_json
+from callsight.loadtest.common import (
+    MAX_MESSAGE_BYTES,
+    MiB,
+    Say,
+    add_flags,
+    aligned,
+    in_child,
+    num,
+    say,
+    write_json,
+)
 from callsight.loadtest.generate import FleetSpec, fleet_batches, interleave
 from callsight.loadtest.harness import ProcessSampler, ServerError, ServerProcess
 from callsight.loadtest.verify import Counts, type_name
@@ -61,12 +70,11 @@ WINDOW = 8
 MIN_DECODE_S = 1.0
 MIN_TRANSPORT_S = 3.0
 STALL_S = 60.0  # a transport stream that gets no ack for this long fails the measurement
-# The real server's limit (server.app.MAX_MESSAGE_BYTES).
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_OUT = Path("loadtest/results/ceilings.json")
 INSERTS = ("columns", "arrow", "arrow_token")  # the ways rows are inserted, each timed
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Figures = dict[str, float]  # named as in the result file
 
 
 class CeilingError(RuntimeError):
@@ -82,19 +90,7 @@ def record_count(request: ingest_pb2.UploadRequest) -> int:
 # --- decode -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DecodeResult:
-    records: int
-    batches: int
-    passes: int
-    best_pass_s: float
-
-    @property
-    def records_per_s(self) -> float:
-        return _rate(self.records, self.best_pass_s)
-
-
-def decode_ceiling(batches: Sequence[bytes], min_time_s: float = MIN_DECODE_S) -> DecodeResult:
+def decode_ceiling(batches: Sequence[bytes], min_time_s: float = MIN_DECODE_S) -> Figures:
     """Protobuf parse of every batch on this core: the fastest of the passes that fit in
     ``min_time_s`` (at least one)."""
     parse = ingest_pb2.UploadRequest.FromString
@@ -108,7 +104,13 @@ def decode_ceiling(batches: Sequence[bytes], min_time_s: float = MIN_DECODE_S) -
             parse(payload)
         best = min(best, time.perf_counter() - started)
         passes += 1
-    return DecodeResult(records=records, batches=len(batches), passes=passes, best_pass_s=best)
+    return {
+        "records": records,
+        "batches": len(batches),
+        "decode_records_per_s": _rate(records, best),
+        "decode_best_pass_s": best,
+        "decode_passes": passes,
+    }
 
 
 # --- transport ----------------------------------------------------------------------------------
@@ -150,19 +152,6 @@ async def serve_trivial(listen: str) -> None:
     await server.wait_for_termination()
 
 
-@dataclass(slots=True)
-class TransportResult:
-    """The client's figures in the fastest pass over the batches."""
-
-    client: WorkerResult = field(default_factory=WorkerResult)
-    server_cpu_s: float = float("nan")
-    passes: int = 1
-
-    @property
-    def records_per_s(self) -> float:
-        return self.client.records / self.client.wall_s
-
-
 def stream_workloads(batches: Sequence[bytes], streams: int) -> list[DeviceWorkload]:
     """Batch ``i`` on stream ``i % streams``, its seq renumbered to count up on its stream."""
     per_stream: list[list[Batch]] = [[] for _ in range(max(1, min(streams, len(batches))))]
@@ -177,7 +166,8 @@ def stream_workloads(batches: Sequence[bytes], streams: int) -> list[DeviceWorkl
 
 async def _transport(
     address: str, workloads: list[DeviceWorkload], window: int, min_time_s: float, pid: int
-) -> TransportResult:
+) -> tuple[WorkerResult, float, int]:
+    """The client's figures in the fastest pass, the server's CPU seconds in it, the passes."""
     client = ClientProcess(
         address, AgentOptions(window=window, stall_s=STALL_S, channels=1), [0] * SLOTS, 0
     )
@@ -185,7 +175,7 @@ async def _transport(
         (DeviceIdentity(w.device, 0, "", 0, "", f"stream {w.device}", ""), w) for w in workloads
     ]
     batches = sum(len(w.batches) for w in workloads)
-    best: TransportResult | None = None
+    best: tuple[WorkerResult, float] | None = None
     passes = 0
     await client.connect()
     try:
@@ -194,17 +184,16 @@ async def _transport(
             sampler = ProcessSampler(pid)
             sampler.start()
             result = await client.run(devices, WorkloadSpec(), time.monotonic())
-            measured = TransportResult(result, sampler.stop().cpu_s)
+            measured = (result, sampler.stop().cpu_s)
             passes += 1
             if result.batches != batches or result.errors:  # a lost batch disqualifies the rest
-                return measured
-            if best is None or measured.client.wall_s < best.client.wall_s:
+                return *measured, passes
+            if best is None or result.wall_s < best[0].wall_s:
                 best = measured
     finally:
         await client.close()
     assert best is not None
-    best.passes = passes
-    return best
+    return *best, passes
 
 
 def transport_ceiling(
@@ -213,8 +202,9 @@ def transport_ceiling(
     streams: int = STREAMS,
     window: int = WINDOW,
     min_time_s: float = MIN_TRANSPORT_S,
-) -> TransportResult:
-    """Streams the batches to a trivial servicer in a child process; see the module doc."""
+) -> Figures:
+    """Streams the batches to a trivial servicer in a child process; see the module doc.
+    Raises CeilingError when a batch is lost."""
     workloads = stream_workloads(batches, streams)
     work = Path(tempfile.mkdtemp(prefix="callsight-trivial-"))
     server = ServerProcess(work, module="callsight.loadtest.ceilings")
@@ -223,24 +213,37 @@ def transport_ceiling(
             server.start(timeout_s=60)
         except ServerError as exc:
             raise CeilingError(f"the trivial gRPC server did not start: {exc}") from None
-        return uvloop.run(_transport(server.address, workloads, window, min_time_s, server.pid))
+        sent, server_cpu_s, passes = uvloop.run(
+            _transport(server.address, workloads, window, min_time_s, server.pid)
+        )
     finally:
         server.kill()
         shutil.rmtree(work, ignore_errors=True)
+    records = sum(b.records for w in workloads for b in w.batches)
+    if sent.batches != len(batches) or sent.records != records or sent.errors:
+        raise CeilingError(
+            f"transport: {sent.batches} acks for {len(batches)} batches, {sent.records} records"
+            f" acked of {records}, errors {dict(sent.errors)} {sent.failures[:3]}"
+        )
+    latency = sent.latency_us.summary(scale=1e-3)
+    return {
+        "transport_records_per_s": _rate(sent.records, sent.wall_s),
+        "transport_batches_per_s": _rate(sent.batches, sent.wall_s),
+        "transport_acks": sent.batches,
+        "transport_records_acked": sent.records,
+        "transport_rejected": sent.rejected,
+        "transport_streams": len(workloads),
+        "transport_window": window,
+        "transport_wall_s": sent.wall_s,
+        "transport_passes": passes,
+        "transport_ack_p50_ms": latency["p50"],
+        "transport_ack_p99_ms": latency["p99"],
+        "transport_client_cpu_s": sent.cpu_s,
+        "transport_server_cpu_s": server_cpu_s,
+    }
 
 
 # --- encode and inserts -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class InsertResult:
-    rows: int  # rows encoded and inserted, every table
-    inserts: int
-    encode_s: float  # a cold NumberCodec
-    encode_warm_s: float  # the same codec, having seen every batch once
-    seconds: dict[str, float]  # by way of inserting (INSERTS)
-    written: dict[str, int]  # rows ClickHouse reports written, by way
-    stored: dict[str, int]  # rows counted in the tables afterwards (merges may collapse some)
 
 
 def encoded_tables(
@@ -308,7 +311,7 @@ def _insert(client: Client, way: str, table: str, rows: pa.Table, i: int) -> tup
     return time.perf_counter() - started, summary.written_rows
 
 
-def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -> InsertResult:
+def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -> Figures:
     """The insert child: encodes, then times each way of inserting into a fresh database."""
     # The migrator logs every migration; only problems are worth showing here.
     structlog.configure(
@@ -320,38 +323,40 @@ def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -
         (t, chunk) for t, parts in tables.items() for chunk in chunk_tables(parts, insert_rows)
     ]
     del tables
-    seconds, written, stored = {}, {}, {}
+    rows = sum(chunk.num_rows for _, chunk in chunks)
+    seconds = {}
     work = tempfile.mkdtemp(prefix="callsight-ceilings-")
     try:
         for way in INSERTS:
             client = _fresh_client(f"chdb://{work}/clickhouse", f"ceiling_{way}")
             try:
                 timed = [_insert(client, way, t, rows, i) for i, (t, rows) in enumerate(chunks)]
-                seconds[way] = sum(s for s, _ in timed)
-                written[way] = sum(n for _, n in timed)
-                stored[way] = sum(
-                    client.query(f"SELECT count() FROM {t}").result_rows[0][0]
-                    for t in {t for t, _ in chunks}
-                )
             finally:
                 client.close()
+            seconds[way] = sum(s for s, _ in timed)
+            written = sum(n for _, n in timed)
+            if written != rows:
+                raise CeilingError(f"insert {way}: {written} rows written of {rows} inserted")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return InsertResult(
-        rows=sum(chunk.num_rows for _, chunk in chunks),
-        inserts=len(chunks),
-        encode_s=encode_s,
-        encode_warm_s=encode_warm_s,
-        seconds=seconds,
-        written=written,
-        stored=stored,
-    )
+    return {
+        "encode_records_per_s": _rate(rows, encode_s),
+        "encode_s": encode_s,
+        "encode_warm_records_per_s": _rate(rows, encode_warm_s),
+        "encode_warm_s": encode_warm_s,
+        "rows_inserted": rows,
+        "insert_batch_rows": insert_rows,
+        "inserts": len(chunks),
+        **{f"insert_{way}_rows_per_s": _rate(rows, s) for way, s in seconds.items()},
+        **{f"insert_{way}_s": s for way, s in seconds.items()},
+    }
 
 
 def insert_ceilings(
     batches: Sequence[bytes], *, insert_rows: int = INSERT_ROWS, now_ms: int | None = None
-) -> InsertResult:
-    """Encodes the batches and times raw inserts of their rows, in a spawned child."""
+) -> Figures:
+    """Encodes the batches and times raw inserts of their rows, in a spawned child; raises
+    CeilingError when ClickHouse reports fewer rows written than inserted."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     return in_child(insert_child_main, list(batches), insert_rows, now_ms)
 
@@ -420,56 +425,22 @@ def measure_ceilings(
     min_transport_s: float = MIN_TRANSPORT_S,
     now_ms: int | None = None,
     progress: Say | None = None,
-) -> dict[str, float]:
+) -> Figures:
     """Every ceiling on the same batches: ``_per_s`` keys are rates, the rest the counts and
     seconds behind them. Raises CeilingError when the transport loses a batch."""
     tell = progress or say
     parsed = decode_ceiling(batches, min_decode_s)
-    tell(f"decode: {parsed.records_per_s:,.0f} records/s ({parsed.passes} passes)")
+    rate, passes = parsed["decode_records_per_s"], parsed["decode_passes"]
+    tell(f"decode: {rate:,.0f} records/s ({passes} passes)")
     moved = transport_ceiling(batches, streams=streams, window=window, min_time_s=min_transport_s)
-    sent = moved.client
-    if sent.batches != len(batches) or sent.records != parsed.records or sent.errors:
-        raise CeilingError(
-            f"transport: {sent.batches} acks for {len(batches)} batches, {sent.records} records"
-            f" acked of {parsed.records}, errors {dict(sent.errors)} {sent.failures[:3]}"
-        )
-    tell(f"transport: {moved.records_per_s:,.0f} records/s ({moved.passes} passes)")
+    rate, passes = moved["transport_records_per_s"], moved["transport_passes"]
+    tell(f"transport: {rate:,.0f} records/s ({passes} passes)")
     inserted = insert_ceilings(batches, insert_rows=insert_rows, now_ms=now_ms)
-    if set(inserted.written.values()) != {inserted.rows}:
-        raise CeilingError(f"insert: {inserted.written} rows written of {inserted.rows} inserted")
-    rates = {way: _rate(inserted.rows, inserted.seconds[way]) for way in INSERTS}
-    tell("insert: " + ", ".join(f"{way} {rate:,.0f} rows/s" for way, rate in rates.items()))
-    latency = sent.latency_us.summary(scale=1e-3)
-    return {
-        "records": parsed.records,
-        "batches": len(batches),
-        "wire_mib": sum(map(len, batches)) / MiB,
-        "transport_records_per_s": moved.records_per_s,
-        "transport_batches_per_s": _rate(sent.batches, sent.wall_s),
-        "transport_acks": sent.batches,
-        "transport_records_acked": sent.records,
-        "transport_rejected": sent.rejected,
-        "transport_streams": max(1, min(streams, len(batches))),
-        "transport_window": window,
-        "transport_wall_s": sent.wall_s,
-        "transport_passes": moved.passes,
-        "transport_ack_p50_ms": latency["p50"],
-        "transport_ack_p99_ms": latency["p99"],
-        "transport_client_cpu_s": sent.cpu_s,
-        "transport_server_cpu_s": moved.server_cpu_s,
-        "decode_records_per_s": parsed.records_per_s,
-        "decode_best_pass_s": parsed.best_pass_s,
-        "decode_passes": parsed.passes,
-        "encode_records_per_s": _rate(inserted.rows, inserted.encode_s),
-        "encode_s": inserted.encode_s,
-        "encode_warm_records_per_s": _rate(inserted.rows, inserted.encode_warm_s),
-        "encode_warm_s": inserted.encode_warm_s,
-        "rows_inserted": inserted.rows,
-        "insert_batch_rows": insert_rows,
-        "inserts": inserted.inserts,
-        **{f"insert_{way}_rows_per_s": rate for way, rate in rates.items()},
-        **{f"insert_{way}_s": inserted.seconds[way] for way in INSERTS},
-    }
+    rates = [f"{way} {inserted[f'insert_{way}_rows_per_s']:,.0f} rows/s" for way in INSERTS]
+    tell("insert: " + ", ".join(rates))
+    wire_mib = sum(map(len, batches)) / MiB
+    top = {"records": parsed["records"], "batches": len(batches), "wire_mib": wire_mib}
+    return {**top, **moved, **parsed, **inserted}
 
 
 def fleet_ceilings(spec: WorkloadSpec, devices: int) -> dict[str, float]:
@@ -479,33 +450,24 @@ def fleet_ceilings(spec: WorkloadSpec, devices: int) -> dict[str, float]:
 
 def table(c: dict[str, float]) -> str:
     """The ceilings as an aligned table."""
+    streams, insert_rows = f"{c['transport_streams']:.0f}", f"{c['insert_batch_rows']:,.0f}"
+    lines = [  # (label, digits, the keys shown, as "a / b")
+        ("records / batches", 0, "records batches"),
+        (f"gRPC transport records/s ({streams} streams)", 0, "transport_records_per_s"),
+        ("  ack p50 / p99 ms", 1, "transport_ack_p50_ms transport_ack_p99_ms"),
+        ("  client / server CPU s", 2, "transport_client_cpu_s transport_server_cpu_s"),
+        ("protobuf decode records/s (1 core)", 0, "decode_records_per_s"),
+        (
+            "pipeline encode records/s (1 core, cold / warm codec)",
+            0,
+            "encode_records_per_s encode_warm_records_per_s",
+        ),
+        (f"column insert rows/s ({insert_rows}-row inserts)", 0, "insert_columns_rows_per_s"),
+        ("Arrow insert rows/s", 0, "insert_arrow_rows_per_s"),
+        ("Arrow insert + dedup token rows/s", 0, "insert_arrow_token_rows_per_s"),
+    ]
     return aligned(
-        [
-            ("records / batches", f"{num(c['records'])} / {num(c['batches'])}"),
-            (
-                f"gRPC transport records/s ({c['transport_streams']:.0f} streams)",
-                num(c["transport_records_per_s"]),
-            ),
-            (
-                "  ack p50 / p99 ms",
-                f"{num(c['transport_ack_p50_ms'], 1)} / {num(c['transport_ack_p99_ms'], 1)}",
-            ),
-            (
-                "  client / server CPU s",
-                f"{num(c['transport_client_cpu_s'], 2)} / {num(c['transport_server_cpu_s'], 2)}",
-            ),
-            ("protobuf decode records/s (1 core)", num(c["decode_records_per_s"])),
-            (
-                "pipeline encode records/s (1 core, cold / warm codec)",
-                f"{num(c['encode_records_per_s'])} / {num(c['encode_warm_records_per_s'])}",
-            ),
-            (
-                f"column insert rows/s ({c['insert_batch_rows']:,.0f}-row inserts)",
-                num(c["insert_columns_rows_per_s"]),
-            ),
-            ("Arrow insert rows/s", num(c["insert_arrow_rows_per_s"])),
-            ("Arrow insert + dedup token rows/s", num(c["insert_arrow_token_rows_per_s"])),
-        ]
+        [(label, " / ".join(num(c[k], n) for k in keys.split())) for label, n, keys in lines]
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
+MAX_MESSAGE_BYTES = 16 * MiB  # the real server's limit (server.app.MAX_MESSAGE_BYTES)
 
 Metadata = tuple[tuple[str, str], ...]
 Say = Callable[[str], None]
@@ -86,6 +87,19 @@ def aligned(lines: Sequence[tuple[str, str]]) -> str:
     """(name, value) pairs as a two-column table."""
     width = max(len(name) for name, _ in lines)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+def columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """``header`` and ``rows`` as table lines: the first column left-aligned, the others
+    right-aligned, each as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
 
 
 def add_flags(parser: argparse._ActionsContainer, *flags: tuple[Any, ...]) -> None:

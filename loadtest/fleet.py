@@ -55,15 +55,6 @@ CEILING_KEYS = (
     "insert_columns_rows_per_s",
     "insert_arrow_rows_per_s",
 )
-# Error codes that mean data went wrong, not just that a stream had to be retried.
-FATAL_ERRORS = (
-    "GAVE_UP",
-    "CLIENT_ERROR",
-    "REJECTED",
-    "RECORDS_REJECTED",
-    "ACK_COUNT_MISMATCH",
-    "UNEXPECTED_ACK",
-)
 DEDUP_ENTRIES = 1_000_000  # the server's dedup memory, in records (pipeline.ingest.Settings)
 
 
@@ -150,20 +141,9 @@ class FleetResult:
 
     def to_json(self) -> dict[str, Any]:
         """The result file's content (see the README for the keys)."""
-        c = self.client
-        wall = self.wall_s
+        c, wall, server, options = self.client, self.wall_s, self.server, self.options
         latency = c.latency_us.summary(1e-3)
-        server = self.server
-        config = {
-            "target": self.options.target,
-            "mode": self.options.spec.mode,
-            "devices": self.options.devices,
-            "employees": self.options.employee_count,
-            "tenants": self.options.tenants,
-            "client_processes": self.processes,
-            **{k: v for k, v in asdict(self.options.spec).items() if k != "now_ms"},
-            **asdict(self.options.agent),
-        }
+        spec = {k: v for k, v in asdict(options.spec).items() if k != "now_ms"}
         return {
             "records_per_s": self.records_per_s,
             "batches_per_s": c.batches / wall,
@@ -177,19 +157,14 @@ class FleetResult:
                 "processes": self.processes,
                 "peak_rss_mb": c.peak_rss_mb,
                 "generation_s": c.generation_s,
-                "note": (
-                    "client processes only"
-                    if self.processes
-                    else "the calling process (includes an in-process server, if any)"
-                ),
+                "note": "client processes only"
+                if self.processes
+                else "the calling process (includes an in-process server, if any)",
             },
-            "server": (
-                {"cpu_s": server.cpu_s, "cores": server.cpu_s / wall, "samples": server.samples}
-                if server
-                else None
-            ),
-            "ceilings": {key: self.ceilings.get(key) for key in CEILING_KEYS}
-            | {k: v for k, v in self.ceilings.items() if k not in CEILING_KEYS},
+            "server": server
+            and {"cpu_s": server.cpu_s, "cores": server.cpu_s / wall, "samples": server.samples},
+            # The headline ceilings first, present even when not measured.
+            "ceilings": dict.fromkeys(CEILING_KEYS) | self.ceilings,
             "ratios": ratios(self.records_per_s, self.ceilings),
             "verify": self.verification.to_json(),
             "ok": self.ok,
@@ -209,7 +184,16 @@ class FleetResult:
             "setup_s": self.setup_s,
             "failures": c.failures[:50],
             "timeline": self.timeline(),
-            "config": config,
+            "config": {
+                "target": options.target,
+                "mode": options.spec.mode,
+                "devices": options.devices,
+                "employees": options.employee_count,
+                "tenants": options.tenants,
+                "client_processes": self.processes,
+                **spec,
+                **asdict(options.agent),
+            },
             "host": {
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
@@ -232,15 +216,54 @@ TOTALS = [
     "calls", "contacts", "telemetry", "note_versions", "duplicate_records", "resent_batches",
     "records", "batches", "wire_bytes",
 ]
+# Error codes that mean data went wrong, not just that a stream had to be retried.
+FATAL_ERRORS = (
+    "GAVE_UP", "CLIENT_ERROR", "REJECTED", "RECORDS_REJECTED", "ACK_COUNT_MISMATCH",
+    "UNEXPECTED_ACK",
+)
 # fmt: on
 
 
-def _totals(truths: list[DeviceTruth]) -> dict[str, int]:
-    return {name: sum(getattr(t, name) for t in truths) for name in TOTALS}
+class _InProcess:
+    """The devices on the caller's event loop."""
+
+    start_delay_s = 0.0
+
+    def __init__(self, options: FleetOptions, spec: WorkloadSpec) -> None:
+        self.options, self.spec = options, spec
+        self.counters: Counters = [0] * SLOTS
+        self.client = ClientProcess(options.target, options.agent, self.counters, 0)
+        self.generation_s = 0.0
+
+    async def generate(self, devices: list[DeviceIdentity]) -> tuple[list[DeviceTruth], float]:
+        """Every device's workload: the truths and the seconds it took."""
+        self.workloads, self.generation_s = generate(self.spec, range(self.options.devices))
+        self.devices = devices
+        return [w.truth for w in self.workloads], self.generation_s
+
+    async def connect(self) -> None:
+        await self.client.connect()
+
+    async def run(self, start: float, progress: Progress) -> list[WorkerResult]:
+        """Runs every device from ``start``; one result."""
+        devices = list(zip(self.devices, self.workloads, strict=True))
+        fleet_size = self.options.devices
+        task = asyncio.ensure_future(self.client.run(devices, self.spec, start, fleet_size))
+        try:
+            await _wait_with_progress([task], progress)
+        finally:
+            await self.client.close()
+        task.result().generation_s = self.generation_s
+        return [task.result()]
+
+    async def close(self) -> None:
+        await self.client.close()
 
 
 class _Workers:
     """The spawned client processes and their pipes."""
+
+    start_delay_s = 0.5  # time for every process to get the start message
 
     def __init__(self, options: FleetOptions, spec: WorkloadSpec, processes: int) -> None:
         ctx = mp.get_context("spawn")  # forking after grpc started threads is unsafe
@@ -275,12 +298,33 @@ class _Workers:
             raise RuntimeError(f"client process {row} sent {message[0]!r}, not {expect!r}")
         return message
 
-    def send_all(self, message: tuple[Any, ...]) -> None:
-        """The same message to every process."""
-        for conn in self.conns:
-            conn.send(message)
+    async def generate(self, devices: list[DeviceIdentity]) -> tuple[list[DeviceTruth], float]:
+        """The truths the processes generated, in device order, and the slowest one's seconds
+        (it overlaps the set-up); each process gets its devices' tokens in return."""
+        truths: dict[int, DeviceTruth] = {}
+        generation_s = 0.0
+        for row, assigned in enumerate(self.assigned):
+            _, part, seconds = await self.receive(row, "generated")
+            generation_s = max(generation_s, seconds)
+            truths.update(zip(assigned, part, strict=True))
+            self.conns[row].send(("tokens", [devices[d] for d in assigned]))
+        return [truths[d] for d in sorted(truths)], generation_s
 
-    def close(self) -> None:
+    async def connect(self) -> None:
+        for row in range(len(self.procs)):
+            await self.receive(row, "ready")
+
+    async def run(self, start: float, progress: Progress) -> list[WorkerResult]:
+        """Starts every process at ``start``; their results."""
+        for conn in self.conns:
+            conn.send(("start", start))
+        receiving = [
+            asyncio.ensure_future(self.receive(row, "done")) for row in range(len(self.procs))
+        ]
+        await _wait_with_progress(list(receiving), progress)
+        return [task.result()[1] for task in receiving]
+
+    async def close(self) -> None:
         """Stops whatever is still running."""
         for proc in self.procs:
             proc.join(timeout=5)
@@ -317,7 +361,7 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
     processes = max(0, min(options.client_processes, options.devices))
     label = options.label or time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     setup: dict[str, float] = {}
-    workers = _Workers(options, spec, processes) if processes else None
+    clients = _Workers(options, spec, processes) if processes else _InProcess(options, spec)
     try:
         async with grpc.aio.insecure_channel(options.target) as channel:
             started = time.monotonic()
@@ -331,22 +375,8 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
                 say=report,
             )
             setup["bootstrap_s"] = time.monotonic() - started
-            generation_s = 0.0  # in client processes it overlaps the set-up above
-            truths: list[DeviceTruth | None] = [None] * options.devices
-            if workers is None:
-                workloads, generation_s = generate(spec, range(options.devices))
-                for workload in workloads:
-                    truths[workload.device] = workload.truth
-            else:
-                for row, assigned in enumerate(workers.assigned):
-                    _, part, seconds = await workers.receive(row, "generated")
-                    generation_s = max(generation_s, seconds)
-                    for device, truth in zip(assigned, part, strict=True):
-                        truths[device] = truth
-                    workers.conns[row].send(("tokens", [devices[d] for d in assigned]))
-            setup["generation_s"] = generation_s
-            known = [t for t in truths if t is not None]
-            totals = _totals(known)
+            truths, setup["generation_s"] = await clients.generate(devices)
+            totals = {name: sum(getattr(t, name) for t in truths) for name in TOTALS}
             report(
                 f"generated {totals['calls']:,} calls (+{totals['note_versions']:,} newer "
                 f"versions, {totals['duplicate_records']:,} duplicate records), "
@@ -364,21 +394,10 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
                 used = (True, spec.contacts, spec.telemetry)
                 kinds = [kind for kind, on in zip(KINDS, used, strict=True) if on]
                 setup["warm_up_s"] = await warm_up(channel, devices, kinds, say=report)
-            counters: Counters
-            if workers is None:
-                counters = [0] * SLOTS
-                client = ClientProcess(options.target, options.agent, counters, 0)
-                await client.connect()
-            else:
-                counters = workers.counters
-                for row in range(processes):
-                    await workers.receive(row, "ready")
+            await clients.connect()
+            rows = max(processes, 1)
             progress = Progress(
-                counters,
-                max(processes, 1),
-                options.devices,
-                totals["batches"],
-                show=options.progress,
+                clients.counters, rows, options.devices, totals["batches"], show=options.progress
             )
             sampler = ProcessSampler(options.server_pid) if options.server_pid else None
             if sampler is not None:
@@ -387,38 +406,16 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
                 f"{spec.mode}: {options.devices:,} devices on "
                 f"{processes or 'the calling'} client process{'es' if processes != 1 else ''}"
             )
-            start = time.monotonic() + (0.5 if workers is not None else 0.0)
             parent_cpu = cpu_s()
             progress.start()
-            if workers is None:
-                runs = [
-                    asyncio.ensure_future(
-                        client.run(
-                            list(zip(devices, workloads, strict=True)), spec, start, options.devices
-                        )
-                    )
-                ]
-                try:
-                    await _wait_with_progress(list(runs), progress)
-                finally:
-                    await client.close()
-                results = [runs[0].result()]
-                results[0].generation_s = generation_s
-            else:
-                workers.send_all(("start", start))
-                receiving = [
-                    asyncio.ensure_future(workers.receive(row, "done")) for row in range(processes)
-                ]
-                await _wait_with_progress(list(receiving), progress)
-                results = [task.result()[1] for task in receiving]
+            results = await clients.run(time.monotonic() + clients.start_delay_s, progress)
             server = sampler.stop() if sampler is not None else None
             parent_cpu = cpu_s() - parent_cpu
             progress.finish()
             merged = WorkerResult.merged(results)
             merged.peak_streams = max(progress.peak_streams, max(r.peak_streams for r in results))
-            peak_in_flight = progress.peak_in_flight
             verification = Verification(
-                ground_truth(tenants, devices, known),
+                ground_truth(tenants, devices, truths),
                 injected={
                     "duplicate_records": totals["duplicate_records"],
                     "resent_batches": totals["resent_batches"],
@@ -429,25 +426,19 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
             )
             if options.verify:
                 started = time.monotonic()
-                found = {
-                    truth.tenant_id: await report_counts(channel, truth)
-                    for truth in verification.truths
-                }
+                found = {t.tenant_id: await report_counts(channel, t) for t in verification.truths}
                 verification.add_reports(found)
                 if not merged.resent and not merged.errors:
-                    verification.add_acks(
-                        {k: getattr(merged, k) for k in ("accepted", "updated", "duplicates")},
-                        {
-                            "accepted": stored,
-                            "updated": totals["note_versions"],
-                            "duplicates": totals["duplicate_records"],
-                        },
-                    )
+                    expected = {
+                        "accepted": stored,
+                        "updated": totals["note_versions"],
+                        "duplicates": totals["duplicate_records"],
+                    }
+                    verification.add_acks({k: getattr(merged, k) for k in expected}, expected)
                 verification.database_note = "no database access: reports only"
                 setup["verify_s"] = time.monotonic() - started
     finally:
-        if workers is not None:
-            workers.close()
+        await clients.close()
     return FleetResult(
         options=options,
         tenants=tenants,
@@ -458,7 +449,7 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
         setup_s=setup,
         verification=verification,
         server=server,
-        peak_in_flight=peak_in_flight,
+        peak_in_flight=progress.peak_in_flight,
         parent_cpu_s=parent_cpu if processes else 0.0,
     )
 
@@ -582,6 +573,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names}
+
+
 def options_from_args(args: argparse.Namespace, target: str, token: str) -> FleetOptions:
     """FleetOptions from parsed flags."""
     processes = args.client_processes
@@ -589,42 +584,28 @@ def options_from_args(args: argparse.Namespace, target: str, token: str) -> Flee
         processes = max(1, min(os.cpu_count() or 1, math.ceil(args.devices / 2500)))
     spec = WorkloadSpec(
         mode="steady" if args.steady else "backfill",
-        days=args.days,
         duration_s=args.duration,
         sync_interval_s=args.sync_interval,
-        calls_per_day=args.calls_per_day,
-        calls_per_hour=args.calls_per_hour,
-        batch_size=args.batch_size,
-        duplicates=args.duplicates,
         note_share=args.notes,
         contacts=not args.no_contacts,
         telemetry=not args.no_telemetry,
-        clock_skew_ms=args.clock_skew_ms,
-        seed=args.seed,
         now_ms=int(time.time() * 1000),
+        **_pick(args, "days", "calls_per_day", "calls_per_hour", "batch_size", "duplicates"),
+        **_pick(args, "clock_skew_ms", "seed"),
     )
     agent = AgentOptions(
-        window=args.window,
-        reconnect_every=args.reconnect_every,
-        stall_s=args.stall_s,
-        channels=args.channels,
-        ramp_s=args.ramp_s,
-        max_attempts=args.max_attempts,
         backoff_max_s=args.max_backoff_s,
+        **_pick(args, "window", "reconnect_every", "stall_s", "channels", "ramp_s", "max_attempts"),
     )
     return FleetOptions(
         target=target,
         operator_token=token,
-        devices=args.devices,
-        employees=args.employees,
-        tenants=args.tenants,
         spec=spec,
         agent=agent,
         client_processes=processes,
-        verify=args.verify,
-        server_pid=args.server_pid,
         warm_up=not args.no_warm_up,
         progress=not args.quiet,
+        **_pick(args, "devices", "employees", "tenants", "verify", "server_pid"),
     )
 
 

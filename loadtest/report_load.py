@@ -27,7 +27,7 @@ import grpc
 import uvloop
 from google.protobuf.message import Message
 
-from callsight.loadtest.common import add_flags, auth, num, write_json
+from callsight.loadtest.common import MAX_MESSAGE_BYTES, add_flags, auth, columns, num, write_json
 from callsight.loadtest.histogram import Histogram
 from callsight.v1 import report_pb2
 
@@ -46,7 +46,6 @@ RPCS: dict[str, tuple[type[Message], type[Message]]] = {
 }
 DEFAULT_RANGES = ("1d", "30d", "365d")
 UNITS_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_OUT = Path("loadtest/results/reports_load.json")
 API_KEY_ENV = "CALLSIGHT_API_KEY"
 
@@ -239,14 +238,7 @@ def table(result: dict[str, Any]) -> str:
                 *(num(latency[q], 1) for q in ("p50", "p95", "p99", "max")),
             )
         )
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
+    lines = columns(header, rows)
     lines.append(f"{result['calls_per_s']:,.1f} calls/s over {result['duration_s']:.1f} s")
     return "\n".join(lines)
 

@@ -44,22 +44,19 @@ class Progress:
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty()
         self._every_s = every_s if every_s is not None else (1.0 if self._tty else 5.0)
-        self._start = time.monotonic()
-        self._last = (self._start, 0)
-        self._shown = self._start
         self._width = 0
         self._show = show
         self.peak_streams = 0
         self.peak_in_flight = 0
+        self.start()
 
     def _sum(self, column: int) -> int:
         return sum(int(self._counters[row * SLOTS + column]) for row in range(self._rows))
 
     def start(self) -> None:
         """Sets time zero (the moment the devices start)."""
-        self._start = time.monotonic()
+        self._start = self._shown = time.monotonic()
         self._last = (self._start, 0)
-        self._shown = self._start
 
     def line(self) -> str:
         """The current figures as one line."""
@@ -75,33 +72,28 @@ class Progress:
             f"  errors {self._sum(ERRORS):,}  devices done {self._sum(DONE):,}/{self._devices:,}"
         )
 
+    def _write(self, last: bool) -> None:
+        # On a terminal the line is rewritten in place, padded over a longer previous one.
+        text = self.line()
+        if self._tty:
+            pad = " " * max(0, self._width - len(text))
+            self._width = len(text)
+            text = "\r" + text + pad
+        self._stream.write(text + ("\n" if last or not self._tty else ""))
+        self._stream.flush()
+
     def tick(self) -> None:
         """Samples the peaks; prints the line if it is due."""
         self.peak_streams = max(self.peak_streams, self._sum(STREAMS))
         self.peak_in_flight = max(self.peak_in_flight, self._sum(IN_FLIGHT))
-        if not self._show:
-            return
-        now = time.monotonic()
-        if now - self._shown < self._every_s:
-            return
-        self._shown = now
-        text = self.line()
-        if self._tty:
-            pad = max(0, self._width - len(text))
-            self._width = len(text)
-            self._stream.write("\r" + text + " " * pad)
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
+        if self._show and time.monotonic() - self._shown >= self._every_s:
+            self._shown = time.monotonic()
+            self._write(last=False)
 
     def finish(self) -> None:
         """Prints the final figures and ends the line."""
-        if not self._show:
-            return
-        text = self.line()
-        prefix = "\r" if self._tty else ""
-        self._stream.write(prefix + text + " " * max(0, self._width - len(text)) + "\n")
-        self._stream.flush()
+        if self._show:
+            self._write(last=True)
 
 
 def table(result: dict[str, Any]) -> str:

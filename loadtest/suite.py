@@ -16,6 +16,7 @@ keys, ``reports``, ``machine`` and ``suite``; exit 1 when verification, a batch 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -23,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,16 +110,26 @@ def draw_timeline(samples: list[dict[str, float]], path: Path) -> None:
     say(f"wrote {path}")
 
 
-def _start_server(work: Path, args: list[str]) -> ServerProcess:
+@contextlib.contextmanager
+def _spawned_server(prefix: str, args: list[str], keep: bool = False) -> Iterator[ServerProcess]:
+    """``callsight serve`` on a temporary data directory, killed (and deleted) at the end."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     server = ServerProcess(work / "server", args=args)
-    say(f"starting server in {work / 'server'}")
-    server.start()
-    say(f"server pid {server.pid} on {server.address}")
-    return server
+    try:
+        say(f"starting server in {work / 'server'}")
+        server.start()
+        say(f"server pid {server.pid} on {server.address}")
+        yield server
+    finally:
+        if server.running():
+            server.kill()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
-def _chdb(server: ServerProcess) -> str:
-    """The DSN of a stopped server's embedded chDB."""
+def _stop(server: ServerProcess) -> str:
+    """Stops the server; the DSN of its embedded chDB, now free to open."""
+    say(f"server stopped (exit status {server.stop()})")
     return f"chdb://{(server.data_dir / 'clickhouse').resolve()}"
 
 
@@ -141,12 +153,9 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
     if wrong:
         return 2
-    work: Path | None = None
-    server: ServerProcess | None = None
-    try:
-        if args.spawn_server:
-            work = Path(tempfile.mkdtemp(prefix="callsight-fleet-"))
-            server = _start_server(work, args.server_arg)
+    spawned = _spawned_server("callsight-fleet-", args.server_arg, args.keep)
+    with spawned if args.spawn_server else contextlib.nullcontext() as server:
+        if server is not None:
             options = options_from_args(args, server.address, server.operator_token)
             options = replace(options, server_pid=server.pid)
         else:
@@ -154,20 +163,14 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         result = uvloop.run(run_fleet(options))
         dsn = args.dsn
         if server is not None:
-            say(f"server stopped (exit status {server.stop()})")
+            dsn = _stop(server)
             if args.server_log:
                 args.server_log.parent.mkdir(parents=True, exist_ok=True)
                 args.server_log.write_text("".join(server.log))
-            dsn = _chdb(server)
         if options.verify and dsn:
             add_direct_counts(result, dsn, args.database)
         if args.ceilings:
             result.ceilings = ceilings.fleet_ceilings(options.spec, options.devices)
-    finally:
-        if server is not None and server.running():
-            server.kill()
-        if work is not None and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     data = result.to_json()
     print(fleet_table(data))
     _finish(result, data, data, args)
@@ -210,10 +213,8 @@ def run(args: argparse.Namespace) -> int:
     """``python -m callsight.loadtest bench``: 0 when all was acked, verified and answered."""
     started_at = datetime.now(UTC)
     host = machine()
-    work = Path(tempfile.mkdtemp(prefix="callsight-bench-"))
     reports: dict[str, Any] | None = None
-    server = _start_server(work, args.server_arg)
-    try:
+    with _spawned_server("callsight-bench-", args.server_arg) as server:
         options = FleetOptions(
             target=server.address,
             operator_token=server.operator_token,
@@ -245,12 +246,7 @@ def run(args: argparse.Namespace) -> int:
                     min_rounds=1,
                 )
             )
-        say(f"server stopped (exit status {server.stop()})")
-        add_direct_counts(result, _chdb(server), "callsight")
-    finally:
-        if server.running():
-            server.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        add_direct_counts(result, _stop(server), "callsight")
     if not args.no_ceilings:
         say("ceilings on the fleet's own batches (regenerated)")
         result.ceilings = ceilings.fleet_ceilings(options.spec, options.devices)

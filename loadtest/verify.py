@@ -21,10 +21,10 @@ import grpc
 
 from callsight.loadtest.bootstrap import DeviceIdentity, TenantInfo
 from callsight.loadtest.common import auth
+from callsight.loadtest.generate import DAY_MS
 from callsight.loadtest.workload import DeviceTruth
 from callsight.v1 import common_pb2, report_pb2, report_pb2_grpc
 
-DAY_MS = 86_400_000
 WINDOW_MS = 400 * DAY_MS  # the longest range one report request may span
 CALL_TYPES = tuple(t for t in common_pb2.CallType.values() if t != common_pb2.CALL_TYPE_UNSPECIFIED)
 # EmployeeSummary fields and the call types each counts (storage/summaries.py).
