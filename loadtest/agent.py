@@ -203,11 +203,10 @@ class Recorder:
 
 def _check(ack: ingest_pb2.UploadAck, records: int) -> tuple[str, str] | None:
     """Why an ack is not a clean ACCEPTED for ``records`` records, as (code, detail)."""
+    reason = "; ".join(e.reason for e in ack.errors[:2])
     if ack.result != ingest_pb2.UPLOAD_RESULT_ACCEPTED:
-        reason = "; ".join(e.reason for e in ack.errors[:2])
         return "REJECTED", f"batch {ack.batch_id} refused: {reason}"
     if ack.rejected:
-        reason = "; ".join(e.reason for e in ack.errors[:2])
         return "RECORDS_REJECTED", f"{ack.rejected} records of {ack.batch_id}: {reason}"
     if ack.accepted + ack.updated + ack.duplicates != records:
         return "ACK_COUNT_MISMATCH", (

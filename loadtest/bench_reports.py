@@ -9,11 +9,11 @@ the storage functions directly.
    its employees with a device each, a REPORTS key, ten excluded numbers and 2,000 leads.
 2. ``--calls`` calls generated with numpy in columns (each employee calls a skewed pool of ~200
    clients from a shared 300,000; types, durations and hours as ``loadtest.generate`` draws
-   them, the last ``--days`` days), every
-   distinct number, name and note encrypted once. ~1% arrive twice and ~2% again as a newer
-   version with a note, so FINAL has work. Rows go in arrival order, ~1M per ``insert_arrow``,
-   into ``calls`` and ``calls_naive`` (dedup-only layout: no time in the key, no partitions);
-   then background merges settle (``--optimize``: ``OPTIMIZE TABLE .. FINAL`` first).
+   them, the last ``--days`` days), every distinct number, name and note encrypted once. ~1%
+   arrive twice and ~2% again as a newer version with a note, so FINAL has work. Rows go in
+   arrival order, ~1M per ``insert_arrow``, into ``calls`` and ``calls_naive`` (dedup-only
+   layout: no time in the key, no partitions); then background merges settle (``--optimize``:
+   ``OPTIMIZE TABLE .. FINAL`` first).
 3. Every report through gRPC with the REPORTS key: ``--repeat`` calls after two warm-ups, p50/p95
    and this process's CPU p50 (server, chDB and client all run here). Rollups are dropped first,
    so the first CallSummary, reported on its own, makes them. The naive figures run the same
@@ -31,6 +31,7 @@ import asyncio
 import base64
 import functools
 import json
+import operator
 import os
 import platform
 import shutil
@@ -48,7 +49,6 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import uvloop
-from clickhouse_connect.driver.client import Client
 
 from callsight.loadtest.bootstrap import DeviceIdentity, bootstrap
 from callsight.loadtest.common import add_flags, auth, columns, cpu_s, write_json
@@ -90,6 +90,7 @@ EXCLUDED_NUMBERS = 10
 LEADS = 2_000
 PAGE_WALK = 20
 STATE_FILE = "bench-state.json"
+DATA_KEYS = ("calls", "employees", "days", "seed")  # what a --reuse run must match
 NAIVE = Tables(calls="calls_naive")
 
 I64 = npt.NDArray[np.int64]
@@ -262,66 +263,6 @@ class State:
     excluded: list[str] = field(default_factory=list)
 
 
-async def import_leads(
-    channel: grpc.aio.Channel,
-    state: State,
-    devices: Sequence[DeviceIdentity],
-    pools: npt.NDArray[np.int32],
-    numbers: Sequence[str],
-    rng: np.random.Generator,
-) -> int:
-    """2,000 leads, each a client of the employee it is assigned to (EXPLICIT)."""
-    seen: set[int] = set()
-    leads = []
-    for i in range(LEADS):
-        e = i % len(devices)
-        client = int(pools[e, int(rng.integers(0, CLIENTS_PER_EMPLOYEE))])
-        if client not in seen:
-            seen.add(client)
-            lead = admin_pb2.Lead(first_name=FIRST_NAMES[i % 9], last_name=SURNAMES[i % 7])
-            lead.company, lead.primary_number = f"Company {i}", numbers[client]
-            lead.city, lead.country, lead.employee_id = "Pune", "IN", devices[e].employee_id
-            lead.tags.append("bench")
-            leads.append(lead)
-    response = await admin_pb2_grpc.AdminServiceStub(channel).ImportLeads(
-        admin_pb2.ImportLeadsRequest(leads=leads, strategy=admin_pb2.ASSIGNMENT_STRATEGY_EXPLICIT),
-        metadata=auth(state.admin_key),
-    )
-    return len(response.leads)
-
-
-async def set_up(
-    channel: grpc.aio.Channel, operator: str, args: argparse.Namespace
-) -> tuple[State, list[DeviceIdentity]]:
-    """A tenant (Kolkata), its employees with a device each and a REPORTS key, via the API."""
-    tenants, devices = await bootstrap(
-        channel,
-        operator,
-        tenants=1,
-        employees=args.employees,
-        devices=args.employees,
-        run_label="reports",
-        say=_say,
-    )
-    admin_key = tenants[0].admin_key
-    reports = await admin_pb2_grpc.AdminServiceStub(channel).CreateApiKey(
-        admin_pb2.CreateApiKeyRequest(name="bench", role=common_pb2.ROLE_REPORTS),
-        metadata=auth(admin_key),
-    )
-    state = State(
-        **{key: getattr(args, key) for key in ("calls", "employees", "days", "seed")},
-        tenant_id=tenants[0].tenant_id,
-        admin_key=admin_key,
-        reports_key=reports.api_key,
-        anchor_ms=ist_midnight_ms(int(time.time() * 1000)),
-    )
-    return state, devices
-
-
-def _insert(target: str, rows: pa.Table, client: Client) -> object:
-    return client.insert_arrow(target, rows)
-
-
 async def load(
     db: Database,
     channel: grpc.aio.Channel,
@@ -345,9 +286,25 @@ async def load(
     await admin.SetExcludedNumbers(
         admin_pb2.SetExcludedNumbersRequest(numbers=state.excluded), metadata=auth(state.admin_key)
     )
+    # Leads, each a client of the employee it is assigned to (EXPLICIT).
     t = time.perf_counter()
-    imported = await import_leads(channel, state, devices, pools, numbers, rng)
-    _say(f"{imported} leads via gRPC ImportLeads in {time.perf_counter() - t:.1f} s")
+    leads: dict[int, admin_pb2.Lead] = {}
+    for i in range(LEADS):
+        e = i % len(devices)
+        client = int(pools[e, int(rng.integers(0, CLIENTS_PER_EMPLOYEE))])
+        if client not in leads:
+            lead = admin_pb2.Lead(first_name=FIRST_NAMES[i % 9], last_name=SURNAMES[i % 7])
+            lead.company, lead.primary_number = f"Company {i}", numbers[client]
+            lead.city, lead.country, lead.employee_id = "Pune", "IN", devices[e].employee_id
+            lead.tags.append("bench")
+            leads[client] = lead
+    imported = await admin.ImportLeads(
+        admin_pb2.ImportLeadsRequest(
+            leads=list(leads.values()), strategy=admin_pb2.ASSIGNMENT_STRATEGY_EXPLICIT
+        ),
+        metadata=auth(state.admin_key),
+    )
+    _say(f"{len(imported.leads)} leads via gRPC ImportLeads in {time.perf_counter() - t:.1f} s")
     keyring = await TenantKeys(Directory(db), master_key).keyring(state.tenant_id)
     t = time.perf_counter()
     arrow_pools = build_pools(rng, keyring, devices, numbers)
@@ -367,7 +324,7 @@ async def load(
         spent["build"] += time.perf_counter() - t
         for target in ("calls", NAIVE.calls):
             t = time.perf_counter()
-            await db.run(functools.partial(_insert, target, table))
+            await db.run(operator.methodcaller("insert_arrow", target, table))
             spent[target] += time.perf_counter() - t
         rates = ", ".join(f"{k} {stop / s:,.0f} rows/s" for k, s in spent.items())
         elapsed = time.perf_counter() - started
@@ -443,14 +400,15 @@ async def timed(fn: Callable[[], Awaitable[Any]], repeat: int, warmups: int) -> 
 
 @dataclass
 class Case:
-    """One measured report: through gRPC, and optionally straight on ``calls`` and naively."""
+    """One measured report through gRPC (from page ``token``), and optionally ``direct``: straight
+    on ``calls`` and naively."""
 
     report: str
     range_days: int
     page: str
     target_ms: float | None
-    rpc: Rpc
-    direct: Direct | None = None
+    token: str = ""
+    direct: bool = False
 
 
 LISTINGS: dict[str, Callable[..., Awaitable[Any]]] = {
@@ -459,6 +417,16 @@ LISTINGS: dict[str, Callable[..., Awaitable[Any]]] = {
     "UniqueClients": listings.unique_clients,
     "CallHistory": listings.call_history,
 }
+# fmt: off
+SUMMARIES = (
+    "EmployeeSummary", "CallAnalysis", "HourlyAnalytics", "DaywiseAnalytics", "WorkingHours",
+)
+# fmt: on
+
+
+def walks(year: int) -> list[tuple[str, int]]:
+    """The paged listings walked to page ``PAGE_WALK``, with their range in days."""
+    return [(name, 30) for name in LISTINGS] + [("CallHistory", year)]
 
 
 class Reports:
@@ -481,53 +449,36 @@ class Reports:
         method = getattr(self.stub, name)
         return lambda: method(request, metadata=auth(self.state.reports_key))
 
-    def _filter(self, days: int) -> CallFilter:
+    def direct(self, name: str, days: int) -> Direct:
+        """CallSummary without rollups (the SQL that both layouts can answer), or the first page
+        (100 rows and one more) of a paged listing."""
         anchor = self.state.anchor_ms
-        return CallFilter(self.state.tenant_id, anchor - days * DAY_MS, anchor, TIMEZONE)
-
-    def summary(self, days: int) -> Direct:
-        """CallSummary without rollups: the SQL that both layouts can answer."""
-        f = self._filter(days)
-        return lambda tables: summaries.call_summary(self.db, f, use_rollups=False, tables=tables)
-
-    def listing(self, name: str, days: int) -> Direct:
-        """The first page (100 rows and one more) of a paged listing."""
-        f, fn = self._filter(days), LISTINGS[name]
-        return lambda tables: fn(self.db, f, self.snapshot_ms, None, 101, tables=tables)
+        f = CallFilter(self.state.tenant_id, anchor - days * DAY_MS, anchor, TIMEZONE)
+        if name == "CallSummary":
+            return lambda t: summaries.call_summary(self.db, f, use_rollups=False, tables=t)
+        fn = LISTINGS[name]
+        return lambda t: fn(self.db, f, self.snapshot_ms, None, 101, tables=t)
 
 
-def cases(r: Reports, year: int, tokens: dict[str, str]) -> list[Case]:
+def cases(year: int, tokens: dict[str, str]) -> list[Case]:
     """Every measured report; ``tokens`` holds the page tokens of the later pages."""
-    out = [
-        Case("CallSummary", 30, "", 200, r.rpc("CallSummary", 30), r.summary(30)),
-        Case("CallSummary", year, "", 1000, r.rpc("CallSummary", year), r.summary(year)),
-        *(
-            Case(name, 30, "first" if name == "EmployeeSummary" else "", None, r.rpc(name, 30))
-            for name in (
-                "EmployeeSummary",
-                "CallAnalysis",
-                "HourlyAnalytics",
-                "DaywiseAnalytics",
-                "WorkingHours",
-            )
-        ),
+    out = [Case("CallSummary", 30, "", 200, direct=True)]
+    out.append(Case("CallSummary", year, "", 1000, direct=True))
+    out += [
+        Case(name, 30, "first" if name == "EmployeeSummary" else "", None) for name in SUMMARIES
     ]
-    walks = [(name, 30) for name in LISTINGS] + [("CallHistory", year)]
-    for name, days in walks:
+    for name, days in walks(year):
         target = 100 if name == "CallHistory" else 500
-        direct = r.listing(name, days) if days == 30 else None
-        out.append(Case(name, days, "first", target, r.rpc(name, days), direct))
-        token = tokens.get(f"{name}/{days}")
-        if token:
-            out.append(Case(name, days, f"page {PAGE_WALK}", target, r.rpc(name, days, token)))
-    out.append(Case("LeadActivity", 30, "first", None, r.rpc("LeadActivity", 30)))
-    return out
+        out.append(Case(name, days, "first", target, direct=days == 30))
+        if token := tokens.get(f"{name}/{days}"):
+            out.append(Case(name, days, f"page {PAGE_WALK}", target, token))
+    return [*out, Case("LeadActivity", 30, "first", None)]
 
 
 async def walk_tokens(r: Reports, year: int) -> dict[str, str]:
     """The page token of page ``PAGE_WALK`` of each listing, walking there page by page."""
     tokens: dict[str, str] = {}
-    for name, days in [(name, 30) for name in LISTINGS] + [("CallHistory", year)]:
+    for name, days in walks(year):
         token = ""
         started = time.perf_counter()
         for page in range(1, PAGE_WALK):
@@ -547,31 +498,36 @@ async def measure(
     """Times every case; checks answers against the naive table and the generated truth."""
     r = Reports(channel, db, state)
     checks: dict[str, Any] = {}
+
+    def check(key: str, ok: bool, detail: str = "") -> None:
+        checks[key] = ok
+        if not ok:
+            _say(f"CHECK FAILED: {key}{detail}")
+
     # Rollups are made by the first summary that needs them: time that call on its own.
     for table in (DEFAULT_TABLES.call_rollup_runs, DEFAULT_TABLES.call_rollups):
         await db.command(f"TRUNCATE TABLE {table}")
     cold: dict[str, float] = {}
     for days in (state.days, 30):
         started = time.perf_counter()
-        summary = (await r.rpc("CallSummary", days)()).summary
+        total = (await r.rpc("CallSummary", days)()).summary.total_calls
         cold[f"CallSummary {days} d"] = round((time.perf_counter() - started) * 1000, 1)
-        key = f"CallSummary {days} d total_calls == distinct calls generated"
-        checks[key] = summary.total_calls == state.truth[str(days)]
-        if not checks[key]:
-            _say(f"CHECK FAILED: {key}: {summary.total_calls} != {state.truth[str(days)]}")
+        key, truth = (
+            f"CallSummary {days} d total_calls == distinct calls generated",
+            state.truth[str(days)],
+        )
+        check(key, total == truth, f": {total} != {truth}")
     _say(f"first calls, rollups made on the way: {cold} ms")
     tokens = await walk_tokens(r, state.days)
     results = []
-    for case in cases(r, state.days, tokens):
+    for case in cases(state.days, tokens):
         span = f"{case.range_days} d"
-        t = await timed(case.rpc, repeat, 2)
+        t = await timed(r.rpc(case.report, case.range_days, case.token), repeat, 2)
         sql = naive = None
-        if case.direct is not None:
-            direct = case.direct
+        if case.direct:
+            direct = r.direct(case.report, case.range_days)
             key = f"{case.report} {span} {case.page}".strip() + " same answer as naive"
-            checks[key] = bool(await direct(DEFAULT_TABLES) == await direct(NAIVE))
-            if not checks[key]:
-                _say(f"CHECK FAILED: {key}")
+            check(key, bool(await direct(DEFAULT_TABLES) == await direct(NAIVE)))
             sql = await timed(functools.partial(direct, DEFAULT_TABLES), naive_repeat, 1)
             naive = await timed(functools.partial(direct, NAIVE), naive_repeat, 0)
         p50 = t["p50_ms"]
@@ -625,12 +581,12 @@ def table(results: Sequence[dict[str, Any]]) -> str:
 async def _state(
     db: Database, channel: grpc.aio.Channel, data_dir: Path, args: argparse.Namespace
 ) -> State:
-    """The data set loaded earlier (``--reuse``), or a new one, loaded now."""
+    """The data set loaded earlier (``--reuse``), or a new one: a tenant (Kolkata), its employees
+    with a device each and a REPORTS key, via the API, then the data, loaded now."""
     path = data_dir / STATE_FILE
     if path.exists():
         state = State(**json.loads(path.read_text()))
-        keys = ("calls", "employees", "days", "seed")
-        if [getattr(state, k) for k in keys] != [getattr(args, k) for k in keys]:
+        if [getattr(state, k) for k in DATA_KEYS] != [getattr(args, k) for k in DATA_KEYS]:
             raise SystemExit(
                 f"{data_dir} holds a different data set ({state.calls} calls,"
                 f" {state.employees} employees, {state.days} days, seed {state.seed});"
@@ -641,7 +597,26 @@ async def _state(
         _say(f"reusing {state.rows:,} rows loaded earlier in {state.load_s} s")
         return state
     operator = (data_dir / "operator.token").read_text().strip()
-    state, devices = await set_up(channel, operator, args)
+    tenants, devices = await bootstrap(
+        channel,
+        operator,
+        tenants=1,
+        employees=args.employees,
+        devices=args.employees,
+        run_label="reports",
+        say=_say,
+    )
+    reports = await admin_pb2_grpc.AdminServiceStub(channel).CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(name="bench", role=common_pb2.ROLE_REPORTS),
+        metadata=auth(tenants[0].admin_key),
+    )
+    state = State(
+        **{key: getattr(args, key) for key in DATA_KEYS},
+        tenant_id=tenants[0].tenant_id,
+        admin_key=tenants[0].admin_key,
+        reports_key=reports.api_key,
+        anchor_ms=ist_midnight_ms(int(time.time() * 1000)),
+    )
     path.write_text(json.dumps(asdict(state), indent=1))
     master_key = base64.b64decode((data_dir / "master.key").read_bytes().strip())
     state = await load(db, channel, state, devices, master_key)
@@ -689,12 +664,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(sys.argv),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "data": {
-            "calls": state.calls,
-            "employees": state.employees,
-            "days": state.days,
+            **{key: getattr(state, key) for key in ("calls", "employees", "days")},
             "rows_inserted": state.rows,
-            "load_s": state.load_s,
-            "anchor_ms": state.anchor_ms,
+            **{key: getattr(state, key) for key in ("load_s", "anchor_ms")},
             "excluded_numbers": len(state.excluded),
             "leads": LEADS,
         },

@@ -148,12 +148,6 @@ async def bootstrap(
     return created, [identity for identity in identities if identity is not None]
 
 
-def _empty(kind: str) -> ingest_pb2.UploadRequest:
-    request = ingest_pb2.UploadRequest(seq=0, batch_id="warm-up")
-    getattr(request, kind).SetInParent()
-    return request
-
-
 async def warm_up(
     channel: grpc.aio.Channel,
     devices: Sequence[DeviceIdentity],
@@ -177,8 +171,10 @@ async def warm_up(
     limit = asyncio.Semaphore(concurrency)
 
     async def one(device: DeviceIdentity, kind: str) -> None:
+        empty = ingest_pb2.UploadRequest(seq=0, batch_id="warm-up")
+        getattr(empty, kind).SetInParent()
         async with limit:
-            ack = await upload(_empty(kind), metadata=auth(device.token))
+            ack = await upload(empty, metadata=auth(device.token))
         if ack.result != ingest_pb2.UPLOAD_RESULT_ACCEPTED:
             raise RuntimeError(f"warm-up {kind} batch of device {device.device_id} refused: {ack}")
 

@@ -107,12 +107,9 @@ class Histogram:
     def summary(self, scale: float = 1.0) -> dict[str, float]:
         """p50, p95, p99, max, mean (times ``scale``) and count; NaN figures when empty."""
         if self.count == 0:
-            nan = math.nan
-            return {"p50": nan, "p95": nan, "p99": nan, "max": nan, "mean": nan, "count": 0}
+            return dict.fromkeys(("p50", "p95", "p99", "max", "mean"), math.nan) | {"count": 0}
         return {
-            "p50": self.percentile(50) * scale,
-            "p95": self.percentile(95) * scale,
-            "p99": self.percentile(99) * scale,
+            **{f"p{p}": self.percentile(p) * scale for p in (50, 95, 99)},
             "max": self.max * scale,
             "mean": self.mean * scale,
             "count": self.count,

@@ -253,26 +253,26 @@ def names(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``python -m callsight.loadtest reports``."""
-    parser.add_argument("--target", required=True, help="HOST:PORT of the callsight server")
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get(API_KEY_ENV, ""),
-        help=f"API key with role ADMIN or REPORTS (default: ${API_KEY_ENV})",
-    )
-    parser.add_argument(
-        "--rpcs",
-        type=names,
-        default=list(RPCS),
-        help=f"comma-separated report RPCs (default: all: {','.join(RPCS)})",
-    )
-    parser.add_argument(
-        "--ranges",
-        type=names,
-        default=list(DEFAULT_RANGES),
-        help="comma-separated ranges ending now, in m, h or d (default: 1d,30d,365d)",
-    )
     add_flags(
         parser,
+        ("--target", str, "HOST:PORT of the callsight server", {"required": True}),
+        (
+            "--api-key",
+            os.environ.get(API_KEY_ENV, ""),
+            f"API key with role ADMIN or REPORTS (default: ${API_KEY_ENV})",
+        ),
+        (
+            "--rpcs",
+            names,
+            f"comma-separated report RPCs (default: all: {','.join(RPCS)})",
+            {"default": list(RPCS)},
+        ),
+        (
+            "--ranges",
+            names,
+            "comma-separated ranges ending now, in m, h or d (default: 1d,30d,365d)",
+            {"default": list(DEFAULT_RANGES)},
+        ),
         ("--concurrency", 8, "concurrent callers"),
         ("--duration", 30.0, "seconds to keep calling"),
         ("--pages", 3, "pages a paged RPC walks"),

@@ -25,7 +25,12 @@ from callsight.loadtest.generate import DAY_MS
 from callsight.loadtest.workload import DeviceTruth
 from callsight.v1 import common_pb2, report_pb2, report_pb2_grpc
 
-WINDOW_MS = 400 * DAY_MS  # the longest range one report request may span
+WINDOW_MS = 400 * DAY_MS
+OPTIONAL = (
+    "contacts",
+    "telemetry",
+    "stored_call_rows",
+)  # Counts fields not every source has  # the longest range one report request may span
 CALL_TYPES = tuple(t for t in common_pb2.CallType.values() if t != common_pb2.CALL_TYPE_UNSPECIFIED)
 # EmployeeSummary fields and the call types each counts (storage/summaries.py).
 EMPLOYEE_FIELDS = {
@@ -108,15 +113,12 @@ class Counts:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready: type names instead of numbers."""
-        out: dict[str, Any] = {
+        out = {
             "calls": self.calls,
             "by_type": {type_name(t): n for t, n in sorted(self.by_type.items())},
             "employees": len(self.by_employee),
         }
-        for name in ("contacts", "telemetry", "stored_call_rows"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        return out
+        return out | {n: getattr(self, n) for n in OPTIONAL if getattr(self, n) is not None}
 
 
 def _filter(from_ms: int, to_ms: int, **extra: Any) -> report_pb2.ReportFilter:
@@ -168,68 +170,52 @@ async def report_counts(channel: grpc.aio.Channel, tenant: TenantTruth) -> Count
     return counts
 
 
-def _employee_view(counts: Counter[int]) -> dict[str, int]:
-    """Expected EmployeeSummary fields of one employee."""
-    view = {"total_calls": sum(counts.values())}
-    for name, types in EMPLOYEE_FIELDS.items():
-        view[name] = sum(counts[t] for t in types)
-    return view
+def _differs(what: str, expected: object, found: object) -> list[str]:
+    return [] if expected == found else [f"{what}: expected {expected}, found {found}"]
 
 
-def _differences_by_type(
-    where: str, expected: Counter[int], found: Counter[int] | Mapping[int, int]
-) -> list[str]:
-    out = []
-    for call_type in CALL_TYPES:
-        if expected[call_type] != found.get(call_type, 0):
-            out.append(
-                f"{where} {type_name(call_type)}: expected {expected[call_type]},"
-                f" found {found.get(call_type, 0)}"
-            )
-    return out
+def _totals(where: str, truth: TenantTruth, found: Counts) -> list[str]:
+    """Differences in the calls per call type."""
+    expected = truth.by_type
+    return [
+        difference
+        for t in CALL_TYPES
+        for difference in _differs(f"{where} {type_name(t)}", expected[t], found.by_type[t])
+    ]
+
+
+def _employees(truth: TenantTruth, found: Counts) -> Iterator[tuple[str, Counter[int], Any]]:
+    """(id, its calls by type in the truth, what ``found`` says) of every employee in either."""
+    for employee_id in sorted(set(truth.by_employee) | set(found.by_employee)):
+        counts = truth.by_employee.get(employee_id, Counter())
+        yield employee_id, counts, found.by_employee.get(employee_id, {})
 
 
 def compare_reports(truth: TenantTruth, found: Counts) -> list[str]:
     """Differences between a tenant's truth and its reports."""
-    where = f"tenant {truth.tenant_id} CallSummary"
-    out = []
-    if found.calls != truth.calls:
-        out.append(f"{where} total_calls: expected {truth.calls}, found {found.calls}")
-    out += _differences_by_type(where, truth.by_type, found.by_type)
-    employees = set(truth.by_employee) | set(found.by_employee)
-    for employee_id in sorted(employees):
-        expected = _employee_view(truth.by_employee.get(employee_id, Counter()))
-        seen = found.by_employee.get(employee_id, {})
+    where = f"tenant {truth.tenant_id}"
+    out = _differs(f"{where} CallSummary total_calls", truth.calls, found.calls)
+    out += _totals(f"{where} CallSummary", truth, found)
+    for employee_id, counts, seen in _employees(truth, found):
+        expected = {"total_calls": sum(counts.values())}
+        expected |= {name: sum(counts[t] for t in types) for name, types in EMPLOYEE_FIELDS.items()}
         for name, value in expected.items():
-            if seen.get(name, 0) != value:
-                out.append(
-                    f"tenant {truth.tenant_id} EmployeeSummary {employee_id} {name}:"
-                    f" expected {value}, found {seen.get(name, 0)}"
-                )
+            what = f"{where} EmployeeSummary {employee_id} {name}"
+            out += _differs(what, value, seen.get(name, 0))
     return out
 
 
 def compare_database(truth: TenantTruth, found: Counts) -> list[str]:
     """Differences between a tenant's truth and direct database counts."""
     where = f"tenant {truth.tenant_id} database"
-    out = []
-    if found.calls != truth.calls:
-        out.append(f"{where} calls FINAL: expected {truth.calls}, found {found.calls}")
-    out += _differences_by_type(f"{where} calls", truth.by_type, found.by_type)
-    employees = set(truth.by_employee) | set(found.by_employee)
-    for employee_id in sorted(employees):
-        expected = {
-            type_name(t): n for t, n in truth.by_employee.get(employee_id, Counter()).items() if n
-        }
-        if found.by_employee.get(employee_id, {}) != expected:
-            out.append(
-                f"{where} calls of employee {employee_id}: expected {expected},"
-                f" found {found.by_employee.get(employee_id, {})}"
-            )
+    out = _differs(f"{where} calls FINAL", truth.calls, found.calls)
+    out += _totals(f"{where} calls", truth, found)
+    for employee_id, counts, seen in _employees(truth, found):
+        expected = {type_name(t): n for t, n in counts.items() if n}
+        out += _differs(f"{where} calls of employee {employee_id}", expected, seen)
     for name in ("contacts", "telemetry"):
-        value = getattr(found, name)
-        if value is not None and value != getattr(truth, name):
-            out.append(f"{where} {name} FINAL: expected {getattr(truth, name)}, found {value}")
+        if getattr(found, name) is not None:
+            out += _differs(f"{where} {name} FINAL", getattr(truth, name), getattr(found, name))
     return out
 
 
@@ -315,15 +301,11 @@ def _total(found: dict[str, Counts] | list[Counts] | None) -> dict[str, Any] | N
     if found is None:
         return None
     total = Counts()
-    optional: dict[str, int] = {}
     for counts in found.values() if isinstance(found, dict) else found:
         total.calls += counts.calls
         total.by_type.update(counts.by_type)
         total.by_employee.update(dict.fromkeys(counts.by_employee, {}))
-        for name in ("contacts", "telemetry", "stored_call_rows"):
-            value = getattr(counts, name)
-            if value is not None:
-                optional[name] = optional.get(name, 0) + value
-    out = total.to_json()
-    out.update(optional)
-    return out
+        for name in OPTIONAL:
+            if getattr(counts, name) is not None:
+                setattr(total, name, (getattr(total, name) or 0) + getattr(counts, name))
+    return total.to_json()
