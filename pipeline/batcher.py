@@ -3,8 +3,11 @@
 Many small Arrow tables (one per device upload) are buffered per ClickHouse table and flushed
 as one insert when the buffer reaches ``max_rows`` or ``max_bytes`` or turns ``max_age_ms`` old,
 whichever comes first. Flushes queue in order for at most ``max_in_flight`` concurrent writes.
-A failed write is retried with backoff, under the same deduplication token, until it succeeds
-or the batcher is closed: nothing is dropped and nothing is acknowledged before it is written.
+A write that fails transiently is retried with backoff, under the same deduplication token,
+for at most ``retry_max_elapsed_s``; one the database refuses for good (``StorageRefused``: a
+type error, an unknown column) or an unexpected error (a bug) is not retried. Either way the
+flush's futures then fail with the error, so its batches are answered and give their budget
+back instead of stalling every other device. Nothing is acknowledged before it is written.
 
 The batcher does not bound memory itself: buffers and the flush queue grow only through
 ``add()``, and the ingest stage bounds those with a ``ByteBudget`` it acquires before ``add()``
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import structlog
 
-from callsight.core.errors import InvalidArgument, Unavailable
+from callsight.core.errors import InvalidArgument, StorageError, StorageRefused, Unavailable
 from callsight.pipeline.settings import PipelineSettings
 from callsight.storage.writer import Sink
 
@@ -39,6 +42,7 @@ class BatcherStats:
     flushes_done: int
     rows_written: int
     retries: int
+    flushes_failed: int
 
 
 @dataclass
@@ -96,6 +100,22 @@ def _resolve(waiters: list[asyncio.Future[None]]) -> None:
             waiter.set_result(None)
 
 
+def _fail(waiters: list[asyncio.Future[None]], exc: BaseException) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(exc)
+            # Callers that already gave up need not retrieve it; asyncio would log it otherwise.
+            waiter.exception()
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether the same insert may succeed if sent again."""
+    if isinstance(exc, StorageRefused):
+        return False
+    # No answer, or an overloaded or briefly unavailable database; anything else is a bug.
+    return isinstance(exc, StorageError | Unavailable | OSError | TimeoutError)
+
+
 def _abandon(waiters: list[asyncio.Future[None]]) -> None:
     for waiter in waiters:
         if not waiter.done():
@@ -121,6 +141,7 @@ class Batcher:
         self._max_in_flight = settings.max_in_flight
         self._backoff_initial_s = settings.retry_initial_s
         self._backoff_max_s = settings.retry_max_s
+        self._retry_max_elapsed_s = settings.retry_max_elapsed_s
         self._buffers: dict[str, _Buffer] = {}
         # Unbounded by design: its contents are bounded by the ingest stage's ByteBudget.
         self._queue: asyncio.Queue[_Flush | None] = asyncio.Queue()
@@ -133,6 +154,7 @@ class Batcher:
         self._flushes_done = 0
         self._rows_written = 0
         self._retries = 0
+        self._flushes_failed = 0
 
     @property
     def stats(self) -> BatcherStats:
@@ -144,6 +166,7 @@ class Batcher:
             flushes_done=self._flushes_done,
             rows_written=self._rows_written,
             retries=self._retries,
+            flushes_failed=self._flushes_failed,
         )
 
     async def start(self) -> None:
@@ -161,10 +184,10 @@ class Batcher:
         """Buffers ``rows`` for ``table``; returns the futures of the flushes that will hold them.
 
         Each future resolves once its flush is committed, or fails with ``Unavailable`` if the
-        batcher closed first. Rows past ``max_rows`` spill into the next flush, so one add may
-        get several futures. Never waits: a full buffer is handed to the writers at once.
-        Raises ``Unavailable`` after ``close()`` and ``InvalidArgument`` if the columns differ
-        from those already buffered for ``table``.
+        batcher closed first, or with the write's error if the flush failed for good. Rows past
+        ``max_rows`` spill into the next flush, so one add may get several futures. Never waits:
+        a full buffer is handed to the writers at once. Raises ``Unavailable`` after ``close()``
+        and ``InvalidArgument`` if the columns differ from those already buffered for ``table``.
         """
         if self._closed:
             raise Unavailable("shutting down; re-send the batch")
@@ -232,19 +255,22 @@ class Batcher:
             # Retrying cannot fix rows Arrow cannot combine; fail them and keep the writer alive.
             log.error("batch cannot be prepared", table=flush.table, error=type(exc).__name__)
             del self._pending[id(flush)]
-            for waiter in flush.waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            self._flushes_failed += 1
+            _fail(flush.waiters, exc)
             return
         delay = self._backoff_initial_s
         attempt = 1
+        deadline = time.monotonic() + self._retry_max_elapsed_s
         while True:
             try:
                 await self._sink.write(flush.table, rows, token)
                 break
             except Exception as exc:
-                self._retries += 1
                 pause = random.uniform(delay / 2, delay)
+                if not _transient(exc) or time.monotonic() + pause > deadline:
+                    self._give_up(flush, exc, attempt)
+                    return
+                self._retries += 1
                 # Only the error's type and code: a message could quote row values.
                 log.warning(
                     "insert failed; retrying",
@@ -262,6 +288,22 @@ class Batcher:
         self._flushes_done += 1
         self._rows_written += flush.rows
         _resolve(flush.waiters)
+
+    def _give_up(self, flush: _Flush, exc: Exception, attempts: int) -> None:
+        # Only the error's type and code: a message could quote row values.
+        log.error(
+            "insert failed for good; failing its batches"
+            if not _transient(exc)
+            else "insert still failing at the retry limit; failing its batches",
+            table=flush.table,
+            rows=flush.rows,
+            attempts=attempts,
+            error=type(exc).__name__,
+            code=getattr(exc, "code", None),
+        )
+        del self._pending[id(flush)]
+        self._flushes_failed += 1
+        _fail(flush.waiters, exc)
 
     async def close(self, timeout_s: float) -> None:
         """Stops adds, flushes every buffer and waits up to ``timeout_s`` for the writes.

@@ -3,6 +3,9 @@
 The ingest stage acquires a request's size before handing its rows to the batcher and releases
 it once the flush holding those rows is done (written or abandoned), so buffered rows can never
 exceed the budget. Waiters are served in arrival order, and ``close()`` wakes every one of them.
+
+With an ``Admission`` the budget also admits by time: bytes fit only while the queued work would
+drain within the admission's target, so the byte capacity is the hard cap behind it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 from collections import deque
 
 from callsight.core.errors import Unavailable
+from callsight.pipeline.admission import Admission
 
 _SHUTTING_DOWN = "shutting down"
 
@@ -18,10 +22,11 @@ _SHUTTING_DOWN = "shutting down"
 class ByteBudget:
     """At most ``capacity`` bytes acquired at once; FIFO waiting; explicit shutdown."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, admission: Admission | None = None) -> None:
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self._capacity = capacity
+        self._admission = admission
         self._used = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._closed = False
@@ -47,6 +52,20 @@ class ByteBudget:
         # A request larger than the whole budget would wait forever; it takes all of it instead.
         return min(n, self._capacity)
 
+    def fits_bytes(self, n: int) -> bool:
+        """Whether ``n`` bytes fit under the byte capacity now (time admission aside)."""
+        return self._used + self._clamp(n) <= self._capacity
+
+    def _fits(self, n: int) -> bool:
+        if self._used + n > self._capacity:
+            return False
+        return self._admission is None or self._admission.allows(self._used, n)
+
+    def _take(self, n: int) -> None:
+        if self._used == 0 and self._admission is not None:
+            self._admission.busy()
+        self._used += n
+
     async def acquire(self, n: int) -> None:
         """Waits until ``n`` bytes fit (after every earlier waiter), then takes them.
 
@@ -55,8 +74,8 @@ class ByteBudget:
         n = self._clamp(n)
         if self._closed:
             raise Unavailable(_SHUTTING_DOWN)
-        if not self._waiters and self._used + n <= self._capacity:
-            self._used += n
+        if not self._waiters and self._fits(n):
+            self._take(n)
             return
         waiter = (n, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
@@ -81,9 +100,9 @@ class ByteBudget:
         n = self._clamp(n)
         if self._closed:
             raise Unavailable(_SHUTTING_DOWN)
-        if self._waiters or self._used + n > self._capacity:
+        if self._waiters or not self._fits(n):
             return False
-        self._used += n
+        self._take(n)
         return True
 
     def release(self, n: int) -> None:
@@ -92,6 +111,8 @@ class ByteBudget:
         if n > self._used:
             raise ValueError(f"released {n} bytes but only {self._used} are in use")
         self._used -= n
+        if self._admission is not None:
+            self._admission.drained(n, empty=self._used == 0)
         self._wake()
 
     def _wake(self) -> None:
@@ -100,10 +121,10 @@ class ByteBudget:
             if future.done():
                 self._waiters.popleft()
                 continue
-            if self._used + n > self._capacity:
+            if not self._fits(n):
                 return
             self._waiters.popleft()
-            self._used += n
+            self._take(n)
             future.set_result(None)
 
     def close(self) -> None:

@@ -7,7 +7,13 @@
       -> ack, only once every row of the batch is in ClickHouse
 
 Memory is bounded by a byte budget taken before a batch is admitted and given back once its rows
-are written: when it is exhausted, streams stop reading and Upload answers UNAVAILABLE.
+are written; latency by admission by time: a batch is admitted only while the work queued ahead
+of it would be written within ``admission_max_queue_ms`` at the measured drain rate
+(``admission.Admission``). When either says no, streams stop reading (HTTP/2 flow control holds
+the device) and Upload answers UNAVAILABLE with a retry delay.
+
+A batch whose write failed (refused by the database, or still failing at the retry limit) fails
+its ``ingest`` with that error and gives its budget back; the deduplicator forgets its versions.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 
 from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.core.errors import Unavailable
+from callsight.pipeline.admission import Admission
 from callsight.pipeline.batcher import Batcher
 from callsight.pipeline.budget import ByteBudget
 from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
@@ -50,7 +57,8 @@ class Ingestor:
         self.clock = clock
         self.batcher = Batcher(sink, settings)
         self.dedup = Deduplicator(loader, max_entries=settings.dedup_max_entries)
-        self.budget = ByteBudget(settings.buffer_max_bytes)
+        self.admission = Admission(settings.admission_max_queue_ms / 1000)
+        self.budget = ByteBudget(settings.buffer_max_bytes, self.admission)
         self.codec = NumberCodec()
         self.admitted = 0  # batches taken off the wire so far
         self._closed = False
@@ -82,7 +90,14 @@ class Ingestor:
         self._check_open()
         ticket = Ticket(request.ByteSize())
         if not self.budget.try_acquire(ticket.nbytes):
-            raise Unavailable(f"ingest buffers are full; retry in {RETRY_AFTER_S} s", RETRY_AFTER_S)
+            if not self.budget.fits_bytes(ticket.nbytes):
+                raise Unavailable(
+                    f"ingest buffers are full; retry in {RETRY_AFTER_S} s", RETRY_AFTER_S
+                )
+            delay = round(self.admission.retry_after_s(self.budget.used, ticket.nbytes), 1)
+            raise Unavailable(
+                f"the server is at capacity (its write queue is full); retry in {delay} s", delay
+            )
         return ticket
 
     async def ingest(

@@ -17,7 +17,21 @@ class PipelineSettings:
     dedup_max_entries: int  # (device, record) versions remembered before evicting devices
     retry_initial_s: float  # first delay before a failed insert is retried
     retry_max_s: float  # the delay doubles up to this
+    retry_max_elapsed_s: float  # a flush still failing this long after its first try fails
+    admission_max_queue_ms: int  # admit while the queued work drains within this at the rate
+    stream_max_unacked: int  # acks a stream may have outstanding before it stops being read
 
     def __post_init__(self) -> None:
-        if min(self.max_rows, self.max_bytes, self.max_age_ms, self.max_in_flight) <= 0:
-            raise ValueError("max_rows, max_bytes, max_age_ms and max_in_flight must be positive")
+        sizes = (
+            self.max_rows,
+            self.max_bytes,
+            self.max_age_ms,
+            self.max_in_flight,
+            self.admission_max_queue_ms,
+            self.stream_max_unacked,
+        )
+        if min(sizes) <= 0:
+            raise ValueError(
+                "max_rows, max_bytes, max_age_ms, max_in_flight, admission_max_queue_ms and "
+                "stream_max_unacked must be positive"
+            )

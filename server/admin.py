@@ -211,7 +211,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CreateEnrollmentResponse:
         tenant_id = caller().tenant_id
         employee_id = _required(request.employee_id, "employee_id")
-        if not await self._directory.employees(tenant_id, employee_id):
+        if not await self._directory.employee_exists(tenant_id, employee_id):
             raise NotFound(f"employee {employee_id} does not exist in this tenant")
         ttl_s = request.ttl_s or DEFAULT_ENROLLMENT_TTL_S
         if ttl_s > MAX_ENROLLMENT_TTL_S:
@@ -240,8 +240,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not found:
             raise NotFound(f"device {device_id} does not exist in this tenant")
         if not found[0].revoked:
+            # The directory applies the revocation to this process's identities at once.
             await self._directory.revoke_device(found[0])
-        self._auth.forget_device(device_id)
         return admin_pb2.RevokeDeviceResponse()
 
     async def SetExcludedNumbers(

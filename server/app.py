@@ -30,8 +30,11 @@ from callsight.server.config import Config, Secret, describe
 from callsight.server.ingest import IngestServicer
 from callsight.server.interceptor import CallsightInterceptor
 from callsight.server.reports import ReportServicer
+from callsight.storage.claims import EnrollmentClaims
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
+from callsight.storage.group_writer import GroupWriter
+from callsight.storage.identities import Identities
 from callsight.storage.migrator import migrate
 from callsight.storage.rollups import DEFAULT_SETTINGS as DEFAULT_ROLLUP_SETTINGS
 from callsight.storage.rollups import Rollups, RollupSettings
@@ -59,6 +62,12 @@ SERVICES = tuple(
 # Batches over 4 MiB are refused in-stream with a REJECTED ack; grpc itself only cuts off
 # messages far beyond that, which would end the stream.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _refresher_done(task: asyncio.Task[None]) -> None:
+    # The loop retries failures itself; ending any other way than cancellation is a bug.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("identity refresh stopped", error=repr(task.exception()))
 
 
 def _secret_file(path: Path, make: bytes, what: str) -> bytes:
@@ -115,15 +124,22 @@ class Service:
         self._db: Database | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._identities: Identities | None = None
+        self._group_writer: GroupWriter | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Binds, migrates, then serves; returns the bound port."""
         master_key, operator = embedded_secrets(self.config)
         db = Database(self.config.dsn.reveal(), self.config.database)
         self._db = db
-        directory = Directory(db, self._clock)
+        identities = Identities(db)
+        self._identities = identities
+        group_writer = GroupWriter(db, self._clock)
+        self._group_writer = group_writer
+        directory = Directory(db, self._clock, group_writer, identities)
         hasher = TokenHasher(master_key)
-        authenticator = Authenticator(directory, hasher, operator.reveal() if operator else None)
+        authenticator = Authenticator(identities, hasher, operator.reveal() if operator else None)
         keys = TenantKeys(directory, master_key)
         sink: Sink = Writer(db)
         if self._wrap_sink is not None:
@@ -151,7 +167,17 @@ class Service:
             AdminServicer(directory, keys, hasher, authenticator, db, self._clock), server
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(directory, hasher, authenticator, keys, ingestor, self._clock), server
+            IngestServicer(
+                directory,
+                hasher,
+                authenticator,
+                keys,
+                ingestor,
+                self._clock,
+                identities,
+                EnrollmentClaims(db, group_writer),
+            ),
+            server,
         )
         report_pb2_grpc.add_ReportServiceServicer_to_server(
             ReportServicer(
@@ -178,6 +204,11 @@ class Service:
         applied = await migrate(db)
         log.info("migrations done", applied=applied)
         await ingestor.start()
+        await identities.load()
+        self._refresher = asyncio.create_task(
+            identities.run(self.config.directory_refresh_s), name="identity-refresh"
+        )
+        self._refresher.add_done_callback(_refresher_done)
         self._ready.set()
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -202,6 +233,17 @@ class Service:
                 await self.ingestor.close(self.config.grace_period_s)
             await stopping
             self._server = None
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+        if self._identities is not None:
+            await self._identities.close()
+            self._identities = None
+        if self._group_writer is not None:
+            # Directory writes still queued are committed before the database closes.
+            await self._group_writer.close()
+            self._group_writer = None
         if self._db is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._db.close)
             self._db = None

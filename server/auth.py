@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 from enum import Enum
 from hashlib import sha256
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from callsight.core.errors import PermissionDenied, Unauthenticated
-from callsight.storage.directory import ApiKey, Device, Directory
+from callsight.storage.identities import DeviceIdentity, Identities
 
 API_KEY_PREFIX = "csk"
 DEVICE_PREFIX = "csd"
@@ -137,25 +136,21 @@ def bearer(metadata: dict[str, str]) -> str:
 
 
 class Authenticator:
-    """Resolves bearer tokens to callers, with a short cache of the identity rows.
+    """Resolves bearer tokens to callers from the identity directory in memory.
 
-    The cache keeps lookups off the database on every Upload; a revocation in this process
-    evicts at once, one made by another process is seen after at most ``ttl_s``.
+    No call waits on a point query: a token whose id is in memory is checked there. An id not in
+    memory may belong to a device or key created a moment ago by another process, so it waits
+    for the directory's shared, rate-limited catch-up refresh once; after that it is unknown.
+    A revocation in this process applies at once, one made by another process with the next
+    refresh (about a second).
     """
 
     def __init__(
-        self,
-        directory: Directory,
-        hasher: TokenHasher,
-        operator_token: str | None,
-        ttl_s: float = 5.0,
+        self, identities: Identities, hasher: TokenHasher, operator_token: str | None
     ) -> None:
-        self._directory = directory
+        self._identities = identities
         self._hasher = hasher
         self._operator_hash = hasher.hash(operator_token) if operator_token else None
-        self._ttl_s = ttl_s
-        self._keys: dict[str, tuple[float, ApiKey | None]] = {}
-        self._devices: dict[str, tuple[float, Device | None]] = {}
 
     async def authenticate(self, access: Access, metadata: dict[str, str]) -> Caller:
         """The caller allowed to make an RPC with rule ``access``, or an auth error."""
@@ -169,12 +164,14 @@ class Authenticator:
     async def _identify(self, token: str) -> Caller:
         shape = split_token(token)
         if shape is not None and shape[0] == API_KEY_PREFIX:
-            key = await self._api_key(shape[1])
+            key_id = shape[1]
+            key = await self._identities.find(lambda: self._identities.api_key(key_id))
             if key is None or key.revoked or not self._hasher.matches(token, key.token_hash):
                 raise Unauthenticated("unknown or revoked API key")
             return Caller(Access.ADMIN, tenant_id=key.tenant_id, role=key.role, key_id=key.key_id)
         if shape is not None and shape[0] == DEVICE_PREFIX:
-            device = await self.device(shape[1])
+            device_id = shape[1]
+            device = await self._identities.find(lambda: self._identities.device(device_id))
             if device is None or not self._hasher.matches(token, device.token_hash):
                 raise Unauthenticated("unknown device token; register the device again")
             if device.revoked:
@@ -189,27 +186,9 @@ class Authenticator:
             return Caller(Access.OPERATOR)
         raise Unauthenticated("unknown token")
 
-    async def _api_key(self, key_id: str) -> ApiKey | None:
-        hit = self._keys.get(key_id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        key = await self._directory.api_key(key_id)
-        self._keys[key_id] = (time.monotonic() + self._ttl_s, key)
-        return key
-
-    async def device(self, device_id: str) -> Device | None:
-        """The device row, from the cache when fresh."""
-        hit = self._devices.get(device_id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        rows = await self._directory.devices(device_id=device_id)
-        device = rows[0] if rows else None
-        self._devices[device_id] = (time.monotonic() + self._ttl_s, device)
-        return device
-
-    def forget_device(self, device_id: str) -> None:
-        """Drops a cached device so that its revocation applies to the next call."""
-        self._devices.pop(device_id, None)
+    def device(self, device_id: str) -> DeviceIdentity | None:
+        """The device as this process knows it now (memory only)."""
+        return self._identities.device(device_id)
 
 
 def _authorize(access: Access, caller: Caller) -> None:

@@ -101,6 +101,16 @@ class Config:
     dedup_max_entries: int = 1_000_000
     write_retry_initial_s: float = 0.05
     write_retry_max_s: float = 5.0
+    # A flush still failing this long after its first try fails its batches' acks (UNAVAILABLE).
+    write_retry_max_elapsed_s: float = 60.0
+    # Admission by time: a batch waits (Stream) or is refused (Upload) while the work queued
+    # ahead of it would take longer than this to write at the measured drain rate.
+    admission_max_queue_ms: int = 500
+    # Acks a stream may have computed but not yet sent before the server stops reading it.
+    stream_max_unacked: int = 32
+    # How often the identity directory in memory reads the rows changed by other processes: a
+    # revocation made elsewhere reaches this process within about this long.
+    directory_refresh_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.dsn.reveal():
@@ -123,6 +133,9 @@ class Config:
             dedup_max_entries=self.dedup_max_entries,
             retry_initial_s=self.write_retry_initial_s,
             retry_max_s=self.write_retry_max_s,
+            retry_max_elapsed_s=self.write_retry_max_elapsed_s,
+            admission_max_queue_ms=self.admission_max_queue_ms,
+            stream_max_unacked=self.stream_max_unacked,
         )
 
     @property
@@ -281,6 +294,37 @@ _SETTINGS: tuple[_Setting, ...] = (
         "longest delay between retries of a failed insert",
         "SECONDS",
     ),
+    _Setting(
+        "write_retry_max_elapsed_s",
+        "--write-retry-max-elapsed-s",
+        _parse_float,
+        "stop retrying an insert that transient errors keep failing after this long; its "
+        "batches are answered UNAVAILABLE (refusals such as type errors are never retried)",
+        "SECONDS",
+    ),
+    _Setting(
+        "admission_max_queue_ms",
+        "--admission-max-queue-ms",
+        _parse_int,
+        "admit a batch while the work queued ahead of it drains within this at the measured "
+        "write rate; beyond it streams wait and Upload answers UNAVAILABLE with a retry delay",
+        "MS",
+    ),
+    _Setting(
+        "stream_max_unacked",
+        "--stream-max-unacked",
+        _parse_int,
+        "acks a stream may have outstanding (computed, not yet sent) before it stops being read",
+        "N",
+    ),
+    _Setting(
+        "directory_refresh_s",
+        "--directory-refresh-s",
+        _parse_float,
+        "seconds between reads of the identities (tenants, keys, devices) other processes "
+        "changed; a revocation elsewhere applies here within about this long",
+        "SECONDS",
+    ),
 )
 _BY_FIELD = {s.field: s for s in _SETTINGS}
 _SECRET_FIELDS = frozenset(s.field for s in _SETTINGS if s.flag is None)
@@ -426,7 +470,12 @@ def _validate(c: Config) -> list[str]:
 
     if c.log_level not in LOG_LEVELS:
         bad("log_level", f"unknown level {c.log_level!r}; use one of {', '.join(LOG_LEVELS)}")
-    for name in ("grace_period_s", "write_retry_initial_s", "write_retry_max_s"):
+    for name in (
+        "grace_period_s",
+        "write_retry_initial_s",
+        "write_retry_max_s",
+        "write_retry_max_elapsed_s",
+    ):
         g = getattr(c, name)
         if (
             isinstance(g, bool)
@@ -434,6 +483,10 @@ def _validate(c: Config) -> list[str]:
             or not (math.isfinite(g) and g > 0)
         ):
             bad(name, f"must be a number of seconds > 0 (got {g!r})")
+
+    refresh = c.directory_refresh_s
+    if isinstance(refresh, bool) or not isinstance(refresh, int | float) or not 0 < refresh <= 60:
+        bad("directory_refresh_s", f"must be a number of seconds > 0 and <= 60 (got {refresh!r})")
 
     positive: dict[str, int] = {}
     for name in (
@@ -443,6 +496,8 @@ def _validate(c: Config) -> list[str]:
         "buffer_max_bytes",
         "max_inserts_in_flight",
         "dedup_max_entries",
+        "admission_max_queue_ms",
+        "stream_max_unacked",
     ):
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -456,6 +511,14 @@ def _validate(c: Config) -> list[str]:
             "batch_max_bytes",
             f"{batch} exceeds {_BY_FIELD['buffer_max_bytes'].label} ({buffer}); "
             "lower it or raise the buffer",
+        )
+    age, queue = positive.get("batch_max_age_ms"), positive.get("admission_max_queue_ms")
+    if age is not None and queue is not None and queue <= age:
+        # Every batch waits up to the age limit to be flushed: a lower target refuses idle work.
+        bad(
+            "admission_max_queue_ms",
+            f"{queue} must exceed {_BY_FIELD['batch_max_age_ms'].label} ({age}), the longest "
+            "a batch waits to be flushed",
         )
     return problems
 

@@ -22,6 +22,7 @@ from callsight.core.errors import (
     NotFound,
     PermissionDenied,
     StorageError,
+    StorageRefused,
     Unauthenticated,
     Unavailable,
     Unimplemented,
@@ -35,6 +36,8 @@ _CODES: tuple[tuple[type[CallsightError], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    # Before StorageError: a refusal is a bug on our side that a retry cannot fix.
+    (StorageRefused, grpc.StatusCode.INTERNAL),
     (StorageError, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
 )
@@ -54,6 +57,12 @@ def status_code(exc: CallsightError) -> grpc.StatusCode:
 
 def client_message(exc: CallsightError) -> str:
     """What the client is told."""
+    if isinstance(exc, StorageRefused):
+        # Code and name only: the database's text may quote stored values.
+        return (
+            f"the database refused this batch (ClickHouse error {exc.code} {exc.name}); it was "
+            "not stored and sending it again will fail the same way until the server is fixed"
+        )
     if isinstance(exc, StorageError):
         # The database's own text may name internals; the client only needs to retry.
         return "the database is unavailable; retry with backoff"
@@ -62,7 +71,7 @@ def client_message(exc: CallsightError) -> str:
 
 def trailing_metadata(exc: CallsightError) -> tuple[tuple[str, bytes | str], ...]:
     """Rich status details: a RetryInfo for errors the client should retry."""
-    if isinstance(exc, Unavailable | StorageError):
+    if isinstance(exc, Unavailable | StorageError) and not isinstance(exc, StorageRefused):
         delay = exc.retry_after_s if isinstance(exc, Unavailable) else 1.0
         retry = error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any, TypeAlias
 
 import grpc
 
 from callsight.core.clock import Clock
-from callsight.core.errors import InvalidArgument, Unauthenticated
+from callsight.core.errors import InvalidArgument, StorageRefused, Unauthenticated
 from callsight.pipeline.encode import Source
 from callsight.pipeline.ingest import Ingestor, Ticket
 from callsight.pipeline.keys import TenantKeys
@@ -25,10 +24,15 @@ from callsight.server.auth import (
     new_public_id,
     split_token,
 )
-from callsight.storage.directory import Device, Directory, Tenant
+from callsight.server.errors import client_message
+from callsight.storage.claims import EnrollmentClaims
+from callsight.storage.directory import Device, Directory, Enrollment
+from callsight.storage.identities import Identities
 from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_USED = "this enrollment code was already used; ask an admin for a new one"
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -42,6 +46,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         keys: TenantKeys,
         ingestor: Ingestor,
         clock: Clock,
+        identities: Identities,
+        claims: EnrollmentClaims,
     ) -> None:
         self._clock = clock
         self._directory = directory
@@ -49,9 +55,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._auth = authenticator
         self._keys = keys
         self._ingestor = ingestor
-        self._tenants: dict[str, Tenant] = {}
-        # One registration at a time in this process keeps an enrollment code single-use.
-        self._register_lock = asyncio.Lock()
+        self._identities = identities
+        # Claims keep an enrollment code single-use across processes, without a lock.
+        self._claims = claims
 
     async def RegisterDevice(
         self, request: ingest_pb2.RegisterDeviceRequest, context: Context
@@ -62,43 +68,51 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         shape = split_token(code)
         if shape is None or shape[0] != ENROLLMENT_PREFIX:
             raise Unauthenticated("enrollment_code is not a callsight enrollment code")
-        async with self._register_lock:
-            enrollment = await self._directory.enrollment(shape[1])
-            if enrollment is None or not self._hasher.matches(code, enrollment.code_hash):
-                raise Unauthenticated("unknown enrollment code")
-            if enrollment.used_at_ms is not None:
-                raise Unauthenticated(
-                    "this enrollment code was already used; ask an admin for a new one"
-                )
-            now = self._clock.now_ms()
-            if now >= enrollment.expires_at_ms:
-                raise Unauthenticated(
-                    "this enrollment code has expired; ask an admin for a new one"
-                )
-            device_id = new_public_id()
-            token, token_hash = self._hasher.issue(DEVICE_PREFIX, device_id)
-            # Used first: a crash between the two writes leaves a dead code, never a reusable one.
-            await self._directory.put_enrollment(
-                replace(enrollment, used_at_ms=now, device_id=device_id)
-            )
-            await self._directory.put_device(
-                Device(
-                    tenant_id=enrollment.tenant_id,
-                    device_id=device_id,
-                    employee_id=enrollment.employee_id,
-                    token_hash=token_hash,
-                    registered_at_ms=now,
-                    model=info.model,
-                    manufacturer=info.manufacturer,
-                    android_version=info.android_version,
-                    sdk_int=info.sdk_int,
-                    app_version=info.app_version,
-                    version_code=info.version_code,
-                    fcm_id=info.fcm_id,
-                    sim_ids=tuple(info.sim_ids),
-                    region=region,
-                )
-            )
+        enrollment_id = shape[1]
+        # Ids are looked up in memory: a garbage code costs no query of its own.
+        enrollment = await self._identities.find(lambda: self._identities.enrollment(enrollment_id))
+        if enrollment is None or not self._hasher.matches(code, enrollment.code_hash):
+            raise Unauthenticated("unknown enrollment code")
+        if enrollment.used:
+            raise Unauthenticated(_USED)
+        now = self._clock.now_ms()
+        if now >= enrollment.expires_at_ms:
+            raise Unauthenticated("this enrollment code has expired; ask an admin for a new one")
+        device_id = new_public_id()
+        token, token_hash = self._hasher.issue(DEVICE_PREFIX, device_id)
+        # Claimed first and only the winner writes its device: a crash between leaves a dead
+        # code, never a reusable one, and a losing claimant's token never exists.
+        if not await self._claims.claim(enrollment.tenant_id, enrollment_id, device_id, now):
+            raise Unauthenticated(_USED)
+        device = Device(
+            tenant_id=enrollment.tenant_id,
+            device_id=device_id,
+            employee_id=enrollment.employee_id,
+            token_hash=token_hash,
+            registered_at_ms=now,
+            model=info.model,
+            manufacturer=info.manufacturer,
+            android_version=info.android_version,
+            sdk_int=info.sdk_int,
+            app_version=info.app_version,
+            version_code=info.version_code,
+            fcm_id=info.fcm_id,
+            sim_ids=tuple(info.sim_ids),
+            region=region,
+        )
+        used = Enrollment(
+            tenant_id=enrollment.tenant_id,
+            enrollment_id=enrollment_id,
+            employee_id=enrollment.employee_id,
+            code_hash=enrollment.code_hash,
+            created_at_ms=enrollment.created_at_ms,
+            expires_at_ms=enrollment.expires_at_ms,
+            used_at_ms=now,
+            device_id=device_id,
+        )
+        await asyncio.gather(
+            self._directory.put_enrollment(used), self._directory.put_device(device)
+        )
         return ingest_pb2.RegisterDeviceResponse(
             device_id=device_id, device_token=token, employee_id=enrollment.employee_id
         )
@@ -106,17 +120,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def _source(self) -> Source:
         """Who is sending, from the device token; refuses a device revoked since it connected."""
         caller = current_caller()
-        device = await self._auth.device(caller.device_id)
+        device = self._auth.device(caller.device_id)
         if device is None or device.revoked:
             raise Unauthenticated("this device was revoked; enroll it again")
         region = device.region
         if not region:
-            tenant = self._tenants.get(caller.tenant_id)
+            tenant = self._identities.tenant(caller.tenant_id)
             if tenant is None:
-                tenant = await self._directory.tenant(caller.tenant_id)
-                if tenant is None:
-                    raise Unauthenticated("the device's tenant no longer exists")
-                self._tenants[caller.tenant_id] = tenant
+                raise Unauthenticated("the device's tenant no longer exists")
             region = tenant.default_region
         return Source(
             tenant_id=caller.tenant_id,
@@ -139,12 +150,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         context: Context,
     ) -> AsyncIterator[ingest_pb2.UploadAck]:
         # A reader task admits batches (waiting for buffer space stops reading, so HTTP/2 flow
-        # control holds the device) while this generator sends acks in request order.
+        # control holds the device) while this generator sends acks in request order. Each
+        # batch holds an ack slot until its ack is sent, so a client that does not read its
+        # acks stops being read instead of piling them up here.
+        slots = asyncio.Semaphore(self._ingestor.settings.stream_max_unacked)
+        # Bounded by the slots (plus the end marker).
         acks: asyncio.Queue[asyncio.Future[ingest_pb2.UploadAck] | None] = asyncio.Queue()
-        reader = asyncio.create_task(self._read(request_iterator, acks))
+        reader = asyncio.create_task(self._read(request_iterator, acks, slots))
         try:
             while (pending := await acks.get()) is not None:
                 yield await pending
+                slots.release()
             await reader  # surfaces a reader failure (e.g. revoked device) as the status
         finally:
             reader.cancel()
@@ -158,20 +174,28 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self,
         request_iterator: AsyncIterator[ingest_pb2.UploadRequest | InvalidArgument],
         acks: asyncio.Queue[asyncio.Future[ingest_pb2.UploadAck] | None],
+        slots: asyncio.Semaphore,
     ) -> None:
         loop = asyncio.get_running_loop()
+        requests = aiter(request_iterator)
         try:
-            async for request in request_iterator:
+            while True:
+                # A free ack slot before the next message is read off the wire.
+                await slots.acquire()
+                try:
+                    request = await anext(requests)
+                except StopAsyncIteration:
+                    return
                 source = await self._source()
                 if isinstance(request, InvalidArgument):
                     done = loop.create_future()
                     done.set_result(self._rejected(ingest_pb2.UploadRequest(), str(request)))
-                    await acks.put(done)
+                    acks.put_nowait(done)
                     continue
                 ticket = await self._ingestor.admit(request)
-                await acks.put(asyncio.ensure_future(self._one(request, source, ticket)))
+                acks.put_nowait(asyncio.ensure_future(self._one(request, source, ticket)))
         finally:
-            await acks.put(None)
+            acks.put_nowait(None)
 
     async def _one(
         self, request: ingest_pb2.UploadRequest, source: Source, ticket: Ticket
@@ -180,6 +204,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             return await self._ingestor.ingest(request, source, ticket)
         except BatchRejected as exc:
             return self._rejected(request, str(exc))
+        except StorageRefused as exc:
+            # Sending it again cannot succeed: answer it so the device moves on.
+            return self._rejected(request, client_message(exc))
 
     def _rejected(self, request: ingest_pb2.UploadRequest, reason: str) -> ingest_pb2.UploadAck:
         """The ack of a batch refused whole; the stream stays open."""

@@ -20,7 +20,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from callsight.core.errors import InvalidArgument, StorageError
+from callsight.core.errors import InvalidArgument, StorageError, StorageRefused
 from callsight.storage.sql import Sql
 
 T = TypeVar("T")
@@ -51,11 +51,52 @@ def _checked(database: str) -> str:
     return database
 
 
+# ClickHouse error codes that say the request itself is wrong (its types, columns or SQL), so
+# sending it again can never succeed. Every other error (timeouts, TOO_MANY_PARTS 252,
+# MEMORY_LIMIT_EXCEEDED 241, network 209/210, Keeper 999, no code at all) may pass on a retry.
+PERMANENT_CODES: Mapping[int, str] = {
+    6: "CANNOT_PARSE_TEXT",
+    8: "THERE_IS_NO_COLUMN",
+    10: "NOT_FOUND_COLUMN_IN_BLOCK",
+    15: "DUPLICATE_COLUMN",
+    16: "NO_SUCH_COLUMN_IN_TABLE",
+    20: "NUMBER_OF_COLUMNS_DOESNT_MATCH",
+    26: "CANNOT_PARSE_QUOTED_STRING",
+    27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    36: "BAD_ARGUMENTS",
+    38: "CANNOT_PARSE_DATE",
+    41: "CANNOT_PARSE_DATETIME",
+    43: "ILLEGAL_TYPE_OF_ARGUMENT",
+    44: "ILLEGAL_COLUMN",
+    47: "UNKNOWN_IDENTIFIER",
+    48: "NOT_IMPLEMENTED",
+    49: "LOGICAL_ERROR",
+    53: "TYPE_MISMATCH",
+    60: "UNKNOWN_TABLE",
+    62: "SYNTAX_ERROR",
+    70: "CANNOT_CONVERT_TYPE",
+    72: "CANNOT_PARSE_NUMBER",
+    81: "UNKNOWN_DATABASE",
+    117: "INCORRECT_DATA",
+    131: "TOO_LARGE_STRING_SIZE",
+    190: "SIZES_OF_ARRAYS_DONT_MATCH",
+    321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+}
+
+
 def _storage_error(exc: Exception) -> StorageError:
-    match = _CODE.search(str(exc))
-    code = int(match.group(1)) if match else None
+    # The driver parses the code (HTTP header or chDB message); the pattern is a fallback.
+    code: int | None = getattr(exc, "code", None)
+    if code is None:
+        match = _CODE.search(str(exc))
+        code = int(match.group(1)) if match else None
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return StorageError(f"ClickHouse error: {first_line[:500]}", code=code)
+    message = f"ClickHouse error: {first_line[:500]}"
+    if code is not None and code in PERMANENT_CODES:
+        name = getattr(exc, "name", None) or PERMANENT_CODES[code]
+        return StorageRefused(message, code, name)
+    return StorageError(message, code=code)
 
 
 class Database:

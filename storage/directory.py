@@ -3,7 +3,8 @@
 These tables are small and change rarely. Every row is written whole with a new ``version`` and
 read with ``FINAL``, so an update is an insert and the newest version wins. Secrets are stored as
 HMAC hashes and personal data as ciphertext produced by the caller; this module never sees a
-plaintext number.
+plaintext number. With a ``GroupWriter`` concurrent writes share one insert per table; with
+``Identities`` every write is applied to this process's memory as soon as it is committed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from typing import Any
 
 from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.storage.database import Database
+from callsight.storage.group_writer import GroupWriter
+from callsight.storage.identities import (
+    DeviceIdentity,
+    EnrollmentState,
+    Identities,
+    KeyIdentity,
+    TenantIdentity,
+)
 from callsight.storage.sql import Sql
 
 
@@ -87,29 +96,40 @@ class Device:
 class Directory:
     """Reads and writes the identity tables of one database."""
 
-    def __init__(self, db: Database, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock = SYSTEM_CLOCK,
+        writer: GroupWriter | None = None,
+        identities: Identities | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._writer = writer
+        self._identities = identities
+
+    async def _insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> int:
+        """Inserts rows (without their version column); returns the version they were given."""
+        if self._writer is not None:
+            return await self._writer.insert(table, columns, rows, stamp_version=True)
+        version = self._clock.now_ns()
+        await self._db.insert_rows(table, [(*row, version) for row in rows], [*columns, "version"])
+        return version
 
     # Tenants and their keys
 
     async def add_tenant(self, tenant: Tenant, key_id: int, wrapped_key: bytes) -> None:
         """Stores a tenant with its first wrapped data key (key first: a tenant never lacks one)."""
-        await self._db.insert_rows(
+        await self._insert(
             "tenant_keys",
-            [
-                (
-                    tenant.tenant_id,
-                    key_id,
-                    wrapped_key,
-                    _dt(tenant.created_at_ms),
-                    self._clock.now_ns(),
-                )
-            ],
-            ["tenant_id", "key_id", "wrapped_key", "created_at", "version"],
+            ["tenant_id", "key_id", "wrapped_key", "created_at"],
+            [(tenant.tenant_id, key_id, wrapped_key, _dt(tenant.created_at_ms))],
         )
-        await self._db.insert_rows(
+        version = await self._insert(
             "tenants",
+            ["tenant_id", "name", "default_region", "timezone", "created_at"],
             [
                 (
                     tenant.tenant_id,
@@ -117,11 +137,13 @@ class Directory:
                     tenant.default_region,
                     tenant.timezone,
                     _dt(tenant.created_at_ms),
-                    self._clock.now_ns(),
                 )
             ],
-            ["tenant_id", "name", "default_region", "timezone", "created_at", "version"],
         )
+        if self._identities is not None:
+            self._identities.tenants.put(
+                tenant.tenant_id, version, TenantIdentity(tenant.tenant_id, tenant.default_region)
+            )
 
     async def tenant(self, tenant_id: str) -> Tenant | None:
         """The tenant, or None."""
@@ -151,8 +173,9 @@ class Directory:
 
     async def add_api_key(self, key: ApiKey) -> None:
         """Stores an API key (its token only as a hash)."""
-        await self._db.insert_rows(
+        version = await self._insert(
             "api_keys",
+            ["tenant_id", "key_id", "name", "role", "token_hash", "created_at", "revoked"],
             [
                 (
                     key.tenant_id,
@@ -162,20 +185,15 @@ class Directory:
                     key.token_hash,
                     _dt(key.created_at_ms),
                     key.revoked,
-                    self._clock.now_ns(),
                 )
             ],
-            [
-                "tenant_id",
-                "key_id",
-                "name",
-                "role",
-                "token_hash",
-                "created_at",
-                "revoked",
-                "version",
-            ],
         )
+        if self._identities is not None:
+            self._identities.api_keys.put(
+                key.key_id,
+                version,
+                KeyIdentity(key.tenant_id, key.key_id, key.role, key.token_hash, key.revoked),
+            )
 
     async def api_key(self, key_id: str) -> ApiKey | None:
         """The API key with this public id, whatever its tenant, or None."""
@@ -204,8 +222,17 @@ class Directory:
 
     async def add_employee(self, employee: Employee) -> None:
         """Stores an employee (name and number already encrypted)."""
-        await self._db.insert_rows(
+        version = await self._insert(
             "employees",
+            [
+                "tenant_id",
+                "employee_id",
+                "name_enc",
+                "number_enc",
+                "number_bidx",
+                "tags",
+                "created_at",
+            ],
             [
                 (
                     employee.tenant_id,
@@ -215,20 +242,13 @@ class Directory:
                     employee.number_bidx,
                     list(employee.tags),
                     _dt(employee.created_at_ms),
-                    self._clock.now_ns(),
                 )
             ],
-            [
-                "tenant_id",
-                "employee_id",
-                "name_enc",
-                "number_enc",
-                "number_bidx",
-                "tags",
-                "created_at",
-                "version",
-            ],
         )
+        if self._identities is not None:
+            self._identities.employees.put(
+                (employee.tenant_id, employee.employee_id), version, True
+            )
 
     async def employees(self, tenant_id: str, employee_id: str | None = None) -> list[Employee]:
         """The tenant's employees, or the one with ``employee_id``."""
@@ -257,12 +277,32 @@ class Directory:
             for r in rows
         ]
 
+    async def employee_exists(self, tenant_id: str, employee_id: str) -> bool:
+        """Whether the tenant has this employee: from memory when the identities are kept."""
+        identities = self._identities
+        if identities is not None:
+            found = await identities.find(
+                lambda: identities.has_employee(tenant_id, employee_id) or None
+            )
+            return found is not None
+        return bool(await self.employees(tenant_id, employee_id))
+
     # Enrollments
 
     async def put_enrollment(self, enrollment: Enrollment) -> None:
         """Stores a new enrollment or a new version of one (e.g. marked used)."""
-        await self._db.insert_rows(
+        version = await self._insert(
             "enrollments",
+            [
+                "tenant_id",
+                "enrollment_id",
+                "employee_id",
+                "code_hash",
+                "created_at",
+                "expires_at",
+                "used_at",
+                "device_id",
+            ],
             [
                 (
                     enrollment.tenant_id,
@@ -273,21 +313,23 @@ class Directory:
                     _dt(enrollment.expires_at_ms),
                     None if enrollment.used_at_ms is None else _dt(enrollment.used_at_ms),
                     enrollment.device_id,
-                    self._clock.now_ns(),
                 )
             ],
-            [
-                "tenant_id",
-                "enrollment_id",
-                "employee_id",
-                "code_hash",
-                "created_at",
-                "expires_at",
-                "used_at",
-                "device_id",
-                "version",
-            ],
         )
+        if self._identities is not None:
+            self._identities.enrollments.put(
+                enrollment.enrollment_id,
+                version,
+                EnrollmentState(
+                    enrollment.tenant_id,
+                    enrollment.enrollment_id,
+                    enrollment.employee_id,
+                    enrollment.code_hash,
+                    enrollment.created_at_ms,
+                    enrollment.expires_at_ms,
+                    enrollment.used_at_ms is not None,
+                ),
+            )
 
     async def enrollment(self, enrollment_id: str) -> Enrollment | None:
         """The enrollment with this public id, whatever its tenant, or None."""
@@ -311,9 +353,9 @@ class Directory:
 
     async def put_devices(self, devices: Sequence[Device]) -> None:
         """Stores many devices (or new versions of them) in one insert."""
-        version = self._clock.now_ns()
-        await self._db.insert_rows(
+        version = await self._insert(
             "devices",
+            _DEVICE_COLUMNS,
             [
                 (
                     d.tenant_id,
@@ -331,12 +373,19 @@ class Directory:
                     d.region,
                     _dt(d.registered_at_ms),
                     d.revoked,
-                    version,
                 )
                 for d in devices
             ],
-            list(_DEVICE_COLUMNS) + ["version"],
         )
+        if self._identities is not None:
+            for d in devices:
+                self._identities.devices.put(
+                    d.device_id,
+                    version,
+                    DeviceIdentity(
+                        d.tenant_id, d.device_id, d.employee_id, d.token_hash, d.region, d.revoked
+                    ),
+                )
 
     async def devices(
         self, tenant_id: str | None = None, device_id: str | None = None

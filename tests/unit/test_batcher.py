@@ -1,4 +1,5 @@
-"""Batcher: flush by rows, bytes or age; bounded writes in flight; retry until written; close."""
+"""Batcher: flush by rows, bytes or age; bounded writes in flight; bounded retries of transient
+failures; refusals fail fast; close."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from callsight.core.errors import InvalidArgument, Unavailable
+from callsight.core.errors import InvalidArgument, StorageError, StorageRefused, Unavailable
 from callsight.pipeline.batcher import Batcher
 from callsight.pipeline.settings import PipelineSettings
 from callsight.server.config import Config
@@ -279,3 +280,99 @@ async def test_equal_content_gets_equal_tokens() -> None:
         tokens.append(sink.writes[0][2])
     assert tokens[0] == tokens[1]
     assert tokens[0].startswith("calls-")
+
+
+TOO_MANY_PARTS = 252
+TYPE_MISMATCH = 53
+
+
+async def test_a_transient_error_by_code_is_retried_until_it_succeeds() -> None:
+    recorder = RecordingSink()
+    sink = FaultInjectingWriter(recorder)
+    sink.fail_next(2, code=TOO_MANY_PARTS)
+    batcher = Batcher(
+        sink, settings(max_rows=10, max_age_ms=LONG_MS, retry_initial_s=0.001, retry_max_s=0.002)
+    )
+    futures = batcher.add("calls", rows(0, 10))
+    await done(futures)
+    assert (sink.attempts, sink.failures) == (3, 2)
+    assert [ids(w[1]) for w in recorder.writes] == [list(range(10))]
+    assert (batcher.stats.retries, batcher.stats.flushes_failed) == (2, 0)
+    await batcher.close(1)
+
+
+async def test_a_refused_write_fails_fast_without_stalling_the_next_flushes() -> None:
+    recorder = RecordingSink()
+    sink = FaultInjectingWriter(recorder)
+    sink.fail_until_cleared(code=TYPE_MISMATCH, tables=["calls"])
+    # One writer and retries that would take minutes: only failing fast lets the rest through.
+    batcher = Batcher(
+        sink,
+        settings(
+            max_rows=10,
+            max_age_ms=LONG_MS,
+            max_in_flight=1,
+            retry_initial_s=60,
+            retry_max_s=60,
+            retry_max_elapsed_s=3_600,
+        ),
+    )
+    refused = batcher.add("calls", rows(0, 10))
+    contacts = batcher.add("contacts", rows(100, 10))
+    telemetry = batcher.add("telemetry", rows(200, 10))
+    await done(contacts + telemetry)
+    (future,) = refused
+    assert future.done()
+    error = future.exception()
+    assert isinstance(error, StorageRefused)
+    assert (error.code, error.name) == (TYPE_MISMATCH, "TYPE_MISMATCH")
+    assert sink.failures == 1  # never retried
+    assert [w[0] for w in recorder.writes] == ["contacts", "telemetry"]
+    stats = batcher.stats
+    assert (stats.retries, stats.flushes_failed, stats.flushes_done) == (0, 1, 2)
+    assert stats.flushes_pending == 0
+    await batcher.close(1)
+
+
+async def test_retries_stop_at_the_configured_bound() -> None:
+    recorder = RecordingSink()
+    sink = FaultInjectingWriter(recorder)
+    sink.fail_until_cleared(code=TOO_MANY_PARTS)
+    batcher = Batcher(
+        sink,
+        settings(
+            max_rows=10,
+            max_age_ms=LONG_MS,
+            retry_initial_s=0.001,
+            retry_max_s=0.002,
+            retry_max_elapsed_s=0.05,
+        ),
+    )
+    futures = batcher.add("calls", rows(0, 10))
+    await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 2)
+    error = futures[0].exception()
+    assert isinstance(error, StorageError) and not isinstance(error, StorageRefused)
+    assert error.code == TOO_MANY_PARTS
+    attempts = sink.attempts
+    assert attempts >= 2  # it was retried ...
+    await asyncio.sleep(0.05)
+    assert sink.attempts == attempts  # ... and then left alone
+    assert batcher.stats.flushes_failed == 1 and batcher.stats.flushes_pending == 0
+    # The writer is free for the next flush.
+    sink.clear()
+    await done(batcher.add("calls", rows(10, 10)))
+    assert [ids(w[1]) for w in recorder.writes] == [list(range(10, 20))]
+    await batcher.close(1)
+
+
+async def test_an_unexpected_error_is_a_bug_and_is_not_retried() -> None:
+    class BrokenSink(RecordingSink):
+        async def write(self, table: str, rows: pa.Table, token: str) -> None:
+            raise TypeError("a bug")
+
+    batcher = Batcher(BrokenSink(), settings(max_rows=10, max_age_ms=LONG_MS))
+    futures = batcher.add("calls", rows(0, 10))
+    await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 2)
+    assert isinstance(futures[0].exception(), TypeError)
+    assert batcher.stats.retries == 0
+    await batcher.close(1)

@@ -1,4 +1,5 @@
-"""ByteBudget: bounded bytes in flight, FIFO waiting, shutdown that wakes every waiter."""
+"""ByteBudget: bounded bytes in flight, FIFO waiting, shutdown that wakes every waiter, and
+admission by time in front of the byte cap."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import pytest
 
 from callsight.core.errors import Unavailable
+from callsight.pipeline.admission import Admission
 from callsight.pipeline.budget import ByteBudget
 
 
@@ -118,3 +120,56 @@ def test_invalid_amounts_are_rejected() -> None:
         budget.try_acquire(-1)
     with pytest.raises(ValueError):
         budget.release(1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def timed_budget(rate: int) -> tuple[ByteBudget, FakeClock]:
+    """A 1 MB budget whose admission measured ``rate`` bytes/s, with a 0.5 s target."""
+    clock = FakeClock()
+    budget = ByteBudget(1_000_000, Admission(0.5, clock, sample_s=0.1))
+    for _ in range(3):  # drain at ``rate``: three samples of 0.1 s
+        await budget.acquire(rate // 10)
+        clock.now += 0.1
+        budget.release(rate // 10)
+    return budget, clock
+
+
+async def test_without_a_measurement_the_byte_cap_alone_applies() -> None:
+    budget = ByteBudget(100, Admission(0.5, FakeClock()))
+    assert budget.try_acquire(60)
+    assert budget.try_acquire(40)
+    assert not budget.try_acquire(1)
+
+
+async def test_admission_by_time_refuses_before_the_byte_cap() -> None:
+    budget, _ = await timed_budget(100_000)  # 0.5 s of queue: 50 kB
+    assert budget.try_acquire(30_000)
+    assert budget.try_acquire(20_000)
+    assert not budget.try_acquire(1)
+    assert budget.fits_bytes(1)  # refused by time, not by bytes
+    budget.release(50_000)
+    # An empty queue admits any batch, even one over the target.
+    assert budget.try_acquire(80_000)
+
+
+async def test_a_waiter_held_by_time_is_admitted_as_the_queue_drains() -> None:
+    budget, clock = await timed_budget(100_000)
+    await budget.acquire(50_000)
+    waiter = asyncio.create_task(budget.acquire(20_000))
+    await settle()
+    assert not waiter.done() and budget.waiting == 1
+    clock.now += 0.1
+    budget.release(10_000)  # 40 kB + 20 kB is still over the target
+    await settle()
+    assert not waiter.done()
+    clock.now += 0.1
+    budget.release(10_000)
+    await asyncio.wait_for(waiter, 1)
+    assert budget.used == 50_000

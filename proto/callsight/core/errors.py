@@ -55,6 +55,18 @@ class StorageError(CallsightError):
         self.code = code
 
 
+class StorageRefused(StorageError):
+    """ClickHouse refused the request for good (a type error, an unknown column: a bug).
+
+    Sending the same request again cannot succeed, so it is never retried; ``name`` is
+    ClickHouse's symbolic name for ``code`` (e.g. ``TYPE_MISMATCH``) when known.
+    """
+
+    def __init__(self, message: str, code: int, name: str) -> None:
+        super().__init__(message, code)
+        self.name = name
+
+
 class ConfigError(CallsightError):
     """The configuration is invalid; ``problems`` lists every problem found, not just the first."""
 

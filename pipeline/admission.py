@@ -1,0 +1,94 @@
+"""Admission by time: keep the work queued ahead of an ack under a target at the drain rate.
+
+The queue is the request bytes admitted and not yet released (written, refused or abandoned);
+the drain rate is how many of those bytes leave it per second while it is not empty, smoothed
+over about ``smoothing_s``. Measuring in the queue's own unit, and only while there is work,
+makes ``queued / rate`` the expected wait of a new batch (Little's law) whatever the record
+kind, and an idle spell does not read as a slow database.
+
+A batch is admitted while ``(queued + its bytes) / rate`` stays under ``max_queue_s``. An empty
+queue always admits (so the rate can be measured and nothing deadlocks), and before the first
+measurement only the byte budget applies. The object is pure: no tasks, no waiting; the
+``ByteBudget`` consults it and wakes its waiters on every release.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+# A refused Upload is told to come back no sooner than this, nor later than the cap.
+MIN_RETRY_AFTER_S = 0.1
+MAX_RETRY_AFTER_S = 5.0
+
+
+class Admission:
+    """Admits a batch while the queued work would drain within ``max_queue_s``."""
+
+    def __init__(
+        self,
+        max_queue_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        smoothing_s: float = 1.0,
+        sample_s: float = 0.05,
+    ) -> None:
+        if not (max_queue_s > 0 and smoothing_s > 0 and sample_s > 0):
+            raise ValueError("max_queue_s, smoothing_s and sample_s must be positive")
+        self.max_queue_s = max_queue_s
+        self._clock = clock
+        self._smoothing_s = smoothing_s
+        self._sample_s = sample_s
+        self._rate: float | None = None  # bytes per busy second
+        self._busy_since: float | None = None  # None: the queue is empty
+        self._bytes = 0  # drained since the last sample
+        self._seconds = 0.0  # busy time since the last sample
+        self._last = -math.inf  # when the last release happened
+
+    @property
+    def rate(self) -> float | None:
+        """Smoothed bytes drained per second of non-empty queue; None before a measurement."""
+        return self._rate
+
+    def busy(self) -> None:
+        """The queue just turned non-empty."""
+        if self._busy_since is None:
+            self._busy_since = self._clock()
+
+    def drained(self, n: int, empty: bool) -> None:
+        """``n`` bytes left the queue; ``empty``: nothing is queued any more."""
+        now = self._clock()
+        # A flush completes many batches at one instant, so a sample closes only at a later
+        # release, once it spans ``sample_s`` of busy time: never between two of one instant.
+        if now > self._last and self._seconds >= self._sample_s:
+            sample = self._bytes / self._seconds
+            if self._rate is None:
+                self._rate = sample
+            else:
+                weight = 1 - math.exp(-self._seconds / self._smoothing_s)
+                self._rate += weight * (sample - self._rate)
+            self._bytes, self._seconds = 0, 0.0
+        if self._busy_since is not None:
+            self._seconds += now - self._busy_since
+        self._busy_since = None if empty else now
+        self._bytes += n
+        self._last = now
+
+    def wait_s(self, queued: int) -> float | None:
+        """The expected time to drain ``queued`` bytes; None before a measurement."""
+        if self._rate is None:
+            return None
+        return queued / self._rate if self._rate > 0 else math.inf
+
+    def allows(self, queued: int, n: int) -> bool:
+        """Whether a batch of ``n`` bytes may join ``queued`` bytes now."""
+        if queued == 0:
+            return True
+        wait = self.wait_s(queued + n)
+        return wait is None or wait <= self.max_queue_s
+
+    def retry_after_s(self, queued: int, n: int) -> float:
+        """When a refused batch of ``n`` bytes would fit: the wait beyond the target."""
+        wait = self.wait_s(queued + n)
+        excess = MIN_RETRY_AFTER_S if wait is None else wait - self.max_queue_s
+        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, excess))
