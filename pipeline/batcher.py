@@ -201,8 +201,12 @@ class Batcher:
             if buffer is None:
                 buffer = self._new_buffer(loop, table, rows.schema)
             take = min(rows.num_rows, self._max_rows - buffer.rows)
-            part, rows = rows.slice(0, take), rows.slice(take)
-            nbytes = part.nbytes
+            if take == rows.num_rows:  # the common case: no slicing
+                part, rows = rows, rows.slice(take)
+            else:
+                part, rows = rows.slice(0, take), rows.slice(take)
+            # The buffers' size, not nbytes: nbytes walks every buffer of a slice (~0.1 ms).
+            nbytes = part.get_total_buffer_size()
             buffer.parts.append(part)
             buffer.rows += take
             buffer.nbytes += nbytes
