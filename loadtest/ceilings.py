@@ -8,7 +8,8 @@ after another, so they do not share cores; decode and transport keep their faste
   streams (``window`` un-acked each) to a servicer in a child process (this module as a script)
   that only parses and acks; records/s from first send to last ack.
 * decode: ``UploadRequest.FromString`` of every batch on one core.
-* encode (for reference): ``pipeline.encode.decode`` of every batch, cold and warm NumberCodec.
+* encode (for reference): ``pipeline.encode.decode`` of every batch, cold and warm NumberCodec,
+  plus one Arrow table per table built from the decoded chunks (the batcher's work per flush).
 * insert: the encoded rows into fresh migrated chDB databases in ``insert_rows``-row inserts:
   ``client.insert`` of column lists, ``insert_arrow``, and ``insert_arrow`` with a dedup token as
   the server's writer does; in a spawned child (chDB allows one data path per process).
@@ -57,6 +58,7 @@ from callsight.loadtest.harness import ProcessSampler, ServerError, ServerProces
 from callsight.loadtest.verify import Counts, type_name
 from callsight.loadtest.workload import Batch, DeviceTruth, DeviceWorkload, WorkloadSpec
 from callsight.loadtest.workload import fleet_payloads as workload_payloads
+from callsight.pipeline.chunk import RowChunk, concat
 from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
 from callsight.pipeline.encode import NumberCodec, Source, decode
 from callsight.pipeline.validate import BatchRejected
@@ -249,9 +251,10 @@ def transport_ceiling(
 def encoded_tables(
     batches: Sequence[bytes], now_ms: int
 ) -> tuple[dict[str, list[pa.Table]], float, float]:
-    """The rows the server would write, by table, and ``decode``'s seconds with a cold codec
-    and again warm. Devices come from the batch id's prefix (``d7-b3``: ``d7``), of one tenant
-    with one data key; batches refused whole (none in generated fleets) are left out."""
+    """The rows the server would write, by table, and the seconds of ``decode`` plus building
+    their Arrow tables, with a cold codec and again warm. Devices come from the batch id's
+    prefix (``d7-b3``: ``d7``), of one tenant with one data key; batches refused whole (none in
+    generated fleets) are left out."""
     keyring = Keyring(TenantCipher(1, new_data_key()))
     tenant_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "callsight-ceilings"))
     sources: dict[str, Source] = {}
@@ -268,14 +271,16 @@ def encoded_tables(
     tables: dict[str, list[pa.Table]] = {}
     seconds = []
     for _ in range(2):
-        tables.clear()
+        chunks: dict[str, list[RowChunk]] = {}
         started = time.perf_counter()
         for source, request in requests:
             try:
                 decoded = decode(request, source, codec, now_ms)
             except BatchRejected:
                 continue
-            tables.setdefault(decoded.table, []).append(decoded.rows)
+            chunks.setdefault(decoded.table, []).append(decoded.rows)
+        # Arrow is built once per table, as the batcher builds it once per flush.
+        tables = {table: [concat(parts).to_arrow()] for table, parts in chunks.items()}
         seconds.append(time.perf_counter() - started)
     return tables, seconds[0], seconds[1]
 

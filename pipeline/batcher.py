@@ -1,13 +1,18 @@
 """Reduce by size or age, then write with a bounded number of inserts in flight.
 
-Many small Arrow tables (one per device upload) are buffered per ClickHouse table and flushed
-as one insert when the buffer reaches ``max_rows`` or ``max_bytes`` or turns ``max_age_ms`` old,
-whichever comes first. Flushes queue in order for at most ``max_in_flight`` concurrent writes.
-A write that fails transiently is retried with backoff, under the same deduplication token,
-for at most ``retry_max_elapsed_s``; one the database refuses for good (``StorageRefused``: a
-type error, an unknown column) or an unexpected error (a bug) is not retried. Either way the
-flush's futures then fail with the error, so its batches are answered and give their budget
-back instead of stalling every other device. Nothing is acknowledged before it is written.
+Many small chunks of rows (``RowChunk``: plain columns, one per device upload) are buffered per
+ClickHouse table and flushed as one insert when the buffer reaches ``max_rows`` or ``max_bytes``
+or turns ``max_age_ms`` old, whichever comes first. A flush concatenates its chunks column by
+column and builds one Arrow table, in a thread, so Arrow's fixed cost per array is paid once per
+flush, not once per upload. ``max_bytes`` counts ``RowChunk.nbytes()``, an estimate of the Arrow
+size from the columns (numpy ``nbytes``, characters of str and bytes values) taken at ``add()``.
+
+Flushes queue in order for at most ``max_in_flight`` concurrent writes. A write that fails
+transiently is retried with backoff, under the same deduplication token, for at most
+``retry_max_elapsed_s``; one the database refuses for good (``StorageRefused``: a type error, an
+unknown column) or an unexpected error (a bug) is not retried. Either way the flush's futures then
+fail with the error, so its batches are answered and give their budget back instead of stalling
+every other device. Nothing is acknowledged before it is written.
 
 The batcher does not bound memory itself: buffers and the flush queue grow only through
 ``add()``, and the ingest stage bounds those with a ``ByteBudget`` it acquires before ``add()``
@@ -26,6 +31,7 @@ import pyarrow as pa
 import structlog
 
 from callsight.core.errors import InvalidArgument, StorageError, StorageRefused, Unavailable
+from callsight.pipeline.chunk import RowChunk, concat
 from callsight.pipeline.settings import PipelineSettings
 from callsight.storage.writer import Sink
 
@@ -49,7 +55,7 @@ class BatcherStats:
 class _Buffer:
     schema: pa.Schema
     started: float
-    parts: list[pa.Table] = field(default_factory=list)
+    parts: list[RowChunk] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
@@ -59,7 +65,7 @@ class _Buffer:
 @dataclass
 class _Flush:
     table: str
-    parts: list[pa.Table]
+    parts: list[RowChunk]
     waiters: list[asyncio.Future[None]]
     rows: int
 
@@ -84,10 +90,11 @@ class _Hasher:
 
 
 def _prepare(flush: _Flush) -> tuple[pa.Table, str]:
-    rows = pa.concat_tables(flush.parts)
+    """The flush's one Arrow table and its deduplication token."""
+    rows = concat(flush.parts).to_arrow()
     hasher = _Hasher()
-    # The IPC stream encodes exactly the logical content (slices included), so equal tokens
-    # mean equal rows and a deduplicated insert can never drop different data.
+    # The IPC stream encodes exactly the logical content, so equal tokens mean equal rows and
+    # a deduplicated insert can never drop different data.
     with pa.ipc.new_stream(pa.PythonFile(hasher, mode="w"), rows.schema) as stream:
         stream.write_table(rows)
     return rows, f"{flush.table}-{hasher.digest.hexdigest()}"
@@ -127,7 +134,7 @@ def _abandon(waiters: list[asyncio.Future[None]]) -> None:
 
 
 class Batcher:
-    """Buffers Arrow tables per ClickHouse table and writes them in large deduplicated inserts."""
+    """Buffers rows per ClickHouse table and writes them in large deduplicated Arrow inserts."""
 
     def __init__(
         self,
@@ -180,7 +187,7 @@ class Batcher:
                 for i in range(self._max_in_flight)
             ]
 
-    def add(self, table: str, rows: pa.Table) -> list[asyncio.Future[None]]:
+    def add(self, table: str, rows: RowChunk) -> list[asyncio.Future[None]]:
         """Buffers ``rows`` for ``table``; returns the futures of the flushes that will hold them.
 
         Each future resolves once its flush is committed, or fails with ``Unavailable`` if the
@@ -192,21 +199,25 @@ class Batcher:
         if self._closed:
             raise Unavailable("shutting down; re-send the batch")
         buffer = self._buffers.get(table)
-        if buffer is not None and not rows.schema.equals(buffer.schema):
+        if (
+            buffer is not None
+            and rows.schema is not buffer.schema
+            and not rows.schema.equals(buffer.schema)
+        ):
             raise InvalidArgument(f"rows for {table!r} do not have the buffered columns")
         futures: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
-        while rows.num_rows > 0:
+        rest: RowChunk | None = rows if rows.num_rows > 0 else None
+        while rest is not None:
             buffer = self._buffers.get(table)
             if buffer is None:
-                buffer = self._new_buffer(loop, table, rows.schema)
-            take = min(rows.num_rows, self._max_rows - buffer.rows)
-            if take == rows.num_rows:  # the common case: no slicing
-                part, rows = rows, rows.slice(take)
+                buffer = self._new_buffer(loop, table, rest.schema)
+            take = min(rest.num_rows, self._max_rows - buffer.rows)
+            if take == rest.num_rows:  # the common case: no slicing
+                part, rest = rest, None
             else:
-                part, rows = rows.slice(0, take), rows.slice(take)
-            # The buffers' size, not nbytes: nbytes walks every buffer of a slice (~0.1 ms).
-            nbytes = part.get_total_buffer_size()
+                part, rest = rest.slice(0, take), rest.slice(take, rest.num_rows)
+            nbytes = part.nbytes()
             buffer.parts.append(part)
             buffer.rows += take
             buffer.nbytes += nbytes

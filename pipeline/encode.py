@@ -1,10 +1,11 @@
-"""Decode an upload into Arrow rows for ClickHouse: validate, normalise numbers, encrypt.
+"""Decode an upload into rows for ClickHouse: validate, normalise numbers, encrypt.
 
 ``decode`` is the stage "decode and validate -> normalise numbers (E.164) -> encrypt and
-blind-index". It works on columns: one list or array per field, built once per batch, turned
-into one ``pyarrow.Table`` whose columns are exactly those of the target ClickHouse table.
-Plaintext numbers, names and notes never reach the table: numbers become an AEAD ciphertext plus
-a blind index, names and notes a ciphertext.
+blind-index". It works on columns: one list or array per field, built once per batch, handed on
+as a ``RowChunk`` whose columns are exactly those of the target ClickHouse table (``SCHEMAS``).
+No Arrow is built per batch: the batcher builds one table per flush (see ``chunk``). Plaintext
+numbers, names and notes never reach the table: numbers become an AEAD ciphertext plus a blind
+index, names and notes a ciphertext.
 
 ``NumberCodec`` keeps bounded LRU caches, because a device calls the same few hundred numbers
 over and over: each distinct (region, raw) is normalised once, and each distinct
@@ -24,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from callsight.pipeline.chunk import Column, RowChunk
 from callsight.pipeline.crypto import Keyring, TenantCipher
 from callsight.pipeline.phone import PhoneNormalizer
 from callsight.pipeline.validate import (
@@ -324,15 +326,16 @@ class Decoded:
     """One upload, decoded into rows for one ClickHouse table.
 
     ``rows`` holds the valid records only, in request order, with exactly the table's columns
-    (see SCHEMAS); ``indices[i]`` is the request index of row ``i``, ``keys[i]`` its identity
-    within the device (call_id, contact_id, or str(captured_at_ms)) and ``versions[i]`` its
-    version (0 for telemetry). ``errors`` holds (request index, reason) of every rejected
-    record, sorted by index; ``size`` counts all records of the request.
+    (see SCHEMAS; ``rows.to_arrow()`` is their Arrow table); ``indices[i]`` is the request index
+    of row ``i``, ``keys[i]`` its identity within the device (call_id, contact_id, or
+    str(captured_at_ms)) and ``versions[i]`` its version (0 for telemetry). ``errors`` holds
+    (request index, reason) of every rejected record, sorted by index; ``size`` counts all
+    records of the request.
     """
 
     table: str
     size: int
-    rows: pa.Table
+    rows: RowChunk
     indices: npt.NDArray[np.int64]
     keys: list[str]
     versions: npt.NDArray[np.uint64]
@@ -342,7 +345,7 @@ class Decoded:
 def decode(
     request: ingest_pb2.UploadRequest, source: Source, codec: NumberCodec, now_ms: int
 ) -> Decoded:
-    """Validate an upload and turn its valid records into encrypted Arrow rows.
+    """Validate an upload and turn its valid records into encrypted rows, as columns.
 
     ``now_ms`` is the server's clock: it bounds timestamps in the future and becomes
     ``synced_at``. Raises BatchRejected (an InvalidArgument) when the batch is refused whole.
@@ -366,17 +369,6 @@ def _encrypt_sparse(cipher: TenantCipher, values: list[str]) -> list[bytes]:
     return out
 
 
-def _constant(value: str, n: int) -> pa.Array:
-    # A list is 5x cheaper than pa.repeat(pa.scalar(...)) for the few rows of a small batch.
-    return pa.array([value] * n, pa.string())
-
-
-def _timestamps(ms: npt.NDArray[np.int64]) -> pa.Array:
-    # Wraps the int64 buffer as is (no conversion pass); the array keeps ``ms`` alive.
-    values = np.ascontiguousarray(ms, dtype=np.int64)
-    return pa.Array.from_buffers(_TIMESTAMP, len(values), [None, pa.py_buffer(values)])
-
-
 def _merge_errors(
     valid: npt.NDArray[np.bool_], errors: list[tuple[int, str]], more: list[tuple[int, str]]
 ) -> tuple[npt.NDArray[np.bool_], list[tuple[int, str]]]:
@@ -395,17 +387,17 @@ def _merge_errors(
 def _finish(
     table: str,
     size: int,
-    arrays: list[pa.Array],
+    columns: list[Column],
     valid: npt.NDArray[np.bool_],
     keys: list[str],
     versions: npt.NDArray[np.uint64],
     errors: list[tuple[int, str]],
 ) -> Decoded:
-    """Assemble the table and keep only the valid rows (a no-op when all are valid)."""
-    rows = pa.Table.from_arrays(arrays, schema=SCHEMAS[table])
+    """Assemble the chunk and keep only the valid rows (a no-op when all are valid)."""
+    rows = RowChunk(SCHEMAS[table], size, tuple(columns))
     indices = np.flatnonzero(valid).astype(np.int64)
     if errors:
-        rows = rows.filter(pa.array(valid))
+        rows = rows.filter(valid)
         keys = [keys[i] for i in indices.tolist()]
         versions = versions[valid]
     return Decoded(table, size, rows, indices, keys, versions, errors)
@@ -425,25 +417,25 @@ def _decode_calls(
     version = np.where(cols.updated_at_ms == 0, cols.started_at_ms, cols.updated_at_ms)
     # Rejected rows may hold negative versions; they are filtered out in _finish.
     versions = version.astype(np.uint64)
-    arrays = [
-        _constant(source.tenant_id, n),
-        _constant(source.device_id, n),
-        pa.array(cols.call_id, pa.string()),
-        _constant(source.employee_id, n),
-        pa.array(number_bidx, _BIDX),
-        pa.array(number_enc, pa.binary()),
-        pa.array(codec.names(source, cols.name), pa.binary()),
-        pa.array(cols.type.astype(np.uint8)),
-        _timestamps(cols.started_at_ms),
-        pa.array(cols.duration_s),
-        pa.array(cols.sim_slot),
-        pa.array(cols.sim_id, pa.string()),
-        pa.array(_encrypt_sparse(source.keyring.current, cols.note), pa.binary()),
-        pa.array(cols.recording_uri, pa.string()),
-        pa.array(versions),
-        _timestamps(np.full(n, now_ms, dtype=np.int64)),
+    columns: list[Column] = [
+        [source.tenant_id] * n,
+        [source.device_id] * n,
+        cols.call_id,
+        [source.employee_id] * n,
+        number_bidx,
+        number_enc,
+        codec.names(source, cols.name),
+        cols.type.astype(np.uint8),
+        cols.started_at_ms,
+        cols.duration_s,
+        cols.sim_slot,
+        cols.sim_id,
+        _encrypt_sparse(source.keyring.current, cols.note),
+        cols.recording_uri,
+        versions,
+        np.full(n, now_ms, dtype=np.int64),
     ]
-    return _finish("calls", n, arrays, valid, cols.call_id, versions, errors)
+    return _finish("calls", n, columns, valid, cols.call_id, versions, errors)
 
 
 def _decode_contacts(
@@ -451,7 +443,7 @@ def _decode_contacts(
 ) -> Decoded:
     cols = validated.columns
     n = validated.size
-    # All contacts' numbers as one flat column, with Arrow list offsets marking each contact's.
+    # All contacts' numbers as one flat column, with offsets marking each contact's.
     lengths = np.fromiter(map(len, cols.numbers), dtype=np.int32, count=n)
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
@@ -469,22 +461,20 @@ def _decode_contacts(
                 number_errors.append((owner, f"numbers[{position}]: {reason}"))
     valid, errors = _merge_errors(validated.valid, validated.errors, number_errors)
     versions = cols.updated_at_ms.astype(np.uint64)
-    offsets_array = pa.array(offsets)
-    arrays = [
-        _constant(source.tenant_id, n),
-        _constant(source.device_id, n),
-        pa.array(cols.contact_id, pa.string()),
-        pa.array(codec.names(source, cols.name), pa.binary()),
-        pa.ListArray.from_arrays(
-            offsets_array, pa.array(enc, pa.binary()), type=pa.list_(pa.binary())
-        ),
-        pa.ListArray.from_arrays(offsets_array, pa.array(bidx, _BIDX), type=pa.list_(_BIDX)),
-        pa.array(cols.photo_uri, pa.string()),
-        pa.array(cols.deleted),
-        pa.array(versions),
-        _timestamps(np.full(n, now_ms, dtype=np.int64)),
+    bounds = offsets.tolist()
+    columns: list[Column] = [
+        [source.tenant_id] * n,
+        [source.device_id] * n,
+        cols.contact_id,
+        codec.names(source, cols.name),
+        [enc[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)],
+        [bidx[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)],
+        cols.photo_uri,
+        cols.deleted,
+        versions,
+        np.full(n, now_ms, dtype=np.int64),
     ]
-    return _finish("contacts", n, arrays, valid, cols.contact_id, versions, errors)
+    return _finish("contacts", n, columns, valid, cols.contact_id, versions, errors)
 
 
 def _decode_telemetry(
@@ -492,25 +482,25 @@ def _decode_telemetry(
 ) -> Decoded:
     cols = validated.columns
     n = validated.size
-    arrays = [
-        _constant(source.tenant_id, n),
-        _constant(source.device_id, n),
-        _timestamps(cols.captured_at_ms),
-        pa.array(cols.battery_pct.astype(np.uint8)),
-        pa.array(cols.charging),
-        pa.array(cols.latitude),
-        pa.array(cols.longitude),
-        pa.array(cols.accuracy_m),
-        pa.array(cols.network.astype(np.uint8)),
-        pa.array(cols.app_version, pa.string()),
-        pa.array(cols.version_code),
-        pa.array(cols.android_version, pa.string()),
-        pa.array(cols.sdk_int),
-        pa.array(cols.model, pa.string()),
-        pa.array(cols.fcm_id, pa.string()),
-        pa.array(cols.sim_ids, pa.list_(pa.string())),
-        _timestamps(np.full(n, now_ms, dtype=np.int64)),
+    columns: list[Column] = [
+        [source.tenant_id] * n,
+        [source.device_id] * n,
+        cols.captured_at_ms,
+        cols.battery_pct.astype(np.uint8),
+        cols.charging,
+        cols.latitude,
+        cols.longitude,
+        cols.accuracy_m,
+        cols.network.astype(np.uint8),
+        cols.app_version,
+        cols.version_code,
+        cols.android_version,
+        cols.sdk_int,
+        cols.model,
+        cols.fcm_id,
+        cols.sim_ids,
+        np.full(n, now_ms, dtype=np.int64),
     ]
     keys = [str(ms) for ms in cols.captured_at_ms.tolist()]
     versions = np.zeros(n, dtype=np.uint64)
-    return _finish("telemetry", n, arrays, validated.valid, keys, versions, validated.errors)
+    return _finish("telemetry", n, columns, validated.valid, keys, versions, validated.errors)

@@ -8,11 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from callsight.core.errors import InvalidArgument, StorageError, StorageRefused, Unavailable
 from callsight.pipeline.batcher import Batcher
+from callsight.pipeline.chunk import RowChunk
 from callsight.pipeline.settings import PipelineSettings
 from callsight.server.config import Config
 from tests.faults import FaultInjectingWriter
@@ -25,13 +27,12 @@ def settings(**changes: Any) -> PipelineSettings:
     return replace(Config().pipeline_settings(), **changes)
 
 
-def rows(start: int, count: int) -> pa.Table:
-    return pa.table(
-        {
-            "id": pa.array(range(start, start + count), pa.int64()),
-            "name": pa.array([f"n{i}" for i in range(start, start + count)], pa.string()),
-        }
-    )
+SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string())])
+
+
+def rows(start: int, count: int) -> RowChunk:
+    ids = np.arange(start, start + count, dtype=np.int64)
+    return RowChunk(SCHEMA, count, (ids, [f"n{i}" for i in range(start, start + count)]))
 
 
 def ids(table: pa.Table) -> list[int]:
@@ -104,7 +105,7 @@ async def test_flush_at_max_rows_resolves_after_the_sink_got_exactly_those_rows(
     assert len(sink.writes) == 1
     table, written, _ = sink.writes[0]
     assert table == "calls"
-    assert written.equals(rows(0, 1_000))
+    assert written.equals(rows(0, 1_000).to_arrow())
     stats = batcher.stats
     assert (stats.rows_buffered, stats.flushes_done, stats.rows_written) == (0, 1, 1_000)
     await batcher.close(1)
@@ -114,7 +115,7 @@ async def test_flush_at_max_bytes() -> None:
     sink = RecordingSink()
     chunk = rows(0, 100)
     batcher = Batcher(
-        sink, settings(max_rows=1_000_000, max_bytes=chunk.nbytes * 2, max_age_ms=LONG_MS)
+        sink, settings(max_rows=1_000_000, max_bytes=chunk.nbytes() * 2, max_age_ms=LONG_MS)
     )
     first = batcher.add("calls", chunk)
     await asyncio.sleep(0.01)
@@ -178,7 +179,8 @@ async def test_rows_with_other_columns_than_the_buffer_are_refused() -> None:
     batcher = Batcher(RecordingSink(), settings(max_age_ms=LONG_MS))
     futures = batcher.add("calls", rows(0, 5))
     with pytest.raises(InvalidArgument):
-        batcher.add("calls", pa.table({"id": pa.array([1], pa.int32())}))
+        other = pa.schema([("id", pa.int32())])
+        batcher.add("calls", RowChunk(other, 1, (np.array([1], dtype=np.int32),)))
     await batcher.close(1)
     await done(futures)
 
@@ -211,7 +213,7 @@ async def test_a_failed_write_is_retried_with_the_same_token_until_it_succeeds()
     assert (sink.attempts, sink.failures) == (4, 3)
     assert len(set(sink.tokens)) == 1
     assert len(recorder.writes) == 1
-    assert recorder.writes[0][1].equals(rows(0, 100))
+    assert recorder.writes[0][1].equals(rows(0, 100).to_arrow())
     assert recorder.writes[0][2] == sink.tokens[0]
     assert batcher.stats.retries == 3
     assert batcher.stats.flushes_done == 1

@@ -157,7 +157,7 @@ def telemetry_request(*records: dict[str, Any]) -> ingest_pb2.UploadRequest:
 
 
 def column(decoded: Decoded, name: str) -> list[Any]:
-    return list(decoded.rows.column(name).to_pylist())
+    return list(decoded.rows.to_arrow().column(name).to_pylist())
 
 
 def ipc_bytes(table: pa.Table) -> bytes:
@@ -199,8 +199,8 @@ def test_empty_batch_gives_an_empty_table(
     decoded = decode(request, source, codec, NOW)
     assert decoded.table == kind
     assert decoded.size == 0
-    assert decoded.rows.num_rows == 0
-    assert decoded.rows.schema.equals(schema)
+    assert decoded.rows.to_arrow().num_rows == 0
+    assert decoded.rows.to_arrow().schema.equals(schema)
     assert decoded.keys == []
     assert decoded.errors == []
 
@@ -220,14 +220,17 @@ def test_calls_rows_schema_and_columns(
     assert decoded.table == "calls"
     assert decoded.size == 2
     assert decoded.errors == []
-    assert decoded.rows.schema.equals(CALLS_SCHEMA)
-    assert decoded.rows.schema.names == CALLS_SCHEMA.names
+    assert decoded.rows.to_arrow().schema.equals(CALLS_SCHEMA)
+    assert decoded.rows.to_arrow().schema.names == CALLS_SCHEMA.names
     assert column(decoded, "tenant_id") == ["tenant-a", "tenant-a"]
     assert column(decoded, "device_id") == ["device-1", "device-1"]
     assert column(decoded, "employee_id") == ["employee-1", "employee-1"]
     assert column(decoded, "call_id") == ["c0", "c1"]
     assert column(decoded, "type") == [2, 3]
-    assert decoded.rows.column("started_at").cast(pa.int64()).to_pylist() == [START, START]
+    assert decoded.rows.to_arrow().column("started_at").cast(pa.int64()).to_pylist() == [
+        START,
+        START,
+    ]
     assert column(decoded, "duration_s") == [42, 0]
     assert column(decoded, "sim_slot") == [1, 0]
     assert column(decoded, "sim_id") == ["sim-9", ""]
@@ -236,7 +239,7 @@ def test_calls_rows_schema_and_columns(
     assert column(decoded, "version") == [START, START + 5]
     assert decoded.versions.dtype == np.uint64
     assert decoded.versions.tolist() == [START, START + 5]
-    assert decoded.rows.column("synced_at").cast(pa.int64()).to_pylist() == [NOW, NOW]
+    assert decoded.rows.to_arrow().column("synced_at").cast(pa.int64()).to_pylist() == [NOW, NOW]
     assert decoded.indices.tolist() == [0, 1]
     assert decoded.keys == ["c0", "c1"]
 
@@ -271,15 +274,15 @@ def test_rejected_calls_are_left_out_with_their_index(source: Source, codec: Num
     assert decoded.keys == ["c0", "c4"]
     assert column(decoded, "call_id") == ["c0", "c4"]
     assert decoded.versions.tolist() == [START, START + 9]
-    assert decoded.rows.num_rows == 2
-    assert decoded.rows.schema.equals(CALLS_SCHEMA)
+    assert decoded.rows.to_arrow().num_rows == 2
+    assert decoded.rows.to_arrow().schema.equals(CALLS_SCHEMA)
 
 
 def test_all_calls_rejected(source: Source, codec: NumberCodec) -> None:
     decoded = decode(calls_request(call(call_id=""), call(number="x")), source, codec, NOW)
     assert [i for i, _ in decoded.errors] == [0, 1]
-    assert decoded.rows.num_rows == 0
-    assert decoded.rows.schema.equals(CALLS_SCHEMA)
+    assert decoded.rows.to_arrow().num_rows == 0
+    assert decoded.rows.to_arrow().schema.equals(CALLS_SCHEMA)
     assert decoded.keys == []
     assert decoded.indices.tolist() == []
 
@@ -351,7 +354,7 @@ def test_codec_normalises_and_encrypts_each_number_once(
     assert cipher.indexed == ["+919876543210"]
     assert len(cipher.encrypted) == 3
     assert decoded.errors == []
-    assert decoded.rows.num_rows == 30
+    assert decoded.rows.to_arrow().num_rows == 30
     stats = codec.stats()
     assert (stats.number_hits, stats.number_misses) == (1, 1)
     assert (stats.name_hits, stats.name_misses) == (2, 2)
@@ -429,8 +432,8 @@ def test_no_plaintext_reaches_the_table(source: Source, codec: NumberCodec) -> N
         *[call(number=n) for n in US_SPELLINGS],
     )
     decoded = decode(request, source, codec, NOW)
-    assert decoded.rows.num_rows == len(IN_SPELLINGS) + len(US_SPELLINGS)
-    blob = ipc_bytes(decoded.rows)
+    assert decoded.rows.to_arrow().num_rows == len(IN_SPELLINGS) + len(US_SPELLINGS)
+    blob = ipc_bytes(decoded.rows.to_arrow())
     assert b"device-1" in blob  # the search does see the table's bytes
     for needle in [b"9876543210", b"98765", b"43210", b"6502530000", b"2530000", b"253-0000"]:
         assert needle not in blob
@@ -462,7 +465,7 @@ def test_contacts_rows(source: Source, codec: NumberCodec, cipher: CountingCiphe
         (1, "numbers[1]: 'not a number' is not a phone number"),
         (3, "contact_id is required"),
     ]
-    assert decoded.rows.schema.equals(CONTACTS_SCHEMA)
+    assert decoded.rows.to_arrow().schema.equals(CONTACTS_SCHEMA)
     assert decoded.indices.tolist() == [0, 2]
     assert decoded.keys == ["k1", "k3"]
     assert decoded.versions.tolist() == [START, START + 1]
@@ -472,7 +475,7 @@ def test_contacts_rows(source: Source, codec: NumberCodec, cipher: CountingCiphe
     assert column(decoded, "photo_uri") == ["content://p/1", ""]
     assert column(decoded, "deleted") == [False, True]
     assert column(decoded, "version") == [START, START + 1]
-    assert decoded.rows.column("synced_at").cast(pa.int64()).to_pylist() == [NOW, NOW]
+    assert decoded.rows.to_arrow().column("synced_at").cast(pa.int64()).to_pylist() == [NOW, NOW]
     keyring = source.keyring
     assert [keyring.decrypt(b) for b in column(decoded, "name_enc")] == ["Asha", "No Numbers"]
     numbers_enc = column(decoded, "numbers_enc")
@@ -484,7 +487,7 @@ def test_contacts_rows(source: Source, codec: NumberCodec, cipher: CountingCiphe
         [cipher.blind_index("+919876543210"), cipher.blind_index("+16502530000")],
         [],
     ]
-    blob = ipc_bytes(decoded.rows)
+    blob = ipc_bytes(decoded.rows.to_arrow())
     assert b"98765" not in blob
     assert b"6502530000" not in blob
 
@@ -549,11 +552,11 @@ def test_telemetry_rows(source: Source, codec: NumberCodec) -> None:
         (3, "network 5 is not a NetworkType (0-3)"),
         (4, f"captured_at_ms {NOW + 2 * 86_400_000} is more than a day in the future"),
     ]
-    assert decoded.rows.schema.equals(TELEMETRY_SCHEMA)
+    assert decoded.rows.to_arrow().schema.equals(TELEMETRY_SCHEMA)
     assert decoded.indices.tolist() == [0, 5]
     assert decoded.keys == [str(START), str(START + 4)]
     assert decoded.versions.tolist() == [0, 0]
-    rows = decoded.rows.to_pylist()
+    rows = decoded.rows.to_arrow().to_pylist()
     first = rows[0]
     assert first["tenant_id"] == "tenant-a"
     assert first["device_id"] == "device-1"
@@ -568,5 +571,8 @@ def test_telemetry_rows(source: Source, codec: NumberCodec) -> None:
     assert (first["model"], first["fcm_id"], first["sim_ids"]) == ("Pixel 8", "fcm-1", ["s1", "s2"])
     assert rows[1]["network"] == 0
     assert rows[1]["sim_ids"] == []
-    assert decoded.rows.column("captured_at").cast(pa.int64()).to_pylist() == [START, START + 4]
-    assert decoded.rows.column("synced_at").cast(pa.int64()).to_pylist() == [NOW, NOW]
+    assert decoded.rows.to_arrow().column("captured_at").cast(pa.int64()).to_pylist() == [
+        START,
+        START + 4,
+    ]
+    assert decoded.rows.to_arrow().column("synced_at").cast(pa.int64()).to_pylist() == [NOW, NOW]
