@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from callsight.loadtest.common import Say, auth
+from callsight.loadtest.common import Say, auth, retry_delay_s
 from callsight.loadtest.generate import FIRST_NAMES, SURNAMES
 from callsight.loadtest.workload import KINDS
 from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 TAGS = ("sales", "support", "collections")
 KICKERS = 8  # warm-up batches held back to restart stuck loads (see warm_up)
+WARM_UP_ATTEMPTS = 30  # tries of one warm-up batch a server at capacity refuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,16 @@ async def warm_up(
         empty = ingest_pb2.UploadRequest(seq=0, batch_id="warm-up")
         getattr(empty, kind).SetInParent()
         async with limit:
-            ack = await upload(empty, metadata=auth(device.token))
+            # A server at capacity answers UNAVAILABLE with a delay; a real agent waits and retries.
+            for attempt in range(WARM_UP_ATTEMPTS):
+                try:
+                    ack = await upload(empty, metadata=auth(device.token))
+                    break
+                except grpc.aio.AioRpcError as error:
+                    delay = retry_delay_s(error)
+                    if delay is None or attempt == WARM_UP_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(delay * random.uniform(1.0, 1.5))
         if ack.result != ingest_pb2.UPLOAD_RESULT_ACCEPTED:
             raise RuntimeError(f"warm-up {kind} batch of device {device.device_id} refused: {ack}")
 

@@ -17,6 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 MAX_MESSAGE_BYTES = 16 * MiB  # the real server's limit (server.app.MAX_MESSAGE_BYTES)
@@ -29,6 +32,20 @@ T = TypeVar("T")
 def auth(token: str) -> Metadata:
     """gRPC metadata carrying a bearer token (a device token or an API key)."""
     return (("authorization", f"Bearer {token}"),)
+
+
+def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
+    """The server's ``RetryInfo`` delay of an UNAVAILABLE error; None for any other error."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return float(info.retry_delay.ToTimedelta().total_seconds())
+    return 1.0  # UNAVAILABLE without advice: back off a second
 
 
 def cpu_s() -> float:

@@ -105,7 +105,9 @@ class Config:
     write_retry_max_elapsed_s: float = 60.0
     # Admission by time: a batch waits (Stream) or is refused (Upload) while the work queued
     # ahead of it would take longer than this to write at the measured drain rate.
-    admission_max_queue_ms: int = 500
+    # Queued work includes the batcher's own wait (up to batch_max_age_ms): 500 ms throttled
+    # 1,000 phones syncing every second below saturation (ack p99 2.0 s vs 0.85 s at 1,000 ms).
+    admission_max_queue_ms: int = 1000
     # Acks a stream may have computed but not yet sent before the server stops reading it.
     stream_max_unacked: int = 32
     # How often the identity directory in memory reads the rows changed by other processes: a
