@@ -67,7 +67,8 @@ async def bootstrap(
     employees: int,
     devices: int,
     run_label: str,
-    concurrency: int = 16,
+    # Enrollment of a fleet is many phones at once; the server group-commits their writes.
+    concurrency: int = 256,
     say: Say | None = None,
 ) -> tuple[list[TenantInfo], list[DeviceIdentity]]:
     """Creates the tenants, employees and devices of a fleet through the public API."""
@@ -155,7 +156,7 @@ async def warm_up(
     devices: Sequence[DeviceIdentity],
     kinds: Sequence[str] = KINDS,
     *,
-    concurrency: int = 64,
+    concurrency: int = 256,
     quiet_s: float = 1.0,
     stuck_s: float = 60.0,
     say: Say | None = None,

@@ -110,6 +110,9 @@ class Database:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="clickhouse")
         self._closed = False
+        # Column types per (table, columns) for row inserts: without them clickhouse-connect asks
+        # the server for the table's structure before every insert (a tenth of a directory write).
+        self._insert_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         # Opening the first client here creates the database and fails fast on a bad DSN.
         self._clients.append(connect(dsn, database))
 
@@ -185,12 +188,34 @@ class Database:
         column_names: Sequence[str],
         settings: Mapping[str, Any] | None = None,
     ) -> None:
-        """Inserts a few rows; the ingest path uses column-oriented inserts instead."""
-        await self.run(
-            lambda c: c.insert(
-                table, list(rows), column_names=list(column_names), settings=dict(settings or {})
+        """Inserts a few rows; the ingest path uses column-oriented inserts instead.
+
+        The table's column types are read once per process (tables change only by migrations,
+        which run before any write).
+        """
+        names = list(column_names)
+        key = (table, tuple(names))
+
+        def insert(c: Client) -> None:
+            types = self._insert_types.get(key)
+            if types is None:
+                described = c.query(
+                    "SELECT name, type FROM system.columns"
+                    " WHERE database = currentDatabase() AND table = {t:String}",
+                    parameters={"t": table},
+                ).result_rows
+                by_name = {str(name): str(kind) for name, kind in described}
+                types = [by_name[name] for name in names]
+                self._insert_types[key] = types
+            c.insert(
+                table,
+                list(rows),
+                column_names=names,
+                column_type_names=types,
+                settings=dict(settings or {}),
             )
-        )
+
+        await self.run(insert)
 
     def close(self) -> None:
         """Closes every client; idempotent."""
