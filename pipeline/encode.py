@@ -16,9 +16,11 @@ an equal plaintext shows only that the two are equal, which the blind index show
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import Generic, TypeVar, cast
 
 import numpy as np
@@ -148,8 +150,12 @@ class _LRU(Generic[K, V]):
     def get_many(self, keys: Sequence[K]) -> list[V | None]:
         """The value of each key, None where it is missing; hits become most recent."""
         data = self._data
-        get, touch = data.get, data.move_to_end
-        out = [get(key) for key in keys]
+        out = list(map(data.get, keys))
+        if None not in out:
+            # All hits (the common case): refresh them in order, in C.
+            deque(map(data.move_to_end, keys), maxlen=0)
+            return out
+        touch = data.move_to_end
         for key, value in zip(keys, out, strict=True):
             if value is not None:
                 touch(key)
@@ -236,11 +242,13 @@ class NumberCodec:
         # Each distinct raw is looked up once per batch, however often it repeats.
         distinct = list(dict.fromkeys(raws))
         normalized = self._normalizer.normalize_many(distinct, source.region)
-        failed = {
-            raw: str(result)
-            for raw, result in zip(distinct, normalized, strict=True)
-            if not isinstance(result, str)
-        }
+        failed: dict[str, str] = {}
+        if set(map(type, normalized)) != {str}:
+            failed = {
+                raw: str(result)
+                for raw, result in zip(distinct, normalized, strict=True)
+                if not isinstance(result, str)
+            }
         usable: list[str] = distinct
         e164s = cast(list[str], normalized)
         if failed:
@@ -260,17 +268,22 @@ class NumberCodec:
         """Encrypt a column of names under the source's current key; ``""`` gives ``b""``."""
         cipher = source.keyring.current
         tenant_id, key_id = source.tenant_id, cipher.key_id
-        distinct = [name for name in dict.fromkeys(names) if name]
-        keys = [(tenant_id, key_id, name) for name in distinct]
+        unique = dict.fromkeys(names)
+        unique.pop("", None)
+        distinct = list(unique)
+        keys = list(zip(repeat(tenant_id), repeat(key_id), distinct))
         with self._lock:
             found = self._names.get_many(keys)
         enc_of: dict[str, bytes] = {"": b""}
         misses: list[str] = []
-        for name, blob in zip(distinct, found, strict=True):
-            if blob is None:
-                misses.append(name)
-            else:
-                enc_of[name] = blob
+        if None not in found:
+            enc_of.update(zip(distinct, cast(list[bytes], found), strict=True))
+        else:
+            for name, blob in zip(distinct, found, strict=True):
+                if blob is None:
+                    misses.append(name)
+                else:
+                    enc_of[name] = blob
         fresh: list[tuple[tuple[str, int, str], bytes]] = []
         if misses:
             sealed = cipher.encrypt_many(misses)
@@ -293,17 +306,22 @@ class NumberCodec:
         cipher = source.keyring.current
         tenant_id, key_id = source.tenant_id, cipher.key_id
         distinct = list(dict.fromkeys(e164s))
-        keys = [(tenant_id, key_id, e164) for e164 in distinct]
+        keys = list(zip(repeat(tenant_id), repeat(key_id), distinct))
         with self._lock:
             found = self._numbers.get_many(keys)
         enc_by: dict[str, bytes] = {}
         bidx_by: dict[str, bytes] = {}
         misses: list[str] = []
-        for e164, pair in zip(distinct, found, strict=True):
-            if pair is None:
-                misses.append(e164)
-            else:
-                enc_by[e164], bidx_by[e164] = pair
+        if distinct and None not in found:
+            pairs = cast(list[tuple[bytes, bytes]], found)
+            enc_by = dict(zip(distinct, map(itemgetter(0), pairs), strict=True))
+            bidx_by = dict(zip(distinct, map(itemgetter(1), pairs), strict=True))
+        else:
+            for e164, pair in zip(distinct, found, strict=True):
+                if pair is None:
+                    misses.append(e164)
+                else:
+                    enc_by[e164], bidx_by[e164] = pair
         fresh: list[tuple[tuple[str, int, str], tuple[bytes, bytes]]] = []
         if misses:
             encs = cipher.encrypt_many(misses)
@@ -361,7 +379,7 @@ def decode(
 def _encrypt_sparse(cipher: TenantCipher, values: list[str]) -> list[bytes]:
     """Encrypt a column that is mostly empty, without touching the empty slots."""
     out = [b""] * len(values)
-    filled = [i for i, value in enumerate(values) if value]
+    filled = list(compress(range(len(values)), values))
     if not filled:
         return out
     for i, blob in zip(filled, cipher.encrypt_many([values[i] for i in filled]), strict=True):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 import zoneinfo
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from typing import cast
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
@@ -145,13 +147,22 @@ class PhoneNormalizer:
 
         Never raises, so one bad number does not cost the rest of the batch.
         """
-        out: list[str | InvalidNumber] = []
-        append = out.append
+        keys = list(zip(raws, repeat(region)))
+        cache = self._cache
         with self._lock:
-            for raw in raws:
-                result = self._lookup(raw, region)
-                append(InvalidNumber(result.message) if isinstance(result, _Failure) else result)
-        return out
+            found = list(map(cache.get, keys))
+            if None in found:
+                results = [self._lookup(raw, region) for raw in raws]
+            else:
+                # All hits (the common case): refresh them in order, in C.
+                deque(map(cache.move_to_end, keys), maxlen=0)
+                results = cast(list[str | _Failure], found)
+        if _Failure not in set(map(type, results)):
+            return cast(list[str | InvalidNumber], results)
+        return [
+            InvalidNumber(result.message) if isinstance(result, _Failure) else result
+            for result in results
+        ]
 
     def _lookup(self, raw: str, region: str) -> str | _Failure:
         # Caller holds self._lock.

@@ -576,3 +576,37 @@ def test_telemetry_rows(source: Source, codec: NumberCodec) -> None:
         START + 4,
     ]
     assert decoded.rows.to_arrow().column("synced_at").cast(pa.int64()).to_pylist() == [NOW, NOW]
+
+
+def test_warm_codec_gives_the_same_rows_as_a_cold_one(
+    source: Source, cipher: CountingCipher
+) -> None:
+    numbers = ["9876543210", "+91 98765 43210", "12", "9876543211", "9876543210"]
+    names = ["Asha", "", "Asha", "Ravi", "Ravi"]
+    request = ingest_pb2.UploadRequest(seq=1, batch_id="b")
+    for i, (number, name) in enumerate(zip(numbers, names, strict=True)):
+        request.calls.records.add(
+            call_id=f"c{i}", number=number, name=name, type=1, started_at_ms=NOW - 1_000
+        )
+    codec = NumberCodec()
+    cold = decode(request, source, codec, NOW)
+    warm = decode(request, source, codec, NOW)  # every lookup hits the caches now
+    for out in (cold, warm):
+        assert out.indices.tolist() == [0, 1, 3, 4]
+        assert [i for i, _ in out.errors] == [2]
+        table = out.rows.to_arrow()
+        assert [cipher.decrypt(b) for b in table["number_enc"].to_pylist()] == [
+            "+919876543210",
+            "+919876543210",
+            "+919876543211",
+            "+919876543210",
+        ]
+        assert [cipher.decrypt(b) for b in table["name_enc"].to_pylist()] == [
+            "Asha",
+            "",
+            "Ravi",
+            "Ravi",
+        ]
+    assert warm.errors == cold.errors
+    assert warm.rows.to_arrow()["number_bidx"] == cold.rows.to_arrow()["number_bidx"]
+    assert warm.rows.to_arrow()["number_enc"] == cold.rows.to_arrow()["number_enc"]

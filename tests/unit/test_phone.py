@@ -147,3 +147,33 @@ def test_normalize_many_with_unknown_region_fails_every_slot() -> None:
 
 def test_normalize_many_of_nothing() -> None:
     assert PhoneNormalizer().normalize_many([], "IN") == []
+
+
+def test_normalize_many_all_hits_refreshes_recency(monkeypatch: pytest.MonkeyPatch) -> None:
+    computed: list[str] = []
+
+    def counting_normalize(raw: str, region: str) -> str:
+        computed.append(raw)
+        return normalize(raw, region)
+
+    monkeypatch.setattr(phone, "normalize", counting_normalize)
+    normalizer = PhoneNormalizer(max_entries=2)
+    normalizer.normalize_many(["9876543210", "9876543211"], "IN")
+    # All hits, in reverse order: 9876543210 becomes the most recently used.
+    assert normalizer.normalize_many(["9876543211", "9876543210"], "IN") == [
+        "+919876543211",
+        "+919876543210",
+    ]
+    normalizer.normalize_many(["9876543212"], "IN")  # evicts 9876543211
+    normalizer.normalize_many(["9876543210"], "IN")  # still cached
+    assert computed == ["9876543210", "9876543211", "9876543212"]
+
+
+def test_normalize_many_cached_failures_stay_errors() -> None:
+    normalizer = PhoneNormalizer()
+    first = normalizer.normalize_many(["12", "9876543210"], "IN")
+    again = normalizer.normalize_many(["12", "9876543210"], "IN")  # all hits now
+    for results in (first, again):
+        assert isinstance(results[0], InvalidNumber)
+        assert results[1] == "+919876543210"
+    assert str(first[0]) == str(again[0])

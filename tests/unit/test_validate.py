@@ -301,3 +301,18 @@ def test_telemetry_columns() -> None:
         [321],
         [34],
     )
+
+
+def test_clean_call_batch_is_all_valid() -> None:
+    validated = validate_calls(calls_batch(*(call() for _ in range(5))), NOW)
+    assert validated.valid.tolist() == [True] * 5
+    assert validated.errors == []
+    assert validated.columns.call_id == [f"c{i}" for i in range(5)]
+
+
+def test_one_bad_call_among_many_keeps_its_index_and_reason() -> None:
+    records = [call() for _ in range(50)]
+    records[17] = call(duration_s=86_401)
+    validated = validate_calls(calls_batch(*records), NOW)
+    assert validated.errors == [(17, "duration_s 86401 is over 86400 (24 h)")]
+    assert np.flatnonzero(~validated.valid).tolist() == [17]
