@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import os
 import secrets
 import signal
@@ -209,6 +210,11 @@ class Service:
             identities.run(self.config.directory_refresh_s), name="identity-refresh"
         )
         self._refresher.add_done_callback(_refresher_done)
+        # What start-up made lives as long as the process: keep it out of every later collection,
+        # and collect less often, so the collector does not stall thousands of streams at once.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         self._ready.set()
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
