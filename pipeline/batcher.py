@@ -124,13 +124,7 @@ def _transient(exc: Exception) -> bool:
 
 
 def _abandon(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_exception(
-                Unavailable("shutting down before the batch was written; re-send it")
-            )
-            # Callers that already gave up need not retrieve it; asyncio would log it otherwise.
-            waiter.exception()
+    _fail(waiters, Unavailable("shutting down before the batch was written; re-send it"))
 
 
 class Batcher:

@@ -53,11 +53,6 @@ class Classification:
         mask: npt.NDArray[np.bool_] = self.outcomes != Outcome.DUPLICATE
         return mask
 
-    @property
-    def all_new(self) -> bool:
-        """Whether no record is a duplicate."""
-        return not bool(np.any(self.outcomes == Outcome.DUPLICATE))
-
     def count(self, outcome: Outcome) -> int:
         """How many records had ``outcome``."""
         return int(np.count_nonzero(self.outcomes == outcome))

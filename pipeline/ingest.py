@@ -124,9 +124,7 @@ class Ingestor:
         versions = decoded.versions.tolist()
         verdict = self.dedup.classify(table, tenant, device, decoded.keys, versions)
         new = verdict.new_rows
-        # Most batches have no duplicate; filtering then would only copy the columns.
-        rows = decoded.rows if verdict.all_new else decoded.rows.filter(new)
-        futures = self.batcher.add(table, rows)
+        futures = self.batcher.add(table, decoded.rows.filter(new))
         written = _all_of(futures)
         self.dedup.record(
             table,

@@ -17,7 +17,6 @@ from callsight.pipeline.keys import TenantKeys
 from callsight.server.auth import (
     API_KEY_PREFIX,
     ENROLLMENT_PREFIX,
-    Authenticator,
     TokenHasher,
     new_public_id,
 )
@@ -87,7 +86,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         directory: Directory,
         keys: TenantKeys,
         hasher: TokenHasher,
-        authenticator: Authenticator,
         db: Database,
         clock: Clock,
     ) -> None:
@@ -96,7 +94,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._directory = directory
         self._keys = keys
         self._hasher = hasher
-        self._auth = authenticator
         # Imports run one at a time in this process, so two of one number cannot both create it.
         self._import_lock = asyncio.Lock()
 

@@ -165,13 +165,12 @@ class Service:
             ],
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(directory, keys, hasher, authenticator, db, self._clock), server
+            AdminServicer(directory, keys, hasher, db, self._clock), server
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(
                 directory,
                 hasher,
-                authenticator,
                 keys,
                 ingestor,
                 self._clock,

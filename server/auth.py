@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from callsight.core.errors import PermissionDenied, Unauthenticated
-from callsight.storage.identities import DeviceIdentity, Identities
+from callsight.storage.identities import Identities
 
 API_KEY_PREFIX = "csk"
 DEVICE_PREFIX = "csd"
@@ -185,10 +185,6 @@ class Authenticator:
         if self._operator_hash is not None and self._hasher.matches(token, self._operator_hash):
             return Caller(Access.OPERATOR)
         raise Unauthenticated("unknown token")
-
-    def device(self, device_id: str) -> DeviceIdentity | None:
-        """The device as this process knows it now (memory only)."""
-        return self._identities.device(device_id)
 
 
 def _authorize(access: Access, caller: Caller) -> None:

@@ -18,7 +18,6 @@ from callsight.pipeline.validate import BatchRejected
 from callsight.server.auth import (
     DEVICE_PREFIX,
     ENROLLMENT_PREFIX,
-    Authenticator,
     TokenHasher,
     current_caller,
     new_public_id,
@@ -42,7 +41,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self,
         directory: Directory,
         hasher: TokenHasher,
-        authenticator: Authenticator,
         keys: TenantKeys,
         ingestor: Ingestor,
         clock: Clock,
@@ -52,7 +50,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._clock = clock
         self._directory = directory
         self._hasher = hasher
-        self._auth = authenticator
         self._keys = keys
         self._ingestor = ingestor
         self._identities = identities
@@ -120,7 +117,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def _source(self) -> Source:
         """Who is sending, from the device token; refuses a device revoked since it connected."""
         caller = current_caller()
-        device = self._auth.device(caller.device_id)
+        # Memory only: the interceptor already authenticated the token.
+        device = self._identities.device(caller.device_id)
         if device is None or device.revoked:
             raise Unauthenticated("this device was revoked; enroll it again")
         region = device.region

@@ -195,31 +195,6 @@ class Directory:
                 KeyIdentity(key.tenant_id, key.key_id, key.role, key.token_hash, key.revoked),
             )
 
-    async def api_key(self, key_id: str) -> ApiKey | None:
-        """The API key with this public id, whatever its tenant, or None."""
-        rows = await self._db.named_rows(
-            Sql(
-                "SELECT tenant_id, key_id, name, toString(role) AS role_name, token_hash,"
-                " toUnixTimestamp64Milli(created_at) AS created_at_ms, revoked"
-                " FROM api_keys FINAL WHERE key_id = {k:String}",
-                {"k": key_id},
-            )
-        )
-        if not rows:
-            return None
-        row = rows[0]
-        return ApiKey(
-            tenant_id=row["tenant_id"],
-            key_id=row["key_id"],
-            name=row["name"],
-            role=row["role_name"],
-            token_hash=row["token_hash"],
-            created_at_ms=row["created_at_ms"],
-            revoked=row["revoked"],
-        )
-
-    # Employees
-
     async def add_employee(self, employee: Employee) -> None:
         """Stores an employee (name and number already encrypted)."""
         version = await self._insert(
@@ -330,22 +305,6 @@ class Directory:
                     enrollment.used_at_ms is not None,
                 ),
             )
-
-    async def enrollment(self, enrollment_id: str) -> Enrollment | None:
-        """The enrollment with this public id, whatever its tenant, or None."""
-        rows = await self._db.named_rows(
-            Sql(
-                "SELECT tenant_id, enrollment_id, employee_id, code_hash,"
-                " toUnixTimestamp64Milli(created_at) AS created_at_ms,"
-                " toUnixTimestamp64Milli(expires_at) AS expires_at_ms,"
-                " toUnixTimestamp64Milli(used_at) AS used_at_ms, device_id"
-                " FROM enrollments FINAL WHERE enrollment_id = {i:String}",
-                {"i": enrollment_id},
-            )
-        )
-        return Enrollment(**rows[0]) if rows else None
-
-    # Devices
 
     async def put_device(self, device: Device) -> None:
         """Stores a new device or a new version of one (e.g. revoked)."""
