@@ -93,6 +93,9 @@ class WorkerResult:
     resent: int = 0  # batches sent again after an error, stall or reconnect
     peak_streams: int = 0
     devices_failed: int = 0
+    # (first failed stream, first ack after it) per outage of a device: a server restart's
+    # recovery as each device saw it.
+    outages: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float:
@@ -109,6 +112,7 @@ class WorkerResult:
                 setattr(out, name, getattr(out, name) + getattr(r, name))
             out.errors.update(r.errors)
             out.failures += r.failures[: max(0, Recorder.MAX_FAILURES - len(out.failures))]
+            out.outages += r.outages
             out.latency_us.merge(r.latency_us)
             for key, second in r.timeline.items():
                 mine = out.timeline.setdefault(key, Second())
@@ -183,7 +187,9 @@ class Recorder:
         self.result.errors[code] += times
         self._second(time.monotonic()).errors += times
         self.bump(ERRORS, times)
-        if detail and len(self.result.failures) < self.MAX_FAILURES:
+        # A few of each code, so that a rare one is not hidden behind a common one.
+        few = self.result.errors[code] <= self.MAX_FAILURES // 5
+        if detail and few and len(self.result.failures) < self.MAX_FAILURES:
             self.result.failures.append(f"{code}: {detail}")
 
     def stream(self, opened: bool) -> None:
@@ -250,6 +256,7 @@ class DeviceAgent:
         self._todo: deque[int] = deque()  # due, not acked, not in flight
         self._waiting: dict[int, list[int]] = {}  # original -> re-sends waiting for its ack
         self._last_progress = 0.0
+        self._broken_at: float | None = None  # the first failed stream since the last ack
 
     async def run(self) -> None:
         """Streams until everything is acked or the device gives up; never raises."""
@@ -316,9 +323,16 @@ class DeviceAgent:
         if problem is not None:
             self._recorder.error(*problem)
         self._last_progress = now
+        if self._broken_at is not None:
+            self._recorder.result.outages.append((self._broken_at, now))
+            self._broken_at = None
         self._acked[index] = True
         self._remaining -= 1
         self._todo.extend(self._waiting.pop(index, ()))
+
+    def _broke(self) -> None:
+        if self._broken_at is None:
+            self._broken_at = time.monotonic()
 
     async def _session(self) -> bool:
         """One stream: sends what is due, reads acks; True if any ack came back."""
@@ -348,6 +362,7 @@ class DeviceAgent:
             while True:
                 if reader.done():
                     reader.result()  # raises the stream's error, if it failed
+                    self._broke()
                     recorder.error(
                         "EARLY_END",
                         f"device {self.identity.device_id}: the server ended the stream with"
@@ -402,9 +417,11 @@ class DeviceAgent:
         except _Drop:
             pass
         except grpc.aio.AioRpcError as exc:
+            self._broke()
             recorder.error(exc.code().name, f"device {self.identity.device_id}: {exc.details()}")
         except asyncio.InvalidStateError:
             # A write or half-close raced the end of the RPC: its status says why it ended.
+            self._broke()
             status, details = await _final_status(call)
             recorder.error(status, f"device {self.identity.device_id}: {details}")
         except TimeoutError:

@@ -64,6 +64,7 @@ from callsight.pipeline.encode import NumberCodec, Source, decode
 from callsight.pipeline.validate import BatchRejected
 from callsight.storage.database import Database, connect
 from callsight.storage.migrator import migrate
+from callsight.storage.parties import stored_inserts
 from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 
 INSERT_ROWS = 50_000  # rows per insert: the server's default --batch-max-rows
@@ -329,6 +330,10 @@ def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -
     ]
     del tables
     rows = sum(chunk.num_rows for _, chunk in chunks)
+    writes = len(chunks)
+    # What the server's writer inserts: call rows become their parties, then the calls.
+    chunks = [stored for t, chunk in chunks for stored in stored_inserts(t, chunk)]
+    stored_rows = sum(chunk.num_rows for _, chunk in chunks)
     seconds = {}
     work = tempfile.mkdtemp(prefix="callsight-ceilings-")
     try:
@@ -340,8 +345,10 @@ def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -
                 client.close()
             seconds[way] = sum(s for s, _ in timed)
             written = sum(n for _, n in timed)
-            if written != rows:
-                raise CeilingError(f"insert {way}: {written} rows written of {rows} inserted")
+            if written != stored_rows:
+                raise CeilingError(
+                    f"insert {way}: {written} rows written of {stored_rows} inserted"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -351,7 +358,9 @@ def insert_child_main(batches: Sequence[bytes], insert_rows: int, now_ms: int) -
         "encode_warm_s": encode_warm_s,
         "rows_inserted": rows,
         "insert_batch_rows": insert_rows,
-        "inserts": len(chunks),
+        "inserts": writes,
+        # Calls are two inserts each (their parties first), as the server's writer does them.
+        "stored_inserts": len(chunks),
         **{f"insert_{way}_rows_per_s": _rate(rows, s) for way, s in seconds.items()},
         **{f"insert_{way}_s": s for way, s in seconds.items()},
     }
@@ -404,6 +413,10 @@ async def all_database_counts(
         db.close()
 
 
+# What a stored call costs: the call rows and the per-number rows they refer to (if any).
+FOOTPRINT_TABLES = ("calls", "parties")
+
+
 def _counts_main(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Counts]:
     return asyncio.run(all_database_counts(dsn, database, tenant_ids))
 
@@ -411,6 +424,48 @@ def _counts_main(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Co
 def counts_in_child(dsn: str, database: str, tenant_ids: list[str]) -> dict[str, Counts]:
     """``all_database_counts`` from a spawned process (a stopped server's chDB opens there)."""
     return in_child(_counts_main, dsn, database, tenant_ids)
+
+
+async def footprint(db: Database, tables: Sequence[str] = FOOTPRINT_TABLES) -> dict[str, Any]:
+    """Rows and bytes on disk of each table after ``OPTIMIZE .. FINAL`` (merges settled), and
+    bytes per stored call: ``calls`` plus the tables that hold what calls refer to."""
+    out: dict[str, Any] = {}
+    present = {
+        str(r[0])
+        for r in await db.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    }
+    for table in tables:
+        if table not in present:
+            continue
+        await db.command(f"OPTIMIZE TABLE {table} FINAL")
+        rows, size = (
+            await db.query(
+                "SELECT sum(rows), sum(bytes_on_disk) FROM system.parts WHERE active"
+                " AND database = currentDatabase() AND table = {t:String}",
+                {"t": table},
+            )
+        )[0]
+        out[table] = {"rows": int(rows), "bytes": int(size)}
+    calls = out.get("calls", {}).get("rows", 0)
+    stored = sum(figures["bytes"] for figures in out.values())
+    out["bytes_per_call"] = stored / calls if calls else None
+    return out
+
+
+def _footprint_main(dsn: str, database: str) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        db = Database(dsn, database)
+        try:
+            return await footprint(db)
+        finally:
+            db.close()
+
+    return asyncio.run(main())
+
+
+def footprint_in_child(dsn: str, database: str) -> dict[str, Any]:
+    """``footprint`` from a spawned process (a stopped server's chDB opens there)."""
+    return in_child(_footprint_main, dsn, database)
 
 
 # --- together -----------------------------------------------------------------------------------

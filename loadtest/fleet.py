@@ -43,7 +43,8 @@ from callsight.loadtest.agent import (
 from callsight.loadtest.bootstrap import DeviceIdentity, TenantInfo, bootstrap, warm_up
 from callsight.loadtest.common import MiB, Say, add_flags, cpu_s
 from callsight.loadtest.common import say as say_stderr
-from callsight.loadtest.harness import ProcessSampler, Usage
+from callsight.loadtest.harness import ProcessSampler, ServerProcess, Usage
+from callsight.loadtest.histogram import Histogram
 from callsight.loadtest.report_out import Progress
 from callsight.loadtest.verify import Verification, ground_truth, report_counts
 from callsight.loadtest.workload import KINDS, DeviceTruth, WorkloadSpec
@@ -75,6 +76,7 @@ class FleetOptions:
     warm_up: bool = True
     progress: bool = True
     label: str = ""
+    restart_at_s: float = 0.0  # > 0: SIGKILL and restart the spawned server this far into the run
 
     @property
     def employee_count(self) -> int:
@@ -97,6 +99,7 @@ class FleetResult:
     ceilings: dict[str, float] = field(default_factory=dict)
     peak_in_flight: int = 0  # batches sent and not yet acked, sampled across processes
     parent_cpu_s: float = 0.0  # the coordinating process, while client processes ran
+    restart: Restart | None = None
 
     @property
     def wall_s(self) -> float:
@@ -182,6 +185,7 @@ class FleetResult:
             },
             "generated": self.totals,
             "setup_s": self.setup_s,
+            "restart": self.restart and self.restart.to_json(self.client),
             "failures": c.failures[:50],
             "timeline": self.timeline(),
             "config": {
@@ -199,6 +203,95 @@ class FleetResult:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
             },
+        }
+
+
+def window(client: WorkerResult, first_s: float, last_s: float) -> dict[str, Any]:
+    """Acks and errors within seconds [first_s, last_s) of a run (0: its start)."""
+    latency = Histogram()
+    batches = errors = 0
+    for second, bucket in client.timeline.items():
+        if first_s <= second < last_s:
+            latency.merge(bucket.latency_us)
+            batches += bucket.batches
+            errors += bucket.errors
+    return {
+        "batches": batches,
+        "errors": errors,
+        "ack_latency_ms": latency.summary(1e-3) if latency.count else None,
+    }
+
+
+@dataclass(slots=True)
+class Restart:
+    """A crash and restart of the spawned server in the middle of a run, and how the fleet
+    recovered: when the devices whose streams broke got their first ack again."""
+
+    at_s: float  # into the run
+    start: float  # the run's time zero, time.monotonic()
+    killed_at: float = math.nan
+    serving_at: float = math.nan
+    usage: list[Usage] = field(default_factory=list)  # the killed server process's share
+    sampler: ProcessSampler | None = None  # the restarted server's
+    error: str = ""
+
+    def server_usage(self, last: Usage | None) -> Usage | None:
+        """Both server processes' CPU seconds and the higher peak RSS."""
+        parts = [*self.usage, *([last] if last is not None else [])]
+        if not parts:
+            return None
+        return Usage(
+            cpu_s=sum(u.cpu_s for u in parts),
+            peak_rss_bytes=max(u.peak_rss_bytes for u in parts),
+            samples=sum(u.samples for u in parts),
+        )
+
+    async def run(self, server: ServerProcess, sampler: ProcessSampler | None, say: Say) -> None:
+        """Sleeps until ``at_s``, then SIGKILLs the server and starts it again (same port)."""
+        await asyncio.sleep(max(0.0, self.start + self.at_s - time.monotonic()))
+        if sampler is not None:
+            self.usage.append(sampler.stop())
+        say(f"restart: SIGKILL to server pid {server.pid}")
+        self.killed_at = time.monotonic()
+        try:
+            await asyncio.to_thread(server.restart)
+        except Exception as exc:  # the run goes on and fails on its own; say why
+            self.error = f"{type(exc).__name__}: {exc}"
+            say(f"restart failed: {self.error}")
+            return
+        self.serving_at = time.monotonic()
+        if sampler is not None:
+            self.sampler = ProcessSampler(server.pid)
+            self.sampler.start()
+        say(
+            f"restart: serving again as pid {server.pid} after "
+            f"{self.serving_at - self.killed_at:.1f} s"
+        )
+
+    def to_json(self, client: WorkerResult) -> dict[str, Any]:
+        """Recovery figures; ``all_served_s`` is SERVING to the last interrupted device's ack."""
+        hit = [(broke, back) for broke, back in client.outages if broke >= self.killed_at]
+        served = sorted(back - self.serving_at for _, back in hit)
+
+        def quantile(q: float) -> float | None:
+            return served[min(len(served) - 1, int(q * len(served)))] if served else None
+
+        serving_s = self.serving_at - self.start
+
+        def ack_p99(first_s: float, last_s: float) -> float | None:
+            latency: dict[str, float] | None = window(client, first_s, last_s)["ack_latency_ms"]
+            return latency["p99"] if latency else None
+
+        return {
+            "at_s": self.at_s,
+            "error": self.error or None,
+            "down_s": self.serving_at - self.killed_at,
+            "devices_interrupted": len(hit),
+            "devices_served_again": len(served),
+            "served_again_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": quantile(1.0)},
+            "all_served_s": served[-1] if served else None,
+            "ack_p99_ms_first_30_s": ack_p99(serving_s, serving_s + 30),
+            "ack_p99_ms_after_30_s": ack_p99(serving_s + 30, math.inf),
         }
 
 
@@ -352,8 +445,11 @@ async def _wait_with_progress(
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResult:
-    """Sets the fleet up, runs it, verifies it; see the module docstring."""
+async def run_fleet(
+    options: FleetOptions, say: Say | None = None, server_process: ServerProcess | None = None
+) -> FleetResult:
+    """Sets the fleet up, runs it, verifies it; see the module docstring. With
+    ``options.restart_at_s``, ``server_process`` is killed and restarted during the run."""
     report = say or say_stderr
     spec = options.spec
     if not spec.now_ms:
@@ -373,6 +469,7 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
                 devices=options.devices,
                 run_label=label,
                 say=report,
+                timings=setup,
             )
             setup["bootstrap_s"] = time.monotonic() - started
             truths, setup["generation_s"] = await clients.generate(devices)
@@ -408,8 +505,18 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
             )
             parent_cpu = cpu_s()
             progress.start()
-            results = await clients.run(time.monotonic() + clients.start_delay_s, progress)
+            start = time.monotonic() + clients.start_delay_s
+            restart = restarting = None
+            if options.restart_at_s > 0 and server_process is not None:
+                restart = Restart(at_s=options.restart_at_s, start=start)
+                restarting = asyncio.ensure_future(restart.run(server_process, sampler, report))
+            results = await clients.run(start, progress)
+            if restarting is not None and restart is not None:
+                await restarting  # a run shorter than restart_at_s waits for the restart
+                sampler = restart.sampler
             server = sampler.stop() if sampler is not None else None
+            if restart is not None:
+                server = restart.server_usage(server)
             parent_cpu = cpu_s() - parent_cpu
             progress.finish()
             merged = WorkerResult.merged(results)
@@ -451,6 +558,7 @@ async def run_fleet(options: FleetOptions, say: Say | None = None) -> FleetResul
         server=server,
         peak_in_flight=progress.peak_in_flight,
         parent_cpu_s=parent_cpu if processes else 0.0,
+        restart=restart,
     )
 
 
@@ -559,6 +667,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
         ("--ramp-s", 0.0, "start the devices spread over this many seconds instead of all at once"),
         ("--no-warm-up", False, "skip the first empty batches"),
+        (
+            "--restart-at",
+            0.0,
+            "with --spawn-server: SIGKILL and restart the server this many seconds into the run"
+            " (a restart storm: every device reconnects at once)",
+        ),
     )
     out = parser.add_argument_group("output")
     verify = out.add_mutually_exclusive_group()
@@ -605,6 +719,7 @@ def options_from_args(args: argparse.Namespace, target: str, token: str) -> Flee
         client_processes=processes,
         warm_up=not args.no_warm_up,
         progress=not args.quiet,
+        restart_at_s=args.restart_at,
         **_pick(args, "devices", "employees", "tenants", "verify", "server_pid"),
     )
 
@@ -626,4 +741,6 @@ def problems(args: argparse.Namespace) -> list[str]:
         problems.append("--window must be at least 1 and --batch-size within 1-10,000")
     if args.steady and (args.duration <= 0 or args.sync_interval <= 0):
         problems.append("--duration and --sync-interval must be positive")
+    if args.restart_at < 0 or (args.restart_at and not args.spawn_server):
+        problems.append("--restart-at needs --spawn-server and a positive number of seconds")
     return problems

@@ -69,14 +69,16 @@ class ServerProcess:
         return self._proc.pid
 
     def start(self, timeout_s: float = 120.0) -> None:
-        """Starts the child and returns once it logs "serving"; ServerError if it does not."""
+        """Starts the child and returns once it logs "serving"; ServerError if it does not.
+
+        The first start takes a free port; a later one (a restart) listens on the same port."""
         env = {
             **os.environ,
             "CALLSIGHT_OPERATOR_TOKEN": self.operator_token,
             "CALLSIGHT_MASTER_KEY": base64.b64encode(self.master_key).decode(),
             **self._env,
         }
-        command = [sys.executable, "-m", self.module, "serve", "--listen", f"{self.host}:0"]
+        command = [sys.executable, "-m", self.module, "serve", "--listen", self.address]
         command += ["--data-dir", str(self.data_dir), *self._args]
         self._serving.clear()
         self._proc = subprocess.Popen(
@@ -125,6 +127,11 @@ class ServerProcess:
         if self._proc.poll() is None:
             self._proc.send_signal(sig)
         return self._proc.wait(timeout=60)
+
+    def restart(self, timeout_s: float = 120.0) -> None:
+        """SIGKILL (a crash: nothing is flushed), then a start on the same port and data."""
+        self.kill()
+        self.start(timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,25 @@ def table(result: dict[str, Any]) -> str:
         ),
         ("server peak RSS MiB", num(result["server_peak_rss_mb"])),
     ]
+    restart = result.get("restart")
+    if restart:
+        served = restart["served_again_s"]
+        lines += [
+            (
+                "restart: at s / down s / devices interrupted / served again",
+                f"{num(restart['at_s'], 1)} / {num(restart['down_s'], 1)}"
+                f" / {restart['devices_interrupted']:,} / {restart['devices_served_again']:,}",
+            ),
+            (
+                "restart: served again after SERVING p50 / p99 / all s",
+                " / ".join(num(served[k], 1) for k in ("p50", "p99", "max")),
+            ),
+            (
+                "restart: ack p99 ms in the first 30 s / after",
+                f"{num(restart['ack_p99_ms_first_30_s'], 1)}"
+                f" / {num(restart['ack_p99_ms_after_30_s'], 1)}",
+            ),
+        ]
     ceilings = result.get("ceilings") or {}
     for key, ratio in (result.get("ratios") or {}).items():
         ceiling = ceilings.get(f"{key}_per_s")

@@ -5,12 +5,21 @@ then adds what only the white box sees (``loadtest.ceilings``): direct counts in
 database (``--dsn``, or the spawned server's chDB once stopped) and, with ``--ceilings``, the
 ceilings on the fleet's own batches.
 
-``bench`` (``make bench``) is the standard short suite, a few minutes on 2 cores: a spawned
-server, a backfill fleet with a few duplicates and its verification, then the reports called for
-a while on that data (``loadtest.report_load``, after the fleet: they would share the cores;
-every RPC and range at least once), the server stopped and its chDB counted from a child process,
-the ceilings on the fleet's batches. It writes ``loadtest/results/latest.json``: the ``fleet``
-keys, ``reports``, ``machine`` and ``suite``; exit 1 when verification, a batch or a report failed.
+``bench`` (``make bench``) is the standard suite, several minutes on 2 cores, each scenario on
+its own spawned server, one after another (they would share the cores):
+
+* backfill: a fleet uploading its history in 500-record batches with a few duplicates, verified,
+  then the reports called for a while on that data (``loadtest.report_load``; every RPC and
+  range at least once), the server stopped, its chDB counted and its ``calls`` footprint measured
+  after merges from a child process, and the ceilings on the fleet's own batches;
+* steady (``--scenarios``): 10,000 phones syncing every 20 s, enrolled through the API, the
+  server SIGKILLed and restarted half-way (a restart storm), verified;
+* small: 1,000 phones syncing every second (1-20 records a batch), past saturation.
+
+It writes ``loadtest/results/latest.json``: the backfill's ``fleet`` keys, ``reports``,
+``machine``, ``suite``, ``scenarios`` (each run's figures) and ``targets`` (each figure next to
+its issue-10 target); exit 1 when verification, a batch or a report failed (a missed target is
+reported, not an error).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import math
 import os
 import platform
 import shutil
@@ -25,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,12 +51,14 @@ from callsight.loadtest.fleet import (
     options_from_args,
     problems,
     run_fleet,
+    window,
 )
 from callsight.loadtest.harness import ServerProcess
 from callsight.loadtest.report_out import table as fleet_table
 from callsight.loadtest.workload import WorkloadSpec
 
 DEFAULT_OUT = Path("loadtest/results/latest.json")
+SCENARIOS = ("steady", "small")  # after the backfill, each on a fresh server
 GiB = 1024**3
 
 
@@ -160,7 +172,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
             options = replace(options, server_pid=server.pid)
         else:
             options = options_from_args(args, args.target, args.operator_token)
-        result = uvloop.run(run_fleet(options))
+        result = uvloop.run(run_fleet(options, server_process=server))
         dsn = args.dsn
         if server is not None:
             dsn = _stop(server)
@@ -209,29 +221,184 @@ def _summary_lines(latest: dict[str, Any]) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One figure of a scenario next to its target (issue 10)."""
+
+    scenario: str
+    figure: str
+    value: float | None
+    target: float
+    higher_is_better: bool
+    note: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the figure reaches the target; None when it was not measured."""
+        if self.value is None or not math.isfinite(self.value):
+            return None
+        return self.value >= self.target if self.higher_is_better else self.value <= self.target
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as written to ``targets`` in latest.json."""
+        return {**asdict(self), "met": self.met}
+
+
+def at_least(
+    scenario: str, figure: str, value: float | None, target: float, note: str = ""
+) -> Target:
+    """A figure that must reach ``target`` or more."""
+    return Target(scenario, figure, value, target, True, note)
+
+
+def at_most(
+    scenario: str, figure: str, value: float | None, target: float, note: str = ""
+) -> Target:
+    """A figure that must stay at ``target`` or below."""
+    return Target(scenario, figure, value, target, False, note)
+
+
+def _fleet(
+    server: ServerProcess, devices: int, spec: WorkloadSpec, args: Any, label: str, **options: Any
+) -> FleetOptions:
+    return FleetOptions(
+        target=server.address,
+        operator_token=server.operator_token,
+        devices=devices,
+        spec=spec,
+        client_processes=args.client_processes,
+        server_pid=server.pid,
+        progress=sys.stderr.isatty(),
+        label=label,
+        **options,
+    )
+
+
+def _steady(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], bool]:
+    """10,000 phones syncing every 20 s, a SIGKILL and restart half-way; figures and targets."""
+    name = "steady"
+    devices, duration, restart_at = args.steady_devices, args.steady_duration, args.restart_at
+    say(f"scenario {name}: {devices:,} devices, {duration:.0f} s, restart at {restart_at:.0f} s")
+    spec = WorkloadSpec(
+        mode="steady",
+        duration_s=duration,
+        sync_interval_s=20.0,
+        calls_per_hour=20.0,
+        contacts=False,
+        seed=args.seed,
+        now_ms=int(time.time() * 1000),
+    )
+    with _spawned_server("callsight-steady-", args.server_arg) as server:
+        options = _fleet(server, devices, spec, args, name, restart_at_s=restart_at)
+        result = uvloop.run(run_fleet(options, server_process=server))
+        add_direct_counts(result, _stop(server), "callsight")
+    data = result.to_json()
+    before = window(result.client, 0, restart_at or math.inf)
+    latency = before["ack_latency_ms"] or {}
+    figures = {
+        "devices": devices,
+        "enrollment_s": result.setup_s.get("enrollment_s"),
+        "batches_per_s": data["batches_per_s"],
+        "before_restart": before,
+        "errors": data["errors"],
+        "server_peak_rss_mb": data["server_peak_rss_mb"],
+        "restart": data["restart"],
+        "verify": data["verify"]["ok"],
+        "setup_s": data["setup_s"],
+    }
+    scale = "" if devices == 10_000 else f"{devices:,} devices, target for 10,000"
+    targets = [
+        at_most(name, "ack p99 ms (before the restart)", latency.get("p99"), 500),
+        at_most(name, "errors (before the restart)", before["errors"], 0),
+        at_most(name, "server peak RSS MiB", data["server_peak_rss_mb"], 1536),
+        at_most(name, "enrollment s", result.setup_s.get("enrollment_s"), 20, scale),
+    ]
+    restart = data["restart"]
+    if restart:
+        targets += [
+            at_most(
+                name,
+                "restart: every device served again, s after SERVING",
+                restart["all_served_s"],
+                30,
+                "devices sync every 20 s",
+            ),
+            at_most(
+                name,
+                "restart: ack p99 ms in the 30 s after SERVING",
+                restart["ack_p99_ms_first_30_s"],
+                1000,
+            ),
+        ]
+    targets.append(at_least(name, "verified (nothing lost or doubled)", float(result.ok), 1))
+    return figures, targets, result.ok
+
+
+def _small(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], bool]:
+    """1,000 phones syncing every second with calls and telemetry: past saturation on 2 cores."""
+    name = "small"
+    devices, duration = args.small_devices, args.small_duration
+    say(f"scenario {name}: {devices:,} devices syncing every second for {duration:.0f} s")
+    spec = WorkloadSpec(
+        mode="steady",
+        duration_s=duration,
+        sync_interval_s=1.0,
+        calls_per_hour=120.0,
+        contacts=False,
+        seed=args.seed,
+        now_ms=int(time.time() * 1000),
+    )
+    with _spawned_server("callsight-small-", args.server_arg) as server:
+        result = uvloop.run(run_fleet(_fleet(server, devices, spec, args, name)))
+        add_direct_counts(result, _stop(server), "callsight")
+    data = result.to_json()
+    offered = data["generated"]["batches"] / duration
+    figures = {
+        "devices": devices,
+        "offered_batches_per_s": offered,
+        "batches_per_s": data["batches_per_s"],
+        "records_per_s": data["records_per_s"],
+        "ack_latency_ms": data["ack_latency_ms"],
+        "errors": data["errors"],
+        "server_cores": (data["server"] or {}).get("cores"),
+        "verify": data["verify"]["ok"],
+    }
+    saturated = data["batches_per_s"] < 0.95 * offered
+    targets = [
+        at_least(
+            name,
+            "batches/s of 1-20 records",
+            data["batches_per_s"],
+            5000,
+            f"{offered:,.0f}/s offered",
+        ),
+        at_most(
+            name,
+            "ack p99 ms" + (" at saturation" if saturated else ""),
+            data["ack_latency_ms"]["p99"],
+            2000 if saturated else 500,
+        ),
+        at_least(name, "verified (nothing lost or doubled)", float(result.ok), 1),
+    ]
+    return figures, targets, result.ok
+
+
 def run(args: argparse.Namespace) -> int:
     """``python -m callsight.loadtest bench``: 0 when all was acked, verified and answered."""
     started_at = datetime.now(UTC)
     host = machine()
     reports: dict[str, Any] | None = None
     with _spawned_server("callsight-bench-", args.server_arg) as server:
-        options = FleetOptions(
-            target=server.address,
-            operator_token=server.operator_token,
-            devices=args.devices,
-            spec=WorkloadSpec(
-                mode="backfill",
-                days=args.days,
-                calls_per_day=args.calls_per_day,
-                duplicates=args.duplicates,
-                seed=args.seed,
-                now_ms=int(time.time() * 1000),
-            ),
-            client_processes=args.client_processes,
-            server_pid=server.pid,
-            progress=sys.stderr.isatty(),
-            label="bench",
+        spec = WorkloadSpec(
+            mode="backfill",
+            days=args.days,
+            calls_per_day=args.calls_per_day,
+            duplicates=args.duplicates,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            now_ms=int(time.time() * 1000),
         )
+        options = _fleet(server, args.devices, spec, args, "bench")
         result = uvloop.run(run_fleet(options))
         if args.report_duration > 0 and result.tenants:
             say(f"reports: {args.report_concurrency} callers for {args.report_duration:.0f} s")
@@ -246,11 +413,35 @@ def run(args: argparse.Namespace) -> int:
                     min_rounds=1,
                 )
             )
-        add_direct_counts(result, _stop(server), "callsight")
+        dsn = _stop(server)
+        add_direct_counts(result, dsn, "callsight")
+        say("footprint of the stored calls after merges")
+        stored = ceilings.footprint_in_child(dsn, "callsight")
     if not args.no_ceilings:
         say("ceilings on the fleet's own batches (regenerated)")
         result.ceilings = ceilings.fleet_ceilings(options.spec, options.devices)
     data = result.to_json()
+    name = "backfill"
+    targets = [
+        at_least(name, "records/s end to end (500-record batches)", data["records_per_s"], 250_000),
+        at_least(
+            name, "ratio to the Arrow insert ceiling", data["ratios"].get("insert_arrow_rows"), 0.5
+        ),
+        at_most(
+            name,
+            "bytes per stored call after merges",
+            stored["bytes_per_call"],
+            40,
+            "this run's calls; the issue's figure is the report benchmark's 20M calls",
+        ),
+    ]
+    scenarios: dict[str, Any] = {name: {"footprint": stored}}
+    ok = True
+    for extra, scenario in (("steady", _steady), ("small", _small)):
+        if extra in args.scenarios:
+            scenarios[extra], more, passed = scenario(args)
+            targets += more
+            ok = ok and passed
     latest = {
         **{k: v for k, v in data.items() if k not in ("config", "host")},
         "reports": _reports_summary(reports) if reports is not None else None,
@@ -266,7 +457,10 @@ def run(args: argparse.Namespace) -> int:
                 "concurrency": args.report_concurrency,
                 "duration_s": args.report_duration,
             },
+            "scenarios": args.scenarios,
         },
+        "scenarios": scenarios,
+        "targets": [target.to_json() for target in targets],
     }
     print(fleet_table(data))
     if reports is not None:
@@ -274,9 +468,30 @@ def run(args: argparse.Namespace) -> int:
         print(report_load.table(reports))
     print()
     print(_summary_lines(latest))
+    print()
+    print(targets_table(targets))
     _finish(result, data, latest, args)
     report_failed = reports is not None and (bool(reports["errors"]) or not reports["calls"])
-    return 0 if result.ok and not report_failed else 1
+    return 0 if result.ok and ok and not report_failed else 1
+
+
+def targets_table(targets: list[Target]) -> str:
+    """Each figure next to its target, and whether it was met."""
+
+    def shown(value: float | None) -> str:
+        return num(value, 0 if value is None or abs(value) >= 100 else 2)
+
+    return aligned(
+        [
+            (
+                f"{t.scenario}: {t.figure}",
+                f"{shown(t.value)} ({'>=' if t.higher_is_better else '<='} {shown(t.target)})"
+                f" {'met' if t.met else 'MISSED' if t.met is False else 'not measured'}"
+                + (f"  [{t.note}]" if t.note else ""),
+            )
+            for t in targets
+        ]
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -286,7 +501,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--devices", 500, "simulated phones"),
         ("--days", 5, "days of history per device"),
         ("--calls-per-day", 60.0, "mean per device"),
+        ("--batch-size", 500, "records per batch of the backfill"),
         ("--duplicates", 0.02, "share of calls sent twice (dedup work)"),
+        (
+            "--scenarios",
+            report_load.names,
+            "comma-separated scenarios after the backfill: steady, small (default both; '' none)",
+            {"default": list(SCENARIOS)},
+        ),
+        ("--steady-devices", 10_000, "steady: phones syncing every 20 s"),
+        ("--steady-duration", 60.0, "steady: seconds"),
+        ("--restart-at", 30.0, "steady: SIGKILL and restart the server this far in; 0: never"),
+        ("--small-devices", 1000, "small: phones syncing every second"),
+        ("--small-duration", 20.0, "small: seconds"),
         ("--client-processes", 1, "processes the devices spread over"),
         ("--seed", 1),
         (
