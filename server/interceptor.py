@@ -29,6 +29,7 @@ from callsight.server.auth import (
 from callsight.server.errors import client_message, redact, status_code, trailing_metadata
 
 log = structlog.get_logger("callsight.rpc")
+SLOW_MS = 1000.0  # an RPC that took longer is logged at info even when it succeeded
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Deserializer = Callable[[bytes], Any]
@@ -86,7 +87,11 @@ class _Call:
             fields["device"] = self.caller.device_id
         if error:
             fields["error"] = redact(error)
-        log.info("rpc", **fields)
+        # A fleet makes thousands of RPCs a second: the routine ones are debug lines (formatting
+        # them cost 14% of the server's CPU while 10,000 phones enrolled); failures and slow
+        # calls are info.
+        routine = code == grpc.StatusCode.OK and fields["duration_ms"] < SLOW_MS
+        (log.debug if routine else log.info)("rpc", **fields)
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], call: _Call, exc: Exception) -> None:
