@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from callsight.core.errors import InvalidArgument
+from callsight.pipeline.limits import MAX_PAGE_TOKEN_BYTES
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -72,6 +73,11 @@ class PageTokens:
         """The page a request asks for; a new snapshot when there is no token."""
         if not token:
             return Page(size=size, snapshot_ms=now_ms)
+        if len(token) > MAX_PAGE_TOKEN_BYTES:
+            raise InvalidArgument(
+                f"page_token is {len(token)} characters; the limit is {MAX_PAGE_TOKEN_BYTES}:"
+                " send the next_page_token of the previous page as it came"
+            )
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except ValueError as exc:

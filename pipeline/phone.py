@@ -8,6 +8,7 @@ be a different, wrong number. Extensions are dropped; E.164 has no place for the
 
 from __future__ import annotations
 
+import functools
 import threading
 import zoneinfo
 from collections import OrderedDict, deque
@@ -20,6 +21,7 @@ import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
 
 from callsight.core.errors import InvalidArgument
+from callsight.pipeline.limits import MAX_TIMEZONE_BYTES, quote
 
 # Longer raws are never cached, so the cache's bound in entries also bounds its memory.
 _MAX_CACHED_RAW_LEN = 64
@@ -51,21 +53,50 @@ def is_known_region(region: str) -> bool:
     return region.upper() in phonenumbers.SUPPORTED_REGIONS
 
 
-def valid_timezone(name: str) -> str:
-    """The IANA zone name, or InvalidArgument."""
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidArgument(
-            f"timezone {name!r} is not an IANA time zone (e.g. 'Asia/Kolkata')"
-        ) from exc
-    return name
+# Names outside the IANA set that zoneinfo still opens ("localtime" is the host's own zone).
+_NOT_ZONES = frozenset({"Factory", "posixrules", "localtime"})
+
+
+@functools.cache
+def timezones() -> frozenset[str]:
+    """The time zones callsight accepts: IANA names of the Area/Location form, plus "UTC".
+
+    From the tz database zoneinfo reads (the ``tzdata`` package, else the system's), read once.
+    Legacy single-word names ("EST", "GMT", "Japan", "Zulu") are left out: they are links kept
+    for old systems, some are not zones at all ("Factory"), and each has an Area/Location or
+    Etc/ equivalent ("America/New_York", "Etc/GMT").
+    """
+    return frozenset(
+        name
+        for name in zoneinfo.available_timezones()
+        if ("/" in name or name == "UTC")
+        and name not in _NOT_ZONES
+        and not name.startswith(("posix/", "right/"))
+    )
+
+
+def valid_timezone(name: str, field: str = "timezone") -> str:
+    """The IANA zone name, or InvalidArgument saying what to send.
+
+    The length is capped before any lookup, and the message quotes at most 64 characters.
+    """
+    # The set is in memory: no file is opened for a client's string (a long one used to raise
+    # OSError from zoneinfo and end as INTERNAL).
+    if len(name) <= MAX_TIMEZONE_BYTES and name in timezones():
+        return name
+    shown = "an empty string" if not name else quote(name)
+    raise InvalidArgument(
+        f"{field} {shown} is not an IANA time zone: send an Area/Location name such as"
+        ' "Asia/Kolkata", or "UTC"'
+    )
 
 
 def valid_region(region: str, field: str) -> str:
     """The upper-case ISO 3166 alpha-2 region, or InvalidArgument."""
     if not is_known_region(region):
-        raise InvalidArgument(f"{field} {region!r} is not an ISO 3166 alpha-2 region (e.g. 'IN')")
+        raise InvalidArgument(
+            f"{field} {quote(region)} is not an ISO 3166 alpha-2 region (e.g. 'IN')"
+        )
     return region.upper()
 
 

@@ -1,10 +1,11 @@
 """Batch limits and per-record validation of uploads, column by column.
 
-``check_batch`` refuses a whole batch (no payload, too many records, too many bytes). The
-``validate_*`` functions turn a batch into columns, one list or array per field built once per
-batch, plus a mask of the records that pass every rule and one precise reason per record that
-does not. Numeric rules are vectorised with numpy; phone numbers are checked later, by the codec
-in ``pipeline/encode.py``.
+``check_batch`` refuses a whole batch (no payload, too many records, too many bytes, an
+oversized batch_id). The ``validate_*`` functions turn a batch into columns, one list or array
+per field built once per batch, plus a mask of the records that pass every rule and one precise
+reason per record that does not. Numeric rules are vectorised with numpy; phone numbers are
+checked later, by the codec in ``pipeline/encode.py``. The caps themselves live in
+``pipeline/limits.py``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,28 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from callsight.core.clock import SYSTEM_CLOCK
 from callsight.core.errors import InvalidArgument
+from callsight.pipeline.limits import (
+    MAX_BATCH_BYTES,
+    MAX_DEVICE_FIELD_BYTES,
+    MAX_FCM_ID_BYTES,
+    MAX_FUTURE_MS,
+    MAX_ID_BYTES,
+    MAX_NAME_BYTES,
+    MAX_NOTE_BYTES,
+    MAX_NUMBERS_PER_CONTACT,
+    MAX_RECORDS,
+    MAX_SIM_IDS,
+    MAX_URI_BYTES,
+    MIN_TIME_MS,
+    too_long,
+    too_many,
+    utf8_len,
+)
 from callsight.v1 import ingest_pb2
 
-MAX_RECORDS = 10_000
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-MAX_ID_LEN = 128
 MAX_DURATION_S = 86_400
-MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
-MAX_FUTURE_MS = 86_400_000  # a phone's clock may run ahead, but not by more than a day
 MAX_CALL_TYPE = 7  # CALL_TYPE_ANSWERED_EXTERNALLY
 MAX_NETWORK_TYPE = 3  # NETWORK_TYPE_NONE
 PAYLOAD_KINDS = ("calls", "contacts", "telemetry")
@@ -60,6 +74,8 @@ def check_batch(request: ingest_pb2.UploadRequest) -> str:
     size = request.ByteSize()
     if size > MAX_BATCH_BYTES:
         raise BatchRejected(f"batch is {size} bytes; the limit is {MAX_BATCH_BYTES}: split it")
+    if len(request.batch_id) > MAX_ID_BYTES // 4 and utf8_len(request.batch_id) > MAX_ID_BYTES:
+        raise BatchRejected(too_long("batch_id", utf8_len(request.batch_id), MAX_ID_BYTES))
     return kind
 
 
@@ -153,16 +169,66 @@ def _lengths(values: list[str]) -> npt.NDArray[np.int64]:
     return np.fromiter(map(len, values), dtype=np.int64, count=len(values))
 
 
+def _any_over(values: list[str], limit: int) -> bool:
+    """Whether any value is over ``limit`` UTF-8 bytes (the fast path's form of ``_check_text``)."""
+    longest = max(map(len, values), default=0)
+    # A code point is 1 to 4 bytes: most columns are settled by their longest string alone.
+    if longest * 4 <= limit:
+        return False
+    return longest > limit or any(utf8_len(v) > limit for v in values if len(v) * 4 > limit)
+
+
+def _check_text(rules: _Rules, name: str, values: list[str], limit: int) -> None:
+    lengths = _lengths(values)
+    maybe = np.flatnonzero((lengths * 4 > limit) & (lengths <= limit))
+    for i in maybe.tolist():
+        lengths[i] = utf8_len(values[i])
+    rules.check(lengths > limit, lambda i: too_long(name, utf8_len(values[i]), limit))
+
+
 def _check_id(rules: _Rules, name: str, ids: list[str]) -> None:
-    lengths = _lengths(ids)
-    rules.check(lengths == 0, lambda _: f"{name} is required")
-    rules.check(lengths > MAX_ID_LEN, lambda _: f"{name} is longer than {MAX_ID_LEN} characters")
+    rules.check(_lengths(ids) == 0, lambda _: f"{name} is required")
+    _check_text(rules, name, ids, MAX_ID_BYTES)
 
 
-def _check_time(rules: _Rules, name: str, values: npt.NDArray[np.int64], now_ms: int) -> None:
-    rules.check(values < MIN_TIME_MS, lambda i: f"{name} {values[i]} is before 2000-01-01")
+def _check_lists(
+    rules: _Rules, name: str, lists: list[list[str]], max_entries: int, limit: int | None
+) -> None:
+    """At most ``max_entries`` per record and, unless ``limit`` is None, each within it."""
+    counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    rules.check(counts > max_entries, lambda i: too_many(name, int(counts[i]), max_entries))
+    if limit is None:
+        return
+    over: dict[int, str] = {}
+    for i, values in enumerate(lists):
+        for j, value in enumerate(values):
+            if len(value) * 4 > limit and (size := utf8_len(value)) > limit:
+                over[i] = too_long(f"{name}[{j}]", size, limit)
+                break
+    if over:
+        broken = np.zeros(len(lists), dtype=np.bool_)
+        broken[list(over)] = True
+        rules.check(broken, over.__getitem__)
+
+
+def _check_time(
+    rules: _Rules,
+    name: str,
+    values: npt.NDArray[np.int64],
+    now_ms: int,
+    *,
+    earliest: int = MIN_TIME_MS,
+    unset_zero: bool = False,
+) -> None:
+    """Within [earliest, now_ms + MAX_FUTURE_MS]; with ``unset_zero``, 0 (not set) passes too.
+
+    ``earliest`` is MIN_TIME_MS (2000-01-01) for instants, 0 for versions that may be counters.
+    """
+    is_set = values != 0 if unset_zero else np.ones(len(values), dtype=np.bool_)
+    before = "is negative" if earliest == 0 else "is before 2000-01-01"
+    rules.check(is_set & (values < earliest), lambda i: f"{name} {values[i]} {before}")
     rules.check(
-        values > now_ms + MAX_FUTURE_MS,
+        is_set & (values > now_ms + MAX_FUTURE_MS),
         lambda i: f"{name} {values[i]} is more than a day in the future",
     )
 
@@ -178,11 +244,20 @@ def _numbers(
     return np.fromiter(map(attrgetter(field), records), dtype=dtype, count=len(records))
 
 
+# The text fields of a call and their caps, shared by the fast and the slow path.
+_CALL_TEXT = (
+    ("call_id", MAX_ID_BYTES),
+    ("name", MAX_NAME_BYTES),
+    ("sim_id", MAX_ID_BYTES),
+    ("note", MAX_NOTE_BYTES),
+    ("recording_uri", MAX_URI_BYTES),
+)
+
+
 def validate_calls(batch: ingest_pb2.CallLogBatch, now_ms: int) -> Validated[CallColumns]:
     """Columns of a call batch and which calls pass the rules; ``now_ms`` is server time."""
     # One list() up front: iterating the repeated field itself re-wraps every message each time.
     records = list(batch.records)
-    n = len(records)
     cols = CallColumns(
         call_id=_strings(records, "call_id"),
         number=_strings(records, "number"),
@@ -196,43 +271,67 @@ def validate_calls(batch: ingest_pb2.CallLogBatch, now_ms: int) -> Validated[Cal
         recording_uri=_strings(records, "recording_uri"),
         updated_at_ms=_numbers(records, "updated_at_ms", np.int64),
     )
+    if _calls_look_clean(cols, now_ms):
+        return Validated(cols, np.ones(len(records), dtype=np.bool_), [])
+    return _call_rules(cols, now_ms)
+
+
+def _calls_look_clean(cols: CallColumns, now_ms: int) -> bool:
+    """The fast path: a clean batch (the common case) is settled with whole-column checks.
+
+    Every rule of ``_call_rules`` must be here too: tests/unit/test_validate.py checks that the
+    two agree on each rule's cases.
+    """
     types = cols.type
-    durations = cols.duration_s
     started = cols.started_at_ms
-    # The common case, a clean batch, is settled with a few whole-column checks. Every rule
-    # below must be here too: each rule's test in tests/unit/test_validate.py fails otherwise.
-    if not (
+    updated = cols.updated_at_ms
+    latest = now_ms + MAX_FUTURE_MS
+    return not (
         "" in cols.call_id
         or "" in cols.number
-        or max(map(len, cols.call_id), default=0) > MAX_ID_LEN
+        or any(_any_over(getattr(cols, field), limit) for field, limit in _CALL_TEXT)
         or (
             (types < 1)
             | (types > MAX_CALL_TYPE)
             | (started < MIN_TIME_MS)
-            | (started > now_ms + MAX_FUTURE_MS)
-            | (durations > MAX_DURATION_S)
-            | (cols.updated_at_ms < 0)
+            | (started > latest)
+            | (cols.duration_s > MAX_DURATION_S)
+            | ((updated != 0) & ((updated < MIN_TIME_MS) | (updated > latest)))
         ).any()
-    ):
-        return Validated(cols, np.ones(n, dtype=np.bool_), [])
-    rules = _Rules(n)
+    )
+
+
+def _call_rules(cols: CallColumns, now_ms: int) -> Validated[CallColumns]:
+    """The slow path: every rule, one reason for each record that breaks one."""
+    types = cols.type
+    durations = cols.duration_s
+    rules = _Rules(len(cols.call_id))
     _check_id(rules, "call_id", cols.call_id)
     rules.check(_lengths(cols.number) == 0, lambda _: "number is required")
     rules.check(
         (types < 1) | (types > MAX_CALL_TYPE),
         lambda i: f"type {types[i]} is not a CallType (1-{MAX_CALL_TYPE})",
     )
-    _check_time(rules, "started_at_ms", started, now_ms)
+    _check_time(rules, "started_at_ms", cols.started_at_ms, now_ms)
     rules.check(
         durations > MAX_DURATION_S,
         lambda i: f"duration_s {durations[i]} is over {MAX_DURATION_S} (24 h)",
     )
-    rules.check(cols.updated_at_ms < 0, lambda _: "updated_at_ms is negative")
+    _check_time(rules, "updated_at_ms", cols.updated_at_ms, now_ms, unset_zero=True)
+    for field, limit in _CALL_TEXT[1:]:  # call_id's cap is checked by _check_id
+        _check_text(rules, field, getattr(cols, field), limit)
     return rules.result(cols)
 
 
-def validate_contacts(batch: ingest_pb2.ContactBatch) -> Validated[ContactColumns]:
-    """Columns of a contact batch and which contacts pass the rules (numbers aside)."""
+def validate_contacts(
+    batch: ingest_pb2.ContactBatch, now_ms: int | None = None
+) -> Validated[ContactColumns]:
+    """Columns of a contact batch and which contacts pass the rules (numbers aside).
+
+    ``now_ms`` is server time (the system clock when not given): it bounds updated_at_ms.
+    """
+    if now_ms is None:
+        now_ms = SYSTEM_CLOCK.now_ms()
     records = list(batch.records)
     cols = ContactColumns(
         contact_id=[r.contact_id for r in records],
@@ -244,7 +343,12 @@ def validate_contacts(batch: ingest_pb2.ContactBatch) -> Validated[ContactColumn
     )
     rules = _Rules(len(records))
     _check_id(rules, "contact_id", cols.contact_id)
-    rules.check(cols.updated_at_ms < 0, lambda _: "updated_at_ms is negative")
+    # A contact's version may be a counter: only negative and far-future ones are refused.
+    _check_time(rules, "updated_at_ms", cols.updated_at_ms, now_ms, earliest=0)
+    _check_text(rules, "name", cols.name, MAX_NAME_BYTES)
+    # Each number's length is the codec's: libphonenumber refuses more than 250 characters.
+    _check_lists(rules, "numbers", cols.numbers, MAX_NUMBERS_PER_CONTACT, None)
+    _check_text(rules, "photo_uri", cols.photo_uri, MAX_URI_BYTES)
     return rules.result(cols)
 
 
@@ -288,4 +392,8 @@ def validate_telemetry(
         (network < 0) | (network > MAX_NETWORK_TYPE),
         lambda i: f"network {network[i]} is not a NetworkType (0-{MAX_NETWORK_TYPE})",
     )
+    for field in ("app_version", "android_version", "model"):
+        _check_text(rules, field, getattr(cols, field), MAX_DEVICE_FIELD_BYTES)
+    _check_text(rules, "fcm_id", cols.fcm_id, MAX_FCM_ID_BYTES)
+    _check_lists(rules, "sim_ids", cols.sim_ids, MAX_SIM_IDS, MAX_ID_BYTES)
     return rules.result(cols)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, TypeAlias
 
@@ -14,6 +15,19 @@ from callsight.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from callsight.pipeline import phone
 from callsight.pipeline.crypto import Keyring
 from callsight.pipeline.keys import TenantKeys
+from callsight.pipeline.limits import (
+    MAX_EXCLUDED_NUMBERS,
+    MAX_ID_BYTES,
+    MAX_IMPORT_EMPLOYEE_IDS,
+    MAX_IMPORT_LEADS,
+    MAX_LEAD_FIELD_BYTES,
+    MAX_NAME_BYTES,
+    check_count,
+    check_text,
+    quote,
+    tag_problems,
+    text_problem,
+)
 from callsight.server.auth import (
     API_KEY_PREFIX,
     ENROLLMENT_PREFIX,
@@ -31,19 +45,23 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 DEFAULT_ENROLLMENT_TTL_S = 86_400
 MAX_ENROLLMENT_TTL_S = 30 * 86_400
 _ROLES = {common_pb2.ROLE_ADMIN: "ADMIN", common_pb2.ROLE_REPORTS: "REPORTS"}
-MAX_IMPORT_LEADS = 10_000
-MAX_LEAD_FIELD_LEN = 1024
 # An import with thousands of bad leads names the first ones and counts the rest.
 _MAX_PROBLEMS_SHOWN = 50
 
 
-def _required(value: str, field: str) -> str:
+def _required(value: str, field: str, limit: int = MAX_NAME_BYTES) -> str:
     value = value.strip()
     if not value:
         raise InvalidArgument(f"{field} is required")
-    if len(value) > 256:
-        raise InvalidArgument(f"{field} is longer than 256 characters")
-    return value
+    return check_text(value, field, limit)
+
+
+def _tags(tags: Sequence[str], field: str) -> tuple[str, ...]:
+    """Distinct, stripped, sorted tags, or InvalidArgument when over the caps."""
+    problems = tag_problems(tags, field)
+    if problems:
+        raise InvalidArgument("; ".join(problems))
+    return tuple(sorted({t.strip() for t in tags if t.strip()}))
 
 
 def _all_problems(problems: list[str], suffix: str) -> InvalidArgument:
@@ -110,6 +128,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         name = request.name.strip()
         if not name:
             problems.append("name is required")
+        elif (problem := text_problem(name, "name", MAX_NAME_BYTES)) is not None:
+            problems.append(problem)
         try:
             phone.valid_region(request.default_region, "default_region")
         except InvalidArgument as exc:
@@ -156,8 +176,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CreateEmployeeResponse:
         tenant = await self._tenant()
         name = _required(request.name, "name")
+        tags = _tags(request.tags, "tags")
         number = phone.normalize(request.number, tenant.default_region)
-        tags = tuple(sorted({t.strip() for t in request.tags if t.strip()}))
         keyring = await self._keys.keyring(tenant.tenant_id)
         employee = Employee(
             tenant_id=tenant.tenant_id,
@@ -207,7 +227,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateEnrollmentRequest, context: Context
     ) -> admin_pb2.CreateEnrollmentResponse:
         tenant_id = caller().tenant_id
-        employee_id = _required(request.employee_id, "employee_id")
+        employee_id = _required(request.employee_id, "employee_id", MAX_ID_BYTES)
         if not await self._directory.employee_exists(tenant_id, employee_id):
             raise NotFound(f"employee {employee_id} does not exist in this tenant")
         ttl_s = request.ttl_s or DEFAULT_ENROLLMENT_TTL_S
@@ -232,7 +252,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeDevice(
         self, request: admin_pb2.RevokeDeviceRequest, context: Context
     ) -> admin_pb2.RevokeDeviceResponse:
-        device_id = _required(request.device_id, "device_id")
+        device_id = _required(request.device_id, "device_id", MAX_ID_BYTES)
         found = await self._directory.devices(tenant_id=caller().tenant_id, device_id=device_id)
         if not found:
             raise NotFound(f"device {device_id} does not exist in this tenant")
@@ -244,6 +264,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def SetExcludedNumbers(
         self, request: admin_pb2.SetExcludedNumbersRequest, context: Context
     ) -> admin_pb2.SetExcludedNumbersResponse:
+        check_count(request.numbers, "numbers", MAX_EXCLUDED_NUMBERS)
         tenant = await self._tenant()
         keyring = await self._keys.keyring(tenant.tenant_id)
         numbers: dict[bytes, bytes] = {}
@@ -256,7 +277,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 continue
             numbers[keyring.blind_index(e164)] = keyring.encrypt(e164)
         if problems:
-            raise InvalidArgument("; ".join(problems) + "; nothing was changed")
+            raise _all_problems(problems, "; nothing was changed")
         excluded = await privacy.set_excluded(
             self._db, tenant.tenant_id, numbers, self._clock.now_ns()
         )
@@ -265,12 +286,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ImportLeads(
         self, request: admin_pb2.ImportLeadsRequest, context: Context
     ) -> admin_pb2.ImportLeadsResponse:
-        tenant = await self._tenant()
         if len(request.leads) > MAX_IMPORT_LEADS:
             raise InvalidArgument(
                 f"{len(request.leads)} leads in one request; at most {MAX_IMPORT_LEADS},"
                 " split the import into several requests"
             )
+        check_count(request.employee_ids, "employee_ids", MAX_IMPORT_EMPLOYEE_IDS)
+        tenant = await self._tenant()
         problems: list[str] = []
         strategy = request.strategy or admin_pb2.ASSIGNMENT_STRATEGY_ROUND_ROBIN
         if strategy not in admin_pb2.AssignmentStrategy.values():
@@ -283,7 +305,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         known = set(employees)
         unknown = [e for e in request.employee_ids if e not in known]
         if unknown:
-            problems.append(f"employee_ids {unknown} are not employees of this tenant")
+            shown = ", ".join(quote(e) for e in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            problems.append(f"employee_ids [{shown}]{more} are not employees of this tenant")
         keyring = await self._keys.keyring(tenant.tenant_id)
         imported = [
             self._imported_lead(i, lead, tenant, keyring, explicit, known, problems)
@@ -372,8 +396,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         }
         for name, value in text.items():
-            if len(value) > MAX_LEAD_FIELD_LEN:
-                problems.append(f"{where}.{name} is longer than {MAX_LEAD_FIELD_LEN} characters")
+            problem = text_problem(value, f"{where}.{name}", MAX_LEAD_FIELD_BYTES)
+            if problem is not None:
+                problems.append(problem)
+        problems.extend(tag_problems(lead.tags, f"{where}.tags"))
         primary = secondary = ""
         if not lead.primary_number.strip():
             problems.append(f"{where}.primary_number is required")
@@ -396,7 +422,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 )
             elif employee_id not in employees:
                 problems.append(
-                    f"{where}.employee_id {employee_id!r} is not an employee of this tenant"
+                    f"{where}.employee_id {quote(employee_id)} is not an employee of this tenant"
                 )
         return leads.Lead(
             tenant_id=tenant.tenant_id,

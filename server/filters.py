@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from callsight.core.errors import InvalidArgument
+from callsight.pipeline.limits import (
+    MAX_FILTER_CALL_TYPES,
+    MAX_FILTER_EMPLOYEE_IDS,
+    MAX_FILTER_TAGS,
+    MAX_ID_BYTES,
+    MAX_TAG_BYTES,
+    text_problem,
+    too_many,
+)
 from callsight.pipeline.phone import valid_timezone
 from callsight.storage.directory import Directory, Tenant
 from callsight.storage.filters import CallFilter
@@ -41,15 +50,19 @@ async def call_filter(
             f"filter range spans {(to_ms - from_ms) / DAY_MS:.1f} days; at most"
             f" {MAX_RANGE_DAYS} days per request"
         )
+    # The tenant's own zone was checked when the tenant was created.
     timezone = request.timezone or tenant.timezone
-    try:
-        valid_timezone(timezone)
-    except InvalidArgument as exc:
-        problems.append(f"filter.{exc}")
+    if request.timezone:
+        try:
+            valid_timezone(request.timezone, "filter.timezone")
+        except InvalidArgument as exc:
+            problems.append(str(exc))
+    problems.extend(_size_problems(request))
     valid_types = set(common_pb2.CallType.values()) - {common_pb2.CALL_TYPE_UNSPECIFIED}
-    bad_types = [t for t in request.call_types if t not in valid_types]
+    bad_types = sorted({t for t in request.call_types if t not in valid_types})
     if bad_types:
-        problems.append(f"filter.call_types {bad_types} are not CallType values (1-7)")
+        shown = ", ".join(map(str, bad_types[:10])) + (", ..." if len(bad_types) > 10 else "")
+        problems.append(f"filter.call_types [{shown}] are not CallType values (1-7)")
     max_duration = request.max_duration_s if request.HasField("max_duration_s") else None
     if max_duration is not None and max_duration < request.min_duration_s:
         problems.append("filter.max_duration_s is below filter.min_duration_s")
@@ -81,6 +94,28 @@ async def call_filter(
         max_duration_s=max_duration,
         include_excluded=request.include_excluded_numbers,
     )
+
+
+def _size_problems(request: report_pb2.ReportFilter) -> list[str]:
+    """The filter's repeated fields over their caps (limits.py), each entry's length too."""
+    problems = []
+    for field, values, max_entries, max_bytes in (
+        ("employee_ids", request.employee_ids, MAX_FILTER_EMPLOYEE_IDS, MAX_ID_BYTES),
+        ("employee_tags", request.employee_tags, MAX_FILTER_TAGS, MAX_TAG_BYTES),
+    ):
+        if len(values) > max_entries:
+            problems.append(f"filter.{too_many(field, len(values), max_entries)}")
+            continue
+        for i, value in enumerate(values):
+            problem = text_problem(value, f"filter.{field}[{i}]", max_bytes)
+            if problem is not None:
+                problems.append(problem)
+                break  # one is enough to say what to fix
+    if len(request.call_types) > MAX_FILTER_CALL_TYPES:
+        problems.append(
+            f"filter.{too_many('call_types', len(request.call_types), MAX_FILTER_CALL_TYPES)}"
+        )
+    return problems
 
 
 def anchored(f: CallFilter, request: report_pb2.ReportFilter, snapshot_ms: int) -> CallFilter:

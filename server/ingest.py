@@ -13,6 +13,14 @@ from callsight.core.errors import InvalidArgument, StorageRefused, Unauthenticat
 from callsight.pipeline.encode import Source
 from callsight.pipeline.ingest import Ingestor, Ticket
 from callsight.pipeline.keys import TenantKeys
+from callsight.pipeline.limits import (
+    MAX_DEVICE_FIELD_BYTES,
+    MAX_FCM_ID_BYTES,
+    MAX_ID_BYTES,
+    MAX_SIM_IDS,
+    text_problem,
+    too_many,
+)
 from callsight.pipeline.phone import valid_region
 from callsight.pipeline.validate import BatchRejected
 from callsight.server.auth import (
@@ -60,6 +68,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.RegisterDeviceRequest, context: Context
     ) -> ingest_pb2.RegisterDeviceResponse:
         info = request.device
+        _check_device(info)
         region = valid_region(info.region, "device.region") if info.region else ""
         code = request.enrollment_code.strip()
         shape = split_token(code)
@@ -208,13 +217,32 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def _rejected(self, request: ingest_pb2.UploadRequest, reason: str) -> ingest_pb2.UploadAck:
         """The ack of a batch refused whole; the stream stays open."""
+        # An oversized batch_id (one reason to refuse the batch) is not echoed back.
+        batch_id = request.batch_id if len(request.batch_id) <= MAX_ID_BYTES else ""
         return ingest_pb2.UploadAck(
             seq=request.seq,
-            batch_id=request.batch_id,
+            batch_id=batch_id,
             result=ingest_pb2.UPLOAD_RESULT_REJECTED,
             errors=[ingest_pb2.RecordError(index=0, reason=reason)],
             server_time_ms=self._clock.now_ms(),
         )
+
+
+def _check_device(info: ingest_pb2.DeviceInfo) -> None:
+    """InvalidArgument naming every DeviceInfo field over its cap (pipeline/limits.py)."""
+    fields = [
+        (f"device.{name}", getattr(info, name), MAX_DEVICE_FIELD_BYTES)
+        for name in ("model", "manufacturer", "android_version", "app_version")
+    ]
+    fields.append(("device.fcm_id", info.fcm_id, MAX_FCM_ID_BYTES))
+    problems = []
+    if len(info.sim_ids) > MAX_SIM_IDS:
+        problems.append(too_many("device.sim_ids", len(info.sim_ids), MAX_SIM_IDS))
+    else:
+        fields.extend((f"device.sim_ids[{i}]", v, MAX_ID_BYTES) for i, v in enumerate(info.sim_ids))
+    problems.extend(p for f, v, limit in fields if (p := text_problem(v, f, limit)) is not None)
+    if problems:
+        raise InvalidArgument("; ".join(problems))
 
 
 def _consume(future: asyncio.Future[ingest_pb2.UploadAck]) -> None:

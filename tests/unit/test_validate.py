@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from callsight.core.errors import InvalidArgument
+from callsight.pipeline import validate
 from callsight.pipeline.validate import (
     MAX_BATCH_BYTES,
     MAX_RECORDS,
@@ -20,6 +21,9 @@ from callsight.v1 import ingest_pb2
 NOW = 1_700_000_000_000
 Y2K = 946_684_800_000
 DAY = 86_400_000
+INT64_MAX = 2**63 - 1
+# Four bytes in UTF-8 each: a string of these is four times as long on the wire as in len().
+EMOJI = "\N{GRINNING FACE}"
 
 
 def call(**fields: Any) -> dict[str, Any]:
@@ -134,26 +138,42 @@ def test_valid_calls_become_columns() -> None:
     assert cols.started_at_ms.dtype == np.int64
 
 
-@pytest.mark.parametrize(
-    ("fields", "reason"),
-    [
-        ({"call_id": ""}, "call_id is required"),
-        ({"call_id": "x" * 129}, "call_id is longer than 128 characters"),
-        ({"number": ""}, "number is required"),
-        ({"type": 0}, "type 0 is not a CallType (1-7)"),
-        ({"type": 8}, "type 8 is not a CallType (1-7)"),
-        ({"type": -3}, "type -3 is not a CallType (1-7)"),
-        ({"duration_s": 90_000}, "duration_s 90000 is over 86400 (24 h)"),
-        ({"started_at_ms": Y2K - 1}, "started_at_ms 946684799999 is before 2000-01-01"),
-        ({"started_at_ms": 0}, "started_at_ms 0 is before 2000-01-01"),
-        ({"started_at_ms": -5}, "started_at_ms -5 is before 2000-01-01"),
-        (
-            {"started_at_ms": NOW + DAY + 1},
-            f"started_at_ms {NOW + DAY + 1} is more than a day in the future",
-        ),
-        ({"updated_at_ms": -1}, "updated_at_ms is negative"),
-    ],
-)
+CALL_REJECTS: list[tuple[dict[str, Any], str]] = [
+    ({"call_id": ""}, "call_id is required"),
+    ({"call_id": "x" * 129}, "call_id is 129 bytes (UTF-8); the limit is 128"),
+    ({"call_id": EMOJI * 33}, "call_id is 132 bytes (UTF-8); the limit is 128"),
+    ({"number": ""}, "number is required"),
+    ({"type": 0}, "type 0 is not a CallType (1-7)"),
+    ({"type": 8}, "type 8 is not a CallType (1-7)"),
+    ({"type": -3}, "type -3 is not a CallType (1-7)"),
+    ({"duration_s": 90_000}, "duration_s 90000 is over 86400 (24 h)"),
+    ({"started_at_ms": Y2K - 1}, "started_at_ms 946684799999 is before 2000-01-01"),
+    ({"started_at_ms": 0}, "started_at_ms 0 is before 2000-01-01"),
+    ({"started_at_ms": -5}, "started_at_ms -5 is before 2000-01-01"),
+    (
+        {"started_at_ms": NOW + DAY + 1},
+        f"started_at_ms {NOW + DAY + 1} is more than a day in the future",
+    ),
+    ({"updated_at_ms": -1}, "updated_at_ms -1 is before 2000-01-01"),
+    ({"updated_at_ms": 5}, "updated_at_ms 5 is before 2000-01-01"),
+    (
+        {"updated_at_ms": INT64_MAX},
+        f"updated_at_ms {INT64_MAX} is more than a day in the future",
+    ),
+    (
+        {"updated_at_ms": NOW + DAY + 1},
+        f"updated_at_ms {NOW + DAY + 1} is more than a day in the future",
+    ),
+    ({"name": "n" * 257}, "name is 257 bytes (UTF-8); the limit is 256"),
+    ({"name": EMOJI * 65}, "name is 260 bytes (UTF-8); the limit is 256"),
+    ({"sim_id": "s" * 100_000}, "sim_id is 100000 bytes (UTF-8); the limit is 128"),
+    ({"note": "x" * 1_500_000}, "note is 1500000 bytes (UTF-8); the limit is 2048"),
+    ({"note": "\u00e9" * 1025}, "note is 2050 bytes (UTF-8); the limit is 2048"),
+    ({"recording_uri": "u" * 1025}, "recording_uri is 1025 bytes (UTF-8); the limit is 1024"),
+]
+
+
+@pytest.mark.parametrize(("fields", "reason"), CALL_REJECTS)
 def test_each_call_rule_rejects_with_its_index(fields: dict[str, Any], reason: str) -> None:
     batch = calls_batch(call(), call(), call(**fields), call())
     result = validate_calls(batch, NOW)
@@ -161,19 +181,28 @@ def test_each_call_rule_rejects_with_its_index(fields: dict[str, Any], reason: s
     assert result.valid.tolist() == [True, True, False, True]
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"call_id": "x" * 128},
-        {"type": 7},
-        {"duration_s": 86_400},
-        {"duration_s": 0},
-        {"started_at_ms": Y2K},
-        {"started_at_ms": NOW + DAY},
-        {"updated_at_ms": 0},
-        {"sim_slot": -1},
-    ],
-)
+CALL_BOUNDARIES: list[dict[str, Any]] = [
+    {"call_id": "x" * 128},
+    {"type": 7},
+    {"duration_s": 86_400},
+    {"duration_s": 0},
+    {"started_at_ms": Y2K},
+    {"started_at_ms": NOW + DAY},
+    {"updated_at_ms": 0},
+    {"updated_at_ms": Y2K},
+    {"updated_at_ms": NOW + DAY},
+    {"sim_slot": -1},
+    {"name": "n" * 256},
+    {"name": EMOJI * 64},
+    {"sim_id": "s" * 128},
+    {"note": "x" * 2048},
+    {"note": "\u00e9" * 1024},
+    {"note": EMOJI * 512},
+    {"recording_uri": "u" * 1024},
+]
+
+
+@pytest.mark.parametrize("fields", CALL_BOUNDARIES)
 def test_boundaries_are_accepted(fields: dict[str, Any]) -> None:
     assert validate_calls(calls_batch(call(**fields)), NOW).errors == []
 
@@ -189,7 +218,7 @@ def test_errors_are_sorted_by_index() -> None:
     )
     result = validate_calls(batch, NOW)
     assert result.errors == [
-        (0, "updated_at_ms is negative"),
+        (0, "updated_at_ms -1 is before 2000-01-01"),
         (2, "type 9 is not a CallType (1-7)"),
         (3, "call_id is required"),
         (4, "duration_s 99999 is over 86400 (24 h)"),
@@ -214,11 +243,11 @@ def test_contact_rules() -> None:
     batch.records.add(contact_id="y" * 129)
     batch.records.add(contact_id="d", updated_at_ms=-7)
     batch.records.add(contact_id="e", deleted=True)
-    result = validate_contacts(batch)
+    result = validate_contacts(batch, NOW)
     assert result.errors == [
         (1, "contact_id is required"),
-        (2, "contact_id is longer than 128 characters"),
-        (3, "updated_at_ms is negative"),
+        (2, "contact_id is 129 bytes (UTF-8); the limit is 128"),
+        (3, "updated_at_ms -7 is negative"),
     ]
     assert result.valid.tolist() == [True, False, False, False, True]
     cols = result.columns
@@ -316,3 +345,91 @@ def test_one_bad_call_among_many_keeps_its_index_and_reason() -> None:
     validated = validate_calls(calls_batch(*records), NOW)
     assert validated.errors == [(17, "duration_s 86401 is over 86400 (24 h)")]
     assert np.flatnonzero(~validated.valid).tolist() == [17]
+
+
+# --- size caps and the fast path ------------------------------------------------------------
+
+
+def _call_columns(*records: dict[str, Any]) -> validate.CallColumns:
+    return validate_calls(calls_batch(*records), NOW).columns
+
+
+@pytest.mark.parametrize("fields", [fields for fields, _ in CALL_REJECTS] + CALL_BOUNDARIES + [{}])
+def test_fast_path_and_slow_path_agree(fields: dict[str, Any]) -> None:
+    cols = _call_columns(call(), call(**fields))
+    clean = validate._calls_look_clean(cols, NOW)
+    slow = validate._call_rules(cols, NOW)
+    assert clean == (slow.errors == []), (fields, slow.errors)
+
+
+def test_fast_path_agrees_when_only_utf8_bytes_break_a_cap() -> None:
+    # 600 characters is under 2,048 in len() but 2,400 bytes on the wire.
+    cols = _call_columns(call(note=EMOJI * 600), call(note="x" * 600))
+    assert not validate._calls_look_clean(cols, NOW)
+    assert validate._call_rules(cols, NOW).errors == [
+        (0, "note is 2400 bytes (UTF-8); the limit is 2048")
+    ]
+
+
+def test_oversized_batch_id_refuses_the_batch() -> None:
+    request = calls_request(call())
+    request.batch_id = "b" * 129
+    with pytest.raises(BatchRejected, match=r"^batch_id is 129 bytes \(UTF-8\); the limit is 128$"):
+        check_batch(request)
+    request.batch_id = "b" * 128
+    assert check_batch(request) == "calls"
+
+
+def test_contact_caps() -> None:
+    batch = ingest_pb2.ContactBatch()
+    batch.records.add(contact_id="ok", name="n" * 256, numbers=["1"] * 32, photo_uri="u" * 1024)
+    batch.records.add(contact_id="a", name="n" * 1_000_000)
+    batch.records.add(contact_id="b", numbers=["+919876543210"] * 10_000)
+    batch.records.add(contact_id="c", photo_uri="u" * 1025)
+    batch.records.add(contact_id="d", updated_at_ms=INT64_MAX)
+    batch.records.add(contact_id="e", updated_at_ms=NOW + DAY)
+    result = validate_contacts(batch, NOW)
+    assert result.errors == [
+        (1, "name is 1000000 bytes (UTF-8); the limit is 256"),
+        (2, "numbers has 10000 entries; the limit is 32"),
+        (3, "photo_uri is 1025 bytes (UTF-8); the limit is 1024"),
+        (4, f"updated_at_ms {INT64_MAX} is more than a day in the future"),
+    ]
+
+
+def test_contacts_without_a_clock_use_the_system_clock() -> None:
+    batch = ingest_pb2.ContactBatch()
+    batch.records.add(contact_id="a", updated_at_ms=INT64_MAX)
+    batch.records.add(contact_id="b", updated_at_ms=1)
+    assert [i for i, _ in validate_contacts(batch).errors] == [0]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"model": "m" * 100_000}, "model is 100000 bytes (UTF-8); the limit is 128"),
+        ({"app_version": "v" * 129}, "app_version is 129 bytes (UTF-8); the limit is 128"),
+        ({"android_version": "a" * 129}, "android_version is 129 bytes (UTF-8); the limit is 128"),
+        ({"fcm_id": "f" * 513}, "fcm_id is 513 bytes (UTF-8); the limit is 512"),
+        ({"sim_ids": ["s"] * 9}, "sim_ids has 9 entries; the limit is 8"),
+        ({"sim_ids": ["s", "s" * 129]}, "sim_ids[1] is 129 bytes (UTF-8); the limit is 128"),
+        (
+            {"captured_at_ms": INT64_MAX},
+            f"captured_at_ms {INT64_MAX} is more than a day in the future",
+        ),
+    ],
+)
+def test_telemetry_caps(fields: dict[str, Any], reason: str) -> None:
+    batch = telemetry_batch(sample(), sample(**fields))
+    assert validate_telemetry(batch, NOW).errors == [(1, reason)]
+
+
+def test_telemetry_at_its_caps_is_accepted() -> None:
+    at_caps = sample(
+        model="m" * 128,
+        app_version="v" * 128,
+        android_version="a" * 128,
+        fcm_id="f" * 512,
+        sim_ids=["s" * 128] * 8,
+    )
+    assert validate_telemetry(telemetry_batch(at_caps), NOW).errors == []
