@@ -21,6 +21,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import random
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -76,7 +77,7 @@ class FleetOptions:
     warm_up: bool = True
     progress: bool = True
     label: str = ""
-    restart_at_s: float = 0.0  # > 0: SIGKILL and restart the spawned server this far into the run
+    restart_at_s: tuple[float, ...] = ()  # SIGKILL and restart the spawned server at these times
 
     @property
     def employee_count(self) -> int:
@@ -99,7 +100,7 @@ class FleetResult:
     ceilings: dict[str, float] = field(default_factory=dict)
     peak_in_flight: int = 0  # batches sent and not yet acked, sampled across processes
     parent_cpu_s: float = 0.0  # the coordinating process, while client processes ran
-    restart: Restart | None = None
+    restart: Restarts | None = None
 
     @property
     def wall_s(self) -> float:
@@ -223,20 +224,26 @@ def window(client: WorkerResult, first_s: float, last_s: float) -> dict[str, Any
 
 
 @dataclass(slots=True)
-class Restart:
-    """A crash and restart of the spawned server in the middle of a run, and how the fleet
-    recovered: when the devices whose streams broke got their first ack again."""
-
-    at_s: float  # into the run
-    start: float  # the run's time zero, time.monotonic()
-    killed_at: float = math.nan
+class _Crash:
+    at_s: float  # into the run, as planned
+    killed_at: float = math.nan  # time.monotonic()
     serving_at: float = math.nan
-    usage: list[Usage] = field(default_factory=list)  # the killed server process's share
-    sampler: ProcessSampler | None = None  # the restarted server's
     error: str = ""
 
+
+@dataclass(slots=True)
+class Restarts:
+    """Crashes and restarts of the spawned server during a run, and how the fleet recovered:
+    when each device whose stream broke got its first ack again."""
+
+    at_s: tuple[float, ...]  # into the run, ascending
+    start: float  # the run's time zero, time.monotonic()
+    crashes: list[_Crash] = field(default_factory=list)
+    usage: list[Usage] = field(default_factory=list)  # the killed server processes' shares
+    sampler: ProcessSampler | None = None  # the last restarted server's
+
     def server_usage(self, last: Usage | None) -> Usage | None:
-        """Both server processes' CPU seconds and the higher peak RSS."""
+        """Every server process's CPU seconds added up, and the highest peak RSS."""
         parts = [*self.usage, *([last] if last is not None else [])]
         if not parts:
             return None
@@ -247,45 +254,59 @@ class Restart:
         )
 
     async def run(self, server: ServerProcess, sampler: ProcessSampler | None, say: Say) -> None:
-        """Sleeps until ``at_s``, then SIGKILLs the server and starts it again (same port)."""
-        await asyncio.sleep(max(0.0, self.start + self.at_s - time.monotonic()))
-        if sampler is not None:
-            self.usage.append(sampler.stop())
-        say(f"restart: SIGKILL to server pid {server.pid}")
-        self.killed_at = time.monotonic()
-        try:
-            await asyncio.to_thread(server.restart)
-        except Exception as exc:  # the run goes on and fails on its own; say why
-            self.error = f"{type(exc).__name__}: {exc}"
-            say(f"restart failed: {self.error}")
-            return
-        self.serving_at = time.monotonic()
-        if sampler is not None:
-            self.sampler = ProcessSampler(server.pid)
-            self.sampler.start()
-        say(
-            f"restart: serving again as pid {server.pid} after "
-            f"{self.serving_at - self.killed_at:.1f} s"
-        )
+        """At each of ``at_s`` (or as soon as the previous restart is serving), SIGKILLs the
+        server and starts it again on the same port and data."""
+        self.sampler = sampler
+        for at_s in self.at_s:
+            crash = _Crash(at_s)
+            self.crashes.append(crash)
+            await asyncio.sleep(max(0.0, self.start + at_s - time.monotonic()))
+            if self.sampler is not None:
+                self.usage.append(self.sampler.stop())
+            say(f"restart: SIGKILL to server pid {server.pid}")
+            crash.killed_at = time.monotonic()
+            try:
+                await asyncio.to_thread(server.restart)
+            except Exception as exc:  # the run goes on and fails on its own; say why
+                crash.error = f"{type(exc).__name__}: {exc}"
+                say(f"restart failed: {crash.error}")
+                self.sampler = None
+                return
+            crash.serving_at = time.monotonic()
+            if self.sampler is not None:
+                self.sampler = ProcessSampler(server.pid)
+                self.sampler.start()
+            say(
+                f"restart: serving again as pid {server.pid} after "
+                f"{crash.serving_at - crash.killed_at:.1f} s"
+            )
 
     def to_json(self, client: WorkerResult) -> dict[str, Any]:
-        """Recovery figures; ``all_served_s`` is SERVING to the last interrupted device's ack."""
-        hit = [(broke, back) for broke, back in client.outages if broke >= self.killed_at]
-        served = sorted(back - self.serving_at for _, back in hit)
+        """The first crash's recovery (``all_served_s``: SERVING to the last interrupted
+        device's ack), and with more than one, ``crashes``: each one's."""
+        figures = [self._figures(client, i) for i in range(len(self.crashes))]
+        first = figures[0] if figures else {"at_s": self.at_s[0] if self.at_s else None}
+        return {**first, "crashes": figures} if len(figures) > 1 else first
+
+    def _figures(self, client: WorkerResult, index: int) -> dict[str, Any]:
+        crash = self.crashes[index]
+        until = self.crashes[index + 1].killed_at if index + 1 < len(self.crashes) else math.inf
+        hit = [back for broke, back in client.outages if crash.killed_at <= broke < until]
+        served = sorted(back - crash.serving_at for back in hit)
 
         def quantile(q: float) -> float | None:
             return served[min(len(served) - 1, int(q * len(served)))] if served else None
 
-        serving_s = self.serving_at - self.start
+        serving_s = crash.serving_at - self.start
 
         def ack_p99(first_s: float, last_s: float) -> float | None:
             latency: dict[str, float] | None = window(client, first_s, last_s)["ack_latency_ms"]
             return latency["p99"] if latency else None
 
         return {
-            "at_s": self.at_s,
-            "error": self.error or None,
-            "down_s": self.serving_at - self.killed_at,
+            "at_s": crash.killed_at - self.start,
+            "error": crash.error or None,
+            "down_s": crash.serving_at - crash.killed_at,
             "devices_interrupted": len(hit),
             "devices_served_again": len(served),
             "served_again_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": quantile(1.0)},
@@ -293,6 +314,12 @@ class Restart:
             "ack_p99_ms_first_30_s": ack_p99(serving_s, serving_s + 30),
             "ack_p99_ms_after_30_s": ack_p99(serving_s + 30, math.inf),
         }
+
+
+def crash_times(count: int, duration_s: float, seed: int) -> tuple[float, ...]:
+    """``count`` moments spread at random over the middle of a ``duration_s`` run."""
+    rng = random.Random(seed)
+    return tuple(sorted(rng.uniform(0.05, 0.8) * duration_s for _ in range(count)))
 
 
 def ratios(records_per_s: float, ceilings: dict[str, float]) -> dict[str, float]:
@@ -507,8 +534,8 @@ async def run_fleet(
             progress.start()
             start = time.monotonic() + clients.start_delay_s
             restart = restarting = None
-            if options.restart_at_s > 0 and server_process is not None:
-                restart = Restart(at_s=options.restart_at_s, start=start)
+            if options.restart_at_s and server_process is not None:
+                restart = Restarts(at_s=tuple(sorted(options.restart_at_s)), start=start)
                 restarting = asyncio.ensure_future(restart.run(server_process, sampler, report))
             results = await clients.run(start, progress)
             if restarting is not None and restart is not None:
@@ -669,9 +696,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--no-warm-up", False, "skip the first empty batches"),
         (
             "--restart-at",
-            0.0,
+            seconds_list,
             "with --spawn-server: SIGKILL and restart the server this many seconds into the run"
-            " (a restart storm: every device reconnects at once)",
+            " (a restart storm: every device reconnects at once); a comma-separated list for more",
+            {"default": ()},
+        ),
+        (
+            "--crash-loop",
+            0,
+            "with --spawn-server --steady: SIGKILL and restart the server this many times at"
+            " random moments (seeded by --seed)",
         ),
     )
     out = parser.add_argument_group("output")
@@ -685,6 +719,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--plot", Path, "chart of throughput and ack latency (PNG)"),
         ("--quiet", False, "no progress line"),
     )
+
+
+def seconds_list(text: str) -> tuple[float, ...]:
+    """Comma-separated non-negative seconds."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of seconds: {text!r}") from None
+    if any(not (math.isfinite(v) and v >= 0) for v in values):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more: {text!r}")
+    return values
 
 
 def _pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -719,7 +764,8 @@ def options_from_args(args: argparse.Namespace, target: str, token: str) -> Flee
         client_processes=processes,
         warm_up=not args.no_warm_up,
         progress=not args.quiet,
-        restart_at_s=args.restart_at,
+        restart_at_s=tuple(args.restart_at)
+        + (crash_times(args.crash_loop, args.duration, args.seed) if args.crash_loop else ()),
         **_pick(args, "devices", "employees", "tenants", "verify", "server_pid"),
     )
 
@@ -741,6 +787,8 @@ def problems(args: argparse.Namespace) -> list[str]:
         problems.append("--window must be at least 1 and --batch-size within 1-10,000")
     if args.steady and (args.duration <= 0 or args.sync_interval <= 0):
         problems.append("--duration and --sync-interval must be positive")
-    if args.restart_at < 0 or (args.restart_at and not args.spawn_server):
-        problems.append("--restart-at needs --spawn-server and a positive number of seconds")
+    if (args.restart_at or args.crash_loop) and not args.spawn_server:
+        problems.append("--restart-at and --crash-loop need --spawn-server")
+    if args.crash_loop < 0 or (args.crash_loop and not args.steady):
+        problems.append("--crash-loop needs --steady (its moments are spread over --duration)")
     return problems

@@ -289,7 +289,8 @@ def _steady(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], boo
         now_ms=int(time.time() * 1000),
     )
     with _spawned_server("callsight-steady-", args.server_arg) as server:
-        options = _fleet(server, devices, spec, args, name, restart_at_s=restart_at)
+        restarts = (restart_at,) if restart_at > 0 else ()
+        options = _fleet(server, devices, spec, args, name, restart_at_s=restarts)
         result = uvloop.run(run_fleet(options, server_process=server))
         add_direct_counts(result, _stop(server), "callsight")
     data = result.to_json()
