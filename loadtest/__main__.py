@@ -1,7 +1,8 @@
 """``python -m callsight.loadtest <subcommand>``: the load tester's command line.
 
 Subcommands: ``fleet`` (``loadtest.fleet``, run by ``loadtest.suite``), ``reports``
-(``loadtest.report_load``), ``ceilings`` (``loadtest.ceilings``), ``bench`` (``loadtest.suite``).
+(``loadtest.report_load``), ``ceilings`` (``loadtest.ceilings``), ``abuse`` (``loadtest.abuse``),
+``bench`` (``loadtest.suite``).
 Modules are imported only when their subcommand runs: ``reports`` needs nothing but the contract.
 """
 
@@ -29,6 +30,11 @@ SUBCOMMANDS = {
         "callsight.loadtest.ceilings:add_arguments",
         "callsight.loadtest.ceilings:run",
         "raw transport, decode, encode and insert rates on the same rows",
+    ),
+    "abuse": (
+        "callsight.loadtest.abuse:add_arguments",
+        "callsight.loadtest.abuse:run",
+        "replay resource attacks against a server; each bound and figure",
     ),
     "bench": (
         "callsight.loadtest.suite:add_arguments",
