@@ -31,7 +31,9 @@ async def call_summary(
     call: ReportCall, request: report_pb2.CallSummaryRequest
 ) -> report_pb2.CallSummaryResponse:
     """Totals over the filtered calls."""
-    totals = await summaries.call_summary(call.db, call.filter, rollups=call.rollups)
+    totals = await summaries.call_summary(
+        call.db, call.filter, rollups=call.rollups, home_timezone=call.tenant.timezone
+    )
     return report_pb2.CallSummaryResponse(summary=_summary(totals))
 
 

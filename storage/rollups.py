@@ -89,6 +89,11 @@ class RollupSettings:
     # Bounds of the service's memory: parts of calls read, and units made.
     max_part_entries: int = 20_000
     max_made_entries: int = 100_000
+    # A tenant's runs come in sets, one per (time zone, include_excluded) asked for, each about
+    # as large as its calls (a year of 2M calls: 2.2M rows, ~92 MB). Besides the sets of the
+    # tenant's own time zone, at most this many are made; a summary in any other set reads its
+    # calls (see ``Rollups.cover``), so a tenant's rollups hold at most 2 + max_sets sets.
+    max_sets: int = 2
 
     def read_days(self) -> dict[str, int]:
         """Days a run is read, by kind ("month", "day", "span")."""
@@ -97,6 +102,13 @@ class RollupSettings:
             "day": self.day_read_days,
             "span": self.span_read_days,
         }
+
+    def keep_days(self) -> dict[str, int]:
+        """Days an entry holds its set's place, by kind: as long as its rows are kept.
+
+        A claim ("set", no rows) holds it for a day: its runs, once made, hold it on.
+        """
+        return {**{kind: days + 1 for kind, days in self.read_days().items()}, "set": 1}
 
 
 DEFAULT_SETTINGS = RollupSettings()
@@ -319,12 +331,16 @@ class Rollups:
         unit_rows: UnitQuery,
         *,
         tables: Tables = DEFAULT_TABLES,
+        home_timezone: str | None = None,
     ) -> Cover | None:
         """Rollup runs for the settled whole days of ``f``'s range, making the missing ones.
 
         None when ``f`` cannot use rollups or its range holds no settled whole day. A unit that
         this service made a run of less than ``remake_interval_s`` ago is not made again: the
-        cover ends before it, and the calls from there on are read as they are.
+        cover ends before it, and the calls from there on are read as they are. Runs are only
+        made for a set (``f``'s time zone and include_excluded) that ``_admitted``: the tenant's
+        own time zone (``home_timezone``; None for none) or one of the first ``max_sets`` others;
+        otherwise None, unless every run needed exists already.
         """
         if not answerable(f):
             return None
@@ -354,6 +370,9 @@ class Rollups:
             if span is not None:
                 return Cover(found[0].start_ms, found[-1].end_ms, (span,))
         missing = [(u, s) for u, s in zip(found, states, strict=True) if runs[u] is None]
+        # Something is made from here on (units, or at least a span): only for an admitted set.
+        if not await self._admitted(db, f, home_timezone, tables):
+            return None
         # Consecutive missing units of one kind are made in one read of the calls.
         while missing:
             batch = [missing.pop(0)]
@@ -369,6 +388,54 @@ class Rollups:
             return Cover(found[0].start_ms, found[-1].end_ms, unit_runs)
         span = await self._make_span(db, f, found, span_state, unit_runs, tables)
         return Cover(found[0].start_ms, found[-1].end_ms, (span,))
+
+    async def _admitted(
+        self, db: Database, f: CallFilter, home_timezone: str | None, tables: Tables
+    ) -> bool:
+        """Whether runs may be made for ``f``'s set (its time zone and include_excluded).
+
+        A tenant's sets other than its own time zone's are ranked by their oldest entry that
+        still holds rows, and only the first ``max_sets`` are made, so that however many time
+        zones are asked for, at most that many sets besides the home zone's take space. A set
+        not ranked yet claims a place (an entry of kind "set", no rows) if one is free, and
+        reads the ranking again: of two services claiming the last place at once, the one that
+        wrote second sees the other ahead of it (block numbers, migration 0008) and gives way.
+        """
+        if f.timezone == home_timezone:
+            return True
+        me = (f.timezone, f.include_excluded)
+        ranked = await self._sets(db, f.tenant_id, home_timezone, tables)
+        if me not in ranked:
+            if len(ranked) >= self.settings.max_sets:
+                return False
+            claim = "|all" if f.include_excluded else "|"
+            await _register(db, f, [("set", 0, 0, claim, str(uuid.uuid4()))], tables)
+            ranked = await self._sets(db, f.tenant_id, home_timezone, tables)
+        return me in ranked[: self.settings.max_sets]
+
+    async def _sets(
+        self, db: Database, tenant_id: str, home_timezone: str | None, tables: Tables
+    ) -> list[tuple[str, bool]]:
+        """The tenant's sets other than the home zone's that hold rows, oldest entry first."""
+        keep_days = self.settings.keep_days()
+        rows = await db.named_rows(
+            Sql(
+                "SELECT timezone, endsWith(state, '|all') AS everything,"
+                " min(_block_number) AS first"
+                f" FROM {tables.call_rollup_runs}"
+                " WHERE tenant_id = {tenant:String} AND timezone != {home:String}"
+                " AND created_at > now() - toIntervalDay("
+                " {keep_days:Array(UInt32)}[indexOf({keep_kinds:Array(String)}, kind)])"
+                " GROUP BY timezone, everything ORDER BY first, timezone, everything",
+                {
+                    "tenant": tenant_id,
+                    "home": home_timezone or "",
+                    "keep_kinds": list(keep_days),
+                    "keep_days": list(keep_days.values()),
+                },
+            )
+        )
+        return [(str(r["timezone"]), bool(r["everything"])) for r in rows]
 
     async def _states(
         self, db: Database, f: CallFilter, found: list[Unit], tables: Tables

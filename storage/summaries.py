@@ -250,6 +250,7 @@ async def call_summary(
     *,
     rollups: Rollups | None = None,
     tables: Tables = DEFAULT_TABLES,
+    home_timezone: str | None = None,
 ) -> Totals:
     """Totals over the filtered calls, from two groupings, each its own read of the calls.
 
@@ -260,11 +261,13 @@ async def call_summary(
     calls read around them, and their days cut by the edges of the rollups merged with the same
     days read from the calls; whole days come summed up. ``rollups`` is the service's; without
     one, a fresh one (default settings, system clock, nothing remembered) is used.
+    ``home_timezone`` is the tenant's own time zone, whose rollups are always made (see
+    ``Rollups.cover``).
     """
     cover = None
     if use_rollups:
         keeper = rollups if rollups is not None else Rollups()
-        cover = await keeper.cover(db, f, _unit_rollup, tables=tables)
+        cover = await keeper.cover(db, f, _unit_rollup, tables=tables, home_timezone=home_timezone)
     calls = _calls(f, skip_started=(cover.start_ms, cover.end_ms) if cover else None, tables=tables)
     clients = compose(f"SELECT {_CLIENT_PART} FROM $calls", calls=calls)
     days = compose(
