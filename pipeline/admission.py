@@ -80,6 +80,12 @@ class Admission:
             return None
         return queued / self._rate if self._rate > 0 else math.inf
 
+    def limit_bytes(self) -> float | None:
+        """The bytes that drain within the target at the measured rate; None before one."""
+        if self._rate is None:
+            return None
+        return self._rate * self.max_queue_s
+
     def allows(self, queued: int, n: int) -> bool:
         """Whether a batch of ``n`` bytes may join ``queued`` bytes now."""
         if queued == 0:

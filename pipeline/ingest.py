@@ -10,7 +10,9 @@ Memory is bounded by a byte budget taken before a batch is admitted and given ba
 are written; latency by admission by time: a batch is admitted only while the work queued ahead
 of it would be written within ``admission_max_queue_ms`` at the measured drain rate
 (``admission.Admission``). When either says no, streams stop reading (HTTP/2 flow control holds
-the device) and Upload answers UNAVAILABLE with a retry delay.
+the device) and Upload answers UNAVAILABLE with a retry delay. Waiting batches are admitted
+round-robin over tenants and their devices, and a device's share of the queue is capped while
+others use it (``budget.ByteBudget``), so one device flooding does not hold back the rest.
 
 A batch whose write failed (refused by the database, or still failing at the retry limit) fails
 its ``ingest`` with that error and gives its budget back; the deduplicator forgets its versions.
@@ -19,6 +21,7 @@ its ``ingest`` with that error and gives its budget back; the deduplicator forge
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +29,7 @@ from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.core.errors import Unavailable
 from callsight.pipeline.admission import Admission
 from callsight.pipeline.batcher import Batcher
-from callsight.pipeline.budget import ByteBudget
+from callsight.pipeline.budget import ANONYMOUS, ByteBudget, Owner
 from callsight.pipeline.chunk import RowChunk
 from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
 from callsight.pipeline.encode import SCHEMAS, NumberCodec, Source, decode
@@ -35,13 +38,17 @@ from callsight.storage.writer import Sink
 from callsight.v1 import ingest_pb2
 
 RETRY_AFTER_S = 0.5
+# Decoding runs on the event loop: after this much of it in a row the next batch waits one loop
+# turn, so a flood of large batches cannot keep health checks and other devices' acks waiting.
+DECODE_SLICE_S = 0.02
 
 
 @dataclass(frozen=True)
 class Ticket:
-    """Budget reserved for one admitted batch."""
+    """Budget reserved for one admitted batch, and whose it is."""
 
     nbytes: int
+    owner: Owner = ANONYMOUS
 
 
 class Ingestor:
@@ -59,8 +66,12 @@ class Ingestor:
         self.batcher = Batcher(sink, settings)
         self.dedup = Deduplicator(loader, max_entries=settings.dedup_max_entries)
         self.admission = Admission(settings.admission_max_queue_ms / 1000)
-        self.budget = ByteBudget(settings.buffer_max_bytes, self.admission)
+        self.budget = ByteBudget(
+            settings.buffer_max_bytes, self.admission, settings.device_min_share_bytes
+        )
         self.codec = NumberCodec()
+        self._decoding = asyncio.Lock()
+        self._decoded_s = 0.0  # decoding time since the loop last had a turn
         self.admitted = 0  # batches taken off the wire so far
         self._closed = False
 
@@ -82,19 +93,20 @@ class Ingestor:
         if self._closed:
             raise Unavailable("the server is shutting down; re-send to another server", 1.0)
 
-    async def admit(self, request: ingest_pb2.UploadRequest) -> Ticket:
-        """Waits for buffer space for ``request`` (streams: the wait holds the sender)."""
+    async def admit(self, request: ingest_pb2.UploadRequest, owner: Owner = ANONYMOUS) -> Ticket:
+        """Waits for buffer space for ``request`` and ``owner``'s turn at it (streams: the wait
+        holds the sender)."""
         self._check_open()
-        ticket = Ticket(request.ByteSize())
-        await self.budget.acquire(ticket.nbytes)
+        ticket = Ticket(request.ByteSize(), owner)
+        await self.budget.acquire(ticket.nbytes, owner)
         self.admitted += 1
         return ticket
 
-    def try_admit(self, request: ingest_pb2.UploadRequest) -> Ticket:
+    def try_admit(self, request: ingest_pb2.UploadRequest, owner: Owner = ANONYMOUS) -> Ticket:
         """Buffer space for ``request`` now, or Unavailable with a retry delay (Upload)."""
         self._check_open()
-        ticket = Ticket(request.ByteSize())
-        if not self.budget.try_acquire(ticket.nbytes):
+        ticket = Ticket(request.ByteSize(), owner)
+        if not self.budget.try_acquire(ticket.nbytes, owner):
             if not self.budget.fits_bytes(ticket.nbytes):
                 raise Unavailable(
                     f"ingest buffers are full; retry in {RETRY_AFTER_S} s", RETRY_AFTER_S
@@ -115,13 +127,21 @@ class Ingestor:
         try:
             return await self._ingest(request, source)
         finally:
-            self.budget.release(ticket.nbytes)
+            self.budget.release(ticket.nbytes, ticket.owner)
 
     async def _ingest(
         self, request: ingest_pb2.UploadRequest, source: Source
     ) -> ingest_pb2.UploadAck:
         self._check_open()
-        decoded = decode(request, source, self.codec, self.clock.now_ms())
+        async with self._decoding:
+            if self._decoded_s >= DECODE_SLICE_S:
+                await asyncio.sleep(0)
+                self._decoded_s = 0.0
+            started = time.perf_counter()
+            try:
+                decoded = decode(request, source, self.codec, self.clock.now_ms())
+            finally:
+                self._decoded_s += time.perf_counter() - started
         table, tenant, device = decoded.table, source.tenant_id, source.device_id
         await self.dedup.ensure_loaded(table, tenant, device)
         self._check_open()

@@ -20,6 +20,8 @@ class PipelineSettings:
     retry_max_elapsed_s: float  # a flush still failing this long after its first try fails
     admission_max_queue_ms: int  # admit while the queued work drains within this at the rate
     stream_max_unacked: int  # acks a stream may have outstanding before it stops being read
+    # while other devices hold or wait for budget, one may hold max(limit / devices, this)
+    device_min_share_bytes: int
 
     def __post_init__(self) -> None:
         sizes = (
@@ -29,9 +31,10 @@ class PipelineSettings:
             self.max_in_flight,
             self.admission_max_queue_ms,
             self.stream_max_unacked,
+            self.device_min_share_bytes,
         )
         if min(sizes) <= 0:
             raise ValueError(
-                "max_rows, max_bytes, max_age_ms, max_in_flight, admission_max_queue_ms and "
-                "stream_max_unacked must be positive"
+                "max_rows, max_bytes, max_age_ms, max_in_flight, admission_max_queue_ms, "
+                "stream_max_unacked and device_min_share_bytes must be positive"
             )

@@ -24,12 +24,14 @@ from grpc_reflection.v1alpha import reflection
 from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.pipeline.ingest import Ingestor
 from callsight.pipeline.keys import TenantKeys
+from callsight.pipeline.limits import MAX_BATCH_BYTES
 from callsight.pipeline.paging import PageTokens
 from callsight.server.admin import AdminServicer
 from callsight.server.auth import Authenticator, TokenHasher
 from callsight.server.config import Config, Secret, describe
-from callsight.server.ingest import IngestServicer
+from callsight.server.ingest import IngestServicer, StreamLimits
 from callsight.server.interceptor import CallsightInterceptor
+from callsight.server.report_quota import ReportQuota
 from callsight.server.reports import ReportServicer
 from callsight.storage.claims import EnrollmentClaims
 from callsight.storage.database import Database
@@ -60,9 +62,40 @@ SERVICES = tuple(
         (report_pb2, "ReportService"),
     )
 )
-# Batches over 4 MiB are refused in-stream with a REJECTED ack; grpc itself only cuts off
-# messages far beyond that, which would end the stream.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The largest request message grpc reads: an upload batch at its limit (4 MiB, the largest
+# request of any RPC) and some slack. Batches a little over 4 MiB get a REJECTED ack naming the
+# limit, in-stream; grpc refuses a longer message from its length prefix, before buffering it,
+# with RESOURCE_EXHAUSTED "Received message larger than max (N vs. 4259840)", which ends a
+# stream. The limit puts every message in flight under a known size, so memory is bounded by
+# the open calls (--max-streams, --max-streams-per-connection) times it.
+MAX_MESSAGE_BYTES = MAX_BATCH_BYTES + 64 * 1024
+
+
+def grpc_options(config: Config) -> list[tuple[str, int]]:
+    """The grpc server's channel arguments: message size, call and connection bounds."""
+
+    def ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        # A fleet reconnecting opens thousands of streams at once; grpc's default
+        # (about 1,000 calls waiting for the event loop) would cancel the rest.
+        ("grpc.server.max_pending_requests", 20_000),
+        ("grpc.server.max_pending_requests_hard_limit", 40_000),
+        ("grpc.so_reuseport", 0),
+        # Keepalive: ping quiet connections, also ones whose only stream is idle (grpc stops
+        # after 2 pings without data unless told otherwise), and drop those that do not answer.
+        ("grpc.keepalive_time_ms", ms(config.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(config.keepalive_timeout_s)),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Enforcement: a client pinging more often than this gets strikes, then GOAWAY.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(config.min_client_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", ms(config.max_connection_idle_s)),
+    ]
 
 
 def _refresher_done(task: asyncio.Task[None]) -> None:
@@ -120,9 +153,11 @@ class Service:
         self._rollup_settings = rollup_settings
         self._wrap_sink = wrap_sink
         self.ingestor: Ingestor | None = None
+        self.report_quota: ReportQuota | None = None
         self.port = 0
         self._ready = asyncio.Event()
         self._db: Database | None = None
+        self._report_db: Database | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._identities: Identities | None = None
@@ -134,6 +169,18 @@ class Service:
         master_key, operator = embedded_secrets(self.config)
         db = Database(self.config.dsn.reveal(), self.config.database)
         self._db = db
+        # Reports read through a pool and clients of their own, bounded per query, so that no
+        # report can hold a thread an insert (an ack) waits for (issue 11).
+        report_db = Database(
+            self.config.dsn.reveal(),
+            self.config.database,
+            pool_size=self.config.report_max_concurrent,
+            settings=self.config.report_query_settings(),
+            role="reports",
+        )
+        self._report_db = report_db
+        report_quota = ReportQuota(self.config.report_limits())
+        self.report_quota = report_quota
         identities = Identities(db)
         self._identities = identities
         group_writer = GroupWriter(db, self._clock)
@@ -155,14 +202,7 @@ class Service:
 
         server = grpc.aio.server(
             interceptors=[CallsightInterceptor(authenticator, self._ready)],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                # A fleet reconnecting opens thousands of streams at once; grpc's default
-                # (about 1,000 calls waiting for the event loop) would cancel the rest.
-                ("grpc.server.max_pending_requests", 20_000),
-                ("grpc.server.max_pending_requests_hard_limit", 40_000),
-                ("grpc.so_reuseport", 0),
-            ],
+            options=grpc_options(self.config),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(directory, keys, hasher, db, self._clock), server
@@ -176,17 +216,23 @@ class Service:
                 self._clock,
                 identities,
                 EnrollmentClaims(db, group_writer),
+                StreamLimits(
+                    max_streams=self.config.max_streams,
+                    max_per_device=self.config.max_streams_per_device,
+                    idle_timeout_s=self.config.stream_idle_timeout_s,
+                ),
             ),
             server,
         )
         report_pb2_grpc.add_ReportServiceServicer_to_server(
             ReportServicer(
-                db,
+                report_db,
                 directory,
                 keys,
                 PageTokens(master_key),
                 Rollups(self._rollup_settings, self._clock),
                 self._clock,
+                report_quota,
             ),
             server,
         )
@@ -249,6 +295,9 @@ class Service:
             # Directory writes still queued are committed before the database closes.
             await self._group_writer.close()
             self._group_writer = None
+        if self._report_db is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._report_db.close)
+            self._report_db = None
         if self._db is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._db.close)
             self._db = None

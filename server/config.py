@@ -23,6 +23,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from callsight.core.errors import ConfigError
 from callsight.pipeline.settings import PipelineSettings
+from callsight.server.report_quota import ReportLimits
 
 __all__ = ["Config", "Secret", "build_arg_parser", "describe", "load"]
 
@@ -110,9 +111,50 @@ class Config:
     admission_max_queue_ms: int = 1000
     # Acks a stream may have computed but not yet sent before the server stops reading it.
     stream_max_unacked: int = 32
+    # Fair admission: while other devices hold or wait for ingest budget, one device may hold at
+    # most max(the queue admission allows / active devices, this); 1 MiB is a few ordinary
+    # batches, so the cap only bites a device flooding while others wait.
+    device_min_share_bytes: int = 1024 * 1024
+    # Open IngestService.Stream calls: server-wide and per device, beyond which a new one gets
+    # RESOURCE_EXHAUSTED (each may hold a message of up to 4 MiB being read). 4 per device
+    # leaves room for a phone reconnecting while its dead streams are not yet detected.
+    max_streams: int = 20_000
+    max_streams_per_device: int = 4
+    # HTTP/2 streams (calls) one connection may have open (grpc.max_concurrent_streams); the
+    # load-test fleet multiplexes 2,500 devices' streams on one connection.
+    max_streams_per_connection: int = 4096
+    # A stream that sends no message for this long is ended with UNAVAILABLE (reconnect when
+    # there is something to send), so idle phones do not hold stream slots for ever.
+    stream_idle_timeout_s: float = 300.0
+    # The server pings a connection quiet for keepalive_time_s and closes it when the ping is
+    # not answered within keepalive_timeout_s: a phone gone without a FIN frees its streams.
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    # Clients may ping at most this often (more: GOAWAY too_many_pings), with or without calls.
+    min_client_ping_interval_s: float = 10.0
+    # A connection without any call for this long is closed (GOAWAY; clients reconnect).
+    max_connection_idle_s: float = 300.0
     # How often the identity directory in memory reads the rows changed by other processes: a
     # revocation made elsewhere reaches this process within about this long.
     directory_refresh_s: float = 1.0
+    # Reports, so that no number of report callers can stall ingest (issue 11): at most this
+    # many run at once in the process (each on a thread and ClickHouse client of the reports'
+    # own, apart from ingest's) and per tenant; a report waits at most report_max_queue_ms for
+    # a slot, then gets RESOURCE_EXHAUSTED with a retry delay. 4 keeps 2 cores responsive and
+    # leaves a tenant's neighbours 2 slots; a dashboard opening (8 reports at once) queues
+    # behind its 2 running ones instead of being refused.
+    report_max_concurrent: int = 4
+    report_max_concurrent_per_tenant: int = 2
+    report_max_queue_ms: int = 5000
+    # Per tenant token bucket: sustained reports per second and the burst (a dashboard opening).
+    report_rate_per_tenant: float = 10.0
+    report_burst_per_tenant: int = 40
+    # ClickHouse bounds on every report query (max_memory_usage, max_threads,
+    # max_execution_time): a year of 20M calls needs about 13 s the first time (rollups), and
+    # 4 reports at 1 GiB stay well inside a small server; threads: half the cores, at least 1.
+    report_max_memory_bytes: int = 1024 * 1024 * 1024
+    report_max_threads: int = max(1, (os.cpu_count() or 2) // 2)
+    report_max_execution_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.dsn.reveal():
@@ -138,7 +180,27 @@ class Config:
             retry_max_elapsed_s=self.write_retry_max_elapsed_s,
             admission_max_queue_ms=self.admission_max_queue_ms,
             stream_max_unacked=self.stream_max_unacked,
+            device_min_share_bytes=self.device_min_share_bytes,
         )
+
+    def report_limits(self) -> ReportLimits:
+        """How many reports run at once and how often a tenant may start one."""
+        return ReportLimits(
+            max_concurrent=self.report_max_concurrent,
+            max_concurrent_per_tenant=self.report_max_concurrent_per_tenant,
+            max_queue_ms=self.report_max_queue_ms,
+            rate_per_s=self.report_rate_per_tenant,
+            burst=self.report_burst_per_tenant,
+        )
+
+    def report_query_settings(self) -> dict[str, int]:
+        """ClickHouse settings that bound every report query in memory, threads and time."""
+        return {
+            "max_memory_usage": self.report_max_memory_bytes,
+            "max_threads": self.report_max_threads,
+            # ClickHouse takes whole seconds here; a fraction rounds up.
+            "max_execution_time": math.ceil(self.report_max_execution_s),
+        }
 
     @property
     def is_embedded(self) -> bool:
@@ -320,11 +382,135 @@ _SETTINGS: tuple[_Setting, ...] = (
         "N",
     ),
     _Setting(
+        "device_min_share_bytes",
+        "--device-min-share-bytes",
+        _parse_int,
+        "while other devices use the ingest queue, one device may hold at most the larger of "
+        "its even share and this",
+        "BYTES",
+    ),
+    _Setting(
+        "max_streams",
+        "--max-streams",
+        _parse_int,
+        "IngestService.Stream calls open at once in this process; more get RESOURCE_EXHAUSTED",
+        "N",
+    ),
+    _Setting(
+        "max_streams_per_device",
+        "--max-streams-per-device",
+        _parse_int,
+        "IngestService.Stream calls one device may have open; more get RESOURCE_EXHAUSTED",
+        "N",
+    ),
+    _Setting(
+        "max_streams_per_connection",
+        "--max-streams-per-connection",
+        _parse_int,
+        "calls one HTTP/2 connection may have open at once (grpc.max_concurrent_streams)",
+        "N",
+    ),
+    _Setting(
+        "stream_idle_timeout_s",
+        "--stream-idle-timeout-s",
+        _parse_float,
+        "end a stream that sent no message for this long (UNAVAILABLE)",
+        "SECONDS",
+    ),
+    _Setting(
+        "keepalive_time_s",
+        "--keepalive-time-s",
+        _parse_float,
+        "ping a connection that was quiet this long, to find dead peers",
+        "SECONDS",
+    ),
+    _Setting(
+        "keepalive_timeout_s",
+        "--keepalive-timeout-s",
+        _parse_float,
+        "close a connection whose ping is not answered within this",
+        "SECONDS",
+    ),
+    _Setting(
+        "min_client_ping_interval_s",
+        "--min-client-ping-interval-s",
+        _parse_float,
+        "the shortest interval between a client's pings before it is sent away (too_many_pings)",
+        "SECONDS",
+    ),
+    _Setting(
+        "max_connection_idle_s",
+        "--max-connection-idle-s",
+        _parse_float,
+        "close a connection that had no call for this long",
+        "SECONDS",
+    ),
+    _Setting(
         "directory_refresh_s",
         "--directory-refresh-s",
         _parse_float,
         "seconds between reads of the identities (tenants, keys, devices) other processes "
         "changed; a revocation elsewhere applies here within about this long",
+        "SECONDS",
+    ),
+    _Setting(
+        "report_max_concurrent",
+        "--report-max-concurrent",
+        _parse_int,
+        "reports running at once in this process, on database threads of their own (ingest "
+        "keeps its own)",
+        "N",
+    ),
+    _Setting(
+        "report_max_concurrent_per_tenant",
+        "--report-max-concurrent-per-tenant",
+        _parse_int,
+        "reports of one tenant running at once",
+        "N",
+    ),
+    _Setting(
+        "report_max_queue_ms",
+        "--report-max-queue-ms",
+        _parse_int,
+        "how long a report waits for a running slot before RESOURCE_EXHAUSTED with a retry "
+        "delay (0: refuse at once)",
+        "MS",
+    ),
+    _Setting(
+        "report_rate_per_tenant",
+        "--report-rate-per-tenant",
+        _parse_float,
+        "reports a tenant may start per second, sustained (token bucket)",
+        "PER_SECOND",
+    ),
+    _Setting(
+        "report_burst_per_tenant",
+        "--report-burst-per-tenant",
+        _parse_int,
+        "reports a tenant may start at once before its rate applies (token bucket depth)",
+        "N",
+    ),
+    _Setting(
+        "report_max_memory_bytes",
+        "--report-max-memory-bytes",
+        _parse_int,
+        "memory one report query may use (ClickHouse max_memory_usage); beyond it the report "
+        "gets RESOURCE_EXHAUSTED",
+        "BYTES",
+    ),
+    _Setting(
+        "report_max_threads",
+        "--report-max-threads",
+        _parse_int,
+        "threads one report query may use (ClickHouse max_threads)",
+        "N",
+    ),
+    _Setting(
+        "report_max_execution_s",
+        "--report-max-execution-s",
+        _parse_float,
+        "seconds one report query may run (ClickHouse max_execution_time, whole seconds); "
+        "beyond it the report gets DEADLINE_EXCEEDED",
         "SECONDS",
     ),
 )
@@ -477,6 +663,12 @@ def _validate(c: Config) -> list[str]:
         "write_retry_initial_s",
         "write_retry_max_s",
         "write_retry_max_elapsed_s",
+        "report_max_execution_s",
+        "stream_idle_timeout_s",
+        "keepalive_time_s",
+        "keepalive_timeout_s",
+        "min_client_ping_interval_s",
+        "max_connection_idle_s",
     ):
         g = getattr(c, name)
         if (
@@ -500,12 +692,31 @@ def _validate(c: Config) -> list[str]:
         "dedup_max_entries",
         "admission_max_queue_ms",
         "stream_max_unacked",
+        "device_min_share_bytes",
+        "max_streams",
+        "max_streams_per_device",
+        "max_streams_per_connection",
+        "report_max_concurrent",
+        "report_max_concurrent_per_tenant",
+        "report_burst_per_tenant",
+        "report_max_memory_bytes",
+        "report_max_threads",
     ):
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             bad(name, f"must be an integer > 0 (got {value!r})")
         else:
             positive[name] = value
+    rate = c.report_rate_per_tenant
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, int | float)
+        or not (math.isfinite(rate) and rate > 0)
+    ):
+        bad("report_rate_per_tenant", f"must be a number of reports per second > 0 (got {rate!r})")
+    queue_ms = c.report_max_queue_ms
+    if isinstance(queue_ms, bool) or not isinstance(queue_ms, int) or queue_ms < 0:
+        bad("report_max_queue_ms", f"must be an integer >= 0 (got {queue_ms!r})")
     batch, buffer = positive.get("batch_max_bytes"), positive.get("buffer_max_bytes")
     if batch is not None and buffer is not None and batch > buffer:
         # The buffer would fill before a batch could ever reach its size limit.

@@ -1,8 +1,8 @@
 """The one place where exceptions become gRPC statuses.
 
 A client always gets a precise status and a message that says what to fix, never a stack trace.
-``Unavailable`` carries a ``google.rpc.RetryInfo`` in the rich status details so clients know how
-long to back off.
+``Unavailable`` and a ``ResourceExhausted`` that a retry can pass carry a ``google.rpc.RetryInfo``
+in the rich status details so clients know how long to back off.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from callsight.core.errors import (
     AlreadyExists,
     CallsightError,
     ConfigError,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     StorageError,
     StorageRefused,
     Unauthenticated,
@@ -36,6 +38,8 @@ _CODES: tuple[tuple[type[CallsightError], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     # Before StorageError: a refusal is a bug on our side that a retry cannot fix.
     (StorageRefused, grpc.StatusCode.INTERNAL),
     (StorageError, grpc.StatusCode.UNAVAILABLE),
@@ -71,17 +75,23 @@ def client_message(exc: CallsightError) -> str:
 
 def trailing_metadata(exc: CallsightError) -> tuple[tuple[str, bytes | str], ...]:
     """Rich status details: a RetryInfo for errors the client should retry."""
+    if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+        return _retry_details(code_pb2.RESOURCE_EXHAUSTED, exc, exc.retry_after_s)
     if isinstance(exc, Unavailable | StorageError) and not isinstance(exc, StorageRefused):
         delay = exc.retry_after_s if isinstance(exc, Unavailable) else 1.0
-        retry = error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(
-                seconds=int(delay), nanos=int((delay - int(delay)) * 1e9)
-            )
-        )
-        status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=client_message(exc))
-        status.details.add().Pack(retry)
-        return (("grpc-status-details-bin", status.SerializeToString()),)
+        return _retry_details(code_pb2.UNAVAILABLE, exc, delay)
     return ()
+
+
+def _retry_details(
+    code: int, exc: CallsightError, delay: float
+) -> tuple[tuple[str, bytes | str], ...]:
+    retry = error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=int(delay), nanos=int((delay - int(delay)) * 1e9))
+    )
+    status = status_pb2.Status(code=code, message=client_message(exc))
+    status.details.add().Pack(retry)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 def redact(text: str) -> str:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
 
 from callsight.core.clock import Clock
-from callsight.core.errors import InvalidArgument, StorageRefused, Unauthenticated
+from callsight.core.errors import (
+    InvalidArgument,
+    ResourceExhausted,
+    StorageRefused,
+    Unauthenticated,
+    Unavailable,
+)
+from callsight.pipeline.budget import Owner
 from callsight.pipeline.encode import Source
 from callsight.pipeline.ingest import Ingestor, Ticket
 from callsight.pipeline.keys import TenantKeys
@@ -40,6 +48,59 @@ from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 _USED = "this enrollment code was already used; ask an admin for a new one"
+# When a refused stream may try again: a device's dead streams take keepalive to be found.
+_SERVER_FULL_RETRY_S = 1.0
+_DEVICE_FULL_RETRY_S = 5.0
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Bounds on open ``Stream`` calls; ``callsight.server.config.Config`` holds the values."""
+
+    max_streams: int  # open in this process
+    max_per_device: int  # open for one device
+    idle_timeout_s: float  # a stream sending nothing this long is ended
+
+
+class OpenStreams:
+    """Counts open streams, in all and per device; refuses one over either limit."""
+
+    def __init__(self, limits: StreamLimits) -> None:
+        self._limits = limits
+        self._per_device: dict[Owner, int] = {}
+        self.open = 0
+
+    def enter(self, owner: Owner) -> None:
+        """Counts a new stream of ``owner``, or raises ``ResourceExhausted`` saying which limit."""
+        limits = self._limits
+        if self.open >= limits.max_streams:
+            raise ResourceExhausted(
+                f"the server has {self.open} streams open, its limit; retry shortly or use "
+                "another server",
+                _SERVER_FULL_RETRY_S,
+            )
+        mine = self._per_device.get(owner, 0)
+        if mine >= limits.max_per_device:
+            raise ResourceExhausted(
+                f"this device already has {mine} streams open, the most one device may have; "
+                "send on one of them (a stream takes any number of batches) or close one",
+                _DEVICE_FULL_RETRY_S,
+            )
+        self._per_device[owner] = mine + 1
+        self.open += 1
+
+    def leave(self, owner: Owner) -> None:
+        """Uncounts a stream counted by ``enter``."""
+        left = self._per_device[owner] - 1
+        if left:
+            self._per_device[owner] = left
+        else:
+            del self._per_device[owner]
+        self.open -= 1
+
+    def of(self, owner: Owner) -> int:
+        """How many streams ``owner`` has open."""
+        return self._per_device.get(owner, 0)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -54,8 +115,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         clock: Clock,
         identities: Identities,
         claims: EnrollmentClaims,
+        limits: StreamLimits,
     ) -> None:
         self._clock = clock
+        self._limits = limits
+        self.streams = OpenStreams(limits)
         self._directory = directory
         self._hasher = hasher
         self._keys = keys
@@ -148,13 +212,36 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.UploadRequest, context: Context
     ) -> ingest_pb2.UploadAck:
         source = await self._source()
-        ticket = self._ingestor.try_admit(request)
+        ticket = self._ingestor.try_admit(request, (source.tenant_id, source.device_id))
         return await self._ingestor.ingest(request, source, ticket)
 
     async def Stream(
         self,
         request_iterator: AsyncIterator[ingest_pb2.UploadRequest | InvalidArgument],
         context: Context,
+    ) -> AsyncIterator[ingest_pb2.UploadAck]:
+        caller = current_caller()
+        owner = (caller.tenant_id, caller.device_id)
+        # Counted before any message is read; uncounted once, when the call ends however it ends.
+        self.streams.enter(owner)
+        counted = True
+
+        def leave(_: object = None) -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.streams.leave(owner)
+
+        # The stubs want their own callback class; any callable of the context is what grpc takes.
+        context.add_done_callback(leave)  # type: ignore[arg-type]
+        try:
+            async for ack in self._stream(request_iterator):
+                yield ack
+        finally:
+            leave()
+
+    async def _stream(
+        self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest | InvalidArgument]
     ) -> AsyncIterator[ingest_pb2.UploadAck]:
         # A reader task admits batches (waiting for buffer space stops reading, so HTTP/2 flow
         # control holds the device) while this generator sends acks in request order. Each
@@ -190,16 +277,23 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 # A free ack slot before the next message is read off the wire.
                 await slots.acquire()
                 try:
-                    request = await anext(requests)
+                    async with asyncio.timeout(self._limits.idle_timeout_s):
+                        request = await anext(requests)
                 except StopAsyncIteration:
                     return
+                except TimeoutError:
+                    raise Unavailable(
+                        f"no message on this stream for {self._limits.idle_timeout_s:g} s, so "
+                        "the server ended it to free its slot; open a new stream when there is "
+                        "something to send"
+                    ) from None
                 source = await self._source()
                 if isinstance(request, InvalidArgument):
                     done = loop.create_future()
                     done.set_result(self._rejected(ingest_pb2.UploadRequest(), str(request)))
                     acks.put_nowait(done)
                     continue
-                ticket = await self._ingestor.admit(request)
+                ticket = await self._ingestor.admit(request, (source.tenant_id, source.device_id))
                 acks.put_nowait(asyncio.ensure_future(self._one(request, source, ticket)))
         finally:
             acks.put_nowait(None)

@@ -3,28 +3,78 @@
 Summary-shaped reports live in ``server/report_summary.py``; paged listings (clients, call
 history, lead activity) in ``server/report_pages.py``. The aggregation itself is SQL in
 ``storage/``; this layer only validates, decrypts the rows it returns and builds responses.
+
+Every report runs inside its tenant's quota (``server/report_quota.py``) on the database the
+service keeps for reports, whose queries are bounded in memory, threads and time: a report that
+hits one of those bounds is told to ask for less (``RESOURCE_EXHAUSTED`` or
+``DEADLINE_EXCEEDED``), never ``INTERNAL``.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
 from callsight.core.clock import Clock
-from callsight.core.errors import NotFound
+from callsight.core.errors import (
+    CallsightError,
+    DeadlineExceeded,
+    NotFound,
+    ResourceExhausted,
+    StorageError,
+)
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.paging import PageTokens
 from callsight.server import report_pages, report_summary
 from callsight.server.auth import current_caller
 from callsight.server.filters import call_filter
 from callsight.server.report_call import ReportCall
+from callsight.server.report_quota import ReportQuota
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
 from callsight.storage.rollups import Rollups
 from callsight.v1 import report_pb2, report_pb2_grpc
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+class _Filtered(Protocol):
+    @property
+    def filter(self) -> report_pb2.ReportFilter: ...
+
+
+Request = TypeVar("Request", bound=_Filtered)
+Response = TypeVar("Response")
+
+# ClickHouse codes of a query stopped by the bounds the report database sets.
+_MEMORY_LIMIT_EXCEEDED = 241
+_TIMEOUT_EXCEEDED = (159, 160)  # TIMEOUT_EXCEEDED, TOO_SLOW
+
+
+def bounded_error(exc: StorageError, settings: Mapping[str, Any]) -> CallsightError:
+    """What a report stopped by the bounds in ``settings`` (the report database's ClickHouse
+    settings) tells its caller; ``exc`` itself for any other error."""
+    if exc.code == _MEMORY_LIMIT_EXCEEDED:
+        limit = settings.get("max_memory_usage")
+        size = f" ({_size(int(limit))})" if limit else ""
+        return ResourceExhausted(
+            f"the report needed more memory than one report may use{size}; ask for a shorter "
+            "range or fewer employees, or split the range into several calls"
+        )
+    if exc.code in _TIMEOUT_EXCEEDED:
+        limit = settings.get("max_execution_time")
+        took = f" ({float(limit):g} s)" if limit else ""
+        return DeadlineExceeded(
+            f"the report ran longer than one report may{took}; ask for a shorter range or "
+            "fewer employees, or split the range into several calls"
+        )
+    return exc
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 class ReportServicer(report_pb2_grpc.ReportServiceServicer):
@@ -38,8 +88,11 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
         tokens: PageTokens,
         rollups: Rollups,
         clock: Clock,
+        quota: ReportQuota,
     ) -> None:
+        """``db`` is the service's database for reports (bounded queries, a pool of its own)."""
         self._db = db
+        self._quota = quota
         self._directory = directory
         self._keys = keys
         self._tokens = tokens
@@ -64,57 +117,73 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
             now_ms=now_ms,
         )
 
+    async def _run(
+        self,
+        request: Request,
+        report: Callable[[ReportCall, Request], Awaitable[Response]],
+    ) -> Response:
+        # Validated first, so a malformed request costs no token of the quota.
+        call = await self._call(request.filter)
+        async with self._quota.admit(call.tenant.tenant_id):
+            try:
+                return await report(call, request)
+            except StorageError as exc:
+                bounded = bounded_error(exc, self._db.settings)
+                if bounded is exc:
+                    raise
+                raise bounded from exc
+
     async def CallSummary(
         self, request: report_pb2.CallSummaryRequest, context: Context
     ) -> report_pb2.CallSummaryResponse:
-        return await report_summary.call_summary(await self._call(request.filter), request)
+        return await self._run(request, report_summary.call_summary)
 
     async def EmployeeSummary(
         self, request: report_pb2.EmployeeSummaryRequest, context: Context
     ) -> report_pb2.EmployeeSummaryResponse:
-        return await report_summary.employee_summary(await self._call(request.filter), request)
+        return await self._run(request, report_summary.employee_summary)
 
     async def CallAnalysis(
         self, request: report_pb2.CallAnalysisRequest, context: Context
     ) -> report_pb2.CallAnalysisResponse:
-        return await report_summary.call_analysis(await self._call(request.filter), request)
+        return await self._run(request, report_summary.call_analysis)
 
     async def HourlyAnalytics(
         self, request: report_pb2.HourlyAnalyticsRequest, context: Context
     ) -> report_pb2.HourlyAnalyticsResponse:
-        return await report_summary.hourly_analytics(await self._call(request.filter), request)
+        return await self._run(request, report_summary.hourly_analytics)
 
     async def DaywiseAnalytics(
         self, request: report_pb2.DaywiseAnalyticsRequest, context: Context
     ) -> report_pb2.DaywiseAnalyticsResponse:
-        return await report_summary.daywise_analytics(await self._call(request.filter), request)
+        return await self._run(request, report_summary.daywise_analytics)
 
     async def WorkingHours(
         self, request: report_pb2.WorkingHoursRequest, context: Context
     ) -> report_pb2.WorkingHoursResponse:
-        return await report_summary.working_hours(await self._call(request.filter), request)
+        return await self._run(request, report_summary.working_hours)
 
     async def NeverAttended(
         self, request: report_pb2.NeverAttendedRequest, context: Context
     ) -> report_pb2.NeverAttendedResponse:
-        return await report_pages.never_attended(await self._call(request.filter), request)
+        return await self._run(request, report_pages.never_attended)
 
     async def NotPickedByClient(
         self, request: report_pb2.NotPickedByClientRequest, context: Context
     ) -> report_pb2.NotPickedByClientResponse:
-        return await report_pages.not_picked_by_client(await self._call(request.filter), request)
+        return await self._run(request, report_pages.not_picked_by_client)
 
     async def UniqueClients(
         self, request: report_pb2.UniqueClientsRequest, context: Context
     ) -> report_pb2.UniqueClientsResponse:
-        return await report_pages.unique_clients(await self._call(request.filter), request)
+        return await self._run(request, report_pages.unique_clients)
 
     async def CallHistory(
         self, request: report_pb2.CallHistoryRequest, context: Context
     ) -> report_pb2.CallHistoryResponse:
-        return await report_pages.call_history(await self._call(request.filter), request)
+        return await self._run(request, report_pages.call_history)
 
     async def LeadActivity(
         self, request: report_pb2.LeadActivityRequest, context: Context
     ) -> report_pb2.LeadActivityResponse:
-        return await report_pages.lead_activity(await self._call(request.filter), request)
+        return await self._run(request, report_pages.lead_activity)

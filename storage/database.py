@@ -4,6 +4,10 @@
 cluster through the same clickhouse-connect ``Client`` API. chDB has no async client and one
 client serializes its calls, so every call runs on a small thread pool that gives each worker
 thread a client of its own: the engine releases the GIL and the workers run concurrently.
+
+Two ``Database`` objects on the same DSN are two pools with clients of their own: the server gives
+ingest and reports one each, so report queries never occupy a thread that an insert waits for,
+and the reports' clients carry settings (memory, threads, time) that bound every query they run.
 """
 
 from __future__ import annotations
@@ -29,13 +33,19 @@ _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _CODE = re.compile(r"Code: (\d+)")
 
 
-def connect(dsn: str, database: str | None = None) -> Client:
-    """Opens a clickhouse-connect client for ``dsn``; ``database`` overrides the DSN's own."""
+def connect(
+    dsn: str, database: str | None = None, settings: Mapping[str, Any] | None = None
+) -> Client:
+    """Opens a clickhouse-connect client for ``dsn``; ``database`` overrides the DSN's own.
+
+    ``settings`` (ClickHouse settings such as ``max_memory_usage``) apply to every query the
+    client runs.
+    """
     scheme = urlsplit(dsn).scheme
     if scheme not in ("chdb", "http", "https"):
         raise InvalidArgument(f"unknown DSN scheme {scheme!r}; use chdb:///path or http(s)://")
     try:
-        client = clickhouse_connect.get_client(dsn=dsn)
+        client = clickhouse_connect.get_client(dsn=dsn, settings=dict(settings or {}))
         if database:
             client.command(f"CREATE DATABASE IF NOT EXISTS `{_checked(database)}`")
             client.database = database
@@ -100,26 +110,41 @@ def _storage_error(exc: Exception) -> StorageError:
 
 
 class Database:
-    """Async access to one ClickHouse database through a pool of per-thread clients."""
+    """Async access to one ClickHouse database through a pool of per-thread clients.
 
-    def __init__(self, dsn: str, database: str, pool_size: int = 4) -> None:
+    At most ``pool_size`` calls run at once; more wait for a thread. ``settings`` apply to every
+    query of this pool's clients; ``role`` names its threads (``clickhouse-reports-0``).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        pool_size: int = 4,
+        settings: Mapping[str, Any] | None = None,
+        role: str = "",
+    ) -> None:
         self.dsn = dsn
         self.name = _checked(database)
+        self.settings: Mapping[str, Any] = dict(settings or {})
         self._local = threading.local()
         self._clients: list[Client] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="clickhouse")
+        self._pool = ThreadPoolExecutor(
+            max_workers=pool_size,
+            thread_name_prefix=f"clickhouse-{role}" if role else "clickhouse",
+        )
         self._closed = False
         # Column types per (table, columns) for row inserts: without them clickhouse-connect asks
         # the server for the table's structure before every insert (a tenth of a directory write).
         self._insert_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         # Opening the first client here creates the database and fails fast on a bad DSN.
-        self._clients.append(connect(dsn, database))
+        self._clients.append(connect(dsn, database, self.settings))
 
     def _client(self) -> Client:
         client: Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = connect(self.dsn, self.name)
+            client = connect(self.dsn, self.name, self.settings)
             self._local.client = client
             with self._lock:
                 self._clients.append(client)

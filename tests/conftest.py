@@ -44,6 +44,11 @@ def make_config(data_dir: Path, database: str, **overrides: object) -> Config:
         "operator_token": Secret(OPERATOR_TOKEN),
         "master_key": MASTER_KEY,
         "grace_period_s": 2.0,
+        # Tests fire reports far faster than people do: no rate limit, and a long queue for
+        # the running slots (tests/integration/test_report_quota.py sets the defaults back).
+        "report_rate_per_tenant": 1e6,
+        "report_burst_per_tenant": 1_000_000,
+        "report_max_queue_ms": 600_000,
     }
     settings.update(overrides)
     return Config(**settings)  # type: ignore[arg-type]

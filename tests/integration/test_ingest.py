@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from callsight.server.app import Service
+from callsight.pipeline.limits import MAX_BATCH_BYTES
+from callsight.server.app import MAX_MESSAGE_BYTES, Service
 from callsight.storage.database import Database
 from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests.integration.calls import (
@@ -116,7 +117,10 @@ async def test_whole_batch_rejections(channel: grpc.aio.Channel) -> None:
     token = auth(device.device_token)
     empty = ingest_pb2.UploadRequest(seq=1, batch_id="empty")
     too_many = batch(2, [call(i) for i in range(10_001)])
-    too_big = batch(3, [call(i, note="x" * 500_000) for i in range(9)])
+    # Just over 4 MiB, under grpc's message limit (server.app.MAX_MESSAGE_BYTES): refused by
+    # us, precisely; a longer message is refused by grpc (tests/integration/test_stream_bounds.py).
+    too_big = batch(3, [call(i, note="x" * 467_000) for i in range(9)])
+    assert MAX_BATCH_BYTES < too_big.ByteSize() < MAX_MESSAGE_BYTES
     for request in (empty, too_many, too_big):
         await expect_status(ingest.Upload(request, metadata=token), CODE.INVALID_ARGUMENT)
     # On a stream each gets a REJECTED ack and the stream stays open for the next batch.

@@ -1,4 +1,4 @@
-"""ByteBudget: bounded bytes in flight, FIFO waiting, shutdown that wakes every waiter, and
+"""ByteBudget: bounded bytes in flight, fair waiting, shutdown that wakes every waiter, and
 admission by time in front of the byte cap."""
 
 from __future__ import annotations
@@ -130,10 +130,10 @@ class FakeClock:
         return self.now
 
 
-async def timed_budget(rate: int) -> tuple[ByteBudget, FakeClock]:
+async def timed_budget(rate: int, min_share: int = 1 << 20) -> tuple[ByteBudget, FakeClock]:
     """A 1 MB budget whose admission measured ``rate`` bytes/s, with a 0.5 s target."""
     clock = FakeClock()
-    budget = ByteBudget(1_000_000, Admission(0.5, clock, sample_s=0.1))
+    budget = ByteBudget(1_000_000, Admission(0.5, clock, sample_s=0.1), min_share)
     for _ in range(3):  # drain at ``rate``: three samples of 0.1 s
         await budget.acquire(rate // 10)
         clock.now += 0.1
@@ -173,3 +173,103 @@ async def test_a_waiter_held_by_time_is_admitted_as_the_queue_drains() -> None:
     budget.release(10_000)
     await asyncio.wait_for(waiter, 1)
     assert budget.used == 50_000
+
+
+# --- fairness between devices and tenants ---------------------------------------------------
+
+A1, A2, B1, C1 = ("a", "1"), ("a", "2"), ("b", "1"), ("c", "1")
+
+
+async def test_waiting_devices_are_served_round_robin_not_in_arrival_order() -> None:
+    budget = ByteBudget(100, min_share=1_000)  # no share cap here
+    await budget.acquire(100, C1)
+    order: list[str] = []
+
+    async def take(owner: tuple[str, str], name: str) -> None:
+        await budget.acquire(10, owner)
+        order.append(name)
+
+    # The flooding device queued three batches before the other device's one.
+    tasks = [asyncio.create_task(take(A1, f"a1-{i}")) for i in range(3)]
+    await settle()
+    tasks.append(asyncio.create_task(take(A2, "a2")))
+    await settle()
+    budget.release(100, C1)
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    assert order == ["a1-0", "a2", "a1-1", "a1-2"]
+
+
+async def test_tenants_take_turns_before_their_devices_do() -> None:
+    budget = ByteBudget(10, min_share=10)
+    await budget.acquire(10, B1)
+    order: list[tuple[str, str]] = []
+
+    async def take(owner: tuple[str, str]) -> None:
+        await budget.acquire(10, owner)
+        order.append(owner)
+        budget.release(10, owner)
+
+    tasks = [asyncio.create_task(take(o)) for o in (A1, A2, B1)]
+    await settle()
+    budget.release(10, B1)
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    # Tenant a, then tenant b, then a's second device: b's one device is not behind a's two.
+    assert order == [A1, B1, A2]
+
+
+async def test_a_device_over_its_share_gives_its_turn_away() -> None:
+    budget = ByteBudget(100, min_share=10)
+    await budget.acquire(40, A1)
+    await budget.acquire(10, B1)
+    assert budget.share() == 50  # two active devices
+    more = asyncio.create_task(budget.acquire(20, A1))  # 60 > 50 while b is active
+    await settle()
+    assert not more.done() and budget.used == 50
+    budget.release(10, B1)  # b leaves: a is alone and may fill the budget
+    await asyncio.wait_for(more, 1)
+    assert budget.held(A1) == 60
+
+
+async def test_a_device_holding_nothing_always_gets_one_batch_in() -> None:
+    budget = ByteBudget(100, min_share=1)
+    await budget.acquire(90, A1)
+    assert budget.try_acquire(10, B1)  # an even share would be 50; b held nothing
+    assert budget.share() == 50
+    budget.release(90, A1)
+    budget.release(10, B1)
+    assert (budget.used, budget.held(A1), budget.held(B1)) == (0, 0, 0)
+
+
+async def test_the_share_follows_the_admitted_queue_not_just_the_byte_cap() -> None:
+    budget, _ = await timed_budget(100_000, min_share=1)  # admission lets 50 kB be queued
+    budget_min = ByteBudget(1_000_000, None, min_share=1)
+    assert budget_min.share() == float("inf")  # one device or none: no cap
+    await budget.acquire(1, A1)
+    await budget.acquire(1, B1)
+    assert budget.share() == 25_000  # 50 kB over two devices, not 1 MB over two
+
+
+async def test_cancelled_waiters_of_several_devices_leave_nothing_behind() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(100, A1)
+    waiters = [asyncio.create_task(budget.acquire(10, o)) for o in (A1, A2, B1, B1)]
+    await settle()
+    assert budget.waiting == 4
+    for waiter in waiters[1:]:
+        waiter.cancel()
+    await settle()
+    assert budget.waiting == 1
+    budget.release(100, A1)
+    await asyncio.wait_for(waiters[0], 1)
+    assert (budget.used, budget.held(A1), budget.held(B1)) == (10, 10, 0)
+    budget.release(10, A1)
+    with pytest.raises(ValueError):
+        budget.release(10, A1)
+
+
+async def test_upload_is_refused_beyond_its_share() -> None:
+    budget = ByteBudget(100, min_share=10)
+    assert budget.try_acquire(40, A1)
+    assert budget.try_acquire(10, B1)
+    assert not budget.try_acquire(20, A1)  # 60 > 50 while b is active
+    assert budget.try_acquire(20, B1)

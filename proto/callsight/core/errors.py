@@ -43,6 +43,22 @@ class Unavailable(CallsightError):
         self.retry_after_s = retry_after_s
 
 
+class ResourceExhausted(CallsightError):
+    """The caller used up a quota, or a request needs more than one may use.
+
+    ``retry_after_s`` says when a retry may pass (a quota refills); None when the same request
+    can never pass (it needs more memory than a report may use) and must be made smaller.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(CallsightError):
+    """The work ran past the longest the server allows for it; a smaller request may finish."""
+
+
 class Unimplemented(CallsightError):
     """The RPC belongs to a capability not built yet."""
 
