@@ -6,13 +6,15 @@ Nothing here imports callsight: black-box and white-box modules alike may use it
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import multiprocessing as mp
 import resource
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +24,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
-MAX_MESSAGE_BYTES = 16 * MiB  # the real server's limit (server.app.MAX_MESSAGE_BYTES)
+MAX_MESSAGE_BYTES = 16 * MiB  # what the load tester's channels accept (the server takes ~4 MiB)
 
 Metadata = tuple[tuple[str, str], ...]
 Say = Callable[[str], None]
@@ -35,8 +37,10 @@ def auth(token: str) -> Metadata:
 
 
 def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
-    """The server's ``RetryInfo`` delay of an UNAVAILABLE error; None for any other error."""
-    if error.code() != grpc.StatusCode.UNAVAILABLE:
+    """When to retry: the server's ``RetryInfo`` delay of an UNAVAILABLE error (1 s without
+    one) or of a RESOURCE_EXHAUSTED one (a quota: without RetryInfo it is a limit, not a wait);
+    None for an error that retrying does not fix."""
+    if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return None
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
@@ -45,7 +49,22 @@ def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
                 info = error_details_pb2.RetryInfo()
                 if detail.Unpack(info):
                     return float(info.retry_delay.ToTimedelta().total_seconds())
-    return 1.0  # UNAVAILABLE without advice: back off a second
+    # UNAVAILABLE without advice: back off a second.
+    return 1.0 if error.code() == grpc.StatusCode.UNAVAILABLE else None
+
+
+async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = 300.0) -> T:
+    """``await call()``, again after the server's retry delay while it says to retry, for up to
+    ``patience_s`` in all (a quota or a restart is waited out, not reported as a failure)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            delay = retry_delay_s(exc)
+            if delay is None or time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
 
 
 def cpu_s() -> float:

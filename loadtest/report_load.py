@@ -27,7 +27,15 @@ import grpc
 import uvloop
 from google.protobuf.message import Message
 
-from callsight.loadtest.common import MAX_MESSAGE_BYTES, add_flags, auth, columns, num, write_json
+from callsight.loadtest.common import (
+    MAX_MESSAGE_BYTES,
+    add_flags,
+    auth,
+    columns,
+    num,
+    retry_delay_s,
+    write_json,
+)
 from callsight.loadtest.histogram import Histogram
 from callsight.v1 import report_pb2
 
@@ -69,10 +77,11 @@ class Tally:
 
     latency_us: Histogram = field(default_factory=Histogram)  # successful calls only
     errors: Counter[str] = field(default_factory=Counter)
+    refused: int = 0  # RESOURCE_EXHAUSTED with a retry delay: a quota, waited out
 
     @property
     def calls(self) -> int:
-        return self.latency_us.count + sum(self.errors.values())
+        return self.latency_us.count + sum(self.errors.values()) + self.refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +126,13 @@ async def _query(
         try:
             response = await method(request, metadata=metadata, timeout=plan.timeout_s)
         except grpc.aio.AioRpcError as exc:
+            delay = retry_delay_s(exc)
+            if delay is not None and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # A report quota: the server working as designed, not a failure. The caller
+                # honours the delay, as a dashboard would.
+                tally.refused += 1
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                return
             tally.errors[exc.code().name] += 1
             return
         tally.latency_us.record(round((time.monotonic() - started) * 1e6))
@@ -202,6 +218,7 @@ def summarise(
             "range": span,
             "calls": tally.calls,
             "ok": tally.latency_us.count,
+            "refused": tally.refused,
             "errors": dict(tally.errors),
             "latency_ms": tally.latency_us.summary(scale=1e-3),
         }
@@ -218,6 +235,7 @@ def summarise(
         "calls": calls,
         "calls_per_s": calls / wall_s if wall_s > 0 else float("nan"),
         "errors": dict(errors),
+        "refused": sum(tally.refused for tally in tallies.values()),
         "latency_ms": everything.summary(scale=1e-3),
         "by_rpc": by_rpc,
     }

@@ -191,12 +191,13 @@ def run_fleet_command(args: argparse.Namespace) -> int:
 
 def _reports_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The report load, with p50/p95 per RPC and range."""
-    keys = ("calls", "calls_per_s", "duration_s", "concurrency", "errors", "latency_ms")
+    keys = ("calls", "calls_per_s", "duration_s", "concurrency", "errors", "refused", "latency_ms")
     return {key: result[key] for key in keys} | {
         "by_rpc": {
             key: {
                 "calls": row["calls"],
                 "errors": sum(row["errors"].values()),
+                "refused": row["refused"],
                 "p50_ms": row["latency_ms"]["p50"],
                 "p95_ms": row["latency_ms"]["p95"],
             }

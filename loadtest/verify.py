@@ -12,6 +12,7 @@ accident. Any difference makes ``ok`` false and is listed in ``differences``.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import grpc
 
 from callsight.loadtest.bootstrap import DeviceIdentity, TenantInfo
-from callsight.loadtest.common import auth
+from callsight.loadtest.common import auth, patiently
 from callsight.loadtest.generate import DAY_MS
 from callsight.loadtest.workload import DeviceTruth
 from callsight.v1 import common_pb2, report_pb2, report_pb2_grpc
@@ -135,15 +136,23 @@ async def report_counts(channel: grpc.aio.Channel, tenant: TenantTruth) -> Count
     if not tenant.to_ms:
         return counts
     for start, end in windows(tenant.from_ms, tenant.to_ms):
-        summary = await stub.CallSummary(
-            report_pb2.CallSummaryRequest(filter=_filter(start, end)), metadata=metadata
+        # Report quotas (RESOURCE_EXHAUSTED with a retry delay) are waited out.
+        summary = await patiently(
+            functools.partial(
+                stub.CallSummary,
+                report_pb2.CallSummaryRequest(filter=_filter(start, end)),
+                metadata=metadata,
+            )
         )
         counts.calls += summary.summary.total_calls
         typed = await asyncio.gather(
             *(
-                stub.CallSummary(
-                    report_pb2.CallSummaryRequest(filter=_filter(start, end, call_types=[t])),
-                    metadata=metadata,
+                patiently(
+                    functools.partial(
+                        stub.CallSummary,
+                        report_pb2.CallSummaryRequest(filter=_filter(start, end, call_types=[t])),
+                        metadata=metadata,
+                    )
                 )
                 for t in CALL_TYPES
             )
@@ -153,11 +162,14 @@ async def report_counts(channel: grpc.aio.Channel, tenant: TenantTruth) -> Count
                 counts.by_type[call_type] += response.summary.total_calls
         token = ""
         while True:
-            page = await stub.EmployeeSummary(
-                report_pb2.EmployeeSummaryRequest(
-                    filter=_filter(start, end), page_size=1000, page_token=token
-                ),
-                metadata=metadata,
+            page = await patiently(
+                functools.partial(
+                    stub.EmployeeSummary,
+                    report_pb2.EmployeeSummaryRequest(
+                        filter=_filter(start, end), page_size=1000, page_token=token
+                    ),
+                    metadata=metadata,
+                )
             )
             for row in page.employees:
                 mine = counts.by_employee.setdefault(row.employee_id, Counter())

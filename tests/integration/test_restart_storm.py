@@ -22,6 +22,7 @@ DEVICES = 24
 def _run(data_dir: Path, duration_s: float, restart_at_s: tuple[float, ...]) -> FleetResult:
     """A steady fleet against a spawned server that is SIGKILLed at ``restart_at_s``; verified
     through the reports and then, once the server has stopped, against the rows in its chDB."""
+    # The server's default report quotas: the verification waits out their retry delays.
     env = {"CALLSIGHT_OPERATOR_TOKEN": OPERATOR_TOKEN, "CALLSIGHT_MASTER_KEY": master_key_b64()}
     server = ServerProcess(data_dir, env=env)
     server.start()
