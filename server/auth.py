@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from enum import Enum
@@ -25,6 +26,9 @@ from callsight.storage.identities import Identities
 API_KEY_PREFIX = "csk"
 DEVICE_PREFIX = "csd"
 ENROLLMENT_PREFIX = "cse"
+# Tokens are "prefix_<32 hex>_<43 urlsafe>" (85 characters); anything far longer is garbage.
+MAX_TOKEN_CHARS = 128
+_PUBLIC_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class Access(Enum):
@@ -117,9 +121,13 @@ def new_public_id() -> str:
 
 
 def split_token(token: str) -> tuple[str, str] | None:
-    """(prefix, public id) of a callsight token, or None when it has not that shape."""
+    """(prefix, public id) of a callsight token, or None when it has not that shape: a public id
+    of 32 hex digits (``new_public_id``) and at most ``MAX_TOKEN_CHARS`` in all. A malformed
+    token is unknown at once, without waiting for the directory to catch up."""
+    if len(token) > MAX_TOKEN_CHARS:
+        return None
     parts = token.split("_", 2)
-    if len(parts) != 3 or not parts[1] or not parts[2]:
+    if len(parts) != 3 or not _PUBLIC_ID.fullmatch(parts[1]) or not parts[2]:
         return None
     return parts[0], parts[1]
 
