@@ -10,10 +10,12 @@ the storage functions directly.
 2. ``--calls`` calls generated with numpy in columns (each employee calls a skewed pool of ~200
    clients from a shared 300,000; types, durations and hours as ``loadtest.generate`` draws
    them, the last ``--days`` days), every distinct number, name and note encrypted once. ~1%
-   arrive twice and ~2% again as a newer version with a note, so FINAL has work. Rows go in
-   arrival order, ~1M per ``insert_arrow``, into ``calls`` and ``calls_naive`` (dedup-only
-   layout: no time in the key, no partitions); then background merges settle (``--optimize``:
-   ``OPTIMIZE TABLE .. FINAL`` first).
+   arrive twice and ~2% again as a newer version with a note, so FINAL has work. The numbers and
+   names called go into ``parties`` once; the calls, which hold only their keys, in arrival
+   order, ~1M per ``insert_arrow``, into ``calls`` and ``calls_naive`` (dedup-only layout: no
+   time in the key, no partitions); then background merges settle (``--optimize``:
+   ``OPTIMIZE TABLE .. FINAL`` first). The size of each table at rest is reported
+   (``bytes_per_row``; ``bytes_per_call`` for ``calls``).
 3. Every report through gRPC with the REPORTS key: ``--repeat`` calls after two warm-ups, p50/p95
    and this process's CPU p50 (server, chDB and client all run here). Rollups are dropped first,
    so the first CallSummary, reported on its own, makes them. The naive figures run the same
@@ -68,7 +70,7 @@ from callsight.loadtest.generate import (
     start_times,
 )
 from callsight.pipeline.crypto import Keyring
-from callsight.pipeline.encode import CALLS_SCHEMA
+from callsight.pipeline.encode import CALLS_SCHEMA, client_keys
 from callsight.pipeline.keys import TenantKeys
 from callsight.server import logs
 from callsight.server.app import Service
@@ -77,6 +79,7 @@ from callsight.storage import listings, summaries
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
 from callsight.storage.filters import CallFilter
+from callsight.storage.parties import PARTIES, PARTIES_SCHEMA, PARTY_COLUMNS
 from callsight.storage.tables import DEFAULT_TABLES, Tables
 from callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2, report_pb2, report_pb2_grpc
 
@@ -92,6 +95,8 @@ PAGE_WALK = 20
 STATE_FILE = "bench-state.json"
 DATA_KEYS = ("calls", "employees", "days", "seed")  # what a --reuse run must match
 NAIVE = Tables(calls="calls_naive")
+# The columns of ``calls`` itself: the rows the writer gets, less what it stores in ``parties``.
+STORED_CALLS = pa.schema([f for f in CALLS_SCHEMA if f.name not in PARTY_COLUMNS])
 
 I64 = npt.NDArray[np.int64]
 
@@ -195,20 +200,35 @@ def build_pools(
     """Encrypts and blind-indexes each distinct number, name and note once."""
     cipher = keyring.current
     names = contact_names(rng, len(numbers), 0.6)
+    bidx = cipher.blind_index_many(numbers)
     return {
         "tenant": pa.array([devices[0].tenant_id], pa.string()),
         "devices": pa.array([d.device_id for d in devices], pa.string()),
         "employees": pa.array([d.employee_id for d in devices], pa.string()),
         "sims": pa.array([f"8991{i:015d}" for i in range(2 * len(devices))], pa.string()),
-        "bidx": pa.array(cipher.blind_index_many(numbers), pa.binary(32)),
+        "bidx": pa.array(bidx, pa.binary(32)),
+        "client_key": pa.array(client_keys(bidx), pa.uint64()),
         "number_enc": pa.array(cipher.encrypt_many(numbers), pa.binary()),
         "name_enc": pa.array(cipher.encrypt_many(names), pa.binary()),
+        "name_key": pa.array(cipher.name_keys(names), pa.uint32()),
         "notes": pa.array(cipher.encrypt_many(["", *NOTES]), pa.binary()),
     }
 
 
+def parties_table(clients: npt.NDArray[np.int32], pools: Pools, version: int) -> pa.Table:
+    """The ``parties`` rows of the numbers ``clients`` (each has one name, maybe empty)."""
+    picks = pa.array(clients)
+    columns = [
+        pools["tenant"].take(pa.array(np.zeros(len(clients), dtype=np.int32))),
+        *(pools[name].take(picks) for name in ("client_key", "name_key", "bidx")),
+        *(pools[name].take(picks) for name in ("number_enc", "name_enc")),
+        pa.array(np.full(len(clients), version, dtype=np.uint64)),
+    ]
+    return pa.Table.from_arrays(columns, schema=PARTIES_SCHEMA)
+
+
 def chunk_table(calls: Calls, rows: Arrivals, start: int, stop: int, pools: Pools) -> pa.Table:
-    """Rows ``start:stop`` of the arrivals as an Arrow table in CALLS_SCHEMA."""
+    """Rows ``start:stop`` of the arrivals as an Arrow table of ``calls`` (STORED_CALLS)."""
     i = rows.index[start:stop]
     employee, client, duration = calls.employee[i], calls.client[i], calls.duration_s[i]
     call_id = pc.cast(pa.array(calls.call_no[i]), pa.string())
@@ -224,9 +244,6 @@ def chunk_table(calls: Calls, rows: Arrivals, start: int, stop: int, pools: Pool
         pools["devices"].take(pa.array(employee)),
         call_id,
         pools["employees"].take(pa.array(employee)),
-        pools["bidx"].take(pa.array(client)),
-        pools["number_enc"].take(pa.array(client)),
-        pools["name_enc"].take(pa.array(client)),
         pa.array(calls.type[i], pa.uint8()),
         pa.array(calls.started_ms[i], pa.timestamp("ms", tz="UTC")),
         pa.array(duration, pa.uint32()),
@@ -236,8 +253,10 @@ def chunk_table(calls: Calls, rows: Arrivals, start: int, stop: int, pools: Pool
         recording,
         pa.array(rows.version[start:stop].astype(np.uint64), pa.uint64()),
         pa.array(rows.synced_ms[start:stop], pa.timestamp("ms", tz="UTC")),
+        pools["client_key"].take(pa.array(client)),
+        pools["name_key"].take(pa.array(client)),
     ]
-    return pa.Table.from_arrays(columns, schema=CALLS_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=STORED_CALLS)
 
 
 # --- set-up -------------------------------------------------------------------------------------
@@ -309,6 +328,10 @@ async def load(
     t = time.perf_counter()
     arrow_pools = build_pools(rng, keyring, devices, numbers)
     _say(f"encrypted {len(numbers):,} numbers and names once in {time.perf_counter() - t:.1f} s")
+    # Before the calls, as the ingest writer does: every call has its party.
+    called = parties_table(np.unique(calls.client), arrow_pools, state.anchor_ms)
+    await db.run(operator.methodcaller("insert_arrow", PARTIES, called))
+    _say(f"{called.num_rows:,} parties (numbers called, each with its name)")
     # ``calls`` in the dedup-only layout: keyed by the call's identity, no time, no partitions.
     await db.command(
         f"CREATE TABLE IF NOT EXISTS {NAIVE.calls} AS calls ENGINE = ReplacingMergeTree(version)"
@@ -343,17 +366,28 @@ async def load(
 
 
 async def parts(db: Database) -> dict[str, Any]:
-    """Active parts, rows and on-disk size per table."""
+    """Active parts, rows and on-disk size (MiB, bytes a row) per table."""
     rows = await db.query(
         "SELECT table, count(), sum(rows), sum(bytes_on_disk), uniqExact(partition),"
         " max(level) FROM system.parts WHERE database = currentDatabase() AND active"
-        " AND table IN ('calls', {naive:String}) GROUP BY table ORDER BY table",
-        {"naive": NAIVE.calls},
+        " AND table IN ('calls', {naive:String}, {parties:String}) GROUP BY table ORDER BY table",
+        {"naive": NAIVE.calls, "parties": PARTIES},
     )
-    keys = ("parts", "rows", "mib", "partitions", "max_level")
+    keys = ("parts", "rows", "mib", "bytes_per_row", "partitions", "max_level")
     return {
         str(t): dict(
-            zip(keys, (int(p), int(r), round(int(b) / 2**20), int(n), int(lv)), strict=True)
+            zip(
+                keys,
+                (
+                    int(p),
+                    int(r),
+                    round(int(b) / 2**20),
+                    round(int(b) / max(int(r), 1), 1),
+                    int(n),
+                    int(lv),
+                ),
+                strict=True,
+            )
         )
         for t, p, r, b, n, lv in rows
     }
@@ -656,7 +690,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         db.close()
         await svc.stop()
     label = "optimized" if args.optimize else "background merges"
+    measured = optimized or settled
     print(f"merge state: {label}; first calls (rollups made on the way): {cold} ms")
+    print(
+        f"at rest: calls {measured['calls']['bytes_per_row']} bytes a call,"
+        f" {NAIVE.calls} {measured[NAIVE.calls]['bytes_per_row']},"
+        f" parties {measured[PARTIES]['rows']:,} rows in {measured[PARTIES]['mib']} MiB"
+    )
     print(table(results))
     failed = [name for name, ok in checks.items() if not ok]
     print("checks: " + ("all passed" if not failed else f"FAILED: {failed}"))
@@ -672,7 +712,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "merge_state": label,
         "parts_after_load": before,
-        "parts_measured": optimized or settled,
+        "parts_measured": measured,
+        # At rest, as measured: the calls table alone, and with the parties of its calls.
+        "bytes_per_call": measured["calls"]["bytes_per_row"],
+        "bytes_per_call_with_parties": round(
+            (
+                measured["calls"]["bytes_per_row"] * measured["calls"]["rows"]
+                + measured[PARTIES]["bytes_per_row"] * measured[PARTIES]["rows"]
+            )
+            / max(measured["calls"]["rows"], 1),
+            1,
+        ),
         "repeat": args.repeat,
         "naive_repeat": args.naive_repeat,
         "first_calls_ms": cold,

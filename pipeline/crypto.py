@@ -13,6 +13,8 @@ From the data key, HKDF-SHA256 derives two independent subkeys:
 * a blind-index key. ``blind_index`` is the full 32-byte HMAC-SHA256 of a normalised number: equal
   numbers give equal indexes, so ClickHouse can group and join on them without the plaintext.
   The index depends on the data key, so rotating the key changes every tenant's indexes.
+  ``name_keys`` uses the same key for a 32-bit keyed hash of a name (domain-separated from
+  numbers), so equal names of one client share a key without their plaintext.
 
 The empty string encrypts to ``b""``: empty names and notes cost nothing, and whether a field is
 empty is not treated as secret.
@@ -43,6 +45,9 @@ _MIN_BLOB_LEN = _HEADER_LEN + NONCE_LEN + TAG_LEN
 _MAX_KEY_ID = 2**32 - 1
 _AEAD_INFO = b"callsight/v1/aead"
 _BLIND_INDEX_INFO = b"callsight/v1/blind-index"
+# Prefixed to a name before it is hashed: no normalised number contains a NUL, so a name's
+# hash can never equal a number's blind index.
+_NAME_DOMAIN = b"name\x00"
 
 
 class KeyUnwrapError(CallsightError):
@@ -189,6 +194,25 @@ class TenantCipher:
         key = self._blind_key
         digest = hmac.digest
         return [digest(key, value.encode(), "sha256") for value in values]
+
+    def name_keys(self, names: Sequence[str]) -> list[int]:
+        """A 32-bit keyed hash of each name, never 0; ``""`` gives 0 (no name).
+
+        The first 4 bytes, little-endian, of the HMAC-SHA256 of the domain-separated name under
+        the blind-index key: equal names of a tenant get equal keys, for joins without the name.
+        """
+        key = self._blind_key
+        digest = hmac.digest
+        out = []
+        for name in names:
+            if not name:
+                out.append(0)
+                continue
+            value = int.from_bytes(
+                digest(key, _NAME_DOMAIN + name.encode(), "sha256")[:4], "little"
+            )
+            out.append(value or 1)
+        return out
 
 
 def _derive(data_key: bytes, info: bytes) -> bytes:

@@ -2,10 +2,12 @@
 
 ``decode`` is the stage "decode and validate -> normalise numbers (E.164) -> encrypt and
 blind-index". It works on columns: one list or array per field, built once per batch, handed on
-as a ``RowChunk`` whose columns are exactly those of the target ClickHouse table (``SCHEMAS``).
-No Arrow is built per batch: the batcher builds one table per flush (see ``chunk``). Plaintext
-numbers, names and notes never reach the table: numbers become an AEAD ciphertext plus a blind
-index, names and notes a ciphertext.
+as a ``RowChunk`` whose columns are exactly those the writer takes for the target ClickHouse table
+(``SCHEMAS``; for calls the writer stores the number and name columns once per client and name
+in ``parties``, see ``storage.parties``). No Arrow is built per batch: the batcher builds one
+table per flush (see ``chunk``). Plaintext numbers, names and notes never reach the table:
+numbers become an AEAD ciphertext plus a blind index and its first 8 bytes as ``client_key``,
+names and notes a ciphertext, and names also a 32-bit keyed hash (``name_key``).
 
 ``NumberCodec`` keeps bounded LRU caches, because a device calls the same few hundred numbers
 over and over: each distinct (region, raw) is normalised once, and each distinct
@@ -69,6 +71,8 @@ CALLS_SCHEMA = pa.schema(
         ("recording_uri", pa.string()),
         ("version", pa.uint64()),
         ("synced_at", _TIMESTAMP),
+        ("client_key", pa.uint64()),
+        ("name_key", pa.uint32()),
     ]
 )
 
@@ -192,7 +196,8 @@ class NumberCodec:
     * (raw, region) -> E.164 or the reason it is unusable, in a ``PhoneNormalizer``
       (raws over 64 characters are not cached);
     * (tenant id, key id, E.164) -> (ciphertext, blind index);
-    * (tenant id, key id, name) -> ciphertext (names over 64 characters are not cached).
+    * (tenant id, key id, name) -> (ciphertext, name key) (names over 64 characters are not
+      cached).
 
     A number costs about 1 KB across the three (measured: ~200 MB with all three full at the
     default), so size ``max_entries`` to the memory a process can spare. Keying by key id means
@@ -206,7 +211,7 @@ class NumberCodec:
         self._max_entries = max_entries
         self._normalizer = PhoneNormalizer(max_entries)
         self._numbers: _LRU[tuple[str, int, str], tuple[bytes, bytes]] = _LRU(max_entries)
-        self._names: _LRU[tuple[str, int, str], bytes] = _LRU(max_entries)
+        self._names: _LRU[tuple[str, int, str], tuple[bytes, int]] = _LRU(max_entries)
         self._lock = threading.Lock()
         self._number_hits = self._number_misses = 0
         self._name_hits = self._name_misses = 0
@@ -264,8 +269,11 @@ class NumberCodec:
             errors = [(i, failed[raw]) for i, raw in enumerate(raws) if raw in failed]
         return list(map(enc_of.__getitem__, raws)), list(map(bidx_of.__getitem__, raws)), errors
 
-    def names(self, source: Source, names: Sequence[str]) -> list[bytes]:
-        """Encrypt a column of names under the source's current key; ``""`` gives ``b""``."""
+    def names(self, source: Source, names: Sequence[str]) -> tuple[list[bytes], list[int]]:
+        """Encrypt and key a column of names under the source's current key.
+
+        Returns (ciphertexts, name keys) aligned with ``names``; ``""`` gives ``b""`` and 0.
+        """
         cipher = source.keyring.current
         tenant_id, key_id = source.tenant_id, cipher.key_id
         unique = dict.fromkeys(names)
@@ -274,30 +282,31 @@ class NumberCodec:
         keys = list(zip(repeat(tenant_id), repeat(key_id), distinct))
         with self._lock:
             found = self._names.get_many(keys)
-        enc_of: dict[str, bytes] = {"": b""}
+        sealed_of: dict[str, tuple[bytes, int]] = {"": (b"", 0)}
         misses: list[str] = []
         if None not in found:
-            enc_of.update(zip(distinct, cast(list[bytes], found), strict=True))
+            sealed_of.update(zip(distinct, cast(list[tuple[bytes, int]], found), strict=True))
         else:
-            for name, blob in zip(distinct, found, strict=True):
-                if blob is None:
+            for name, pair in zip(distinct, found, strict=True):
+                if pair is None:
                     misses.append(name)
                 else:
-                    enc_of[name] = blob
-        fresh: list[tuple[tuple[str, int, str], bytes]] = []
+                    sealed_of[name] = pair
+        fresh: list[tuple[tuple[str, int, str], tuple[bytes, int]]] = []
         if misses:
-            sealed = cipher.encrypt_many(misses)
-            enc_of.update(zip(misses, sealed, strict=True))
+            pairs = list(zip(cipher.encrypt_many(misses), cipher.name_keys(misses), strict=True))
+            sealed_of.update(zip(misses, pairs, strict=True))
             fresh = [
-                ((tenant_id, key_id, name), blob)
-                for name, blob in zip(misses, sealed, strict=True)
+                ((tenant_id, key_id, name), pair)
+                for name, pair in zip(misses, pairs, strict=True)
                 if len(name) <= MAX_CACHED_NAME_LEN
             ]
         with self._lock:
             self._names.put_many(fresh)
             self._name_hits += len(distinct) - len(misses)
             self._name_misses += len(misses)
-        return list(map(enc_of.__getitem__, names))
+        sealed = list(map(sealed_of.__getitem__, names))
+        return list(map(itemgetter(0), sealed)), list(map(itemgetter(1), sealed))
 
     def _seal_numbers(
         self, source: Source, e164s: list[str]
@@ -376,6 +385,13 @@ def decode(
     return _decode_telemetry(validate_telemetry(request.telemetry, now_ms), source, now_ms)
 
 
+def client_keys(blind_indexes: Sequence[bytes]) -> npt.NDArray[np.uint64]:
+    """The first 8 bytes of each 32-byte blind index as a little-endian UInt64, as ClickHouse's
+    ``reinterpretAsUInt64(substring(number_bidx, 1, 8))`` reads them."""
+    words = np.frombuffer(b"".join(blind_indexes), dtype="<u8")
+    return words[:: len(_NO_BIDX) // 8].astype(np.uint64)
+
+
 def _encrypt_sparse(cipher: TenantCipher, values: list[str]) -> list[bytes]:
     """Encrypt a column that is mostly empty, without touching the empty slots."""
     out = [b""] * len(values)
@@ -435,6 +451,7 @@ def _decode_calls(
     version = np.where(cols.updated_at_ms == 0, cols.started_at_ms, cols.updated_at_ms)
     # Rejected rows may hold negative versions; they are filtered out in _finish.
     versions = version.astype(np.uint64)
+    name_enc, name_keys = codec.names(source, cols.name)
     columns: list[Column] = [
         [source.tenant_id] * n,
         [source.device_id] * n,
@@ -442,7 +459,7 @@ def _decode_calls(
         [source.employee_id] * n,
         number_bidx,
         number_enc,
-        codec.names(source, cols.name),
+        name_enc,
         cols.type.astype(np.uint8),
         cols.started_at_ms,
         cols.duration_s,
@@ -452,6 +469,8 @@ def _decode_calls(
         cols.recording_uri,
         versions,
         np.full(n, now_ms, dtype=np.int64),
+        client_keys(number_bidx),
+        np.array(name_keys, dtype=np.uint32),
     ]
     return _finish("calls", n, columns, valid, cols.call_id, versions, errors)
 
@@ -484,7 +503,7 @@ def _decode_contacts(
         [source.tenant_id] * n,
         [source.device_id] * n,
         cols.contact_id,
-        codec.names(source, cols.name),
+        codec.names(source, cols.name)[0],
         [enc[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)],
         [bidx[start:stop] for start, stop in zip(bounds, bounds[1:], strict=False)],
         cols.photo_uri,

@@ -3,7 +3,9 @@
 Every query starts from ``filtered_calls`` (the newest version of each call in the filter, as of
 the first page's ``snapshot_ms``) and aggregates inside ClickHouse; Python only decrypts the rows
 of one page. Paging is keyset paging, never OFFSET: each query takes the sort key of the last row
-served and returns the next ``limit`` rows after it.
+served and returns the next ``limit`` rows after it. Calls hold only the keys of their number and
+name; the ciphertexts of a page's rows are then looked up in ``parties`` by client key (a read of
+the primary index, see ``storage.parties``).
 
 * Client listings group by ``client_key`` (the first 8 bytes of the number's blind index) and are
   ordered by it: a key that is stable and reveals nothing about the number. A page is found in
@@ -11,7 +13,8 @@ served and returns the next ``limit`` rows after it.
   of a window of client keys, then the number, name and employees of those keys only.
   ``argMax`` over (started_at, device_id, call_id) and the arrays of employees cost far more per
   row than the counts, so they only ever see the page's calls (loadtest/bench_reports.py,
-  1.6M calls in 30 days: NeverAttended's first page went from ~2.3 s to ~0.35 s).
+  1.6M calls in 30 days: NeverAttended's first page went from ~2.3 s to ~0.35 s). The name shown
+  is that of the newest call with a name: its ``name_key``.
 * Call history is ordered by (started_at, device_id, call_id) descending, the table's own key.
   A page is read from a time window that ends at the cursor, widened only when it holds too few
   calls, so a page reads about a page's worth of the primary index whatever the range or depth.
@@ -22,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from callsight.storage import parties
 from callsight.storage.database import Database
 from callsight.storage.filters import (
     INCOMING,
@@ -41,9 +45,10 @@ _NEWEST = "(started_at, device_id, call_id)"
 # Widths of the client-key windows a client listing page is read from (1/64, 1/8 of the keys).
 _KEY_WINDOWS = (2**58, 2**61)
 Row = TypeVar("Row")
+# A row as read, by column name; personal fields are added from ``parties`` once a page is cut.
+Raw = dict[str, Any]
 _CLIENT_COLUMNS = (
-    "client_key, number_enc, name_enc, employee_id, type, duration_s, started_at, device_id,"
-    " call_id"
+    "client_key, name_key, employee_id, type, duration_s, started_at, device_id, call_id"
 )
 
 
@@ -119,17 +124,18 @@ class LeadActivityRow:
 
 
 def _lead_numbers(f: CallFilter, tables: Tables) -> Sql:
-    # Each number a lead has (primary, and secondary when set), with the smallest lead per number.
+    # Each number a lead has (primary, and secondary when set), as a client key, with the
+    # smallest lead per number.
     return Sql(
         f"""
-SELECT bidx, min(lead_id) AS lead_id
+SELECT reinterpretAsUInt64(substring(bidx, 1, 8)) AS client_key, min(lead_id) AS lead_id
 FROM (
     SELECT lead_id, arrayJoin([primary_bidx, secondary_bidx]) AS bidx
     FROM {tables.leads} FINAL
     WHERE tenant_id = {{tenant:String}}
 )
 WHERE bidx != toFixedString('', 32)
-GROUP BY bidx
+GROUP BY client_key
 """,
         {"tenant": f.tenant_id},
     )
@@ -195,8 +201,7 @@ def _missing_calls_sql(
     return compose(
         f"""
 SELECT client_key,
-       argMax(number_enc, {_NEWEST}) AS number_enc,
-       argMaxIf(name_enc, {_NEWEST}, name_enc != '') AS name_enc,
+       argMaxIf(name_key, {_NEWEST}, name_key != 0) AS name_key,
        arraySort(groupUniqArrayIf(employee_id, {counted})) AS employee_ids,
        countIf({counted}) AS calls
 FROM ($calls)
@@ -217,16 +222,35 @@ ORDER BY client_key
     )
 
 
-async def _client_rows(db: Database, query: Sql) -> list[ClientRow]:
+async def _with_parties(
+    db: Database, f: CallFilter, rows: list[Raw], tables: Tables
+) -> list[tuple[Raw, parties.Party]]:
+    """The rows of a page (each with a ``client_key``), each with its party."""
+    found = await parties.lookup(
+        db, f.tenant_id, (int(r["client_key"]) for r in rows), tables=tables
+    )
+    return [(r, found.get(int(r["client_key"]), parties.NO_PARTY)) for r in rows]
+
+
+async def _client_rows(
+    db: Database,
+    f: CallFilter,
+    fetch: Callable[[int | None], Awaitable[list[Raw]]],
+    after: int | None,
+    limit: int,
+    tables: Tables,
+) -> list[ClientRow]:
+    """A page of NeverAttended or NotPickedByClient, numbers and names from its parties."""
+    rows = await _windowed(fetch, after, limit)
     return [
         ClientRow(
             client_key=int(r["client_key"]),
-            number_enc=bytes(r["number_enc"]),
-            name_enc=bytes(r["name_enc"]),
+            number_enc=party.number_enc,
+            name_enc=party.name_enc(int(r["name_key"])),
             employee_ids=tuple(r["employee_ids"]),
             calls=int(r["calls"]),
         )
-        for r in await db.named_rows(query, binary=["number_enc", "name_enc"])
+        for r, party in await _with_parties(db, f, rows, tables)
     ]
 
 
@@ -244,12 +268,12 @@ async def never_attended(
     ``calls`` and ``employee_ids`` are those of the missed, rejected and blocked calls.
     """
 
-    async def fetch(below: int | None) -> list[ClientRow]:
-        return await _client_rows(
-            db, _missing_calls_sql(f, snapshot_ms, UNANSWERED, after, below, limit, tables)
+    async def fetch(below: int | None) -> list[Raw]:
+        return await db.named_rows(
+            _missing_calls_sql(f, snapshot_ms, UNANSWERED, after, below, limit, tables)
         )
 
-    return await _windowed(fetch, after, limit)
+    return await _client_rows(db, f, fetch, after, limit, tables)
 
 
 async def not_picked_by_client(
@@ -263,12 +287,12 @@ async def not_picked_by_client(
 ) -> list[ClientRow]:
     """Clients with an outgoing call and no connected call; ``calls`` are the outgoing ones."""
 
-    async def fetch(below: int | None) -> list[ClientRow]:
-        return await _client_rows(
-            db, _missing_calls_sql(f, snapshot_ms, _OUTGOING, after, below, limit, tables)
+    async def fetch(below: int | None) -> list[Raw]:
+        return await db.named_rows(
+            _missing_calls_sql(f, snapshot_ms, _OUTGOING, after, below, limit, tables)
         )
 
-    return await _windowed(fetch, after, limit)
+    return await _client_rows(db, f, fetch, after, limit, tables)
 
 
 async def unique_clients(
@@ -282,26 +306,38 @@ async def unique_clients(
 ) -> list[UniqueClientRow]:
     """Distinct client numbers with their totals, ordered by client key."""
 
-    async def fetch(below: int | None) -> list[UniqueClientRow]:
-        return await _unique_clients(db, f, snapshot_ms, after, below, limit, tables)
+    async def fetch(below: int | None) -> list[Raw]:
+        return await db.named_rows(_unique_clients_sql(f, snapshot_ms, after, below, limit, tables))
 
-    return await _windowed(fetch, after, limit)
+    rows = await _windowed(fetch, after, limit)
+    return [
+        UniqueClientRow(
+            client_key=int(r["client_key"]),
+            number_enc=party.number_enc,
+            name_enc=party.name_enc(int(r["name_key"])),
+            total_calls=int(r["total_calls"]),
+            incoming_calls=int(r["incoming_calls"]),
+            outgoing_calls=int(r["outgoing_calls"]),
+            total_duration_s=int(r["total_duration_s"]),
+            last_call_at_ms=int(r["last_call_at_ms"]),
+            last_call_type=int(r["last_call_type"]),
+        )
+        for r, party in await _with_parties(db, f, rows, tables)
+    ]
 
 
-async def _unique_clients(
-    db: Database,
+def _unique_clients_sql(
     f: CallFilter,
     snapshot_ms: int,
     after: int | None,
     below: int | None,
     limit: int,
     tables: Tables,
-) -> list[UniqueClientRow]:
-    query = compose(
+) -> Sql:
+    return compose(
         f"""
 SELECT client_key,
-       argMax(number_enc, {_NEWEST}) AS number_enc,
-       argMaxIf(name_enc, {_NEWEST}, name_enc != '') AS name_enc,
+       argMaxIf(name_key, {_NEWEST}, name_key != 0) AS name_key,
        count() AS total_calls,
        countIf(type = {INCOMING}) AS incoming_calls,
        countIf(type = {OUTGOING}) AS outgoing_calls,
@@ -316,28 +352,14 @@ ORDER BY client_key
         calls=filtered_calls(f, _CLIENT_COLUMNS, snapshot_ms, tables=tables),
         keys=_page_keys(f, snapshot_ms, "", after, below, limit, tables),
     )
-    return [
-        UniqueClientRow(
-            client_key=int(r["client_key"]),
-            number_enc=bytes(r["number_enc"]),
-            name_enc=bytes(r["name_enc"]),
-            total_calls=int(r["total_calls"]),
-            incoming_calls=int(r["incoming_calls"]),
-            outgoing_calls=int(r["outgoing_calls"]),
-            total_duration_s=int(r["total_duration_s"]),
-            last_call_at_ms=int(r["last_call_at_ms"]),
-            last_call_type=int(r["last_call_type"]),
-        )
-        for r in await db.named_rows(query, binary=["number_enc", "name_enc"])
-    ]
 
 
 # Start-time windows a CallHistory page is read from, newest first: each ends where the previous
 # one began, and the last one reaches back to the start of the filter's range.
 _HISTORY_WINDOWS_MS = (86_400_000, 7 * 86_400_000, 56 * 86_400_000)
 _HISTORY_COLUMNS = (
-    "call_id, device_id, employee_id, number_bidx, number_enc, name_enc, type, started_at,"
-    " duration_s, note_enc, recording_uri, synced_at"
+    "call_id, device_id, employee_id, client_key, name_key, type, started_at, duration_s,"
+    " note_enc, recording_uri, synced_at"
 )
 
 
@@ -357,7 +379,35 @@ async def call_history(
     ``limit`` rows of their concatenation, and a window is read only while rows are missing.
     """
 
-    async def window(started: tuple[int | None, int | None], limit: int) -> list[HistoryRow]:
+    rows = await _history_rows(db, f, snapshot_ms, after, limit, tables)
+    return [
+        HistoryRow(
+            call_id=str(r["call_id"]),
+            device_id=str(r["device_id"]),
+            employee_id=str(r["employee_id"]),
+            number_enc=party.number_enc,
+            name_enc=party.name_enc(int(r["name_key"])),
+            type=int(r["type"]),
+            started_at_ms=int(r["started_at_ms"]),
+            duration_s=int(r["duration_s"]),
+            note_enc=bytes(r["note_enc"]),
+            recording_uri=str(r["recording_uri"]),
+            synced_at_ms=int(r["synced_at_ms"]),
+            lead_id=str(r["lead_id"]),
+        )
+        for r, party in await _with_parties(db, f, rows, tables)
+    ]
+
+
+async def _history_rows(
+    db: Database,
+    f: CallFilter,
+    snapshot_ms: int,
+    after: HistoryKey | None,
+    limit: int,
+    tables: Tables,
+) -> list[Raw]:
+    async def window(started: tuple[int | None, int | None], limit: int) -> list[Raw]:
         return await _history_window(db, f, snapshot_ms, after, started, limit, tables)
 
     # A call after the cursor started at or before the cursor's millisecond.
@@ -366,7 +416,7 @@ async def call_history(
         # The range bounds the receive time, not the start: one read, bounded by the cursor only.
         return await window((None, upper), limit)
     upper = f.to_ms if upper is None else min(upper, f.to_ms)
-    rows: list[HistoryRow] = []
+    rows: list[Raw] = []
     for span in _HISTORY_WINDOWS_MS:
         lower = max(f.from_ms, upper - span)
         rows += await window((lower, upper), limit - len(rows))
@@ -385,7 +435,7 @@ async def _history_window(
     started: tuple[int | None, int | None],
     limit: int,
     tables: Tables,
-) -> list[HistoryRow]:
+) -> list[Raw]:
     """The first ``limit`` calls after ``after`` that started within ``started``."""
     where = Sql("")
     if after is not None:
@@ -402,7 +452,7 @@ async def _history_window(
     query = compose(
         """
 SELECT c.call_id AS call_id, c.device_id AS device_id, c.employee_id AS employee_id,
-       c.number_enc AS number_enc, c.name_enc AS name_enc, c.type AS type,
+       c.client_key AS client_key, c.name_key AS name_key, c.type AS type,
        toUnixTimestamp64Milli(c.started_at) AS started_at_ms, c.duration_s AS duration_s,
        c.note_enc AS note_enc, c.recording_uri AS recording_uri,
        toUnixTimestamp64Milli(c.synced_at) AS synced_at_ms, l.lead_id AS lead_id
@@ -411,30 +461,14 @@ FROM (
     ORDER BY started_at DESC, device_id DESC, call_id DESC
     LIMIT {limit:UInt32}
 ) AS c
-LEFT JOIN ($leads) AS l ON l.bidx = c.number_bidx
+LEFT JOIN ($leads) AS l ON l.client_key = c.client_key
 ORDER BY c.started_at DESC, c.device_id DESC, c.call_id DESC
 """,
         calls=filtered_calls(f, _HISTORY_COLUMNS, snapshot_ms, started, tables=tables),
         where=where,
         leads=_lead_numbers(f, tables),
     ).bind(limit=limit)
-    return [
-        HistoryRow(
-            call_id=str(r["call_id"]),
-            device_id=str(r["device_id"]),
-            employee_id=str(r["employee_id"]),
-            number_enc=bytes(r["number_enc"]),
-            name_enc=bytes(r["name_enc"]),
-            type=int(r["type"]),
-            started_at_ms=int(r["started_at_ms"]),
-            duration_s=int(r["duration_s"]),
-            note_enc=bytes(r["note_enc"]),
-            recording_uri=str(r["recording_uri"]),
-            synced_at_ms=int(r["synced_at_ms"]),
-            lead_id=str(r["lead_id"]),
-        )
-        for r in await db.named_rows(query, binary=["number_enc", "name_enc", "note_enc"])
-    ]
+    return await db.named_rows(query, binary=["note_enc"])
 
 
 async def lead_activity(
@@ -491,16 +525,18 @@ LEFT JOIN (
     INNER JOIN (
         -- arrayDistinct: a lead whose two numbers are equal counts each call once.
         SELECT lead_id, employee_id, created_ms,
-               arrayJoin(arrayDistinct([primary_bidx, secondary_bidx])) AS bidx
+               arrayJoin(arrayDistinct([primary_bidx, secondary_bidx])) AS bidx,
+               reinterpretAsUInt64(substring(bidx, 1, 8)) AS client_key
         FROM page
-    ) AS n ON c.employee_id = n.employee_id AND c.number_bidx = n.bidx
+        WHERE bidx != toFixedString('', 32)
+    ) AS n ON c.employee_id = n.employee_id AND c.client_key = n.client_key
     GROUP BY n.lead_id
 ) AS a ON a.lead_id = p.lead_id
 ORDER BY p.lead_id
 """,
         leads=joined(" AND ", leads),
         calls=filtered_calls(
-            f, "employee_id, number_bidx, started_at, duration_s", snapshot_ms, tables=tables
+            f, "employee_id, client_key, started_at, duration_s", snapshot_ms, tables=tables
         ),
     ).bind(limit=limit)
     return [

@@ -64,12 +64,13 @@ async def applied(db: Database) -> set[int]:
     return {int(r["version"]) for r in rows}
 
 
-async def migrate(db: Database) -> list[int]:
-    """Applies every pending migration; returns the versions applied now."""
+async def migrate(db: Database, until: int | None = None) -> list[int]:
+    """Applies every pending migration (up to version ``until``, when given); returns the
+    versions applied now."""
     done = await applied(db)
     ran = []
     for migration in available():
-        if migration.version in done:
+        if migration.version in done or (until is not None and migration.version > until):
             continue
         started = time.monotonic()
         for statement in migration.statements:

@@ -17,11 +17,13 @@ class Erased:
     leads: int
 
 
+# A call holds its number as a client key (the first 8 bytes of the blind index).
+_CLIENT_KEY = "reinterpretAsUInt64(substring({b:FixedString(32)}, 1, 8))"
 # Per table: the rows that hold the number, and the keys of the records whose newest version
 # holds it. Every row of such a record goes, so an older version cannot resurface; an older row
 # that held the number goes too, while the record's newer version (without it) stays.
 _ERASE = (
-    ("calls", "number_bidx = {b:FixedString(32)}", "(device_id, call_id)"),
+    ("calls", f"client_key = {_CLIENT_KEY}", "(device_id, call_id)"),
     ("contacts", "has(numbers_bidx, {b:FixedString(32)})", "(device_id, contact_id)"),
     (
         "leads",
@@ -61,7 +63,8 @@ async def set_excluded(
 
 async def erase_number(db: Database, tenant_id: str, bidx: bytes) -> Erased:
     """Deletes every call, contact and lead of the tenant with the number whose blind index is
-    ``bidx``, and the number from the excluded list; returns how many records held it."""
+    ``bidx``, the number's ciphertexts and names (``parties``) and the number from the excluded
+    list; returns how many records held it."""
     params = {"t": tenant_id, "b": bidx}
     counts: dict[str, int] = {}
     for table, holds, key in _ERASE:
@@ -79,6 +82,11 @@ async def erase_number(db: Database, tenant_id: str, bidx: bytes) -> Erased:
             f"SELECT {key} FROM {table} FINAL WHERE tenant_id = {{t:String}} AND {holds}))",
             params,
         )
+    # After the calls, so a report never finds a call without its party.
+    await db.command(
+        f"DELETE FROM parties WHERE tenant_id = {{t:String}} AND client_key = {_CLIENT_KEY}",
+        params,
+    )
     await db.command(
         "DELETE FROM excluded_numbers WHERE tenant_id = {t:String}"
         " AND number_bidx = {b:FixedString(32)}",

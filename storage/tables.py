@@ -19,6 +19,7 @@ class Tables:
     """Table names for the report queries; the defaults are the tables the migrations make."""
 
     calls: str = "calls"
+    parties: str = "parties"
     call_rollups: str = "call_rollups"
     call_rollup_runs: str = "call_rollup_runs"
     leads: str = "leads"

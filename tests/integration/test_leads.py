@@ -522,7 +522,8 @@ async def test_erase_number_removes_it_everywhere(channel: grpc.aio.Channel, db:
     # No report shows it; everything else is as before.
     params = {"t": tenant.tenant_id, "b": ring.blind_index(gone)}
     for table, holds in (
-        ("calls", "number_bidx = {b:FixedString(32)}"),
+        ("calls", "client_key = reinterpretAsUInt64(substring({b:FixedString(32)}, 1, 8))"),
+        ("parties", "number_bidx = {b:FixedString(32)}"),
         ("contacts", "has(numbers_bidx, {b:FixedString(32)})"),
         ("leads", "primary_bidx = {b:FixedString(32)} OR secondary_bidx = {b:FixedString(32)}"),
     ):

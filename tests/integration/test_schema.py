@@ -1,4 +1,5 @@
-"""The Arrow schemas that decode() builds match the migrated ClickHouse tables column for column."""
+"""The Arrow schemas that decode() builds, as the writer stores them, match the migrated
+ClickHouse tables column for column."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import pytest
 
 from callsight.pipeline.encode import SCHEMAS
 from callsight.storage.database import Database
+from callsight.storage.parties import stored_inserts
+
+# Every table the writer inserts into, with the Arrow schema it inserts there.
+STORED = {
+    target: rows.schema
+    for table, schema in SCHEMAS.items()
+    for target, rows in stored_inserts(table, schema.empty_table())
+}
 
 _SCALARS = {
     pa.string(): "String",
@@ -45,7 +54,12 @@ def test_every_arrow_type_has_a_clickhouse_type() -> None:
         clickhouse_type(pa.float16())
 
 
-@pytest.mark.parametrize("table", sorted(SCHEMAS))
+def test_calls_are_stored_with_their_parties() -> None:
+    assert sorted(STORED) == ["calls", "contacts", "parties", "telemetry"]
+    assert "number_enc" in SCHEMAS["calls"].names and "number_enc" not in STORED["calls"].names
+
+
+@pytest.mark.parametrize("table", sorted(STORED))
 async def test_arrow_schema_matches_the_migrated_table(db: Database, table: str) -> None:
     rows = await db.query(
         "SELECT name, type, default_kind FROM system.columns"
@@ -56,6 +70,6 @@ async def test_arrow_schema_matches_the_migrated_table(db: Database, table: str)
     # Columns ClickHouse computes itself are never written; DEFAULT ones may be left out.
     written = [(name, _plain(kind)) for name, kind, default in rows if default == ""]
     optional = {name for name, _, default in rows if default == "DEFAULT"}
-    schema = SCHEMAS[table]
+    schema = STORED[table]
     arrow = [(f.name, clickhouse_type(f.type)) for f in schema if f.name not in optional]
     assert arrow == written

@@ -135,6 +135,15 @@ def test_blind_index_key_is_independent_of_the_encryption_key(cipher: TenantCiph
     assert cipher.blind_index(NUMBER) not in cipher.encrypt(NUMBER)
 
 
+def test_name_keys_are_keyed_32_bit_hashes_never_0_but_for_no_name(cipher: TenantCipher) -> None:
+    keys = cipher.name_keys(["Ravi", "", "Asha", "Ravi", NUMBER])
+    assert keys[0] == keys[3] != keys[2] and keys[1] == 0
+    assert all(0 < key < 2**32 for i, key in enumerate(keys) if i != 1)
+    # Domain-separated from the blind index of a number spelled like the name.
+    assert keys[4] != int.from_bytes(cipher.blind_index(NUMBER)[:4], "little")
+    assert TenantCipher(1, new_data_key()).name_keys(["Ravi"]) != keys[:1]
+
+
 def test_cipher_validates_its_inputs() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         TenantCipher(1, b"short")

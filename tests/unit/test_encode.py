@@ -36,6 +36,8 @@ CALLS_SCHEMA = pa.schema(
         ("recording_uri", pa.string()),
         ("version", pa.uint64()),
         ("synced_at", TS),
+        ("client_key", pa.uint64()),
+        ("name_key", pa.uint32()),
     ]
 )
 CONTACTS_SCHEMA = pa.schema(
@@ -249,6 +251,12 @@ def test_calls_rows_schema_and_columns(
     assert [keyring.decrypt(b) for b in column(decoded, "name_enc")] == ["Ravi Kumar", ""]
     assert column(decoded, "name_enc")[1] == b""
     assert [keyring.decrypt(b) for b in column(decoded, "note_enc")] == ["call back", ""]
+    # The keys calls keep: the blind index's first 8 bytes as ClickHouse reads them, and a
+    # keyed hash of the name (0 for none).
+    bidx = cipher.blind_index("+919876543210")
+    assert column(decoded, "client_key") == [int.from_bytes(bidx[:8], "little")] * 2
+    assert column(decoded, "name_key") == [cipher.name_keys(["Ravi Kumar"])[0], 0]
+    assert column(decoded, "name_key")[0] != 0
     assert column(decoded, "note_enc")[1] == b""
 
 

@@ -40,7 +40,7 @@ def test_a_name_bound_to_two_values_is_refused() -> None:
 def test_the_same_name_bound_to_the_same_value_is_one_parameter() -> None:
     f = CallFilter("t1", 0, 1000, "UTC", employee_ids=("e1",))
     keys = filtered_calls(f, "client_key", snapshot_ms=50)
-    rows = filtered_calls(f, "client_key, number_enc", snapshot_ms=50)
+    rows = filtered_calls(f, "client_key, name_key", snapshot_ms=50)
     query = compose("SELECT * FROM ($rows) WHERE client_key IN ($keys)", rows=rows, keys=keys)
     assert query.params["tenant"] == "t1" and query.params["employee_ids"] == ["e1"]
     # Two snapshots in one query would read two different sets of calls: refused.
