@@ -83,11 +83,12 @@ async def test_a_device_written_elsewhere_is_found_by_one_catch_up() -> None:
     identities = Identities(cast(Database, db), catch_up_gap_s=0.05)
     await identities.load()
     hasher = TokenHasher(os.urandom(32))
-    token, token_hash = hasher.issue("csd", "dev1")
-    db.rows["devices"] = [device_row("dev1", token_hash, version=10)]
+    device_id = "d1" * 16  # a public id as issued: 32 hex digits
+    token, token_hash = hasher.issue("csd", device_id)
+    db.rows["devices"] = [device_row(device_id, token_hash, version=10)]
     auth = Authenticator(identities, hasher, None)
     caller = await auth.authenticate(Access.DEVICE, bearer(token))
-    assert (caller.device_id, caller.tenant_id) == ("dev1", "t1")
+    assert (caller.device_id, caller.tenant_id) == (device_id, "t1")
     # Known now: later calls need no query at all.
     before = db.queries
     for _ in range(100):
