@@ -168,6 +168,15 @@ class Deduplicator:
             written.add_done_callback(lambda f: self._settle(group, device, pending_keys, f))
         self._evict(keep=group)
 
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drops everything remembered of the tenant's devices; each reloads from ClickHouse when
+        next seen. After an erasure the stored records of the number are gone, so versions
+        remembered from before would count a re-send after the erasure is lifted as a duplicate.
+        """
+        for group in [g for g in self._devices if g[1] == tenant_id]:
+            device = self._devices.pop(group)
+            self._entries -= len(device.versions)
+
     def _settle(
         self, group: Group, device: _Device, keys: list[str], written: asyncio.Future[None]
     ) -> None:

@@ -7,7 +7,9 @@ as a ``RowChunk`` whose columns are exactly those the writer takes for the targe
 in ``parties``, see ``storage.parties``). No Arrow is built per batch: the batcher builds one
 table per flush (see ``chunk``). Plaintext numbers, names and notes never reach the table:
 numbers become an AEAD ciphertext plus a blind index and its first 8 bytes as ``client_key``,
-names and notes a ciphertext, and names also a 32-bit keyed hash (``name_key``).
+names and notes a ciphertext, and names also a 32-bit keyed hash (``name_key``). Every other
+field a number can hide in is a ciphertext too: recording URIs (recorders name files after the
+number), SIM ids and FCM ids; telemetry coordinates are rounded to ``COORDINATE_DECIMALS``.
 
 ``NumberCodec`` keeps bounded LRU caches, because a device calls the same few hundred numbers
 over and over: each distinct (region, raw) is normalised once, and each distinct
@@ -21,7 +23,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import accumulate, compress, pairwise, repeat
 from operator import itemgetter
 from typing import Generic, TypeVar, cast
 
@@ -47,6 +49,9 @@ from callsight.v1 import ingest_pb2
 DEFAULT_CACHE_ENTRIES = 200_000
 # Longer names are encrypted every time, so the name cache's bound in entries bounds its memory.
 MAX_CACHED_NAME_LEN = 64
+# Telemetry coordinates are kept to this many decimals (about 1.1 km): where a phone was, not
+# which house; the exact position is never stored.
+COORDINATE_DECIMALS = 2
 # Stands in for the blind index of an unusable number; such a row never leaves decode().
 _NO_BIDX = bytes(32)
 
@@ -66,9 +71,9 @@ CALLS_SCHEMA = pa.schema(
         ("started_at", _TIMESTAMP),
         ("duration_s", pa.uint32()),
         ("sim_slot", pa.int32()),
-        ("sim_id", pa.string()),
+        ("sim_id_enc", pa.binary()),
         ("note_enc", pa.binary()),
-        ("recording_uri", pa.string()),
+        ("recording_uri_enc", pa.binary()),
         ("version", pa.uint64()),
         ("synced_at", _TIMESTAMP),
         ("client_key", pa.uint64()),
@@ -107,8 +112,8 @@ TELEMETRY_SCHEMA = pa.schema(
         ("android_version", pa.string()),
         ("sdk_int", pa.int32()),
         ("model", pa.string()),
-        ("fcm_id", pa.string()),
-        ("sim_ids", pa.list_(pa.string())),
+        ("fcm_id_enc", pa.binary()),
+        ("sim_ids_enc", pa.list_(pa.binary())),
         ("synced_at", _TIMESTAMP),
     ]
 )
@@ -308,6 +313,16 @@ class NumberCodec:
         sealed = list(map(sealed_of.__getitem__, names))
         return list(map(itemgetter(0), sealed)), list(map(itemgetter(1), sealed))
 
+    def texts(self, source: Source, values: Sequence[str]) -> list[bytes]:
+        """Encrypt a column of short, repeating identifiers (SIM ids, FCM ids) under the source's
+        current key; ``""`` gives ``b""``.
+
+        They go through the name cache, so each distinct value is encrypted once per process and
+        equal values share a ciphertext: a device's few ids compress to almost nothing, and the
+        equality this shows is all a sorted column of them would show anyway.
+        """
+        return self.names(source, values)[0]
+
     def _seal_numbers(
         self, source: Source, e164s: list[str]
     ) -> tuple[dict[str, bytes], dict[str, bytes]]:
@@ -382,7 +397,7 @@ def decode(
         return _decode_calls(validate_calls(request.calls, now_ms), source, codec, now_ms)
     if kind == "contacts":
         return _decode_contacts(validate_contacts(request.contacts), source, codec, now_ms)
-    return _decode_telemetry(validate_telemetry(request.telemetry, now_ms), source, now_ms)
+    return _decode_telemetry(validate_telemetry(request.telemetry, now_ms), source, codec, now_ms)
 
 
 def client_keys(blind_indexes: Sequence[bytes]) -> npt.NDArray[np.uint64]:
@@ -464,9 +479,9 @@ def _decode_calls(
         cols.started_at_ms,
         cols.duration_s,
         cols.sim_slot,
-        cols.sim_id,
+        codec.texts(source, cols.sim_id),
         _encrypt_sparse(source.keyring.current, cols.note),
-        cols.recording_uri,
+        _encrypt_sparse(source.keyring.current, cols.recording_uri),
         versions,
         np.full(n, now_ms, dtype=np.int64),
         client_keys(number_bidx),
@@ -515,18 +530,25 @@ def _decode_contacts(
 
 
 def _decode_telemetry(
-    validated: Validated[TelemetryColumns], source: Source, now_ms: int
+    validated: Validated[TelemetryColumns], source: Source, codec: NumberCodec, now_ms: int
 ) -> Decoded:
     cols = validated.columns
     n = validated.size
+    # A device's SIM ids, as one flat column, with offsets marking each sample's.
+    bounds = [0, *accumulate(map(len, cols.sim_ids))]
+    sims = codec.texts(source, [sim for sims in cols.sim_ids for sim in sims])
+    # Rejected samples may hold huge or non-finite values; they are filtered out in _finish.
+    with np.errstate(over="ignore", invalid="ignore"):
+        latitude = np.round(cols.latitude, COORDINATE_DECIMALS)
+        longitude = np.round(cols.longitude, COORDINATE_DECIMALS)
     columns: list[Column] = [
         [source.tenant_id] * n,
         [source.device_id] * n,
         cols.captured_at_ms,
         cols.battery_pct.astype(np.uint8),
         cols.charging,
-        cols.latitude,
-        cols.longitude,
+        latitude,
+        longitude,
         cols.accuracy_m,
         cols.network.astype(np.uint8),
         cols.app_version,
@@ -534,8 +556,8 @@ def _decode_telemetry(
         cols.android_version,
         cols.sdk_int,
         cols.model,
-        cols.fcm_id,
-        cols.sim_ids,
+        codec.texts(source, cols.fcm_id),
+        [sims[start:stop] for start, stop in pairwise(bounds)],
         np.full(n, now_ms, dtype=np.int64),
     ]
     keys = [str(ms) for ms in cols.captured_at_ms.tolist()]

@@ -16,6 +16,11 @@ others use it (``budget.ByteBudget``), so one device flooding does not hold back
 
 A batch whose write failed (refused by the database, or still failing at the retry limit) fails
 its ``ingest`` with that error and gives its budget back; the deduplicator forgets its versions.
+
+Erased numbers stay erased: before deduplication, calls and contacts holding a number the tenant
+erased (``Erasures``: client keys, the first 8 bytes of the blind index) are dropped, never
+stored, and counted in the ack as ``duplicates`` and ``erased``. A contact goes whole when any of
+its numbers is erased, as EraseNumber deleted it whole.
 """
 
 from __future__ import annotations
@@ -23,7 +28,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.core.errors import Unavailable
@@ -32,7 +42,7 @@ from callsight.pipeline.batcher import Batcher
 from callsight.pipeline.budget import ANONYMOUS, ByteBudget, Owner
 from callsight.pipeline.chunk import RowChunk
 from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
-from callsight.pipeline.encode import SCHEMAS, NumberCodec, Source, decode
+from callsight.pipeline.encode import SCHEMAS, Decoded, NumberCodec, Source, decode
 from callsight.pipeline.settings import PipelineSettings
 from callsight.storage.writer import Sink
 from callsight.v1 import ingest_pb2
@@ -41,6 +51,19 @@ RETRY_AFTER_S = 0.5
 # Decoding runs on the event loop: after this much of it in a row the next batch waits one loop
 # turn, so a flood of large batches cannot keep health checks and other devices' acks waiting.
 DECODE_SLICE_S = 0.02
+
+
+class Erasures(Protocol):
+    """The numbers each tenant erased, as client keys (see ``storage.identities``)."""
+
+    def erased(self, tenant_id: str) -> AbstractSet[int]:
+        """Client keys of the tenant's erased numbers; must not block (ingest asks per batch)."""
+        ...
+
+
+class _NoErasures:
+    def erased(self, tenant_id: str) -> AbstractSet[int]:
+        return frozenset()
 
 
 @dataclass(frozen=True)
@@ -60,8 +83,10 @@ class Ingestor:
         loader: Loader,
         settings: PipelineSettings,
         clock: Clock = SYSTEM_CLOCK,
+        erasures: Erasures | None = None,
     ) -> None:
         self.settings = settings
+        self.erasures: Erasures = erasures or _NoErasures()
         self.clock = clock
         self.batcher = Batcher(sink, settings)
         self.dedup = Deduplicator(loader, max_entries=settings.dedup_max_entries)
@@ -146,16 +171,24 @@ class Ingestor:
         await self.dedup.ensure_loaded(table, tenant, device)
         self._check_open()
         # No await from here to record(): classification and recording are atomic.
-        versions = decoded.versions.tolist()
-        verdict = self.dedup.classify(table, tenant, device, decoded.keys, versions)
+        rows, keys, versions = decoded.rows, decoded.keys, decoded.versions.tolist()
+        erased = erased_rows(decoded, self.erasures.erased(tenant))
+        dropped = int(np.count_nonzero(erased))
+        if dropped:
+            # Never stored, never remembered: once the erasure is lifted a re-send is stored.
+            kept = ~erased
+            rows = rows.filter(kept)
+            keys = [k for k, e in zip(keys, erased.tolist(), strict=True) if not e]
+            versions = [v for v, e in zip(versions, erased.tolist(), strict=True) if not e]
+        verdict = self.dedup.classify(table, tenant, device, keys, versions)
         new = verdict.new_rows
-        futures = self.batcher.add(table, decoded.rows.filter(new))
+        futures = self.batcher.add(table, rows.filter(new))
         written = _all_of(futures)
         self.dedup.record(
             table,
             tenant,
             device,
-            [k for k, n in zip(decoded.keys, new, strict=True) if n],
+            [k for k, n in zip(keys, new, strict=True) if n],
             [v for v, n in zip(versions, new, strict=True) if n],
             written,
         )
@@ -169,11 +202,27 @@ class Ingestor:
             result=ingest_pb2.UPLOAD_RESULT_ACCEPTED,
             accepted=verdict.count(Outcome.ACCEPTED),
             updated=verdict.count(Outcome.UPDATED),
-            duplicates=verdict.count(Outcome.DUPLICATE),
+            duplicates=verdict.count(Outcome.DUPLICATE) + dropped,
             rejected=len(decoded.errors),
+            erased=dropped,
             errors=[ingest_pb2.RecordError(index=i, reason=r) for i, r in decoded.errors],
             server_time_ms=self.clock.now_ms(),
         )
+
+
+def erased_rows(decoded: Decoded, erased: AbstractSet[int]) -> npt.NDArray[np.bool_]:
+    """Mask of the decoded calls and contacts that hold a number whose client key is erased."""
+    mask = np.zeros(decoded.rows.num_rows, dtype=np.bool_)
+    if not erased or decoded.table == "telemetry":
+        return mask
+    rows = decoded.rows
+    if decoded.table == "calls":
+        client_keys = rows.columns[rows.schema.get_field_index("client_key")]
+        return np.isin(client_keys, np.fromiter(erased, dtype=np.uint64, count=len(erased)))
+    numbers = rows.columns[rows.schema.get_field_index("numbers_bidx")]
+    for i, bidxs in enumerate(numbers):
+        mask[i] = any(int.from_bytes(bidx[:8], "little") in erased for bidx in bidxs)
+    return mask
 
 
 def _all_of(futures: Sequence[asyncio.Future[None]]) -> asyncio.Future[None] | None:

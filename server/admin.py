@@ -14,6 +14,7 @@ from callsight.core.clock import Clock
 from callsight.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from callsight.pipeline import phone
 from callsight.pipeline.crypto import Keyring
+from callsight.pipeline.encode import client_keys
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.limits import (
     MAX_EXCLUDED_NUMBERS,
@@ -106,8 +107,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         hasher: TokenHasher,
         db: Database,
         clock: Clock,
+        erase_settle_s: float = 0.0,
     ) -> None:
+        """``erase_settle_s``: how long EraseNumber waits between writing its tombstone and
+        deleting, so that every process has the tombstone and has flushed what it decoded
+        before (the identity refresh interval plus the batcher's maximum age)."""
         self._db = db
+        self._erase_settle_s = erase_settle_s
         self._clock = clock
         self._directory = directory
         self._keys = keys
@@ -430,30 +436,53 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             employee_id=employee_id,
             first_name_enc=keyring.encrypt(text["first_name"]),
             last_name_enc=keyring.encrypt(text["last_name"]),
-            company=text["company"],
+            company_enc=keyring.encrypt(text["company"]),
             primary_enc=keyring.encrypt(primary),
             primary_bidx=keyring.blind_index(primary) if primary else leads.NO_NUMBER,
             secondary_enc=keyring.encrypt(secondary),
             secondary_bidx=keyring.blind_index(secondary) if secondary else leads.NO_NUMBER,
             email_enc=keyring.encrypt(text["email"]),
             address_enc=keyring.encrypt(text["address"]),
-            city=text["city"],
+            city_enc=keyring.encrypt(text["city"]),
             state=text["state"],
             country=text["country"],
-            zipcode=text["zipcode"],
+            zipcode_enc=keyring.encrypt(text["zipcode"]),
             tags=tuple(sorted({t.strip() for t in lead.tags if t.strip()})),
             created_at_ms=0,
         )
+
+    async def _client_key(self, tenant: Tenant, number: str) -> tuple[int, bytes]:
+        """(client key, blind index) of a request's number in the tenant's region."""
+        if not number.strip():
+            raise InvalidArgument("number is required")
+        e164 = phone.normalize(number, tenant.default_region)
+        bidx = (await self._keys.keyring(tenant.tenant_id)).blind_index(e164)
+        return int(client_keys([bidx])[0]), bidx
 
     async def EraseNumber(
         self, request: admin_pb2.EraseNumberRequest, context: Context
     ) -> admin_pb2.EraseNumberResponse:
         tenant = await self._tenant()
-        if not request.number.strip():
-            raise InvalidArgument("number is required")
-        e164 = phone.normalize(request.number, tenant.default_region)
-        keyring = await self._keys.keyring(tenant.tenant_id)
-        erased = await privacy.erase_number(self._db, tenant.tenant_id, keyring.blind_index(e164))
+        client_key, bidx = await self._client_key(tenant, request.number)
+        # The tombstone first: from here on ingest drops the number, in this process at once and
+        # in the others at their next identity refresh; then the rows batches decoded before it
+        # had time to flush are deleted with the rest.
+        await self._directory.put_erasure(tenant.tenant_id, client_key, erased=True)
+        await asyncio.sleep(self._erase_settle_s)
+        erased = await privacy.erase_number(self._db, tenant.tenant_id, bidx)
+        # Again, now that the rows are gone: every process forgets the versions it remembered
+        # (dedup), so that after a lift a re-sent record is stored, not counted a duplicate.
+        await self._directory.put_erasure(tenant.tenant_id, client_key, erased=True)
         return admin_pb2.EraseNumberResponse(
             erased_calls=erased.calls, erased_contacts=erased.contacts, erased_leads=erased.leads
         )
+
+    async def LiftErasure(
+        self, request: admin_pb2.LiftErasureRequest, context: Context
+    ) -> admin_pb2.LiftErasureResponse:
+        tenant = await self._tenant()
+        client_key, _ = await self._client_key(tenant, request.number)
+        if not await self._directory.is_erased(tenant.tenant_id, client_key):
+            return admin_pb2.LiftErasureResponse(lifted=False)
+        await self._directory.put_erasure(tenant.tenant_id, client_key, erased=False)
+        return admin_pb2.LiftErasureResponse(lifted=True)

@@ -197,15 +197,27 @@ class Service:
             lambda table, tenant, devices: stored_versions(db, table, tenant, devices),
             self.config.pipeline_settings(),
             self._clock,
+            identities,
         )
         self.ingestor = ingestor
+        # A tombstone written or lifted anywhere: forget what dedup remembers of the tenant.
+        identities.on_erasure(ingestor.dedup.forget_tenant)
 
         server = grpc.aio.server(
             interceptors=[CallsightInterceptor(authenticator, self._ready)],
             options=grpc_options(self.config),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(directory, keys, hasher, db, self._clock), server
+            AdminServicer(
+                directory,
+                keys,
+                hasher,
+                db,
+                self._clock,
+                erase_settle_s=self.config.directory_refresh_s
+                + self.config.batch_max_age_ms / 1000,
+            ),
+            server,
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(

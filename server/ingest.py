@@ -148,6 +148,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         now = self._clock.now_ms()
         if now >= enrollment.expires_at_ms:
             raise Unauthenticated("this enrollment code has expired; ask an admin for a new one")
+        # Before the claim: a missing key must not leave the code used and no device.
+        keyring = await self._keys.keyring(enrollment.tenant_id)
         device_id = new_public_id()
         token, token_hash = self._hasher.issue(DEVICE_PREFIX, device_id)
         # Claimed first and only the winner writes its device: a crash between leaves a dead
@@ -166,8 +168,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             sdk_int=info.sdk_int,
             app_version=info.app_version,
             version_code=info.version_code,
-            fcm_id=info.fcm_id,
-            sim_ids=tuple(info.sim_ids),
+            fcm_id_enc=keyring.encrypt(info.fcm_id),
+            sim_ids_enc=tuple(map(keyring.encrypt, info.sim_ids)),
             region=region,
         )
         used = Enrollment(

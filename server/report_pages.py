@@ -137,7 +137,7 @@ async def call_history(
                 started_at_ms=r.started_at_ms,
                 duration_s=r.duration_s,
                 note=decrypt(r.note_enc),
-                recording_uri=r.recording_uri,
+                recording_uri=decrypt(r.recording_uri_enc),
                 synced_at_ms=r.synced_at_ms,
                 lead_id=r.lead_id,
             )

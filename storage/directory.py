@@ -87,8 +87,9 @@ class Device:
     sdk_int: int = 0
     app_version: str = ""
     version_code: int = 0
-    fcm_id: str = ""
-    sim_ids: tuple[str, ...] = field(default_factory=tuple)
+    # Encrypted under the tenant's key (either can hold a number); never read back in the clear.
+    fcm_id_enc: bytes = b""
+    sim_ids_enc: tuple[bytes, ...] = field(default_factory=tuple)
     region: str = ""
     revoked: bool = False
 
@@ -327,8 +328,8 @@ class Directory:
                     d.sdk_int,
                     d.app_version,
                     d.version_code,
-                    d.fcm_id,
-                    list(d.sim_ids),
+                    d.fcm_id_enc,
+                    list(d.sim_ids_enc),
                     d.region,
                     _dt(d.registered_at_ms),
                     d.revoked,
@@ -365,9 +366,32 @@ class Directory:
             for c in _DEVICE_COLUMNS
         )
         rows = await self._db.named_rows(
-            Sql(f"SELECT {select} FROM devices FINAL WHERE {where}", params)
+            Sql(f"SELECT {select} FROM devices FINAL WHERE {where}", params),
+            binary=["fcm_id_enc", "sim_ids_enc"],
         )
         return [_device(row) for row in rows]
+
+    # Erasures
+
+    async def put_erasure(self, tenant_id: str, client_key: int, erased: bool) -> None:
+        """Records that the tenant's number with this client key is erased (or, with ``erased``
+        false, that the erasure is lifted); applies to this process's ingest at once."""
+        version = await self._insert(
+            "erasures", ["tenant_id", "client_key", "lifted"], [(tenant_id, client_key, not erased)]
+        )
+        if self._identities is not None:
+            self._identities.erasures.put((tenant_id, client_key), version, erased)
+
+    async def is_erased(self, tenant_id: str, client_key: int) -> bool:
+        """Whether the tenant's number with this client key is erased now (read from the table)."""
+        rows = await self._db.named_rows(
+            Sql(
+                "SELECT lifted FROM erasures FINAL"
+                " WHERE tenant_id = {t:String} AND client_key = {k:UInt64}",
+                {"t": tenant_id, "k": client_key},
+            )
+        )
+        return bool(rows) and not rows[0]["lifted"]
 
     async def revoke_device(self, device: Device) -> Device:
         """Writes the revoked version of ``device`` and returns it."""
@@ -387,8 +411,8 @@ _DEVICE_COLUMNS = (
     "sdk_int",
     "app_version",
     "version_code",
-    "fcm_id",
-    "sim_ids",
+    "fcm_id_enc",
+    "sim_ids_enc",
     "region",
     "registered_at",
     "revoked",
@@ -397,6 +421,7 @@ _DEVICE_COLUMNS = (
 
 def _device(row: dict[str, Any]) -> Device:
     values = dict(row)
-    values["sim_ids"] = tuple(values["sim_ids"])
+    values["sim_ids_enc"] = tuple(map(bytes, values["sim_ids_enc"]))
+    values["fcm_id_enc"] = bytes(values["fcm_id_enc"])
     values["token_hash"] = bytes(values["token_hash"])
     return Device(**values)

@@ -1,4 +1,5 @@
-"""The identity directory in memory: tenants, API keys, employees, enrollments and devices.
+"""The identity directory in memory: tenants, API keys, employees, enrollments, devices, and the
+numbers each tenant erased (tombstones by client key, consulted by ingest).
 
 Authentication and ingest read these on every call, so each process keeps them in memory: a full
 load (``FINAL``) at start-up, then every second or so the rows whose ``version`` is newer than the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Hashable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -34,6 +36,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 _NS = 1_000_000_000
+_NONE_ERASED: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +84,13 @@ class _Table(Generic[K, V]):
         select: str,
         key: Callable[[dict[str, Any]], K],
         make: Callable[[dict[str, Any]], V],
+        on_change: Callable[[K, V], None] | None = None,
     ) -> None:
         self.name = name
         self._select = select
         self._key = key
         self._make = make
+        self._on_change = on_change
         self.rows: dict[K, tuple[int, V]] = {}
         self.newest = 0  # newest version read from the database
 
@@ -97,6 +102,8 @@ class _Table(Generic[K, V]):
         hit = self.rows.get(key)
         if hit is None or hit[0] <= version:
             self.rows[key] = (version, value)
+            if self._on_change is not None and (hit is None or hit[0] < version):
+                self._on_change(key, value)
 
     def query(self, since: int | None) -> Sql:
         if since is None:
@@ -114,8 +121,11 @@ class _Table(Generic[K, V]):
             key = self._key(row)
             hit = self.rows.get(key)
             if hit is None or hit[0] < version:
-                self.rows[key] = (version, self._make(row))
+                value = self._make(row)
+                self.rows[key] = (version, value)
                 changed += 1
+                if self._on_change is not None:
+                    self._on_change(key, value)
             self.newest = max(self.newest, version)
         return changed
 
@@ -183,6 +193,17 @@ class Identities:
                 r["revoked"],
             ),
         )
+        # (tenant, client key) -> still erased (False once lifted); the erased keys per tenant
+        # are kept as a set, so ingest tests a batch's keys against it without a query.
+        self._erased: dict[str, set[int]] = {}
+        self._erasure_listeners: list[Callable[[str], None]] = []
+        self.erasures: _Table[tuple[str, int], bool] = _Table(
+            "erasures",
+            "tenant_id, client_key, lifted",
+            lambda r: (r["tenant_id"], int(r["client_key"])),
+            lambda r: not r["lifted"],
+            self._erasure_changed,
+        )
         # Parents before children: a device read here finds its tenant already loaded.
         self._tables: tuple[_Table[Any, Any], ...] = (
             self.tenants,
@@ -190,6 +211,7 @@ class Identities:
             self.employees,
             self.enrollments,
             self.devices,
+            self.erasures,
         )
         self._lock = asyncio.Lock()  # one refresh at a time
         self._refreshes = 0
@@ -219,6 +241,29 @@ class Identities:
 
     def has_employee(self, tenant_id: str, employee_id: str) -> bool:
         return self.employees.get((tenant_id, employee_id)) is not None
+
+    def erased(self, tenant_id: str) -> AbstractSet[int]:
+        """Client keys (first 8 bytes of the blind index) of the numbers the tenant erased and
+        has not lifted; a live view, empty for most tenants."""
+        return self._erased.get(tenant_id, _NONE_ERASED)
+
+    def on_erasure(self, listener: Callable[[str], None]) -> None:
+        """Calls ``listener(tenant_id)`` whenever a tombstone of the tenant is written or lifted,
+        here or (at the next refresh) in another process."""
+        self._erasure_listeners.append(listener)
+
+    def _erasure_changed(self, key: tuple[str, int], erased: bool) -> None:
+        tenant_id, client_key = key
+        if erased:
+            self._erased.setdefault(tenant_id, set()).add(client_key)
+        else:
+            keys = self._erased.get(tenant_id)
+            if keys is not None:
+                keys.discard(client_key)
+                if not keys:
+                    del self._erased[tenant_id]
+        for listener in self._erasure_listeners:
+            listener(tenant_id)
 
     async def find(self, lookup: Callable[[], V | None]) -> V | None:
         """``lookup()``, and once more after a catch-up refresh when it missed."""

@@ -1,7 +1,8 @@
 """Leads: prospective clients imported by a tenant and assigned to its employees.
 
 A lead is written whole with a new ``version`` (ReplacingMergeTree(version, is_deleted)) and read
-with ``FINAL``. Names, numbers, e-mail and address are ciphertexts made by the caller; numbers
+with ``FINAL``. Names, company, numbers, e-mail, address, city and zip code are ciphertexts made
+by the caller (any of them can hold a number; state and country are not secret); numbers
 also carry their blind index, which matches a lead to existing leads (primary number) and to
 calls (either number). A lead without a secondary number has a secondary index of 32 zero bytes,
 which no number's HMAC equals.
@@ -31,17 +32,17 @@ class Lead:
     employee_id: str
     first_name_enc: bytes
     last_name_enc: bytes
-    company: str
+    company_enc: bytes
     primary_enc: bytes
     primary_bidx: bytes
     secondary_enc: bytes
     secondary_bidx: bytes
     email_enc: bytes
     address_enc: bytes
-    city: str
+    city_enc: bytes
     state: str
     country: str
-    zipcode: str
+    zipcode_enc: bytes
     tags: tuple[str, ...]
     created_at_ms: int
 
@@ -51,14 +52,14 @@ _COLUMNS = tuple(f.name for f in fields(Lead))
 _CONTENT = (
     "first_name_enc",
     "last_name_enc",
-    "company",
+    "company_enc",
     "primary_enc",
     "email_enc",
     "address_enc",
-    "city",
+    "city_enc",
     "state",
     "country",
-    "zipcode",
+    "zipcode_enc",
     "tags",
 )
 _BINARY = [c for c in _COLUMNS if c.endswith("_enc")]

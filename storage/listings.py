@@ -100,7 +100,7 @@ class HistoryRow:
     started_at_ms: int
     duration_s: int
     note_enc: bytes
-    recording_uri: str
+    recording_uri_enc: bytes
     synced_at_ms: int
     lead_id: str
 
@@ -359,7 +359,7 @@ ORDER BY client_key
 _HISTORY_WINDOWS_MS = (86_400_000, 7 * 86_400_000, 56 * 86_400_000)
 _HISTORY_COLUMNS = (
     "call_id, device_id, employee_id, client_key, name_key, type, started_at, duration_s,"
-    " note_enc, recording_uri, synced_at"
+    " note_enc, recording_uri_enc, synced_at"
 )
 
 
@@ -391,7 +391,7 @@ async def call_history(
             started_at_ms=int(r["started_at_ms"]),
             duration_s=int(r["duration_s"]),
             note_enc=bytes(r["note_enc"]),
-            recording_uri=str(r["recording_uri"]),
+            recording_uri_enc=bytes(r["recording_uri_enc"]),
             synced_at_ms=int(r["synced_at_ms"]),
             lead_id=str(r["lead_id"]),
         )
@@ -454,7 +454,7 @@ async def _history_window(
 SELECT c.call_id AS call_id, c.device_id AS device_id, c.employee_id AS employee_id,
        c.client_key AS client_key, c.name_key AS name_key, c.type AS type,
        toUnixTimestamp64Milli(c.started_at) AS started_at_ms, c.duration_s AS duration_s,
-       c.note_enc AS note_enc, c.recording_uri AS recording_uri,
+       c.note_enc AS note_enc, c.recording_uri_enc AS recording_uri_enc,
        toUnixTimestamp64Milli(c.synced_at) AS synced_at_ms, l.lead_id AS lead_id
 FROM (
     SELECT * FROM ($calls)$where
@@ -468,7 +468,7 @@ ORDER BY c.started_at DESC, c.device_id DESC, c.call_id DESC
         where=where,
         leads=_lead_numbers(f, tables),
     ).bind(limit=limit)
-    return await db.named_rows(query, binary=["note_enc"])
+    return await db.named_rows(query, binary=["note_enc", "recording_uri_enc"])
 
 
 async def lead_activity(

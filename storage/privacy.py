@@ -1,4 +1,8 @@
-"""Numbers a tenant keeps out of reports (personal numbers), and erasure of a number's data."""
+"""Numbers a tenant keeps out of reports (personal numbers), and erasure of a number's data.
+
+What keeps a number erased afterwards is its tombstone in ``erasures`` (``Directory.put_erasure``),
+held in memory with the identities and checked by ingest; this module only deletes.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +80,14 @@ async def erase_number(db: Database, tenant_id: str, bidx: bytes) -> Erased:
             )
         )
         counts[table] = int(rows[0]["records"])
+        if table == "calls":
+            # The versions dedup loads (call_versions, filled by a materialized view) go too:
+            # else a call sent again after a lift, or after a restart, is taken for a duplicate.
+            await db.command(
+                f"DELETE FROM call_versions WHERE tenant_id = {{t:String}} AND {key} IN ("
+                f"SELECT {key} FROM calls FINAL WHERE tenant_id = {{t:String}} AND {holds})",
+                params,
+            )
         # Lightweight DELETE: the rows vanish from every read at once; parts are cleaned later.
         await db.command(
             f"DELETE FROM {table} WHERE tenant_id = {{t:String}} AND ({holds} OR {key} IN ("

@@ -22,9 +22,16 @@ from cryptography.x509.oid import NameOID
 
 from callsight.server.app import Service
 from callsight.storage.database import Database
-from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
+from callsight.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    report_pb2,
+    report_pb2_grpc,
+)
 from tests.conftest import OPERATOR_TOKEN, make_config, master_key_b64
-from tests.integration.calls import batch, call
+from tests.integration.calls import BASE_MS, DAY_MS, batch, call
 from tests.integration.helpers import auth, enroll, expect_status, new_employee, new_tenant
 
 CODE = grpc.StatusCode
@@ -84,6 +91,66 @@ async def test_no_plaintext_number_at_rest_or_in_logs(
     listed = await admin.ListEmployees(admin_pb2.ListEmployeesRequest(), metadata=tenant.admin)
     assert sorted(e.number for e in listed.employees) == sorted(f"+91{d}" for d in numbers)
 
+    # The number inside every free-text field a phone or an import fills: recorders name files
+    # after it, and ids and lead fields are whatever the sender typed.
+    inside = "9812345678"
+    code = await admin.CreateEnrollment(
+        admin_pb2.CreateEnrollmentRequest(employee_id=listed.employees[0].employee_id),
+        metadata=tenant.admin,
+    )
+    ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+    device = await ingest.RegisterDevice(
+        ingest_pb2.RegisterDeviceRequest(
+            enrollment_code=code.enrollment_code,
+            device=ingest_pb2.DeviceInfo(
+                model="Pixel 8", fcm_id=f"fcm:{inside}", sim_ids=[f"8991{inside}"]
+            ),
+        )
+    )
+    token = auth(device.device_token)
+    recording = f"content://recordings/call_{inside}_2026.m4a"
+    ack = await ingest.Upload(
+        batch(1, [call(1, recording_uri=recording, sim_id=f"8991{inside}")]), metadata=token
+    )
+    assert ack.accepted == 1
+    sample = ingest_pb2.Telemetry(
+        captured_at_ms=BASE_MS,
+        battery_pct=50,
+        latitude=12.971598,
+        longitude=77.594562,
+        fcm_id=f"fcm:{inside}",
+        sim_ids=[f"8991{inside}"],
+    )
+    ack = await ingest.Upload(
+        ingest_pb2.UploadRequest(
+            seq=2, batch_id="t", telemetry=ingest_pb2.TelemetryBatch(records=[sample])
+        ),
+        metadata=token,
+    )
+    assert ack.accepted == 1
+    await admin.ImportLeads(
+        admin_pb2.ImportLeadsRequest(
+            leads=[
+                admin_pb2.Lead(
+                    primary_number="9876512345",
+                    company=f"Traders {inside}",
+                    city=f"Pune {inside}",
+                    zipcode=inside,
+                )
+            ]
+        ),
+        metadata=tenant.admin,
+    )
+    # The API still returns the recording's URI.
+    reports = report_pb2_grpc.ReportServiceStub(channel)
+    history = await reports.CallHistory(
+        report_pb2.CallHistoryRequest(
+            filter=report_pb2.ReportFilter(from_ms=BASE_MS - DAY_MS, to_ms=BASE_MS + DAY_MS)
+        ),
+        metadata=tenant.admin,
+    )
+    assert [c.recording_uri for c in history.calls] == [recording]
+
     db = Database(service.config.dsn.reveal(), service.config.database)
     try:
         tables = [r[0] for r in await db.query("SHOW TABLES")]
@@ -101,6 +168,9 @@ async def test_no_plaintext_number_at_rest_or_in_logs(
     for digits in [*numbers, "8787 87"]:
         assert digits not in dump, f"{digits} found at rest"
         assert not re.search(digits, logged), f"{digits} found in the log"
+    # Coordinates are kept to about a kilometre.
+    assert "12.97\t77.59" in dump
+    assert "12.9715" not in dump and "77.5945" not in dump
     assert OPERATOR_TOKEN not in logged and tenant.admin_key not in logged
 
 

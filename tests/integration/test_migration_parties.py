@@ -129,12 +129,16 @@ async def test_reports_answer_the_same_after_the_parties_migrations(db: Database
         assert await migrate(db, until=version) == [version]
         await db.command("DELETE FROM schema_migrations WHERE version = {v:UInt32}", {"v": version})
         assert await migrate(db, until=version) == [version]
+    # Then the later ones, 0009 (no plaintext recording_uri / sim_id) run twice too.
+    assert await migrate(db) == [8, 9, 10]
+    await db.command("DELETE FROM schema_migrations WHERE version = 9")
+    assert await migrate(db) == [9]
     columns = await db.query(
         "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'calls'"
     )
     names = {str(c[0]) for c in columns}
-    assert {"client_key", "name_key"} <= names
-    assert not names & {"number_bidx", "number_enc", "name_enc"}
+    assert {"client_key", "name_key", "sim_id_enc", "recording_uri_enc"} <= names
+    assert not names & {"number_bidx", "number_enc", "name_enc", "sim_id", "recording_uri"}
     assert await _new_answers(db) == (clients, history)
     assert await summaries.call_summary(db, FILTER, use_rollups=False) == summary
     never = await listings.never_attended(db, FILTER, SNAPSHOT_MS, None, 100)
@@ -156,7 +160,8 @@ async def test_new_calls_join_migrated_ones(db: Database) -> None:
         "tenant_id": TENANT, "device_id": "d3", "call_id": "9", "employee_id": "e1",
         "number_bidx": bidx, "number_enc": RING.encrypt(number),
         "name_enc": RING.encrypt("Ravi K."), "type": 2, "started_at": START_MS + 7_000,
-        "duration_s": 5, "sim_slot": 0, "sim_id": "", "note_enc": b"", "recording_uri": "",
+        "duration_s": 5, "sim_slot": 0, "sim_id_enc": b"", "note_enc": b"",
+        "recording_uri_enc": b"",
         "version": START_MS + 7_000, "synced_at": START_MS + 8_000,
         "client_key": int.from_bytes(bidx[:8], "little"),
         "name_key": CIPHER.name_keys(["Ravi K."])[0],

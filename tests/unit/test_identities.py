@@ -137,3 +137,28 @@ async def test_refresh_loop_survives_failures() -> None:
     assert calls >= 3 and not task.done()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_erasures_are_held_per_tenant_and_tell_listeners() -> None:
+    db = CountingDb()
+    db.rows["erasures"] = [
+        {"tenant_id": "t1", "client_key": 7, "lifted": False, "version": 1},
+        {"tenant_id": "t1", "client_key": 8, "lifted": False, "version": 1},
+        {"tenant_id": "t2", "client_key": 7, "lifted": True, "version": 1},
+    ]
+    identities = Identities(cast(Database, db))
+    told: list[str] = []
+    identities.on_erasure(told.append)
+    await identities.load()
+    assert (set(identities.erased("t1")), set(identities.erased("t2"))) == ({7, 8}, set())
+    assert sorted(told) == ["t1", "t1", "t2"]
+
+    # Another process lifts one: the next refresh applies it; rows seen again change nothing.
+    told.clear()
+    db.rows["erasures"].append({"tenant_id": "t1", "client_key": 8, "lifted": True, "version": 2})
+    await identities.refresh()
+    await identities.refresh()
+    assert set(identities.erased("t1")) == {7} and told == ["t1"]
+    # This process writes one: it applies at once.
+    identities.erasures.put(("t2", 9), 3, True)
+    assert set(identities.erased("t2")) == {9} and told == ["t1", "t2"]

@@ -13,7 +13,8 @@ def call(tenant: str, call_id: str, client: int, name: int, synced_ms: int) -> d
         "tenant_id": tenant, "device_id": "d", "call_id": call_id, "employee_id": "e",
         "number_bidx": client.to_bytes(32, "little"), "number_enc": b"n%d" % client,
         "name_enc": b"m%d" % name if name else b"", "type": 1, "started_at": 1_000,
-        "duration_s": 0, "sim_slot": 0, "sim_id": "", "note_enc": b"", "recording_uri": "",
+        "duration_s": 0, "sim_slot": 0, "sim_id_enc": b"", "note_enc": b"",
+        "recording_uri_enc": b"",
         "version": 1_000, "synced_at": synced_ms, "client_key": client, "name_key": name,
     }  # fmt: skip
 

@@ -56,3 +56,11 @@ def test_stream_and_upload_carry_upload_request_and_ack() -> None:
         assert methods[rpc].output_type.name == "UploadAck"
         assert methods[rpc].client_streaming is streaming
         assert methods[rpc].server_streaming is streaming
+
+
+def test_durable_erasure_is_an_additive_change() -> None:
+    methods = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name
+    assert methods["LiftErasure"].input_type.name == "LiftErasureRequest"
+    assert methods["LiftErasure"].output_type.name == "LiftErasureResponse"
+    # A new field number: old agents ignore it, and duplicates still count the erased records.
+    assert ingest_pb2.UploadAck.DESCRIPTOR.fields_by_name["erased"].number == 10

@@ -81,6 +81,11 @@ class AdminServiceStub:
                 request_serializer=callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.SerializeToString,
                 response_deserializer=callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.FromString,
                 _registered_method=True)
+        self.LiftErasure = channel.unary_unary(
+                '/callsight.v1.AdminService/LiftErasure',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.LiftErasureRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.LiftErasureResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -145,7 +150,17 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EraseNumber(self, request, context):
-        """Erases every call, contact and lead with a number (consent withdrawal).
+        """Erases every call, contact and lead with a number (consent withdrawal), and keeps it erased:
+        calls and contacts with the number that devices send later are dropped unstored (counted in
+        their ack's duplicates and erased) until LiftErasure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftErasure(self, request, context):
+        """Lifts the erasure of a number: records with it that devices send from now on are stored.
+        Nothing erased comes back; a device must send it again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +213,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.EraseNumber,
                     request_deserializer=callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.FromString,
                     response_serializer=callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.SerializeToString,
+            ),
+            'LiftErasure': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftErasure,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.LiftErasureRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.LiftErasureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +465,33 @@ class AdminService:
             '/callsight.v1.AdminService/EraseNumber',
             callsight_dot_v1_dot_admin__pb2.EraseNumberRequest.SerializeToString,
             callsight_dot_v1_dot_admin__pb2.EraseNumberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftErasure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/LiftErasure',
+            callsight_dot_v1_dot_admin__pb2.LiftErasureRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.LiftErasureResponse.FromString,
             options,
             channel_credentials,
             insecure,

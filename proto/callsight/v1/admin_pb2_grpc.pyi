@@ -54,7 +54,14 @@ class AdminServiceStub:
     ImportLeads: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ImportLeadsRequest, _admin_pb2.ImportLeadsResponse]
     """Imports leads and assigns them to employees."""
     EraseNumber: _grpc.UnaryUnaryMultiCallable[_admin_pb2.EraseNumberRequest, _admin_pb2.EraseNumberResponse]
-    """Erases every call, contact and lead with a number (consent withdrawal)."""
+    """Erases every call, contact and lead with a number (consent withdrawal), and keeps it erased:
+    calls and contacts with the number that devices send later are dropped unstored (counted in
+    their ack's duplicates and erased) until LiftErasure.
+    """
+    LiftErasure: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LiftErasureRequest, _admin_pb2.LiftErasureResponse]
+    """Lifts the erasure of a number: records with it that devices send from now on are stored.
+    Nothing erased comes back; a device must send it again.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -80,7 +87,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ImportLeads: _aio.UnaryUnaryMultiCallable[_admin_pb2.ImportLeadsRequest, _admin_pb2.ImportLeadsResponse]  # type: ignore[assignment]
     """Imports leads and assigns them to employees."""
     EraseNumber: _aio.UnaryUnaryMultiCallable[_admin_pb2.EraseNumberRequest, _admin_pb2.EraseNumberResponse]  # type: ignore[assignment]
-    """Erases every call, contact and lead with a number (consent withdrawal)."""
+    """Erases every call, contact and lead with a number (consent withdrawal), and keeps it erased:
+    calls and contacts with the number that devices send later are dropped unstored (counted in
+    their ack's duplicates and erased) until LiftErasure.
+    """
+    LiftErasure: _aio.UnaryUnaryMultiCallable[_admin_pb2.LiftErasureRequest, _admin_pb2.LiftErasureResponse]  # type: ignore[assignment]
+    """Lifts the erasure of a number: records with it that devices send from now on are stored.
+    Nothing erased comes back; a device must send it again.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Administration of a tenant. CreateTenant needs the operator token; every other RPC needs a
@@ -157,6 +171,19 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.EraseNumberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.EraseNumberResponse, _abc.Awaitable[_admin_pb2.EraseNumberResponse]]:
-        """Erases every call, contact and lead with a number (consent withdrawal)."""
+        """Erases every call, contact and lead with a number (consent withdrawal), and keeps it erased:
+        calls and contacts with the number that devices send later are dropped unstored (counted in
+        their ack's duplicates and erased) until LiftErasure.
+        """
+
+    @_abc_1.abstractmethod
+    def LiftErasure(
+        self,
+        request: _admin_pb2.LiftErasureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LiftErasureResponse, _abc.Awaitable[_admin_pb2.LiftErasureResponse]]:
+        """Lifts the erasure of a number: records with it that devices send from now on are stored.
+        Nothing erased comes back; a device must send it again.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -527,6 +527,7 @@ class UploadAck(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     SERVER_TIME_MS_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """The request's seq."""
     batch_id: _builtins.str
@@ -538,11 +539,17 @@ class UploadAck(_message.Message):
     updated: _builtins.int
     """Records that replaced an older version."""
     duplicates: _builtins.int
-    """Records already stored at the same or a newer version."""
+    """Records already stored at the same or a newer version, and records dropped because they
+    hold a number the tenant erased (also counted in erased): nothing to re-send for either.
+    """
     rejected: _builtins.int
     """Records refused; accepted + updated + duplicates + rejected = batch size."""
     server_time_ms: _builtins.int
     """Server clock when the ack was made, epoch milliseconds UTC (lets the agent detect skew)."""
+    erased: _builtins.int
+    """Of the duplicates, the calls and contacts dropped unstored because they hold a number the
+    tenant erased (AdminService.EraseNumber) and has not lifted (LiftErasure).
+    """
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordError]:
         """One entry per rejected record."""
@@ -559,10 +566,11 @@ class UploadAck(_message.Message):
         rejected: _builtins.int = ...,
         errors: _abc.Iterable[Global___RecordError] | None = ...,
         server_time_ms: _builtins.int = ...,
+        erased: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "duplicates", b"duplicates", "errors", b"errors", "rejected", b"rejected", "result", b"result", "seq", b"seq", "server_time_ms", b"server_time_ms", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "duplicates", b"duplicates", "erased", b"erased", "errors", b"errors", "rejected", b"rejected", "result", b"result", "seq", b"seq", "server_time_ms", b"server_time_ms", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
