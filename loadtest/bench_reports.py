@@ -205,7 +205,10 @@ def build_pools(
         "tenant": pa.array([devices[0].tenant_id], pa.string()),
         "devices": pa.array([d.device_id for d in devices], pa.string()),
         "employees": pa.array([d.employee_id for d in devices], pa.string()),
-        "sims": pa.array([f"8991{i:015d}" for i in range(2 * len(devices))], pa.string()),
+        # Stored encrypted like the server stores them (one ciphertext per SIM, as its cache).
+        "sims": pa.array(
+            cipher.encrypt_many([f"8991{i:015d}" for i in range(2 * len(devices))]), pa.binary()
+        ),
         "bidx": pa.array(bidx, pa.binary(32)),
         "client_key": pa.array(client_keys(bidx), pa.uint64()),
         "number_enc": pa.array(cipher.encrypt_many(numbers), pa.binary()),
@@ -227,18 +230,25 @@ def parties_table(clients: npt.NDArray[np.int32], pools: Pools, version: int) ->
     return pa.Table.from_arrays(columns, schema=PARTIES_SCHEMA)
 
 
-def chunk_table(calls: Calls, rows: Arrivals, start: int, stop: int, pools: Pools) -> pa.Table:
+def chunk_table(
+    calls: Calls, rows: Arrivals, start: int, stop: int, pools: Pools, keyring: Keyring
+) -> pa.Table:
     """Rows ``start:stop`` of the arrivals as an Arrow table of ``calls`` (STORED_CALLS)."""
     i = rows.index[start:stop]
     employee, client, duration = calls.employee[i], calls.client[i], calls.duration_s[i]
     call_id = pc.cast(pa.array(calls.call_no[i]), pa.string())
-    # Every tenth call (by a scramble of its id, not every tenth id) with a recording.
-    recorded = (duration > 0) & ((calls.call_no[i] * 2_654_435_761) % 1_000_003 % 10 == 0)
-    recording = pc.if_else(
-        pa.array(recorded),
-        pc.binary_join_element_wise("content://recordings/", call_id, ".m4a", ""),
-        "",
+    # Every tenth call (by a scramble of its id, not every tenth id) with a recording, whose URI
+    # is stored encrypted (recorders name files after the number).
+    recorded = np.flatnonzero(
+        (duration > 0) & ((calls.call_no[i] * 2_654_435_761) % 1_000_003 % 10 == 0)
     )
+    uris = pc.binary_join_element_wise(
+        "content://recordings/", call_id.take(pa.array(recorded)), ".m4a", ""
+    )
+    sealed = [b""] * len(i)
+    for k, blob in zip(recorded, keyring.current.encrypt_many(uris.to_pylist()), strict=True):
+        sealed[k] = blob
+    recording = pa.array(sealed, pa.binary())
     columns = [
         pools["tenant"].take(pa.array(np.zeros(len(i), dtype=np.int32))),
         pools["devices"].take(pa.array(employee)),
@@ -343,7 +353,7 @@ async def load(
     for start in range(0, total, CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, total)
         t = time.perf_counter()
-        table = chunk_table(calls, rows, start, stop, arrow_pools)
+        table = chunk_table(calls, rows, start, stop, arrow_pools, keyring)
         spent["build"] += time.perf_counter() - t
         for target in ("calls", NAIVE.calls):
             t = time.perf_counter()
