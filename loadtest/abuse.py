@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -35,7 +36,7 @@ from callsight.loadtest.common import (
     aligned,
     auth,
     num,
-    retry_delay_s,
+    patiently,
     say,
     write_json,
 )
@@ -176,20 +177,13 @@ async def _health_ms(channel: grpc.aio.Channel, timeout_s: float = 10.0) -> floa
 async def _upload(
     target: Target, request: ingest_pb2.UploadRequest, patience_s: float = 60.0
 ) -> ingest_pb2.UploadAck:
-    """``Upload`` as an agent does it: UNAVAILABLE is retried after the server's retry delay."""
+    """``Upload`` as an agent does it: a refusal with a retry delay is retried after it."""
     ingest = ingest_pb2_grpc.IngestServiceStub(target.channel)
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            ack: ingest_pb2.UploadAck = await ingest.Upload(
-                request, metadata=auth(target.device_token), timeout=30
-            )
-            return ack
-        except grpc.aio.AioRpcError as exc:
-            delay = retry_delay_s(exc)
-            if delay is None or time.monotonic() + delay > deadline:
-                raise
-            await asyncio.sleep(delay)
+    ack: ingest_pb2.UploadAck = await patiently(
+        functools.partial(ingest.Upload, request, metadata=auth(target.device_token), timeout=30),
+        patience_s,
+    )
+    return ack
 
 
 async def settle(target: Target) -> float:
