@@ -275,25 +275,40 @@ def _fleet(
     )
 
 
+def _steady_fleet(
+    args: argparse.Namespace,
+    name: str,
+    devices: int,
+    duration_s: float,
+    sync_interval_s: float,
+    calls_per_hour: float,
+    restart_at_s: tuple[float, ...] = (),
+) -> FleetResult:
+    """A steady fleet without contacts on a fresh spawned server (SIGKILLed and restarted at
+    ``restart_at_s``), verified against the reports and then the server's chDB."""
+    spec = WorkloadSpec(
+        mode="steady",
+        duration_s=duration_s,
+        sync_interval_s=sync_interval_s,
+        calls_per_hour=calls_per_hour,
+        contacts=False,
+        seed=args.seed,
+        now_ms=int(time.time() * 1000),
+    )
+    with _spawned_server(f"callsight-{name}-", args.server_arg) as server:
+        options = _fleet(server, devices, spec, args, name, restart_at_s=restart_at_s)
+        result = uvloop.run(run_fleet(options, server_process=server))
+        add_direct_counts(result, _stop(server), "callsight")
+    return result
+
+
 def _steady(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], bool]:
     """10,000 phones syncing every 20 s, a SIGKILL and restart half-way; figures and targets."""
     name = "steady"
     devices, duration, restart_at = args.steady_devices, args.steady_duration, args.restart_at
     say(f"scenario {name}: {devices:,} devices, {duration:.0f} s, restart at {restart_at:.0f} s")
-    spec = WorkloadSpec(
-        mode="steady",
-        duration_s=duration,
-        sync_interval_s=20.0,
-        calls_per_hour=20.0,
-        contacts=False,
-        seed=args.seed,
-        now_ms=int(time.time() * 1000),
-    )
-    with _spawned_server("callsight-steady-", args.server_arg) as server:
-        restarts = (restart_at,) if restart_at > 0 else ()
-        options = _fleet(server, devices, spec, args, name, restart_at_s=restarts)
-        result = uvloop.run(run_fleet(options, server_process=server))
-        add_direct_counts(result, _stop(server), "callsight")
+    restarts = (restart_at,) if restart_at > 0 else ()
+    result = _steady_fleet(args, name, devices, duration, 20.0, 20.0, restarts)
     data = result.to_json()
     before = window(result.client, 0, restart_at or math.inf)
     latency = before["ack_latency_ms"] or {}
@@ -341,18 +356,7 @@ def _small(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], bool
     name = "small"
     devices, duration = args.small_devices, args.small_duration
     say(f"scenario {name}: {devices:,} devices syncing every second for {duration:.0f} s")
-    spec = WorkloadSpec(
-        mode="steady",
-        duration_s=duration,
-        sync_interval_s=1.0,
-        calls_per_hour=120.0,
-        contacts=False,
-        seed=args.seed,
-        now_ms=int(time.time() * 1000),
-    )
-    with _spawned_server("callsight-small-", args.server_arg) as server:
-        result = uvloop.run(run_fleet(_fleet(server, devices, spec, args, name)))
-        add_direct_counts(result, _stop(server), "callsight")
+    result = _steady_fleet(args, name, devices, duration, 1.0, 120.0)
     data = result.to_json()
     offered = data["generated"]["batches"] / duration
     figures = {
