@@ -10,7 +10,8 @@ Memory is bounded by a byte budget taken before a batch is admitted and given ba
 are written; latency by admission by time: a batch is admitted only while the work queued ahead
 of it would be written within ``admission_max_queue_ms`` at the measured drain rate
 (``admission.Admission``). When either says no, streams stop reading (HTTP/2 flow control holds
-the device) and Upload answers UNAVAILABLE with a retry delay. Waiting batches are admitted
+the device) and Upload waits its turn for at most ``admission_max_queue_ms``, then answers
+UNAVAILABLE with a retry delay. Waiting batches are admitted
 round-robin over tenants and their devices, and a device's share of the queue is capped while
 others use it (``budget.ByteBudget``), so one device flooding does not hold back the rest.
 
@@ -127,19 +128,29 @@ class Ingestor:
         self.admitted += 1
         return ticket
 
-    def try_admit(self, request: ingest_pb2.UploadRequest, owner: Owner = ANONYMOUS) -> Ticket:
-        """Buffer space for ``request`` now, or Unavailable with a retry delay (Upload)."""
+    async def admit_unary(self, request: ingest_pb2.UploadRequest, owner: Owner) -> Ticket:
+        """Buffer space for ``request`` within the admission target, or Unavailable with a retry
+        delay (Upload). The wait is a fair turn like a stream's, so a device flooding from
+        streams cannot keep another device's Upload out; it is bounded so a unary caller is
+        answered instead of held."""
         self._check_open()
         ticket = Ticket(request.ByteSize(), owner)
-        if not self.budget.try_acquire(ticket.nbytes, owner):
+        if self.budget.try_acquire(ticket.nbytes, owner):
+            return ticket
+        try:
+            await asyncio.wait_for(
+                self.budget.acquire(ticket.nbytes, owner), self.admission.max_queue_s
+            )
+        except TimeoutError:
             if not self.budget.fits_bytes(ticket.nbytes):
                 raise Unavailable(
                     f"ingest buffers are full; retry in {RETRY_AFTER_S} s", RETRY_AFTER_S
-                )
+                ) from None
             delay = round(self.admission.retry_after_s(self.budget.used, ticket.nbytes), 1)
             raise Unavailable(
                 f"the server is at capacity (its write queue is full); retry in {delay} s", delay
-            )
+            ) from None
+        self.admitted += 1
         return ticket
 
     async def ingest(

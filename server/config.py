@@ -371,7 +371,8 @@ _SETTINGS: tuple[_Setting, ...] = (
         "--admission-max-queue-ms",
         _parse_int,
         "admit a batch while the work queued ahead of it drains within this at the measured "
-        "write rate; beyond it streams wait and Upload answers UNAVAILABLE with a retry delay",
+        "write rate; beyond it streams wait, and Upload waits its turn this long at most, then "
+        "answers UNAVAILABLE with a retry delay",
         "MS",
     ),
     _Setting(

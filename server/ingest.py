@@ -214,7 +214,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.UploadRequest, context: Context
     ) -> ingest_pb2.UploadAck:
         source = await self._source()
-        ticket = self._ingestor.try_admit(request, (source.tenant_id, source.device_id))
+        ticket = await self._ingestor.admit_unary(request, (source.tenant_id, source.device_id))
         return await self._ingestor.ingest(request, source, ticket)
 
     async def Stream(
