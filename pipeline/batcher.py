@@ -33,6 +33,7 @@ import structlog
 from callsight.core.errors import InvalidArgument, StorageError, StorageRefused, Unavailable
 from callsight.pipeline.chunk import RowChunk, concat
 from callsight.pipeline.settings import PipelineSettings
+from callsight.pipeline.stages import StageTimes
 from callsight.storage.writer import Sink
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,7 @@ class _Flush:
     parts: list[RowChunk]
     waiters: list[asyncio.Future[None]]
     rows: int
+    queued: float = field(default_factory=time.perf_counter)
 
 
 class _Hasher:
@@ -134,8 +136,10 @@ class Batcher:
         self,
         sink: Sink,
         settings: PipelineSettings,
+        stages: StageTimes | None = None,
     ) -> None:
         self._sink = sink
+        self._stages = stages or StageTimes()
         self._max_rows = settings.max_rows
         self._max_bytes = settings.max_bytes
         self._max_age_s = settings.max_age_ms / 1000
@@ -257,9 +261,13 @@ class Batcher:
             await self._write(flush)
 
     async def _write(self, flush: _Flush) -> None:
+        started = time.perf_counter()
+        self._stages.add("flush_queue", started - flush.queued)
         try:
             # Hashing a large batch takes milliseconds; keep it off the event loop.
             rows, token = await asyncio.to_thread(_prepare, flush)
+            prepared = time.perf_counter()
+            self._stages.add("prepare", prepared - started)
         except Exception as exc:
             # Retrying cannot fix rows Arrow cannot combine; fail them and keep the writer alive.
             log.error("batch cannot be prepared", table=flush.table, error=type(exc).__name__)
@@ -273,6 +281,7 @@ class Batcher:
         while True:
             try:
                 await self._sink.write(flush.table, rows, token)
+                self._stages.add("insert", time.perf_counter() - prepared)
                 break
             except Exception as exc:
                 pause = random.uniform(delay / 2, delay)

@@ -45,6 +45,7 @@ from callsight.pipeline.chunk import RowChunk
 from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
 from callsight.pipeline.encode import SCHEMAS, Decoded, NumberCodec, Source, decode
 from callsight.pipeline.settings import PipelineSettings
+from callsight.pipeline.stages import StageTimes
 from callsight.storage.writer import Sink
 from callsight.v1 import ingest_pb2
 
@@ -89,7 +90,8 @@ class Ingestor:
         self.settings = settings
         self.erasures: Erasures = erasures or _NoErasures()
         self.clock = clock
-        self.batcher = Batcher(sink, settings)
+        self.stages = StageTimes()
+        self.batcher = Batcher(sink, settings, self.stages)
         self.dedup = Deduplicator(loader, max_entries=settings.dedup_max_entries)
         self.admission = Admission(settings.admission_max_queue_ms / 1000)
         self.budget = ByteBudget(
@@ -173,17 +175,23 @@ class Ingestor:
         # DECODE_SLICE_S of it the turn passes through the loop once. Without the lock, batches
         # resuming together decode back to back: a flooding device's batches then held health
         # checks for about 1 s (p50) instead of 0.2 s (test_a_flooding_device_...).
+        waiting = time.perf_counter()
         async with self._decoding:
             if self._decoded_s >= DECODE_SLICE_S:
                 await asyncio.sleep(0)
                 self._decoded_s = 0.0
             started = time.perf_counter()
+            self.stages.add("decode_wait", started - waiting)
             try:
                 decoded = decode(request, source, self.codec, self.clock.now_ms())
             finally:
-                self._decoded_s += time.perf_counter() - started
+                took = time.perf_counter() - started
+                self._decoded_s += took
+                self.stages.add("decode", took)
         table, tenant, device = decoded.table, source.tenant_id, source.device_id
+        loading = time.perf_counter()
         await self.dedup.ensure_loaded(table, tenant, device)
+        self.stages.add("dedup_load", time.perf_counter() - loading)
         self._check_open()
         # No await from here to record(): classification and recording are atomic.
         rows, keys, versions = decoded.rows, decoded.keys, decoded.versions.tolist()
@@ -207,10 +215,12 @@ class Ingestor:
             [v for v, n in zip(versions, new, strict=True) if n],
             written,
         )
+        buffered = time.perf_counter()
         if written is not None:
             await asyncio.shield(written)
         for wait in verdict.waits:
             await asyncio.shield(wait)
+        self.stages.add("write", time.perf_counter() - buffered)
         return ingest_pb2.UploadAck(
             seq=request.seq,
             batch_id=request.batch_id,

@@ -69,6 +69,8 @@ SERVICES = tuple(
 # stream. The limit puts every message in flight under a known size, so memory is bounded by
 # the open calls (--max-streams, --max-streams-per-connection) times it.
 MAX_MESSAGE_BYTES = MAX_BATCH_BYTES + 64 * 1024
+# How often the time batches spent per ingest stage is logged (while batches flow).
+STAGE_LOG_EVERY_S = 10.0
 
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
@@ -96,6 +98,14 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.max_connection_idle_ms", ms(config.max_connection_idle_s)),
     ]
+
+
+async def _log_stages(ingestor: Ingestor, every_s: float) -> None:
+    """Logs where batches spent their time over each interval in which any were acked."""
+    while True:
+        await asyncio.sleep(every_s)
+        if stages := ingestor.stages.summary():
+            log.info("ingest stages", every_s=every_s, **stages)
 
 
 def _refresher_done(task: asyncio.Task[None]) -> None:
@@ -163,6 +173,7 @@ class Service:
         self._identities: Identities | None = None
         self._group_writer: GroupWriter | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._stage_log: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Binds, migrates, then serves; returns the bound port."""
@@ -267,6 +278,7 @@ class Service:
             identities.run(self.config.directory_refresh_s), name="identity-refresh"
         )
         self._refresher.add_done_callback(_refresher_done)
+        self._stage_log = asyncio.create_task(_log_stages(ingestor, STAGE_LOG_EVERY_S))
         # What start-up made lives as long as the process: keep it out of every later collection,
         # and collect less often, so the collector does not stall thousands of streams at once.
         gc.collect()
@@ -296,10 +308,11 @@ class Service:
                 await self.ingestor.close(self.config.grace_period_s)
             await stopping
             self._server = None
-        if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
-            self._refresher = None
+        for task in (self._refresher, self._stage_log):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._refresher = self._stage_log = None
         if self._identities is not None:
             await self._identities.close()
             self._identities = None

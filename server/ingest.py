@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -251,11 +252,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         # acks stops being read instead of piling them up here.
         slots = asyncio.Semaphore(self._ingestor.settings.stream_max_unacked)
         # Bounded by the slots (plus the end marker).
-        acks: asyncio.Queue[asyncio.Future[ingest_pb2.UploadAck] | None] = asyncio.Queue()
+        acks: asyncio.Queue[_Pending | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read(request_iterator, acks, slots))
+        stages = self._ingestor.stages
         try:
             while (pending := await acks.get()) is not None:
-                yield await pending
+                ack, done_s = await pending.future
+                now = time.perf_counter()
+                stages.add("ack_wait", now - done_s)
+                stages.add("total", now - pending.arrived_s)
+                yield ack
                 slots.release()
             await reader  # surfaces a reader failure (e.g. revoked device) as the status
         finally:
@@ -264,15 +270,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             while not acks.empty():
                 left = acks.get_nowait()
                 if left is not None:
-                    left.add_done_callback(_consume)
+                    left.future.add_done_callback(_consume)
 
     async def _read(
         self,
         request_iterator: AsyncIterator[ingest_pb2.UploadRequest | InvalidArgument],
-        acks: asyncio.Queue[asyncio.Future[ingest_pb2.UploadAck] | None],
+        acks: asyncio.Queue[_Pending | None],
         slots: asyncio.Semaphore,
     ) -> None:
         loop = asyncio.get_running_loop()
+        stages = self._ingestor.stages
         requests = aiter(request_iterator)
         try:
             while True:
@@ -289,27 +296,35 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         "the server ended it to free its slot; open a new stream when there is "
                         "something to send"
                     ) from None
+                arrived = time.perf_counter()
                 source = await self._source()
+                resolved = time.perf_counter()
+                stages.add("source", resolved - arrived)
                 if isinstance(request, InvalidArgument):
                     done = loop.create_future()
-                    done.set_result(self._rejected(ingest_pb2.UploadRequest(), str(request)))
-                    acks.put_nowait(done)
+                    rejected = self._rejected(ingest_pb2.UploadRequest(), str(request))
+                    done.set_result((rejected, resolved))
+                    acks.put_nowait(_Pending(arrived, done))
                     continue
                 ticket = await self._ingestor.admit(request, (source.tenant_id, source.device_id))
-                acks.put_nowait(asyncio.ensure_future(self._one(request, source, ticket)))
+                stages.add("admit", time.perf_counter() - resolved)
+                future = asyncio.ensure_future(self._one(request, source, ticket))
+                acks.put_nowait(_Pending(arrived, future))
         finally:
             acks.put_nowait(None)
 
     async def _one(
         self, request: ingest_pb2.UploadRequest, source: Source, ticket: Ticket
-    ) -> ingest_pb2.UploadAck:
+    ) -> tuple[ingest_pb2.UploadAck, float]:
+        """The batch's ack and when it was ready (perf_counter seconds)."""
         try:
-            return await self._ingestor.ingest(request, source, ticket)
+            ack = await self._ingestor.ingest(request, source, ticket)
         except BatchRejected as exc:
-            return self._rejected(request, str(exc))
+            ack = self._rejected(request, str(exc))
         except StorageRefused as exc:
             # Sending it again cannot succeed: answer it so the device moves on.
-            return self._rejected(request, client_message(exc))
+            ack = self._rejected(request, client_message(exc))
+        return ack, time.perf_counter()
 
     def _rejected(self, request: ingest_pb2.UploadRequest, reason: str) -> ingest_pb2.UploadAck:
         """The ack of a batch refused whole; the stream stays open."""
@@ -341,6 +356,14 @@ def _check_device(info: ingest_pb2.DeviceInfo) -> None:
         raise InvalidArgument("; ".join(problems))
 
 
-def _consume(future: asyncio.Future[ingest_pb2.UploadAck]) -> None:
+@dataclass(frozen=True)
+class _Pending:
+    """A stream's batch whose ack is owed: when its message arrived, and its ack when ready."""
+
+    arrived_s: float
+    future: asyncio.Future[tuple[ingest_pb2.UploadAck, float]]
+
+
+def _consume(future: asyncio.Future[tuple[ingest_pb2.UploadAck, float]]) -> None:
     if not future.cancelled():
         future.exception()
