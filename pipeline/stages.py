@@ -25,6 +25,7 @@ STAGES = (
     "insert",  # per flush: the insert, retries included
     "ack_wait",  # from the batch being durable to its ack being handed to gRPC
     "total",  # from the message arriving to its ack being handed to gRPC
+    "loop_lag",  # how late the event loop ran a 100 ms timer (sampled by the server)
 )
 
 

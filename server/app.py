@@ -101,11 +101,20 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
 
 
 async def _log_stages(ingestor: Ingestor, every_s: float) -> None:
-    """Logs where batches spent their time over each interval in which any were acked."""
+    """Logs where batches spent their time over each interval in which any were acked, and
+    how late the event loop ran its timers meanwhile (a busy loop delays every stream)."""
+    loop = asyncio.get_running_loop()
+    tick_s = 0.1
+    next_log = loop.time() + every_s
     while True:
-        await asyncio.sleep(every_s)
-        if stages := ingestor.stages.summary():
-            log.info("ingest stages", every_s=every_s, **stages)
+        due = loop.time() + tick_s
+        await asyncio.sleep(tick_s)
+        ingestor.stages.add("loop_lag", max(0.0, loop.time() - due))
+        if loop.time() >= next_log:
+            next_log += every_s
+            stages = ingestor.stages.summary()
+            if "total" in stages or "write" in stages:
+                log.info("ingest stages", every_s=every_s, **stages)
 
 
 def _refresher_done(task: asyncio.Task[None]) -> None:
