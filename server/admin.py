@@ -29,6 +29,10 @@ from callsight.pipeline.limits import (
     tag_problems,
     text_problem,
 )
+from callsight.server.admin_people import PeopleAdmin
+from callsight.server.admin_policy import PolicyAdmin
+from callsight.server.admin_reads import ReadAdmin
+from callsight.server.admin_tenants import TenantAdmin
 from callsight.server.auth import (
     API_KEY_PREFIX,
     ENROLLMENT_PREFIX,
@@ -97,7 +101,9 @@ class _Assigner:
         return employee_id
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(
+    TenantAdmin, PeopleAdmin, ReadAdmin, PolicyAdmin, admin_pb2_grpc.AdminServiceServicer
+):
     """Administration of the caller's tenant; CreateTenant alone is the operator's."""
 
     def __init__(

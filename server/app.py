@@ -228,7 +228,7 @@ class Service:
             options=grpc_options(self.config),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(
+            AdminServicer(  # type: ignore[abstract]  # issue 12 RPCs being built
                 directory,
                 keys,
                 hasher,
@@ -240,7 +240,7 @@ class Service:
             server,
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(
+            IngestServicer(  # type: ignore[abstract]  # issue 12 RPCs being built
                 directory,
                 hasher,
                 keys,
@@ -257,7 +257,7 @@ class Service:
             server,
         )
         report_pb2_grpc.add_ReportServiceServicer_to_server(
-            ReportServicer(
+            ReportServicer(  # type: ignore[abstract]  # issue 12 RPCs being built
                 report_db,
                 directory,
                 keys,

@@ -46,9 +46,14 @@ _INGEST = "/callsight.v1.IngestService/"
 _REPORT = "/callsight.v1.ReportService/"
 
 
+_OPERATOR_METHODS = frozenset(
+    _ADMIN + name for name in ("CreateTenant", "ListTenants", "DeleteTenant")
+)
+
+
 def access_for(method: str) -> Access | None:
     """The rule for a full method name; None for services outside callsight (health, reflection)."""
-    if method == _ADMIN + "CreateTenant":
+    if method in _OPERATOR_METHODS:
         return Access.OPERATOR
     if method.startswith(_ADMIN):
         return Access.ADMIN

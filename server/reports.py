@@ -31,6 +31,7 @@ from callsight.server import report_pages, report_summary
 from callsight.server.auth import current_caller
 from callsight.server.filters import call_filter
 from callsight.server.report_call import ReportCall
+from callsight.server.report_calls import CallsReport
 from callsight.server.report_quota import ReportQuota
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
@@ -77,7 +78,7 @@ def _size(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
-class ReportServicer(report_pb2_grpc.ReportServiceServicer):
+class ReportServicer(CallsReport, report_pb2_grpc.ReportServiceServicer):
     """Reports over the caller's tenant."""
 
     def __init__(

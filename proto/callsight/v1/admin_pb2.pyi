@@ -6,6 +6,7 @@ privacy operations.
 """
 
 from callsight.v1 import common_pb2 as _common_pb2
+from callsight.v1 import ingest_pb2 as _ingest_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -77,6 +78,34 @@ ON_EXISTING_IGNORE: OnExisting.ValueType  # 2
 ON_EXISTING_FILL_BLANKS: OnExisting.ValueType  # 3
 """Set only the existing lead's empty fields from the imported one."""
 Global___OnExisting: _TypeAlias = OnExisting  # noqa: Y015
+
+class _HealthIssue:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HealthIssueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthIssue.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HEALTH_ISSUE_UNSPECIFIED: _HealthIssue.ValueType  # 0
+    """Not set."""
+    HEALTH_ISSUE_SILENT: _HealthIssue.ValueType  # 1
+    """No sync (acked batch) for longer than silent_for_s, or never synced."""
+    HEALTH_ISSUE_LOW_BATTERY: _HealthIssue.ValueType  # 2
+    """Latest telemetry battery at or below low_battery_pct and not charging."""
+    HEALTH_ISSUE_OLD_APP: _HealthIssue.ValueType  # 3
+    """Agent version older than min_app_version."""
+
+class HealthIssue(_HealthIssue, metaclass=_HealthIssueEnumTypeWrapper):
+    """Why a device needs attention."""
+
+HEALTH_ISSUE_UNSPECIFIED: HealthIssue.ValueType  # 0
+"""Not set."""
+HEALTH_ISSUE_SILENT: HealthIssue.ValueType  # 1
+"""No sync (acked batch) for longer than silent_for_s, or never synced."""
+HEALTH_ISSUE_LOW_BATTERY: HealthIssue.ValueType  # 2
+"""Latest telemetry battery at or below low_battery_pct and not charging."""
+HEALTH_ISSUE_OLD_APP: HealthIssue.ValueType  # 3
+"""Agent version older than min_app_version."""
+Global___HealthIssue: _TypeAlias = HealthIssue  # noqa: Y015
 
 @_typing.final
 class CreateTenantRequest(_message.Message):
@@ -188,7 +217,10 @@ class CreateEmployeeRequest(_message.Message):
     name: _builtins.str
     """Full name of the employee."""
     number: _builtins.str
-    """The employee's own phone number, in any format readable in the tenant's default region."""
+    """The employee's own phone number, in any format readable in the tenant's default region.
+    A number that already belongs to another active employee of the tenant is refused
+    (ALREADY_EXISTS): reports match an employee's calls to colleagues by it.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Free-form labels used by report filters, e.g. "sales", "north"."""
@@ -266,7 +298,7 @@ class Device(_message.Message):
     registered_at_ms: _builtins.int
     """When the device enrolled, epoch milliseconds UTC."""
     revoked: _builtins.bool
-    """True once RevokeDevice was called for it."""
+    """True once RevokeDevice was called for it (or its employee was deactivated)."""
     def __init__(
         self,
         *,
@@ -296,12 +328,15 @@ class Employee(_message.Message):
     NUMBER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
     employee_id: _builtins.str
     """Opaque identifier of the employee."""
     name: _builtins.str
     """Full name."""
     number: _builtins.str
     """The employee's own number in E.164, e.g. "+919876543210"."""
+    active: _builtins.bool
+    """False once the employee was deactivated (UpdateEmployee); inactive employees stay listed."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Labels given at creation."""
@@ -318,10 +353,11 @@ class Employee(_message.Message):
         number: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         devices: _abc.Iterable[Global___Device] | None = ...,
+        active: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "employee_id", b"employee_id", "name", b"name", "number", b"number", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "devices", b"devices", "employee_id", b"employee_id", "name", b"name", "number", b"number", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -723,3 +759,971 @@ class LiftErasureResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LiftErasureResponse: _TypeAlias = LiftErasureResponse  # noqa: Y015
+
+@_typing.final
+class ListTenantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantsRequest: _TypeAlias = ListTenantsRequest  # noqa: Y015
+
+@_typing.final
+class Tenant(_message.Message):
+    """A tenant as the operator sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DEFAULT_REGION_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    EMPLOYEES_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Opaque identifier of the tenant."""
+    name: _builtins.str
+    """Display name."""
+    default_region: _builtins.str
+    """Default region, ISO 3166-1 alpha-2."""
+    timezone: _builtins.str
+    """Default IANA time zone."""
+    created_at_ms: _builtins.int
+    """When the tenant was created, epoch milliseconds UTC."""
+    employees: _builtins.int
+    """Employees, active or not."""
+    devices: _builtins.int
+    """Devices, revoked ones included."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        default_region: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+        created_at_ms: _builtins.int = ...,
+        employees: _builtins.int = ...,
+        devices: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "default_region", b"default_region", "devices", b"devices", "employees", b"employees", "name", b"name", "tenant_id", b"tenant_id", "timezone", b"timezone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
+
+@_typing.final
+class ListTenantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tenant]:
+        """Every tenant, ordered by name."""
+
+    def __init__(
+        self,
+        *,
+        tenants: _abc.Iterable[Global___Tenant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantsResponse: _TypeAlias = ListTenantsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteTenantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CONFIRM_TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Tenant to delete."""
+    confirm_tenant_id: _builtins.str
+    """Must equal tenant_id: a guard against deleting the wrong tenant by a slip."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        confirm_tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_tenant_id", b"confirm_tenant_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTenantRequest: _TypeAlias = DeleteTenantRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTenantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_DESTROYED_FIELD_NUMBER: _builtins.int
+    keys_destroyed: _builtins.int
+    """Data keys destroyed."""
+    def __init__(
+        self,
+        *,
+        keys_destroyed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys_destroyed", b"keys_destroyed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTenantResponse: _TypeAlias = DeleteTenantResponse  # noqa: Y015
+
+@_typing.final
+class ListApiKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysRequest: _TypeAlias = ListApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class ApiKey(_message.Message):
+    """An API key, without its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    LAST_USED_AT_MS_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_MS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Public identifier of the key."""
+    name: _builtins.str
+    """Label given at creation."""
+    role: _common_pb2.Role.ValueType
+    """What the key may call."""
+    created_at_ms: _builtins.int
+    """When the key was created, epoch milliseconds UTC."""
+    last_used_at_ms: _builtins.int
+    """When the key was last used (to about a minute), epoch milliseconds UTC; 0 if never."""
+    revoked_at_ms: _builtins.int
+    """When the key was revoked, epoch milliseconds UTC; 0 while it is valid."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        role: _common_pb2.Role.ValueType = ...,
+        created_at_ms: _builtins.int = ...,
+        last_used_at_ms: _builtins.int = ...,
+        revoked_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "key_id", b"key_id", "last_used_at_ms", b"last_used_at_ms", "name", b"name", "revoked_at_ms", b"revoked_at_ms", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
+
+@_typing.final
+class ListApiKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKey]:
+        """Every key of the tenant, revoked ones included, newest first."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___ApiKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysResponse: _TypeAlias = ListApiKeysResponse  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Key to revoke; a key cannot revoke itself."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyRequest: _TypeAlias = RevokeApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class RotateTenantKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateTenantKeyRequest: _TypeAlias = RotateTenantKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateTenantKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    key_version: _builtins.int
+    """Version of the new data key; new ciphertexts name it."""
+    def __init__(
+        self,
+        *,
+        key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_version", b"key_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateTenantKeyResponse: _TypeAlias = RotateTenantKeyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateEmployeeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    UPDATE_TAGS_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    employee_id: _builtins.str
+    """Employee to change."""
+    name: _builtins.str
+    """New full name; unset keeps it."""
+    number: _builtins.str
+    """New own number, in any format readable in the tenant's region; unset keeps it."""
+    update_tags: _builtins.bool
+    """Whether tags replaces the employee's tags (an empty list clears them)."""
+    active: _builtins.bool
+    """New active state; unset keeps it. false revokes every device of the employee."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Replaces the tags when update_tags is true."""
+
+    def __init__(
+        self,
+        *,
+        employee_id: _builtins.str = ...,
+        name: _builtins.str | None = ...,
+        number: _builtins.str | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        update_tags: _builtins.bool = ...,
+        active: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "_name", b"_name", "_number", b"_number", "active", b"active", "name", b"name", "number", b"number"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "_name", b"_name", "_number", b"_number", "active", b"active", "employee_id", b"employee_id", "name", b"name", "number", b"number", "tags", b"tags", "update_tags", b"update_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__active: _TypeAlias = _typing.Literal["active"]  # noqa: Y015
+    _WhichOneofArgType__active: _TypeAlias = _typing.Literal["_active", b"_active"]  # noqa: Y015
+    _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
+    _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__number: _TypeAlias = _typing.Literal["number"]  # noqa: Y015
+    _WhichOneofArgType__number: _TypeAlias = _typing.Literal["_number", b"_number"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__active) -> _WhichOneofReturnType__active | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__number) -> _WhichOneofReturnType__number | None: ...
+
+Global___UpdateEmployeeRequest: _TypeAlias = UpdateEmployeeRequest  # noqa: Y015
+
+@_typing.final
+class UpdateEmployeeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_FIELD_NUMBER: _builtins.int
+    DEVICES_REVOKED_FIELD_NUMBER: _builtins.int
+    devices_revoked: _builtins.int
+    """Devices revoked by this change."""
+    @_builtins.property
+    def employee(self) -> Global___Employee:
+        """The employee after the change."""
+
+    def __init__(
+        self,
+        *,
+        employee: Global___Employee | None = ...,
+        devices_revoked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["employee", b"employee"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices_revoked", b"devices_revoked", "employee", b"employee"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateEmployeeResponse: _TypeAlias = UpdateEmployeeResponse  # noqa: Y015
+
+@_typing.final
+class ImportEmployeesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def employees(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateEmployeeRequest]:
+        """Employees to create, at most 10,000 per call."""
+
+    def __init__(
+        self,
+        *,
+        employees: _abc.Iterable[Global___CreateEmployeeRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["employees", b"employees"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportEmployeesRequest: _TypeAlias = ImportEmployeesRequest  # noqa: Y015
+
+@_typing.final
+class ImportedEmployee(_message.Message):
+    """The outcome of one imported employee, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    employee_id: _builtins.str
+    """Identifier of the new employee; empty when it was refused."""
+    error: _builtins.str
+    """Why it was refused (e.g. its number belongs to another employee); empty when created."""
+    def __init__(
+        self,
+        *,
+        employee_id: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["employee_id", b"employee_id", "error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportedEmployee: _TypeAlias = ImportedEmployee  # noqa: Y015
+
+@_typing.final
+class ImportEmployeesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEES_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.int
+    """How many were created."""
+    @_builtins.property
+    def employees(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportedEmployee]:
+        """One entry per requested employee, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        employees: _abc.Iterable[Global___ImportedEmployee] | None = ...,
+        created: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "employees", b"employees"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportEmployeesResponse: _TypeAlias = ImportEmployeesResponse  # noqa: Y015
+
+@_typing.final
+class DeviceStatus(_message.Message):
+    """A device with what the server last heard from it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    ANDROID_VERSION_FIELD_NUMBER: _builtins.int
+    APP_VERSION_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_AT_MS_FIELD_NUMBER: _builtins.int
+    LAST_SYNC_AT_MS_FIELD_NUMBER: _builtins.int
+    LAST_BATCH_RESULT_FIELD_NUMBER: _builtins.int
+    BATTERY_PCT_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    TELEMETRY_AT_MS_FIELD_NUMBER: _builtins.int
+    employee_id: _builtins.str
+    """Employee the device belongs to."""
+    android_version: _builtins.str
+    """Android release at enrollment, or from the latest telemetry."""
+    app_version: _builtins.str
+    """Agent version from the latest telemetry, else from enrollment."""
+    last_seen_at_ms: _builtins.int
+    """When the device last called the server (any RPC), epoch milliseconds UTC; 0 if never."""
+    last_sync_at_ms: _builtins.int
+    """When a batch of the device was last acked, epoch milliseconds UTC; 0 if never."""
+    last_batch_result: _ingest_pb2.UploadResult.ValueType
+    """The result of its last batch."""
+    battery_pct: _builtins.int
+    """Battery from the latest telemetry sample, percent; -1 when none was sent."""
+    network: _ingest_pb2.NetworkType.ValueType
+    """Network from the latest telemetry sample."""
+    telemetry_at_ms: _builtins.int
+    """When the latest telemetry sample was taken, epoch milliseconds UTC; 0 if none."""
+    @_builtins.property
+    def device(self) -> Global___Device:
+        """The device as enrolled."""
+
+    def __init__(
+        self,
+        *,
+        device: Global___Device | None = ...,
+        employee_id: _builtins.str = ...,
+        android_version: _builtins.str = ...,
+        app_version: _builtins.str = ...,
+        last_seen_at_ms: _builtins.int = ...,
+        last_sync_at_ms: _builtins.int = ...,
+        last_batch_result: _ingest_pb2.UploadResult.ValueType = ...,
+        battery_pct: _builtins.int = ...,
+        network: _ingest_pb2.NetworkType.ValueType = ...,
+        telemetry_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["android_version", b"android_version", "app_version", b"app_version", "battery_pct", b"battery_pct", "device", b"device", "employee_id", b"employee_id", "last_batch_result", b"last_batch_result", "last_seen_at_ms", b"last_seen_at_ms", "last_sync_at_ms", b"last_sync_at_ms", "network", b"network", "telemetry_at_ms", b"telemetry_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceStatus: _TypeAlias = DeviceStatus  # noqa: Y015
+
+@_typing.final
+class ListDevicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_IDS_FIELD_NUMBER: _builtins.int
+    INCLUDE_REVOKED_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    include_revoked: _builtins.bool
+    """Also list revoked devices."""
+    page_size: _builtins.int
+    """Devices per page, 1-1000; 0 means 100."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    @_builtins.property
+    def employee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only devices of these employees; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        employee_ids: _abc.Iterable[_builtins.str] | None = ...,
+        include_revoked: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["employee_ids", b"employee_ids", "include_revoked", b"include_revoked", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesRequest: _TypeAlias = ListDevicesRequest  # noqa: Y015
+
+@_typing.final
+class ListDevicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceStatus]:
+        """The page, ordered by employee, then registration time."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___DeviceStatus] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesResponse: _TypeAlias = ListDevicesResponse  # noqa: Y015
+
+@_typing.final
+class DeviceHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SILENT_FOR_S_FIELD_NUMBER: _builtins.int
+    LOW_BATTERY_PCT_FIELD_NUMBER: _builtins.int
+    MIN_APP_VERSION_FIELD_NUMBER: _builtins.int
+    silent_for_s: _builtins.int
+    """A device is silent after this many seconds without an acked batch; 0 means 86400 (a day)."""
+    low_battery_pct: _builtins.int
+    """Low battery at or below this percent; 0 means 15."""
+    min_app_version: _builtins.str
+    """Agent versions older than this (dotted numbers, e.g. "3.2.0") are old; empty skips it."""
+    def __init__(
+        self,
+        *,
+        silent_for_s: _builtins.int = ...,
+        low_battery_pct: _builtins.int = ...,
+        min_app_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["low_battery_pct", b"low_battery_pct", "min_app_version", b"min_app_version", "silent_for_s", b"silent_for_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceHealthRequest: _TypeAlias = DeviceHealthRequest  # noqa: Y015
+
+@_typing.final
+class DeviceHealthEntry(_message.Message):
+    """A device that needs attention, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    ISSUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___DeviceStatus:
+        """The device and its latest state."""
+
+    @_builtins.property
+    def issues(self) -> _containers.RepeatedScalarFieldContainer[Global___HealthIssue.ValueType]:
+        """Every issue found, at least one."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___DeviceStatus | None = ...,
+        issues: _abc.Iterable[Global___HealthIssue.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issues", b"issues", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceHealthEntry: _TypeAlias = DeviceHealthEntry  # noqa: Y015
+
+@_typing.final
+class DeviceHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceHealthEntry]:
+        """Devices with at least one issue (revoked devices are left out), most silent first."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___DeviceHealthEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceHealthResponse: _TypeAlias = DeviceHealthResponse  # noqa: Y015
+
+@_typing.final
+class GetExcludedNumbersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExcludedNumbersRequest: _TypeAlias = GetExcludedNumbersRequest  # noqa: Y015
+
+@_typing.final
+class GetExcludedNumbersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The excluded numbers in E.164, sorted."""
+
+    def __init__(
+        self,
+        *,
+        numbers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["numbers", b"numbers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExcludedNumbersResponse: _TypeAlias = GetExcludedNumbersResponse  # noqa: Y015
+
+@_typing.final
+class StoredLead(_message.Message):
+    """A stored lead, decrypted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAD_ID_FIELD_NUMBER: _builtins.int
+    LEAD_FIELD_NUMBER: _builtins.int
+    EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    FIRST_CALL_AT_MS_FIELD_NUMBER: _builtins.int
+    lead_id: _builtins.str
+    """Identifier of the lead."""
+    employee_id: _builtins.str
+    """Employee the lead is assigned to."""
+    created_at_ms: _builtins.int
+    """When the lead was imported, epoch milliseconds UTC."""
+    first_call_at_ms: _builtins.int
+    """When an employee first called one of its numbers, epoch milliseconds UTC; 0 if not yet."""
+    @_builtins.property
+    def lead(self) -> Global___Lead:
+        """The lead's fields; numbers in E.164."""
+
+    def __init__(
+        self,
+        *,
+        lead_id: _builtins.str = ...,
+        lead: Global___Lead | None = ...,
+        employee_id: _builtins.str = ...,
+        created_at_ms: _builtins.int = ...,
+        first_call_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lead", b"lead"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "employee_id", b"employee_id", "first_call_at_ms", b"first_call_at_ms", "lead", b"lead", "lead_id", b"lead_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredLead: _TypeAlias = StoredLead  # noqa: Y015
+
+@_typing.final
+class ListLeadsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_IDS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    UNCALLED_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    uncalled_only: _builtins.bool
+    """Only leads never called (true) ; false lists all."""
+    page_size: _builtins.int
+    """Leads per page, 1-1000; 0 means 100."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    @_builtins.property
+    def employee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only leads assigned to these employees; empty means all."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only leads with any of these tags; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        employee_ids: _abc.Iterable[_builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        uncalled_only: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["employee_ids", b"employee_ids", "page_size", b"page_size", "page_token", b"page_token", "tags", b"tags", "uncalled_only", b"uncalled_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeadsRequest: _TypeAlias = ListLeadsRequest  # noqa: Y015
+
+@_typing.final
+class ListLeadsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEADS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def leads(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredLead]:
+        """The page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        leads: _abc.Iterable[Global___StoredLead] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leads", b"leads", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeadsResponse: _TypeAlias = ListLeadsResponse  # noqa: Y015
+
+@_typing.final
+class StoredContact(_message.Message):
+    """A contact a device uploaded, decrypted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NUMBERS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """Device that uploaded it."""
+    employee_id: _builtins.str
+    """Employee of that device."""
+    contact_id: _builtins.str
+    """The contact's identifier on the device."""
+    name: _builtins.str
+    """Display name."""
+    updated_at_ms: _builtins.int
+    """Version of the stored record, epoch milliseconds."""
+    @_builtins.property
+    def numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Numbers in E.164 (those that could not be read are left out)."""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        employee_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        numbers: _abc.Iterable[_builtins.str] | None = ...,
+        updated_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "device_id", b"device_id", "employee_id", b"employee_id", "name", b"name", "numbers", b"numbers", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredContact: _TypeAlias = StoredContact  # noqa: Y015
+
+@_typing.final
+class ListContactsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_IDS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Contacts per page, 1-1000; 0 means 100."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    @_builtins.property
+    def employee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only contacts of these employees' devices; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        employee_ids: _abc.Iterable[_builtins.str] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["employee_ids", b"employee_ids", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContactsRequest: _TypeAlias = ListContactsRequest  # noqa: Y015
+
+@_typing.final
+class ListContactsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def contacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredContact]:
+        """The page (deleted contacts left out), ordered by device, then contact id."""
+
+    def __init__(
+        self,
+        *,
+        contacts: _abc.Iterable[Global___StoredContact] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContactsResponse: _TypeAlias = ListContactsResponse  # noqa: Y015
+
+@_typing.final
+class SetDevicePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    employee_id: _builtins.str
+    """The employee whose override to set; empty sets the tenant's policy."""
+    @_builtins.property
+    def policy(self) -> _ingest_pb2.DevicePolicy:
+        """The policy; for an employee, unset clears the override (the tenant's applies again)."""
+
+    def __init__(
+        self,
+        *,
+        employee_id: _builtins.str = ...,
+        policy: _ingest_pb2.DevicePolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_policy", b"_policy", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_policy", b"_policy", "employee_id", b"employee_id", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__policy: _TypeAlias = _typing.Literal["policy"]  # noqa: Y015
+    _WhichOneofArgType__policy: _TypeAlias = _typing.Literal["_policy", b"_policy"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__policy) -> _WhichOneofReturnType__policy | None: ...
+
+Global___SetDevicePolicyRequest: _TypeAlias = SetDevicePolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetDevicePolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EFFECTIVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def effective(self) -> _ingest_pb2.DevicePolicy:
+        """The policy now in force for the employee (or the tenant's, when employee_id was empty)."""
+
+    def __init__(
+        self,
+        *,
+        effective: _ingest_pb2.DevicePolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDevicePolicyResponse: _TypeAlias = SetDevicePolicyResponse  # noqa: Y015
+
+@_typing.final
+class GetDevicePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    employee_id: _builtins.str
+    """The employee whose policy in force to return; empty returns the tenant's."""
+    def __init__(
+        self,
+        *,
+        employee_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["employee_id", b"employee_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDevicePolicyRequest: _TypeAlias = GetDevicePolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetDevicePolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    OVERRIDDEN_FIELD_NUMBER: _builtins.int
+    overridden: _builtins.bool
+    """Whether it is the employee's own override (false: the tenant's policy)."""
+    @_builtins.property
+    def policy(self) -> _ingest_pb2.DevicePolicy:
+        """The policy in force."""
+
+    def __init__(
+        self,
+        *,
+        policy: _ingest_pb2.DevicePolicy | None = ...,
+        overridden: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["overridden", b"overridden", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDevicePolicyResponse: _TypeAlias = GetDevicePolicyResponse  # noqa: Y015

@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Administration of a tenant. CreateTenant needs the operator token; every other RPC needs a
-    tenant API key with role ROLE_ADMIN and acts on that key's tenant.
+    """Administration of a tenant. CreateTenant, ListTenants and DeleteTenant need the operator token;
+    every other RPC needs a tenant API key with role ROLE_ADMIN and acts on that key's tenant.
     """
 
     def __init__(self, channel):
@@ -86,11 +86,81 @@ class AdminServiceStub:
                 request_serializer=callsight_dot_v1_dot_admin__pb2.LiftErasureRequest.SerializeToString,
                 response_deserializer=callsight_dot_v1_dot_admin__pb2.LiftErasureResponse.FromString,
                 _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/callsight.v1.AdminService/ListTenants',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.DeleteTenant = channel.unary_unary(
+                '/callsight.v1.AdminService/DeleteTenant',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.DeleteTenantRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.DeleteTenantResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/callsight.v1.AdminService/ListApiKeys',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/callsight.v1.AdminService/RevokeApiKey',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RotateTenantKey = channel.unary_unary(
+                '/callsight.v1.AdminService/RotateTenantKey',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.RotateTenantKeyRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.RotateTenantKeyResponse.FromString,
+                _registered_method=True)
+        self.UpdateEmployee = channel.unary_unary(
+                '/callsight.v1.AdminService/UpdateEmployee',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.UpdateEmployeeRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.UpdateEmployeeResponse.FromString,
+                _registered_method=True)
+        self.ImportEmployees = channel.unary_unary(
+                '/callsight.v1.AdminService/ImportEmployees',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ImportEmployeesRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ImportEmployeesResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/callsight.v1.AdminService/ListDevices',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.DeviceHealth = channel.unary_unary(
+                '/callsight.v1.AdminService/DeviceHealth',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.DeviceHealthRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.DeviceHealthResponse.FromString,
+                _registered_method=True)
+        self.GetExcludedNumbers = channel.unary_unary(
+                '/callsight.v1.AdminService/GetExcludedNumbers',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.GetExcludedNumbersRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.GetExcludedNumbersResponse.FromString,
+                _registered_method=True)
+        self.ListLeads = channel.unary_unary(
+                '/callsight.v1.AdminService/ListLeads',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ListLeadsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ListLeadsResponse.FromString,
+                _registered_method=True)
+        self.ListContacts = channel.unary_unary(
+                '/callsight.v1.AdminService/ListContacts',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ListContactsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ListContactsResponse.FromString,
+                _registered_method=True)
+        self.SetDevicePolicy = channel.unary_unary(
+                '/callsight.v1.AdminService/SetDevicePolicy',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.SetDevicePolicyRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.SetDevicePolicyResponse.FromString,
+                _registered_method=True)
+        self.GetDevicePolicy = channel.unary_unary(
+                '/callsight.v1.AdminService/GetDevicePolicy',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.GetDevicePolicyRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.GetDevicePolicyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """Administration of a tenant. CreateTenant needs the operator token; every other RPC needs a
-    tenant API key with role ROLE_ADMIN and acts on that key's tenant.
+    """Administration of a tenant. CreateTenant, ListTenants and DeleteTenant need the operator token;
+    every other RPC needs a tenant API key with role ROLE_ADMIN and acts on that key's tenant.
     """
 
     def CreateTenant(self, request, context):
@@ -166,6 +236,109 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTenants(self, request, context):
+        """Operator only: every tenant, with how many employees and devices it has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTenant(self, request, context):
+        """Operator only: crypto-shreds the tenant (its data keys are destroyed first, so every
+        ciphertext of it is unreadable from then on), then deletes its rows from every table. Its
+        keys and device tokens are refused from the next call on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists the tenant's API keys; never their secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes an API key: every server process refuses it within about a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateTenantKey(self, request, context):
+        """Gives the tenant a new data key for new writes; ciphertexts under older keys stay readable
+        and blind indexes stay stable (they use a separate key), so reports and dedup are unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateEmployee(self, request, context):
+        """Changes an employee's name, number, tags or active state. Deactivating revokes every device
+        of the employee; a deactivated employee gets no new enrollment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportEmployees(self, request, context):
+        """Creates many employees in one call (at most 10,000); each is reported on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """Lists the tenant's devices with their latest state (paged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeviceHealth(self, request, context):
+        """Devices that need attention: silent for longer than a threshold, low on battery, on an old
+        agent version, or revoked while still sending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExcludedNumbers(self, request, context):
+        """The tenant's excluded numbers (decrypted, E.164).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLeads(self, request, context):
+        """The tenant's leads, decrypted, with paging and filters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContacts(self, request, context):
+        """The contacts devices uploaded, decrypted, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDevicePolicy(self, request, context):
+        """Sets the tenant's device policy, or one employee's override of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDevicePolicy(self, request, context):
+        """The tenant's device policy, or the policy in force for one employee.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +392,76 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=callsight_dot_v1_dot_admin__pb2.LiftErasureRequest.FromString,
                     response_serializer=callsight_dot_v1_dot_admin__pb2.LiftErasureResponse.SerializeToString,
             ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ListTenantsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'DeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenant,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.DeleteTenantRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.DeleteTenantResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'RotateTenantKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateTenantKey,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.RotateTenantKeyRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.RotateTenantKeyResponse.SerializeToString,
+            ),
+            'UpdateEmployee': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateEmployee,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.UpdateEmployeeRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.UpdateEmployeeResponse.SerializeToString,
+            ),
+            'ImportEmployees': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportEmployees,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ImportEmployeesRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ImportEmployeesResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ListDevicesRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'DeviceHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeviceHealth,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.DeviceHealthRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.DeviceHealthResponse.SerializeToString,
+            ),
+            'GetExcludedNumbers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExcludedNumbers,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.GetExcludedNumbersRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.GetExcludedNumbersResponse.SerializeToString,
+            ),
+            'ListLeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLeads,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ListLeadsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ListLeadsResponse.SerializeToString,
+            ),
+            'ListContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContacts,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ListContactsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ListContactsResponse.SerializeToString,
+            ),
+            'SetDevicePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDevicePolicy,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.SetDevicePolicyRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.SetDevicePolicyResponse.SerializeToString,
+            ),
+            'GetDevicePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDevicePolicy,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.GetDevicePolicyRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.GetDevicePolicyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'callsight.v1.AdminService', rpc_method_handlers)
@@ -228,8 +471,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Administration of a tenant. CreateTenant needs the operator token; every other RPC needs a
-    tenant API key with role ROLE_ADMIN and acts on that key's tenant.
+    """Administration of a tenant. CreateTenant, ListTenants and DeleteTenant need the operator token;
+    every other RPC needs a tenant API key with role ROLE_ADMIN and acts on that key's tenant.
     """
 
     @staticmethod
@@ -492,6 +735,384 @@ class AdminService:
             '/callsight.v1.AdminService/LiftErasure',
             callsight_dot_v1_dot_admin__pb2.LiftErasureRequest.SerializeToString,
             callsight_dot_v1_dot_admin__pb2.LiftErasureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ListTenants',
+            callsight_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/DeleteTenant',
+            callsight_dot_v1_dot_admin__pb2.DeleteTenantRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.DeleteTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ListApiKeys',
+            callsight_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/RevokeApiKey',
+            callsight_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateTenantKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/RotateTenantKey',
+            callsight_dot_v1_dot_admin__pb2.RotateTenantKeyRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.RotateTenantKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateEmployee(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/UpdateEmployee',
+            callsight_dot_v1_dot_admin__pb2.UpdateEmployeeRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.UpdateEmployeeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportEmployees(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ImportEmployees',
+            callsight_dot_v1_dot_admin__pb2.ImportEmployeesRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ImportEmployeesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ListDevices',
+            callsight_dot_v1_dot_admin__pb2.ListDevicesRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeviceHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/DeviceHealth',
+            callsight_dot_v1_dot_admin__pb2.DeviceHealthRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.DeviceHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExcludedNumbers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/GetExcludedNumbers',
+            callsight_dot_v1_dot_admin__pb2.GetExcludedNumbersRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.GetExcludedNumbersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ListLeads',
+            callsight_dot_v1_dot_admin__pb2.ListLeadsRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ListLeadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ListContacts',
+            callsight_dot_v1_dot_admin__pb2.ListContactsRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ListContactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDevicePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/SetDevicePolicy',
+            callsight_dot_v1_dot_admin__pb2.SetDevicePolicyRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.SetDevicePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDevicePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/GetDevicePolicy',
+            callsight_dot_v1_dot_admin__pb2.GetDevicePolicyRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.GetDevicePolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,8 +29,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """Administration of a tenant. CreateTenant needs the operator token; every other RPC needs a
-    tenant API key with role ROLE_ADMIN and acts on that key's tenant.
+    """Administration of a tenant. CreateTenant, ListTenants and DeleteTenant need the operator token;
+    every other RPC needs a tenant API key with role ROLE_ADMIN and acts on that key's tenant.
     """
 
     @_typing.overload
@@ -62,11 +62,48 @@ class AdminServiceStub:
     """Lifts the erasure of a number: records with it that devices send from now on are stored.
     Nothing erased comes back; a device must send it again.
     """
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]
+    """Operator only: every tenant, with how many employees and devices it has."""
+    DeleteTenant: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteTenantRequest, _admin_pb2.DeleteTenantResponse]
+    """Operator only: crypto-shreds the tenant (its data keys are destroyed first, so every
+    ciphertext of it is unreadable from then on), then deletes its rows from every table. Its
+    keys and device tokens are refused from the next call on.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]
+    """Lists the tenant's API keys; never their secrets."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]
+    """Revokes an API key: every server process refuses it within about a second."""
+    RotateTenantKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateTenantKeyRequest, _admin_pb2.RotateTenantKeyResponse]
+    """Gives the tenant a new data key for new writes; ciphertexts under older keys stay readable
+    and blind indexes stay stable (they use a separate key), so reports and dedup are unchanged.
+    """
+    UpdateEmployee: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateEmployeeRequest, _admin_pb2.UpdateEmployeeResponse]
+    """Changes an employee's name, number, tags or active state. Deactivating revokes every device
+    of the employee; a deactivated employee gets no new enrollment.
+    """
+    ImportEmployees: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ImportEmployeesRequest, _admin_pb2.ImportEmployeesResponse]
+    """Creates many employees in one call (at most 10,000); each is reported on its own."""
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListDevicesRequest, _admin_pb2.ListDevicesResponse]
+    """Lists the tenant's devices with their latest state (paged)."""
+    DeviceHealth: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeviceHealthRequest, _admin_pb2.DeviceHealthResponse]
+    """Devices that need attention: silent for longer than a threshold, low on battery, on an old
+    agent version, or revoked while still sending.
+    """
+    GetExcludedNumbers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetExcludedNumbersRequest, _admin_pb2.GetExcludedNumbersResponse]
+    """The tenant's excluded numbers (decrypted, E.164)."""
+    ListLeads: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLeadsRequest, _admin_pb2.ListLeadsResponse]
+    """The tenant's leads, decrypted, with paging and filters."""
+    ListContacts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListContactsRequest, _admin_pb2.ListContactsResponse]
+    """The contacts devices uploaded, decrypted, paged."""
+    SetDevicePolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetDevicePolicyRequest, _admin_pb2.SetDevicePolicyResponse]
+    """Sets the tenant's device policy, or one employee's override of it."""
+    GetDevicePolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDevicePolicyRequest, _admin_pb2.GetDevicePolicyResponse]
+    """The tenant's device policy, or the policy in force for one employee."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """Administration of a tenant. CreateTenant needs the operator token; every other RPC needs a
-    tenant API key with role ROLE_ADMIN and acts on that key's tenant.
+    """Administration of a tenant. CreateTenant, ListTenants and DeleteTenant need the operator token;
+    every other RPC needs a tenant API key with role ROLE_ADMIN and acts on that key's tenant.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -95,10 +132,47 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lifts the erasure of a number: records with it that devices send from now on are stored.
     Nothing erased comes back; a device must send it again.
     """
+    ListTenants: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    """Operator only: every tenant, with how many employees and devices it has."""
+    DeleteTenant: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteTenantRequest, _admin_pb2.DeleteTenantResponse]  # type: ignore[assignment]
+    """Operator only: crypto-shreds the tenant (its data keys are destroyed first, so every
+    ciphertext of it is unreadable from then on), then deletes its rows from every table. Its
+    keys and device tokens are refused from the next call on.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Lists the tenant's API keys; never their secrets."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revokes an API key: every server process refuses it within about a second."""
+    RotateTenantKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateTenantKeyRequest, _admin_pb2.RotateTenantKeyResponse]  # type: ignore[assignment]
+    """Gives the tenant a new data key for new writes; ciphertexts under older keys stay readable
+    and blind indexes stay stable (they use a separate key), so reports and dedup are unchanged.
+    """
+    UpdateEmployee: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateEmployeeRequest, _admin_pb2.UpdateEmployeeResponse]  # type: ignore[assignment]
+    """Changes an employee's name, number, tags or active state. Deactivating revokes every device
+    of the employee; a deactivated employee gets no new enrollment.
+    """
+    ImportEmployees: _aio.UnaryUnaryMultiCallable[_admin_pb2.ImportEmployeesRequest, _admin_pb2.ImportEmployeesResponse]  # type: ignore[assignment]
+    """Creates many employees in one call (at most 10,000); each is reported on its own."""
+    ListDevices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListDevicesRequest, _admin_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """Lists the tenant's devices with their latest state (paged)."""
+    DeviceHealth: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeviceHealthRequest, _admin_pb2.DeviceHealthResponse]  # type: ignore[assignment]
+    """Devices that need attention: silent for longer than a threshold, low on battery, on an old
+    agent version, or revoked while still sending.
+    """
+    GetExcludedNumbers: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetExcludedNumbersRequest, _admin_pb2.GetExcludedNumbersResponse]  # type: ignore[assignment]
+    """The tenant's excluded numbers (decrypted, E.164)."""
+    ListLeads: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLeadsRequest, _admin_pb2.ListLeadsResponse]  # type: ignore[assignment]
+    """The tenant's leads, decrypted, with paging and filters."""
+    ListContacts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListContactsRequest, _admin_pb2.ListContactsResponse]  # type: ignore[assignment]
+    """The contacts devices uploaded, decrypted, paged."""
+    SetDevicePolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetDevicePolicyRequest, _admin_pb2.SetDevicePolicyResponse]  # type: ignore[assignment]
+    """Sets the tenant's device policy, or one employee's override of it."""
+    GetDevicePolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDevicePolicyRequest, _admin_pb2.GetDevicePolicyResponse]  # type: ignore[assignment]
+    """The tenant's device policy, or the policy in force for one employee."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Administration of a tenant. CreateTenant needs the operator token; every other RPC needs a
-    tenant API key with role ROLE_ADMIN and acts on that key's tenant.
+    """Administration of a tenant. CreateTenant, ListTenants and DeleteTenant need the operator token;
+    every other RPC needs a tenant API key with role ROLE_ADMIN and acts on that key's tenant.
     """
 
     @_abc_1.abstractmethod
@@ -185,5 +259,126 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lifts the erasure of a number: records with it that devices send from now on are stored.
         Nothing erased comes back; a device must send it again.
         """
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _admin_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListTenantsResponse, _abc.Awaitable[_admin_pb2.ListTenantsResponse]]:
+        """Operator only: every tenant, with how many employees and devices it has."""
+
+    @_abc_1.abstractmethod
+    def DeleteTenant(
+        self,
+        request: _admin_pb2.DeleteTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteTenantResponse, _abc.Awaitable[_admin_pb2.DeleteTenantResponse]]:
+        """Operator only: crypto-shreds the tenant (its data keys are destroyed first, so every
+        ciphertext of it is unreadable from then on), then deletes its rows from every table. Its
+        keys and device tokens are refused from the next call on.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _admin_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_pb2.ListApiKeysResponse]]:
+        """Lists the tenant's API keys; never their secrets."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _admin_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_pb2.RevokeApiKeyResponse]]:
+        """Revokes an API key: every server process refuses it within about a second."""
+
+    @_abc_1.abstractmethod
+    def RotateTenantKey(
+        self,
+        request: _admin_pb2.RotateTenantKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RotateTenantKeyResponse, _abc.Awaitable[_admin_pb2.RotateTenantKeyResponse]]:
+        """Gives the tenant a new data key for new writes; ciphertexts under older keys stay readable
+        and blind indexes stay stable (they use a separate key), so reports and dedup are unchanged.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateEmployee(
+        self,
+        request: _admin_pb2.UpdateEmployeeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UpdateEmployeeResponse, _abc.Awaitable[_admin_pb2.UpdateEmployeeResponse]]:
+        """Changes an employee's name, number, tags or active state. Deactivating revokes every device
+        of the employee; a deactivated employee gets no new enrollment.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportEmployees(
+        self,
+        request: _admin_pb2.ImportEmployeesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ImportEmployeesResponse, _abc.Awaitable[_admin_pb2.ImportEmployeesResponse]]:
+        """Creates many employees in one call (at most 10,000); each is reported on its own."""
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _admin_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListDevicesResponse, _abc.Awaitable[_admin_pb2.ListDevicesResponse]]:
+        """Lists the tenant's devices with their latest state (paged)."""
+
+    @_abc_1.abstractmethod
+    def DeviceHealth(
+        self,
+        request: _admin_pb2.DeviceHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeviceHealthResponse, _abc.Awaitable[_admin_pb2.DeviceHealthResponse]]:
+        """Devices that need attention: silent for longer than a threshold, low on battery, on an old
+        agent version, or revoked while still sending.
+        """
+
+    @_abc_1.abstractmethod
+    def GetExcludedNumbers(
+        self,
+        request: _admin_pb2.GetExcludedNumbersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetExcludedNumbersResponse, _abc.Awaitable[_admin_pb2.GetExcludedNumbersResponse]]:
+        """The tenant's excluded numbers (decrypted, E.164)."""
+
+    @_abc_1.abstractmethod
+    def ListLeads(
+        self,
+        request: _admin_pb2.ListLeadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListLeadsResponse, _abc.Awaitable[_admin_pb2.ListLeadsResponse]]:
+        """The tenant's leads, decrypted, with paging and filters."""
+
+    @_abc_1.abstractmethod
+    def ListContacts(
+        self,
+        request: _admin_pb2.ListContactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListContactsResponse, _abc.Awaitable[_admin_pb2.ListContactsResponse]]:
+        """The contacts devices uploaded, decrypted, paged."""
+
+    @_abc_1.abstractmethod
+    def SetDevicePolicy(
+        self,
+        request: _admin_pb2.SetDevicePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetDevicePolicyResponse, _abc.Awaitable[_admin_pb2.SetDevicePolicyResponse]]:
+        """Sets the tenant's device policy, or one employee's override of it."""
+
+    @_abc_1.abstractmethod
+    def GetDevicePolicy(
+        self,
+        request: _admin_pb2.GetDevicePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetDevicePolicyResponse, _abc.Awaitable[_admin_pb2.GetDevicePolicyResponse]]:
+        """The tenant's device policy, or the policy in force for one employee."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

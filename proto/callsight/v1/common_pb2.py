@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llsight/v1/common.proto\x12\x0c\x63\x61llsight.v1*\xd6\x01\n\x08\x43\x61llType\x12\x19\n\x15\x43\x41LL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_TYPE_INCOMING\x10\x01\x12\x16\n\x12\x43\x41LL_TYPE_OUTGOING\x10\x02\x12\x14\n\x10\x43\x41LL_TYPE_MISSED\x10\x03\x12\x17\n\x13\x43\x41LL_TYPE_VOICEMAIL\x10\x04\x12\x16\n\x12\x43\x41LL_TYPE_REJECTED\x10\x05\x12\x15\n\x11\x43\x41LL_TYPE_BLOCKED\x10\x06\x12!\n\x1d\x43\x41LL_TYPE_ANSWERED_EXTERNALLY\x10\x07*>\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x10\n\x0cROLE_REPORTS\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llsight/v1/common.proto\x12\x0c\x63\x61llsight.v1*\xd6\x01\n\x08\x43\x61llType\x12\x19\n\x15\x43\x41LL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_TYPE_INCOMING\x10\x01\x12\x16\n\x12\x43\x41LL_TYPE_OUTGOING\x10\x02\x12\x14\n\x10\x43\x41LL_TYPE_MISSED\x10\x03\x12\x17\n\x13\x43\x41LL_TYPE_VOICEMAIL\x10\x04\x12\x16\n\x12\x43\x41LL_TYPE_REJECTED\x10\x05\x12\x15\n\x11\x43\x41LL_TYPE_BLOCKED\x10\x06\x12!\n\x1d\x43\x41LL_TYPE_ANSWERED_EXTERNALLY\x10\x07*>\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x10\n\x0cROLE_REPORTS\x10\x02*\xc1\x01\n\x12NumberPresentation\x12#\n\x1fNUMBER_PRESENTATION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bNUMBER_PRESENTATION_ALLOWED\x10\x01\x12\"\n\x1eNUMBER_PRESENTATION_RESTRICTED\x10\x02\x12\x1f\n\x1bNUMBER_PRESENTATION_UNKNOWN\x10\x03\x12 \n\x1cNUMBER_PRESENTATION_PAYPHONE\x10\x04*v\n\nCallMethod\x12\x1b\n\x17\x43\x41LL_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41LL_METHOD_PHONE\x10\x01\x12\x18\n\x14\x43\x41LL_METHOD_WHATSAPP\x10\x02\x12\x1a\n\x16\x43\x41LL_METHOD_OTHER_VOIP\x10\x03*O\n\x08\x43\x61llMode\x12\x19\n\x15\x43\x41LL_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41LL_MODE_VOICE\x10\x01\x12\x13\n\x0f\x43\x41LL_MODE_VIDEO\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLTYPE']._serialized_end=258
   _globals['_ROLE']._serialized_start=260
   _globals['_ROLE']._serialized_end=322
+  _globals['_NUMBERPRESENTATION']._serialized_start=325
+  _globals['_NUMBERPRESENTATION']._serialized_end=518
+  _globals['_CALLMETHOD']._serialized_start=520
+  _globals['_CALLMETHOD']._serialized_end=638
+  _globals['_CALLMODE']._serialized_start=640
+  _globals['_CALLMODE']._serialized_end=719
 # @@protoc_insertion_point(module_scope)

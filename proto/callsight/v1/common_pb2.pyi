@@ -83,3 +83,93 @@ ROLE_ADMIN: Role.ValueType  # 1
 ROLE_REPORTS: Role.ValueType  # 2
 """May call ReportService only."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
+
+class _NumberPresentation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NumberPresentationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NumberPresentation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NUMBER_PRESENTATION_UNSPECIFIED: _NumberPresentation.ValueType  # 0
+    """Not reported; read as NUMBER_PRESENTATION_ALLOWED when the number is set, as
+    NUMBER_PRESENTATION_UNKNOWN when it is empty.
+    """
+    NUMBER_PRESENTATION_ALLOWED: _NumberPresentation.ValueType  # 1
+    """The number was shown."""
+    NUMBER_PRESENTATION_RESTRICTED: _NumberPresentation.ValueType  # 2
+    """The caller withheld the number ("private number")."""
+    NUMBER_PRESENTATION_UNKNOWN: _NumberPresentation.ValueType  # 3
+    """The network did not deliver a number."""
+    NUMBER_PRESENTATION_PAYPHONE: _NumberPresentation.ValueType  # 4
+    """A payphone."""
+
+class NumberPresentation(_NumberPresentation, metaclass=_NumberPresentationEnumTypeWrapper):
+    """How the other party's number was presented, as Android's CallLog.Calls.NUMBER_PRESENTATION
+    reports it; the numbers are Android's.
+    """
+
+NUMBER_PRESENTATION_UNSPECIFIED: NumberPresentation.ValueType  # 0
+"""Not reported; read as NUMBER_PRESENTATION_ALLOWED when the number is set, as
+NUMBER_PRESENTATION_UNKNOWN when it is empty.
+"""
+NUMBER_PRESENTATION_ALLOWED: NumberPresentation.ValueType  # 1
+"""The number was shown."""
+NUMBER_PRESENTATION_RESTRICTED: NumberPresentation.ValueType  # 2
+"""The caller withheld the number ("private number")."""
+NUMBER_PRESENTATION_UNKNOWN: NumberPresentation.ValueType  # 3
+"""The network did not deliver a number."""
+NUMBER_PRESENTATION_PAYPHONE: NumberPresentation.ValueType  # 4
+"""A payphone."""
+Global___NumberPresentation: _TypeAlias = NumberPresentation  # noqa: Y015
+
+class _CallMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_METHOD_UNSPECIFIED: _CallMethod.ValueType  # 0
+    """Not reported; read as CALL_METHOD_PHONE."""
+    CALL_METHOD_PHONE: _CallMethod.ValueType  # 1
+    """The phone network (the dialer's call log)."""
+    CALL_METHOD_WHATSAPP: _CallMethod.ValueType  # 2
+    """WhatsApp."""
+    CALL_METHOD_OTHER_VOIP: _CallMethod.ValueType  # 3
+    """Another VoIP app."""
+
+class CallMethod(_CallMethod, metaclass=_CallMethodEnumTypeWrapper):
+    """Which app or network carried a call."""
+
+CALL_METHOD_UNSPECIFIED: CallMethod.ValueType  # 0
+"""Not reported; read as CALL_METHOD_PHONE."""
+CALL_METHOD_PHONE: CallMethod.ValueType  # 1
+"""The phone network (the dialer's call log)."""
+CALL_METHOD_WHATSAPP: CallMethod.ValueType  # 2
+"""WhatsApp."""
+CALL_METHOD_OTHER_VOIP: CallMethod.ValueType  # 3
+"""Another VoIP app."""
+Global___CallMethod: _TypeAlias = CallMethod  # noqa: Y015
+
+class _CallMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_MODE_UNSPECIFIED: _CallMode.ValueType  # 0
+    """Not reported; read as CALL_MODE_VOICE."""
+    CALL_MODE_VOICE: _CallMode.ValueType  # 1
+    """Voice only."""
+    CALL_MODE_VIDEO: _CallMode.ValueType  # 2
+    """Video."""
+
+class CallMode(_CallMode, metaclass=_CallModeEnumTypeWrapper):
+    """Whether a call carried video."""
+
+CALL_MODE_UNSPECIFIED: CallMode.ValueType  # 0
+"""Not reported; read as CALL_MODE_VOICE."""
+CALL_MODE_VOICE: CallMode.ValueType  # 1
+"""Voice only."""
+CALL_MODE_VIDEO: CallMode.ValueType  # 2
+"""Video."""
+Global___CallMode: _TypeAlias = CallMode  # noqa: Y015

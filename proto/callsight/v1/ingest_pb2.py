@@ -25,41 +25,49 @@ _sym_db = _symbol_database.Default()
 from callsight.v1 import common_pb2 as callsight_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llsight/v1/ingest.proto\x12\x0c\x63\x61llsight.v1\x1a\x19\x63\x61llsight/v1/common.proto\"\xb7\x01\n\nDeviceInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cmanufacturer\x18\x02 \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\x03 \x01(\t\x12\x0f\n\x07sdk_int\x18\x04 \x01(\x05\x12\x13\n\x0b\x61pp_version\x18\x05 \x01(\t\x12\x14\n\x0cversion_code\x18\x06 \x01(\x03\x12\x0e\n\x06\x66\x63m_id\x18\x07 \x01(\t\x12\x0f\n\x07sim_ids\x18\x08 \x03(\t\x12\x0e\n\x06region\x18\t \x01(\t\"Z\n\x15RegisterDeviceRequest\x12\x17\n\x0f\x65nrollment_code\x18\x01 \x01(\t\x12(\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x18.callsight.v1.DeviceInfo\"V\n\x16RegisterDeviceResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12\x13\n\x0b\x65mployee_id\x18\x03 \x01(\t\"\xea\x01\n\nCallRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12$\n\x04type\x18\x04 \x01(\x0e\x32\x16.callsight.v1.CallType\x12\x15\n\rstarted_at_ms\x18\x05 \x01(\x03\x12\x12\n\nduration_s\x18\x06 \x01(\r\x12\x10\n\x08sim_slot\x18\x07 \x01(\x05\x12\x0e\n\x06sim_id\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\x12\x15\n\rrecording_uri\x18\n \x01(\t\x12\x15\n\rupdated_at_ms\x18\x0b \x01(\x03\"9\n\x0c\x43\x61llLogBatch\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.callsight.v1.CallRecord\"w\n\x07\x43ontact\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07numbers\x18\x03 \x03(\t\x12\x11\n\tphoto_uri\x18\x04 \x01(\t\x12\x15\n\rupdated_at_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x06 \x01(\x08\"6\n\x0c\x43ontactBatch\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.callsight.v1.Contact\"\xb4\x02\n\tTelemetry\x12\x16\n\x0e\x63\x61ptured_at_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x62\x61ttery_pct\x18\x02 \x01(\r\x12\x10\n\x08\x63harging\x18\x03 \x01(\x08\x12\x10\n\x08latitude\x18\x04 \x01(\x01\x12\x11\n\tlongitude\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x02\x12*\n\x07network\x18\x07 \x01(\x0e\x32\x19.callsight.v1.NetworkType\x12\x13\n\x0b\x61pp_version\x18\x08 \x01(\t\x12\x14\n\x0cversion_code\x18\t \x01(\x03\x12\x17\n\x0f\x61ndroid_version\x18\n \x01(\t\x12\x0f\n\x07sdk_int\x18\x0b \x01(\x05\x12\r\n\x05model\x18\x0c \x01(\t\x12\x0e\n\x06\x66\x63m_id\x18\r \x01(\t\x12\x0f\n\x07sim_ids\x18\x0e \x03(\t\":\n\x0eTelemetryBatch\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.callsight.v1.Telemetry\"\xc9\x01\n\rUploadRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12+\n\x05\x63\x61lls\x18\x03 \x01(\x0b\x32\x1a.callsight.v1.CallLogBatchH\x00\x12.\n\x08\x63ontacts\x18\x04 \x01(\x0b\x32\x1a.callsight.v1.ContactBatchH\x00\x12\x31\n\ttelemetry\x18\x05 \x01(\x0b\x32\x1c.callsight.v1.TelemetryBatchH\x00\x42\t\n\x07payload\",\n\x0bRecordError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf2\x01\n\tUploadAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12*\n\x06result\x18\x03 \x01(\x0e\x32\x1a.callsight.v1.UploadResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\r\x12\x0f\n\x07updated\x18\x05 \x01(\r\x12\x12\n\nduplicates\x18\x06 \x01(\r\x12\x10\n\x08rejected\x18\x07 \x01(\r\x12)\n\x06\x65rrors\x18\x08 \x03(\x0b\x32\x19.callsight.v1.RecordError\x12\x16\n\x0eserver_time_ms\x18\t \x01(\x03\x12\x0e\n\x06\x65rased\x18\n \x01(\r*t\n\x0bNetworkType\x12\x1c\n\x18NETWORK_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11NETWORK_TYPE_WIFI\x10\x01\x12\x19\n\x15NETWORK_TYPE_CELLULAR\x10\x02\x12\x15\n\x11NETWORK_TYPE_NONE\x10\x03*e\n\x0cUploadResult\x12\x1d\n\x19UPLOAD_RESULT_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPLOAD_RESULT_ACCEPTED\x10\x01\x12\x1a\n\x16UPLOAD_RESULT_REJECTED\x10\x02\x32\xf0\x01\n\rIngestService\x12[\n\x0eRegisterDevice\x12#.callsight.v1.RegisterDeviceRequest\x1a$.callsight.v1.RegisterDeviceResponse\x12\x42\n\x06Stream\x12\x1b.callsight.v1.UploadRequest\x1a\x17.callsight.v1.UploadAck(\x01\x30\x01\x12>\n\x06Upload\x12\x1b.callsight.v1.UploadRequest\x1a\x17.callsight.v1.UploadAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llsight/v1/ingest.proto\x12\x0c\x63\x61llsight.v1\x1a\x19\x63\x61llsight/v1/common.proto\"\xb7\x01\n\nDeviceInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cmanufacturer\x18\x02 \x01(\t\x12\x17\n\x0f\x61ndroid_version\x18\x03 \x01(\t\x12\x0f\n\x07sdk_int\x18\x04 \x01(\x05\x12\x13\n\x0b\x61pp_version\x18\x05 \x01(\t\x12\x14\n\x0cversion_code\x18\x06 \x01(\x03\x12\x0e\n\x06\x66\x63m_id\x18\x07 \x01(\t\x12\x0f\n\x07sim_ids\x18\x08 \x03(\t\x12\x0e\n\x06region\x18\t \x01(\t\"Z\n\x15RegisterDeviceRequest\x12\x17\n\x0f\x65nrollment_code\x18\x01 \x01(\t\x12(\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x18.callsight.v1.DeviceInfo\"\x82\x01\n\x16RegisterDeviceResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12\x13\n\x0b\x65mployee_id\x18\x03 \x01(\t\x12*\n\x06policy\x18\x04 \x01(\x0b\x32\x1a.callsight.v1.DevicePolicy\"[\n\x0bOfficeHours\x12\x14\n\x0cstart_minute\x18\x01 \x01(\r\x12\x12\n\nend_minute\x18\x02 \x01(\r\x12\x10\n\x08weekdays\x18\x03 \x03(\r\x12\x10\n\x08timezone\x18\x04 \x01(\t\"\xa5\x01\n\x0c\x44\x65vicePolicy\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tsim_slots\x18\x02 \x03(\x05\x12/\n\x0coffice_hours\x18\x03 \x01(\x0b\x32\x19.callsight.v1.OfficeHours\x12\x14\n\x0cnever_upload\x18\x04 \x03(\t\x12\x11\n\tmatch_key\x18\x05 \x01(\t\x12\x17\n\x0fsync_interval_s\x18\x06 \x01(\r\"\x12\n\x10GetPolicyRequest\"?\n\x11GetPolicyResponse\x12*\n\x06policy\x18\x01 \x01(\x0b\x32\x1a.callsight.v1.DevicePolicy\"\xf2\x02\n\nCallRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12$\n\x04type\x18\x04 \x01(\x0e\x32\x16.callsight.v1.CallType\x12\x15\n\rstarted_at_ms\x18\x05 \x01(\x03\x12\x12\n\nduration_s\x18\x06 \x01(\r\x12\x10\n\x08sim_slot\x18\x07 \x01(\x05\x12\x0e\n\x06sim_id\x18\x08 \x01(\t\x12\x0c\n\x04note\x18\t \x01(\t\x12\x15\n\rrecording_uri\x18\n \x01(\t\x12\x15\n\rupdated_at_ms\x18\x0b \x01(\x03\x12\x36\n\x0cpresentation\x18\x0c \x01(\x0e\x32 .callsight.v1.NumberPresentation\x12(\n\x06method\x18\r \x01(\x0e\x32\x18.callsight.v1.CallMethod\x12$\n\x04mode\x18\x0e \x01(\x0e\x32\x16.callsight.v1.CallMode\"9\n\x0c\x43\x61llLogBatch\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.callsight.v1.CallRecord\"w\n\x07\x43ontact\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07numbers\x18\x03 \x03(\t\x12\x11\n\tphoto_uri\x18\x04 \x01(\t\x12\x15\n\rupdated_at_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x06 \x01(\x08\"6\n\x0c\x43ontactBatch\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.callsight.v1.Contact\"\xb4\x02\n\tTelemetry\x12\x16\n\x0e\x63\x61ptured_at_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x62\x61ttery_pct\x18\x02 \x01(\r\x12\x10\n\x08\x63harging\x18\x03 \x01(\x08\x12\x10\n\x08latitude\x18\x04 \x01(\x01\x12\x11\n\tlongitude\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x02\x12*\n\x07network\x18\x07 \x01(\x0e\x32\x19.callsight.v1.NetworkType\x12\x13\n\x0b\x61pp_version\x18\x08 \x01(\t\x12\x14\n\x0cversion_code\x18\t \x01(\x03\x12\x17\n\x0f\x61ndroid_version\x18\n \x01(\t\x12\x0f\n\x07sdk_int\x18\x0b \x01(\x05\x12\r\n\x05model\x18\x0c \x01(\t\x12\x0e\n\x06\x66\x63m_id\x18\r \x01(\t\x12\x0f\n\x07sim_ids\x18\x0e \x03(\t\":\n\x0eTelemetryBatch\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.callsight.v1.Telemetry\"\xc9\x01\n\rUploadRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12+\n\x05\x63\x61lls\x18\x03 \x01(\x0b\x32\x1a.callsight.v1.CallLogBatchH\x00\x12.\n\x08\x63ontacts\x18\x04 \x01(\x0b\x32\x1a.callsight.v1.ContactBatchH\x00\x12\x31\n\ttelemetry\x18\x05 \x01(\x0b\x32\x1c.callsight.v1.TelemetryBatchH\x00\x42\t\n\x07payload\",\n\x0bRecordError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa5\x02\n\tUploadAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12*\n\x06result\x18\x03 \x01(\x0e\x32\x1a.callsight.v1.UploadResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\r\x12\x0f\n\x07updated\x18\x05 \x01(\r\x12\x12\n\nduplicates\x18\x06 \x01(\r\x12\x10\n\x08rejected\x18\x07 \x01(\r\x12)\n\x06\x65rrors\x18\x08 \x03(\x0b\x32\x19.callsight.v1.RecordError\x12\x16\n\x0eserver_time_ms\x18\t \x01(\x03\x12\x0e\n\x06\x65rased\x18\n \x01(\r\x12\x19\n\x11\x64ropped_by_policy\x18\x0b \x01(\r\x12\x16\n\x0epolicy_version\x18\x0c \x01(\x04*t\n\x0bNetworkType\x12\x1c\n\x18NETWORK_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11NETWORK_TYPE_WIFI\x10\x01\x12\x19\n\x15NETWORK_TYPE_CELLULAR\x10\x02\x12\x15\n\x11NETWORK_TYPE_NONE\x10\x03*e\n\x0cUploadResult\x12\x1d\n\x19UPLOAD_RESULT_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPLOAD_RESULT_ACCEPTED\x10\x01\x12\x1a\n\x16UPLOAD_RESULT_REJECTED\x10\x02\x32\xbe\x02\n\rIngestService\x12[\n\x0eRegisterDevice\x12#.callsight.v1.RegisterDeviceRequest\x1a$.callsight.v1.RegisterDeviceResponse\x12\x42\n\x06Stream\x12\x1b.callsight.v1.UploadRequest\x1a\x17.callsight.v1.UploadAck(\x01\x30\x01\x12>\n\x06Upload\x12\x1b.callsight.v1.UploadRequest\x1a\x17.callsight.v1.UploadAck\x12L\n\tGetPolicy\x12\x1e.callsight.v1.GetPolicyRequest\x1a\x1f.callsight.v1.GetPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callsight.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NETWORKTYPE']._serialized_start=1775
-  _globals['_NETWORKTYPE']._serialized_end=1891
-  _globals['_UPLOADRESULT']._serialized_start=1893
-  _globals['_UPLOADRESULT']._serialized_end=1994
+  _globals['_NETWORKTYPE']._serialized_start=2353
+  _globals['_NETWORKTYPE']._serialized_end=2469
+  _globals['_UPLOADRESULT']._serialized_start=2471
+  _globals['_UPLOADRESULT']._serialized_end=2572
   _globals['_DEVICEINFO']._serialized_start=71
   _globals['_DEVICEINFO']._serialized_end=254
   _globals['_REGISTERDEVICEREQUEST']._serialized_start=256
   _globals['_REGISTERDEVICEREQUEST']._serialized_end=346
-  _globals['_REGISTERDEVICERESPONSE']._serialized_start=348
-  _globals['_REGISTERDEVICERESPONSE']._serialized_end=434
-  _globals['_CALLRECORD']._serialized_start=437
-  _globals['_CALLRECORD']._serialized_end=671
-  _globals['_CALLLOGBATCH']._serialized_start=673
-  _globals['_CALLLOGBATCH']._serialized_end=730
-  _globals['_CONTACT']._serialized_start=732
-  _globals['_CONTACT']._serialized_end=851
-  _globals['_CONTACTBATCH']._serialized_start=853
-  _globals['_CONTACTBATCH']._serialized_end=907
-  _globals['_TELEMETRY']._serialized_start=910
-  _globals['_TELEMETRY']._serialized_end=1218
-  _globals['_TELEMETRYBATCH']._serialized_start=1220
-  _globals['_TELEMETRYBATCH']._serialized_end=1278
-  _globals['_UPLOADREQUEST']._serialized_start=1281
-  _globals['_UPLOADREQUEST']._serialized_end=1482
-  _globals['_RECORDERROR']._serialized_start=1484
-  _globals['_RECORDERROR']._serialized_end=1528
-  _globals['_UPLOADACK']._serialized_start=1531
-  _globals['_UPLOADACK']._serialized_end=1773
-  _globals['_INGESTSERVICE']._serialized_start=1997
-  _globals['_INGESTSERVICE']._serialized_end=2237
+  _globals['_REGISTERDEVICERESPONSE']._serialized_start=349
+  _globals['_REGISTERDEVICERESPONSE']._serialized_end=479
+  _globals['_OFFICEHOURS']._serialized_start=481
+  _globals['_OFFICEHOURS']._serialized_end=572
+  _globals['_DEVICEPOLICY']._serialized_start=575
+  _globals['_DEVICEPOLICY']._serialized_end=740
+  _globals['_GETPOLICYREQUEST']._serialized_start=742
+  _globals['_GETPOLICYREQUEST']._serialized_end=760
+  _globals['_GETPOLICYRESPONSE']._serialized_start=762
+  _globals['_GETPOLICYRESPONSE']._serialized_end=825
+  _globals['_CALLRECORD']._serialized_start=828
+  _globals['_CALLRECORD']._serialized_end=1198
+  _globals['_CALLLOGBATCH']._serialized_start=1200
+  _globals['_CALLLOGBATCH']._serialized_end=1257
+  _globals['_CONTACT']._serialized_start=1259
+  _globals['_CONTACT']._serialized_end=1378
+  _globals['_CONTACTBATCH']._serialized_start=1380
+  _globals['_CONTACTBATCH']._serialized_end=1434
+  _globals['_TELEMETRY']._serialized_start=1437
+  _globals['_TELEMETRY']._serialized_end=1745
+  _globals['_TELEMETRYBATCH']._serialized_start=1747
+  _globals['_TELEMETRYBATCH']._serialized_end=1805
+  _globals['_UPLOADREQUEST']._serialized_start=1808
+  _globals['_UPLOADREQUEST']._serialized_end=2009
+  _globals['_RECORDERROR']._serialized_start=2011
+  _globals['_RECORDERROR']._serialized_end=2055
+  _globals['_UPLOADACK']._serialized_start=2058
+  _globals['_UPLOADACK']._serialized_end=2351
+  _globals['_INGESTSERVICE']._serialized_start=2575
+  _globals['_INGESTSERVICE']._serialized_end=2893
 # @@protoc_insertion_point(module_scope)

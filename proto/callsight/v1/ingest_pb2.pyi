@@ -163,26 +163,158 @@ class RegisterDeviceResponse(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     DEVICE_TOKEN_FIELD_NUMBER: _builtins.int
     EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """Opaque identifier of the device."""
     device_token: _builtins.str
     """Secret bearer token for Stream and Upload; shown once, stored only as a hash."""
     employee_id: _builtins.str
     """Employee the device belongs to."""
+    @_builtins.property
+    def policy(self) -> Global___DevicePolicy:
+        """What the device is to upload and when."""
+
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         device_token: _builtins.str = ...,
         employee_id: _builtins.str = ...,
+        policy: Global___DevicePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "device_token", b"device_token", "employee_id", b"employee_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "device_token", b"device_token", "employee_id", b"employee_id", "policy", b"policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterDeviceResponse: _TypeAlias = RegisterDeviceResponse  # noqa: Y015
+
+@_typing.final
+class OfficeHours(_message.Message):
+    """A local time window on some weekdays."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_MINUTE_FIELD_NUMBER: _builtins.int
+    END_MINUTE_FIELD_NUMBER: _builtins.int
+    WEEKDAYS_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    start_minute: _builtins.int
+    """Start, minutes after local midnight (0-1439)."""
+    end_minute: _builtins.int
+    """End, minutes after local midnight (1-1440), after start_minute."""
+    timezone: _builtins.str
+    """IANA time zone of the window; empty means the tenant's."""
+    @_builtins.property
+    def weekdays(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ISO weekdays the window applies on (1 = Monday ... 7 = Sunday); empty means every day."""
+
+    def __init__(
+        self,
+        *,
+        start_minute: _builtins.int = ...,
+        end_minute: _builtins.int = ...,
+        weekdays: _abc.Iterable[_builtins.int] | None = ...,
+        timezone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_minute", b"end_minute", "start_minute", b"start_minute", "timezone", b"timezone", "weekdays", b"weekdays"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfficeHours: _TypeAlias = OfficeHours  # noqa: Y015
+
+@_typing.final
+class DevicePolicy(_message.Message):
+    """What a tenant lets its devices upload, and how often they sync. The agent applies it; the
+    server applies it again to every batch (records outside it are dropped unstored and counted
+    in the ack's dropped_by_policy).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SIM_SLOTS_FIELD_NUMBER: _builtins.int
+    OFFICE_HOURS_FIELD_NUMBER: _builtins.int
+    NEVER_UPLOAD_FIELD_NUMBER: _builtins.int
+    MATCH_KEY_FIELD_NUMBER: _builtins.int
+    SYNC_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Increases with every change; acks carry it so an agent notices a change."""
+    match_key: _builtins.str
+    """Key of those hashes, base64; changes when the tenant's data key is rotated."""
+    sync_interval_s: _builtins.int
+    """How often the agent should sync, seconds; 0 means the agent's default."""
+    @_builtins.property
+    def sim_slots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """SIM slots (0-based) whose calls are tracked; empty means every slot."""
+
+    @_builtins.property
+    def office_hours(self) -> Global___OfficeHours:
+        """When set, only calls that start inside these hours are tracked."""
+
+    @_builtins.property
+    def never_upload(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Numbers never to upload, as lowercase hex HMAC-SHA256(match_key, E.164 number): the agent
+        hashes each number it sees and skips matches, so the list reveals no number.
+        """
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        sim_slots: _abc.Iterable[_builtins.int] | None = ...,
+        office_hours: Global___OfficeHours | None = ...,
+        never_upload: _abc.Iterable[_builtins.str] | None = ...,
+        match_key: _builtins.str = ...,
+        sync_interval_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["office_hours", b"office_hours"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_key", b"match_key", "never_upload", b"never_upload", "office_hours", b"office_hours", "sim_slots", b"sim_slots", "sync_interval_s", b"sync_interval_s", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DevicePolicy: _TypeAlias = DevicePolicy  # noqa: Y015
+
+@_typing.final
+class GetPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyRequest: _TypeAlias = GetPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___DevicePolicy:
+        """The policy in force for the calling device."""
+
+    def __init__(
+        self,
+        *,
+        policy: Global___DevicePolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyResponse: _TypeAlias = GetPolicyResponse  # noqa: Y015
 
 @_typing.final
 class CallRecord(_message.Message):
@@ -201,6 +333,9 @@ class CallRecord(_message.Message):
     NOTE_FIELD_NUMBER: _builtins.int
     RECORDING_URI_FIELD_NUMBER: _builtins.int
     UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
+    PRESENTATION_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """Identifier of the call, unique and stable on this device (Android's CallLog _ID)."""
     number: _builtins.str
@@ -225,6 +360,14 @@ class CallRecord(_message.Message):
     """Version of the record, epoch milliseconds; 0 means started_at_ms. A re-send with a newer
     version replaces the stored call, the same or an older one is a duplicate.
     """
+    presentation: _common_pb2.NumberPresentation.ValueType
+    """How the number was presented. A call from a withheld, unknown or payphone number (number
+    empty or Android's "-1", "-2", "-3") is stored and counted as one "private" client.
+    """
+    method: _common_pb2.CallMethod.ValueType
+    """App or network that carried the call."""
+    mode: _common_pb2.CallMode.ValueType
+    """Voice or video."""
     def __init__(
         self,
         *,
@@ -239,10 +382,13 @@ class CallRecord(_message.Message):
         note: _builtins.str = ...,
         recording_uri: _builtins.str = ...,
         updated_at_ms: _builtins.int = ...,
+        presentation: _common_pb2.NumberPresentation.ValueType = ...,
+        method: _common_pb2.CallMethod.ValueType = ...,
+        mode: _common_pb2.CallMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "duration_s", b"duration_s", "name", b"name", "note", b"note", "number", b"number", "recording_uri", b"recording_uri", "sim_id", b"sim_id", "sim_slot", b"sim_slot", "started_at_ms", b"started_at_ms", "type", b"type", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "duration_s", b"duration_s", "method", b"method", "mode", b"mode", "name", b"name", "note", b"note", "number", b"number", "presentation", b"presentation", "recording_uri", b"recording_uri", "sim_id", b"sim_id", "sim_slot", b"sim_slot", "started_at_ms", b"started_at_ms", "type", b"type", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -528,6 +674,8 @@ class UploadAck(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     SERVER_TIME_MS_FIELD_NUMBER: _builtins.int
     ERASED_FIELD_NUMBER: _builtins.int
+    DROPPED_BY_POLICY_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """The request's seq."""
     batch_id: _builtins.str
@@ -550,6 +698,12 @@ class UploadAck(_message.Message):
     """Of the duplicates, the calls and contacts dropped unstored because they hold a number the
     tenant erased (AdminService.EraseNumber) and has not lifted (LiftErasure).
     """
+    dropped_by_policy: _builtins.int
+    """Of the duplicates, the records dropped unstored because the device policy excludes them
+    (a SIM slot not tracked, outside office hours, a never-upload number).
+    """
+    policy_version: _builtins.int
+    """Version of the device policy in force; when it differs from the agent's, call GetPolicy."""
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordError]:
         """One entry per rejected record."""
@@ -567,10 +721,12 @@ class UploadAck(_message.Message):
         errors: _abc.Iterable[Global___RecordError] | None = ...,
         server_time_ms: _builtins.int = ...,
         erased: _builtins.int = ...,
+        dropped_by_policy: _builtins.int = ...,
+        policy_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "duplicates", b"duplicates", "erased", b"erased", "errors", b"errors", "rejected", b"rejected", "result", b"result", "seq", b"seq", "server_time_ms", b"server_time_ms", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "dropped_by_policy", b"dropped_by_policy", "duplicates", b"duplicates", "erased", b"erased", "errors", b"errors", "policy_version", b"policy_version", "rejected", b"rejected", "result", b"result", "seq", b"seq", "server_time_ms", b"server_time_ms", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,6 +51,11 @@ class IngestServiceStub:
                 request_serializer=callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
                 response_deserializer=callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
                 _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/callsight.v1.IngestService/GetPolicy',
+                request_serializer=callsight_dot_v1_dot_ingest__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_ingest__pb2.GetPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -80,6 +85,14 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPolicy(self, request, context):
+        """The policy in force for the calling device (also returned by RegisterDevice); an agent asks
+        again when an ack's policy_version differs from the one it holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +110,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.Upload,
                     request_deserializer=callsight_dot_v1_dot_ingest__pb2.UploadRequest.FromString,
                     response_serializer=callsight_dot_v1_dot_ingest__pb2.UploadAck.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=callsight_dot_v1_dot_ingest__pb2.GetPolicyRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_ingest__pb2.GetPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +200,33 @@ class IngestService:
             '/callsight.v1.IngestService/Upload',
             callsight_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
             callsight_dot_v1_dot_ingest__pb2.UploadAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.IngestService/GetPolicy',
+            callsight_dot_v1_dot_ingest__pb2.GetPolicyRequest.SerializeToString,
+            callsight_dot_v1_dot_ingest__pb2.GetPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class IngestServiceStub:
     """
     Upload: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.UploadRequest, _ingest_pb2.UploadAck]
     """Sends one batch and waits for its ack."""
+    GetPolicy: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetPolicyRequest, _ingest_pb2.GetPolicyResponse]
+    """The policy in force for the calling device (also returned by RegisterDevice); an agent asks
+    again when an ack's policy_version differs from the one it holds.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -59,6 +63,10 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """
     Upload: _aio.UnaryUnaryMultiCallable[_ingest_pb2.UploadRequest, _ingest_pb2.UploadAck]  # type: ignore[assignment]
     """Sends one batch and waits for its ack."""
+    GetPolicy: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetPolicyRequest, _ingest_pb2.GetPolicyResponse]  # type: ignore[assignment]
+    """The policy in force for the calling device (also returned by RegisterDevice); an agent asks
+    again when an ack's policy_version differs from the one it holds.
+    """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     """What devices call. RegisterDevice needs no token; Stream and Upload need the device token
@@ -90,5 +98,15 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.UploadAck, _abc.Awaitable[_ingest_pb2.UploadAck]]:
         """Sends one batch and waits for its ack."""
+
+    @_abc_1.abstractmethod
+    def GetPolicy(
+        self,
+        request: _ingest_pb2.GetPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.GetPolicyResponse, _abc.Awaitable[_ingest_pb2.GetPolicyResponse]]:
+        """The policy in force for the calling device (also returned by RegisterDevice); an agent asks
+        again when an ack's policy_version differs from the one it holds.
+        """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -60,6 +60,9 @@ class ReportFilter(_message.Message):
     MAX_DURATION_S_FIELD_NUMBER: _builtins.int
     INCLUDE_EXCLUDED_NUMBERS_FIELD_NUMBER: _builtins.int
     TIMEZONE_FIELD_NUMBER: _builtins.int
+    EXCLUDE_PRIVATE_FIELD_NUMBER: _builtins.int
+    CALL_METHODS_FIELD_NUMBER: _builtins.int
+    CALL_MODES_FIELD_NUMBER: _builtins.int
     from_ms: _builtins.int
     """Start of the half-open range, epoch milliseconds UTC (inclusive)."""
     to_ms: _builtins.int
@@ -74,6 +77,8 @@ class ReportFilter(_message.Message):
     """Also count calls with the tenant's excluded numbers."""
     timezone: _builtins.str
     """IANA time zone for local days and hours; empty means the tenant's."""
+    exclude_private: _builtins.bool
+    """Leave out calls from withheld, unknown and payphone numbers (the "private" client)."""
     @_builtins.property
     def employee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these employees; empty means all."""
@@ -85,6 +90,14 @@ class ReportFilter(_message.Message):
     @_builtins.property
     def call_types(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CallType.ValueType]:
         """Only these call types; empty means all."""
+
+    @_builtins.property
+    def call_methods(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CallMethod.ValueType]:
+        """Only calls carried by these methods; empty means all."""
+
+    @_builtins.property
+    def call_modes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CallMode.ValueType]:
+        """Only calls of these modes; empty means all."""
 
     def __init__(
         self,
@@ -99,10 +112,13 @@ class ReportFilter(_message.Message):
         max_duration_s: _builtins.int | None = ...,
         include_excluded_numbers: _builtins.bool = ...,
         timezone: _builtins.str = ...,
+        exclude_private: _builtins.bool = ...,
+        call_methods: _abc.Iterable[_common_pb2.CallMethod.ValueType] | None = ...,
+        call_modes: _abc.Iterable[_common_pb2.CallMode.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_duration_s", b"_max_duration_s", "max_duration_s", b"max_duration_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_duration_s", b"_max_duration_s", "call_types", b"call_types", "employee_ids", b"employee_ids", "employee_tags", b"employee_tags", "from_ms", b"from_ms", "include_excluded_numbers", b"include_excluded_numbers", "max_duration_s", b"max_duration_s", "min_duration_s", b"min_duration_s", "time_field", b"time_field", "timezone", b"timezone", "to_ms", b"to_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_duration_s", b"_max_duration_s", "call_methods", b"call_methods", "call_modes", b"call_modes", "call_types", b"call_types", "employee_ids", b"employee_ids", "employee_tags", b"employee_tags", "exclude_private", b"exclude_private", "from_ms", b"from_ms", "include_excluded_numbers", b"include_excluded_numbers", "max_duration_s", b"max_duration_s", "min_duration_s", b"min_duration_s", "time_field", b"time_field", "timezone", b"timezone", "to_ms", b"to_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_duration_s: _TypeAlias = _typing.Literal["max_duration_s"]  # noqa: Y015
     _WhichOneofArgType__max_duration_s: _TypeAlias = _typing.Literal["_max_duration_s", b"_max_duration_s"]  # noqa: Y015
@@ -453,7 +469,9 @@ class ClientRow(_message.Message):
     EMPLOYEE_IDS_FIELD_NUMBER: _builtins.int
     CALLS_FIELD_NUMBER: _builtins.int
     number: _builtins.str
-    """The client's number in E.164."""
+    """The client's number in E.164; "private" for every call from a withheld, unknown or
+    payphone number (also in UniqueClient and CallHistoryEntry).
+    """
     name: _builtins.str
     """Name the phones showed for it (newest), or empty."""
     calls: _builtins.int
@@ -960,6 +978,9 @@ class CallHistoryEntry(_message.Message):
     RECORDING_URI_FIELD_NUMBER: _builtins.int
     SYNCED_AT_MS_FIELD_NUMBER: _builtins.int
     LEAD_ID_FIELD_NUMBER: _builtins.int
+    PRESENTATION_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """The call's id on its device."""
     device_id: _builtins.str
@@ -984,6 +1005,12 @@ class CallHistoryEntry(_message.Message):
     """When callsight received the newest version, epoch milliseconds UTC."""
     lead_id: _builtins.str
     """Lead whose number the call matches, or empty."""
+    presentation: _common_pb2.NumberPresentation.ValueType
+    """How the number was presented."""
+    method: _common_pb2.CallMethod.ValueType
+    """App or network that carried the call."""
+    mode: _common_pb2.CallMode.ValueType
+    """Voice or video."""
     def __init__(
         self,
         *,
@@ -999,14 +1026,93 @@ class CallHistoryEntry(_message.Message):
         recording_uri: _builtins.str = ...,
         synced_at_ms: _builtins.int = ...,
         lead_id: _builtins.str = ...,
+        presentation: _common_pb2.NumberPresentation.ValueType = ...,
+        method: _common_pb2.CallMethod.ValueType = ...,
+        mode: _common_pb2.CallMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "device_id", b"device_id", "duration_s", b"duration_s", "employee_id", b"employee_id", "lead_id", b"lead_id", "name", b"name", "note", b"note", "number", b"number", "recording_uri", b"recording_uri", "started_at_ms", b"started_at_ms", "synced_at_ms", b"synced_at_ms", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "device_id", b"device_id", "duration_s", b"duration_s", "employee_id", b"employee_id", "lead_id", b"lead_id", "method", b"method", "mode", b"mode", "name", b"name", "note", b"note", "number", b"number", "presentation", b"presentation", "recording_uri", b"recording_uri", "started_at_ms", b"started_at_ms", "synced_at_ms", b"synced_at_ms", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CallHistoryEntry: _TypeAlias = CallHistoryEntry  # noqa: Y015
+
+@_typing.final
+class CallRef(_message.Message):
+    """A call to fetch: its device and its id there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """Device that reported it."""
+    call_id: _builtins.str
+    """The call's id on that device."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallRef: _TypeAlias = CallRef  # noqa: Y015
+
+@_typing.final
+class GetCallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallRef]:
+        """Calls to fetch, at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___CallRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCallsRequest: _TypeAlias = GetCallsRequest  # noqa: Y015
+
+@_typing.final
+class GetCallsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallHistoryEntry]:
+        """The calls found (newest version), in request order; ids not found are left out."""
+
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallRef]:
+        """The requested calls that were not found."""
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___CallHistoryEntry] | None = ...,
+        missing: _abc.Iterable[Global___CallRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "missing", b"missing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCallsResponse: _TypeAlias = GetCallsResponse  # noqa: Y015
 
 @_typing.final
 class CallHistoryRequest(_message.Message):

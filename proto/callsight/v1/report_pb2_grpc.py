@@ -91,6 +91,11 @@ class ReportServiceStub:
                 request_serializer=callsight_dot_v1_dot_report__pb2.LeadActivityRequest.SerializeToString,
                 response_deserializer=callsight_dot_v1_dot_report__pb2.LeadActivityResponse.FromString,
                 _registered_method=True)
+        self.GetCalls = channel.unary_unary(
+                '/callsight.v1.ReportService/GetCalls',
+                request_serializer=callsight_dot_v1_dot_report__pb2.GetCallsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.GetCallsResponse.FromString,
+                _registered_method=True)
 
 
 class ReportServiceServicer:
@@ -175,6 +180,13 @@ class ReportServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCalls(self, request, context):
+        """Calls by their ids (Callyzer's call-log/get), newest version, in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +244,11 @@ def add_ReportServiceServicer_to_server(servicer, server):
                     servicer.LeadActivity,
                     request_deserializer=callsight_dot_v1_dot_report__pb2.LeadActivityRequest.FromString,
                     response_serializer=callsight_dot_v1_dot_report__pb2.LeadActivityResponse.SerializeToString,
+            ),
+            'GetCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCalls,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.GetCallsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.GetCallsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -533,6 +550,33 @@ class ReportService:
             '/callsight.v1.ReportService/LeadActivity',
             callsight_dot_v1_dot_report__pb2.LeadActivityRequest.SerializeToString,
             callsight_dot_v1_dot_report__pb2.LeadActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.ReportService/GetCalls',
+            callsight_dot_v1_dot_report__pb2.GetCallsRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.GetCallsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,8 @@ class ReportServiceStub:
     """The calls themselves, newest first (paged)."""
     LeadActivity: _grpc.UnaryUnaryMultiCallable[_report_pb2.LeadActivityRequest, _report_pb2.LeadActivityResponse]
     """Calls made to each lead by its assigned employee (paged)."""
+    GetCalls: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetCallsRequest, _report_pb2.GetCallsResponse]
+    """Calls by their ids (Callyzer's call-log/get), newest version, in request order."""
 
 @_typing.type_check_only
 class ReportServiceAsyncStub(ReportServiceStub):
@@ -87,6 +89,8 @@ class ReportServiceAsyncStub(ReportServiceStub):
     """The calls themselves, newest first (paged)."""
     LeadActivity: _aio.UnaryUnaryMultiCallable[_report_pb2.LeadActivityRequest, _report_pb2.LeadActivityResponse]  # type: ignore[assignment]
     """Calls made to each lead by its assigned employee (paged)."""
+    GetCalls: _aio.UnaryUnaryMultiCallable[_report_pb2.GetCallsRequest, _report_pb2.GetCallsResponse]  # type: ignore[assignment]
+    """Calls by their ids (Callyzer's call-log/get), newest version, in request order."""
 
 class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reports over the caller's tenant; needs an API key with role ROLE_ADMIN or ROLE_REPORTS.
@@ -180,5 +184,13 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_report_pb2.LeadActivityResponse, _abc.Awaitable[_report_pb2.LeadActivityResponse]]:
         """Calls made to each lead by its assigned employee (paged)."""
+
+    @_abc_1.abstractmethod
+    def GetCalls(
+        self,
+        request: _report_pb2.GetCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.GetCallsResponse, _abc.Awaitable[_report_pb2.GetCallsResponse]]:
+        """Calls by their ids (Callyzer's call-log/get), newest version, in request order."""
 
 def add_ReportServiceServicer_to_server(servicer: ReportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
