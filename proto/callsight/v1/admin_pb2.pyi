@@ -107,6 +107,78 @@ HEALTH_ISSUE_OLD_APP: HealthIssue.ValueType  # 3
 """Agent version older than min_app_version."""
 Global___HealthIssue: _TypeAlias = HealthIssue  # noqa: Y015
 
+class _WebhookEvent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookEvent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_EVENT_UNSPECIFIED: _WebhookEvent.ValueType  # 0
+    """Not set; refused."""
+    WEBHOOK_EVENT_CALL_MISSED: _WebhookEvent.ValueType  # 1
+    """A missed or rejected call from a client ("call.missed")."""
+    WEBHOOK_EVENT_CLIENT_NEVER_ATTENDED: _WebhookEvent.ValueType  # 2
+    """A client's missed call still not returned after never_attended_after_s
+    ("client.never_attended").
+    """
+    WEBHOOK_EVENT_LEAD_ASSIGNED: _WebhookEvent.ValueType  # 3
+    """A lead was assigned to an employee ("lead.assigned")."""
+    WEBHOOK_EVENT_LEAD_FIRST_CALL: _WebhookEvent.ValueType  # 4
+    """A lead's number was called by an employee for the first time ("lead.first_call")."""
+    WEBHOOK_EVENT_DEVICE_SILENT: _WebhookEvent.ValueType  # 5
+    """A device sent no batch for device_silent_after_s ("device.silent")."""
+    WEBHOOK_EVENT_BATCH_REJECTED: _WebhookEvent.ValueType  # 6
+    """A device's batch was refused whole ("batch.rejected")."""
+
+class WebhookEvent(_WebhookEvent, metaclass=_WebhookEventEnumTypeWrapper):
+    """What a webhook is told about."""
+
+WEBHOOK_EVENT_UNSPECIFIED: WebhookEvent.ValueType  # 0
+"""Not set; refused."""
+WEBHOOK_EVENT_CALL_MISSED: WebhookEvent.ValueType  # 1
+"""A missed or rejected call from a client ("call.missed")."""
+WEBHOOK_EVENT_CLIENT_NEVER_ATTENDED: WebhookEvent.ValueType  # 2
+"""A client's missed call still not returned after never_attended_after_s
+("client.never_attended").
+"""
+WEBHOOK_EVENT_LEAD_ASSIGNED: WebhookEvent.ValueType  # 3
+"""A lead was assigned to an employee ("lead.assigned")."""
+WEBHOOK_EVENT_LEAD_FIRST_CALL: WebhookEvent.ValueType  # 4
+"""A lead's number was called by an employee for the first time ("lead.first_call")."""
+WEBHOOK_EVENT_DEVICE_SILENT: WebhookEvent.ValueType  # 5
+"""A device sent no batch for device_silent_after_s ("device.silent")."""
+WEBHOOK_EVENT_BATCH_REJECTED: WebhookEvent.ValueType  # 6
+"""A device's batch was refused whole ("batch.rejected")."""
+Global___WebhookEvent: _TypeAlias = WebhookEvent  # noqa: Y015
+
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    """Not set; as a filter: every state."""
+    DELIVERY_STATE_PENDING: _DeliveryState.ValueType  # 1
+    """Waiting for its next attempt."""
+    DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 2
+    """The endpoint answered 2xx."""
+    DELIVERY_STATE_DEAD: _DeliveryState.ValueType  # 3
+    """Retried with backoff for the retry window (24 h by default) without success; replayable."""
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """Where a delivery stands."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+"""Not set; as a filter: every state."""
+DELIVERY_STATE_PENDING: DeliveryState.ValueType  # 1
+"""Waiting for its next attempt."""
+DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 2
+"""The endpoint answered 2xx."""
+DELIVERY_STATE_DEAD: DeliveryState.ValueType  # 3
+"""Retried with backoff for the retry window (24 h by default) without success; replayable."""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
+
 @_typing.final
 class CreateTenantRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1727,3 +1799,447 @@ class GetDevicePolicyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDevicePolicyResponse: _TypeAlias = GetDevicePolicyResponse  # noqa: Y015
+
+@_typing.final
+class ExportContactsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_IDS_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CHUNK_ROWS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    format: _common_pb2.ExportFormat.ValueType
+    """Encoding of the chunks."""
+    chunk_rows: _builtins.int
+    """Rows per chunk, 1-100,000; 0 means 50,000."""
+    resume_token: _builtins.str
+    """resume_token of the last chunk received; empty to start."""
+    @_builtins.property
+    def employee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only contacts of these employees' devices; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        employee_ids: _abc.Iterable[_builtins.str] | None = ...,
+        format: _common_pb2.ExportFormat.ValueType = ...,
+        chunk_rows: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_rows", b"chunk_rows", "employee_ids", b"employee_ids", "format", b"format", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportContactsRequest: _TypeAlias = ExportContactsRequest  # noqa: Y015
+
+@_typing.final
+class ExportLeadsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_IDS_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CHUNK_ROWS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    format: _common_pb2.ExportFormat.ValueType
+    """Encoding of the chunks."""
+    chunk_rows: _builtins.int
+    """Rows per chunk, 1-100,000; 0 means 50,000."""
+    resume_token: _builtins.str
+    """resume_token of the last chunk received; empty to start."""
+    @_builtins.property
+    def employee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only leads assigned to these employees; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        employee_ids: _abc.Iterable[_builtins.str] | None = ...,
+        format: _common_pb2.ExportFormat.ValueType = ...,
+        chunk_rows: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_rows", b"chunk_rows", "employee_ids", b"employee_ids", "format", b"format", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportLeadsRequest: _TypeAlias = ExportLeadsRequest  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    """A subscription of an endpoint to events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    INCLUDE_NUMBERS_FIELD_NUMBER: _builtins.int
+    NEVER_ATTENDED_AFTER_S_FIELD_NUMBER: _builtins.int
+    DEVICE_SILENT_AFTER_S_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Identifier of the webhook."""
+    url: _builtins.str
+    """Endpoint: https://..., or http:// to a loopback address (for tests)."""
+    include_numbers: _builtins.bool
+    """Include decrypted numbers and names in event bodies (otherwise client_key pseudonyms)."""
+    never_attended_after_s: _builtins.int
+    """Delay after which an unreturned missed call raises client.never_attended; 0 means 3600."""
+    device_silent_after_s: _builtins.int
+    """Silence after which device.silent is raised; 0 means 86400."""
+    created_at_ms: _builtins.int
+    """When it was created, epoch milliseconds UTC."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedScalarFieldContainer[Global___WebhookEvent.ValueType]:
+        """Events delivered; at least one."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        events: _abc.Iterable[Global___WebhookEvent.ValueType] | None = ...,
+        include_numbers: _builtins.bool = ...,
+        never_attended_after_s: _builtins.int = ...,
+        device_silent_after_s: _builtins.int = ...,
+        created_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "device_silent_after_s", b"device_silent_after_s", "events", b"events", "include_numbers", b"include_numbers", "never_attended_after_s", b"never_attended_after_s", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class CreateWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """The webhook to create (webhook_id and created_at_ms are ignored)."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookRequest: _TypeAlias = CreateWebhookRequest  # noqa: Y015
+
+@_typing.final
+class CreateWebhookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """Signing secret (whsec_...): shown once. Each delivery carries the header
+    Callsight-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>.
+    """
+    @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """The webhook as stored."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___Webhook | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret", "webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookResponse: _TypeAlias = CreateWebhookResponse  # noqa: Y015
+
+@_typing.final
+class ListWebhooksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksRequest: _TypeAlias = ListWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhooksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Webhook]:
+        """The tenant's webhooks, newest first."""
+
+    def __init__(
+        self,
+        *,
+        webhooks: _abc.Iterable[Global___Webhook] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhooks", b"webhooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksResponse: _TypeAlias = ListWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Webhook to delete."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookRequest: _TypeAlias = DeleteWebhookRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookResponse: _TypeAlias = DeleteWebhookResponse  # noqa: Y015
+
+@_typing.final
+class TestWebhookRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Webhook to test."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestWebhookRequest: _TypeAlias = TestWebhookRequest  # noqa: Y015
+
+@_typing.final
+class TestWebhookResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    http_status: _builtins.int
+    """HTTP status the endpoint answered; 0 when it could not be reached."""
+    error: _builtins.str
+    """Why it failed (timeout, connection refused, TLS), empty when it answered 2xx."""
+    latency_ms: _builtins.int
+    """Round trip, milliseconds."""
+    def __init__(
+        self,
+        *,
+        http_status: _builtins.int = ...,
+        error: _builtins.str = ...,
+        latency_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "http_status", b"http_status", "latency_ms", b"latency_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestWebhookResponse: _TypeAlias = TestWebhookResponse  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One event for one webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_MS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Identifier of the event (the receiver's idempotency key; also the Callsight-Event-Id header)."""
+    type: _builtins.str
+    """Event type, e.g. "call.missed"."""
+    state: Global___DeliveryState.ValueType
+    """Where the delivery stands."""
+    attempts: _builtins.int
+    """Attempts made."""
+    last_status: _builtins.int
+    """HTTP status of the last attempt; 0 if it got none."""
+    last_error: _builtins.str
+    """Error of the last attempt, if any."""
+    created_at_ms: _builtins.int
+    """When the event happened, epoch milliseconds UTC."""
+    next_attempt_at_ms: _builtins.int
+    """When the next attempt is due (PENDING), epoch milliseconds UTC."""
+    body: _builtins.str
+    """The JSON body sent."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_status: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        created_at_ms: _builtins.int = ...,
+        next_attempt_at_ms: _builtins.int = ...,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "body", b"body", "created_at_ms", b"created_at_ms", "event_id", b"event_id", "last_error", b"last_error", "last_status", b"last_status", "next_attempt_at_ms", b"next_attempt_at_ms", "state", b"state", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Webhook whose deliveries to list."""
+    state: Global___DeliveryState.ValueType
+    """Only deliveries in this state; unspecified means all."""
+    page_size: _builtins.int
+    """Rows per page, 1-1000; 0 means 100."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """The page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class ReplayWebhookDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """Webhook whose deliveries to replay."""
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Events to replay; empty means every dead delivery of the webhook."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_ids", b"event_ids", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayWebhookDeliveriesRequest: _TypeAlias = ReplayWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ReplayWebhookDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.int
+    """Deliveries queued again."""
+    def __init__(
+        self,
+        *,
+        replayed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayWebhookDeliveriesResponse: _TypeAlias = ReplayWebhookDeliveriesResponse  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from callsight.v1 import admin_pb2 as callsight_dot_v1_dot_admin__pb2
+from callsight.v1 import common_pb2 as callsight_dot_v1_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -155,6 +156,46 @@ class AdminServiceStub:
                 '/callsight.v1.AdminService/GetDevicePolicy',
                 request_serializer=callsight_dot_v1_dot_admin__pb2.GetDevicePolicyRequest.SerializeToString,
                 response_deserializer=callsight_dot_v1_dot_admin__pb2.GetDevicePolicyResponse.FromString,
+                _registered_method=True)
+        self.ExportContacts = channel.unary_stream(
+                '/callsight.v1.AdminService/ExportContacts',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ExportContactsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_common__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.ExportLeads = channel.unary_stream(
+                '/callsight.v1.AdminService/ExportLeads',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ExportLeadsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_common__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/callsight.v1.AdminService/CreateWebhook',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/callsight.v1.AdminService/ListWebhooks',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/callsight.v1.AdminService/DeleteWebhook',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
+        self.TestWebhook = channel.unary_unary(
+                '/callsight.v1.AdminService/TestWebhook',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.TestWebhookRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.TestWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/callsight.v1.AdminService/ListWebhookDeliveries',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.ReplayWebhookDeliveries = channel.unary_unary(
+                '/callsight.v1.AdminService/ReplayWebhookDeliveries',
+                request_serializer=callsight_dot_v1_dot_admin__pb2.ReplayWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_admin__pb2.ReplayWebhookDeliveriesResponse.FromString,
                 _registered_method=True)
 
 
@@ -339,6 +380,62 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportContacts(self, request, context):
+        """Streams the contacts devices uploaded (newest version, deleted left out), decrypted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportLeads(self, request, context):
+        """Streams the tenant's leads, decrypted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWebhook(self, request, context):
+        """Subscribes an HTTPS endpoint to events; returns its signing secret once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """The tenant's webhooks, without secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Deletes a webhook; its pending deliveries are dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestWebhook(self, request, context):
+        """Sends a webhook.test event to the endpoint now and reports how it answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """Deliveries of a webhook, newest first (paged), filtered by state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayWebhookDeliveries(self, request, context):
+        """Queues dead-lettered (or named) deliveries of a webhook for delivery again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -461,6 +558,46 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetDevicePolicy,
                     request_deserializer=callsight_dot_v1_dot_admin__pb2.GetDevicePolicyRequest.FromString,
                     response_serializer=callsight_dot_v1_dot_admin__pb2.GetDevicePolicyResponse.SerializeToString,
+            ),
+            'ExportContacts': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportContacts,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ExportContactsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_common__pb2.ExportChunk.SerializeToString,
+            ),
+            'ExportLeads': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportLeads,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ExportLeadsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_common__pb2.ExportChunk.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'TestWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestWebhook,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.TestWebhookRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.TestWebhookResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'ReplayWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayWebhookDeliveries,
+                    request_deserializer=callsight_dot_v1_dot_admin__pb2.ReplayWebhookDeliveriesRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_admin__pb2.ReplayWebhookDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1113,6 +1250,222 @@ class AdminService:
             '/callsight.v1.AdminService/GetDevicePolicy',
             callsight_dot_v1_dot_admin__pb2.GetDevicePolicyRequest.SerializeToString,
             callsight_dot_v1_dot_admin__pb2.GetDevicePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callsight.v1.AdminService/ExportContacts',
+            callsight_dot_v1_dot_admin__pb2.ExportContactsRequest.SerializeToString,
+            callsight_dot_v1_dot_common__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportLeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callsight.v1.AdminService/ExportLeads',
+            callsight_dot_v1_dot_admin__pb2.ExportLeadsRequest.SerializeToString,
+            callsight_dot_v1_dot_common__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/CreateWebhook',
+            callsight_dot_v1_dot_admin__pb2.CreateWebhookRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ListWebhooks',
+            callsight_dot_v1_dot_admin__pb2.ListWebhooksRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/DeleteWebhook',
+            callsight_dot_v1_dot_admin__pb2.DeleteWebhookRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/TestWebhook',
+            callsight_dot_v1_dot_admin__pb2.TestWebhookRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.TestWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ListWebhookDeliveries',
+            callsight_dot_v1_dot_admin__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callsight.v1.AdminService/ReplayWebhookDeliveries',
+            callsight_dot_v1_dot_admin__pb2.ReplayWebhookDeliveriesRequest.SerializeToString,
+            callsight_dot_v1_dot_admin__pb2.ReplayWebhookDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ privacy operations.
 """
 
 from callsight.v1 import admin_pb2 as _admin_pb2
+from callsight.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1
@@ -99,6 +100,22 @@ class AdminServiceStub:
     """Sets the tenant's device policy, or one employee's override of it."""
     GetDevicePolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDevicePolicyRequest, _admin_pb2.GetDevicePolicyResponse]
     """The tenant's device policy, or the policy in force for one employee."""
+    ExportContacts: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportContactsRequest, _common_pb2.ExportChunk]
+    """Streams the contacts devices uploaded (newest version, deleted left out), decrypted."""
+    ExportLeads: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportLeadsRequest, _common_pb2.ExportChunk]
+    """Streams the tenant's leads, decrypted."""
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateWebhookRequest, _admin_pb2.CreateWebhookResponse]
+    """Subscribes an HTTPS endpoint to events; returns its signing secret once."""
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListWebhooksRequest, _admin_pb2.ListWebhooksResponse]
+    """The tenant's webhooks, without secrets."""
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteWebhookRequest, _admin_pb2.DeleteWebhookResponse]
+    """Deletes a webhook; its pending deliveries are dropped."""
+    TestWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TestWebhookRequest, _admin_pb2.TestWebhookResponse]
+    """Sends a webhook.test event to the endpoint now and reports how it answered."""
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListWebhookDeliveriesRequest, _admin_pb2.ListWebhookDeliveriesResponse]
+    """Deliveries of a webhook, newest first (paged), filtered by state."""
+    ReplayWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReplayWebhookDeliveriesRequest, _admin_pb2.ReplayWebhookDeliveriesResponse]
+    """Queues dead-lettered (or named) deliveries of a webhook for delivery again."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -169,6 +186,22 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Sets the tenant's device policy, or one employee's override of it."""
     GetDevicePolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDevicePolicyRequest, _admin_pb2.GetDevicePolicyResponse]  # type: ignore[assignment]
     """The tenant's device policy, or the policy in force for one employee."""
+    ExportContacts: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportContactsRequest, _common_pb2.ExportChunk]  # type: ignore[assignment]
+    """Streams the contacts devices uploaded (newest version, deleted left out), decrypted."""
+    ExportLeads: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportLeadsRequest, _common_pb2.ExportChunk]  # type: ignore[assignment]
+    """Streams the tenant's leads, decrypted."""
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateWebhookRequest, _admin_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """Subscribes an HTTPS endpoint to events; returns its signing secret once."""
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListWebhooksRequest, _admin_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    """The tenant's webhooks, without secrets."""
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteWebhookRequest, _admin_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
+    """Deletes a webhook; its pending deliveries are dropped."""
+    TestWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.TestWebhookRequest, _admin_pb2.TestWebhookResponse]  # type: ignore[assignment]
+    """Sends a webhook.test event to the endpoint now and reports how it answered."""
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListWebhookDeliveriesRequest, _admin_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """Deliveries of a webhook, newest first (paged), filtered by state."""
+    ReplayWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReplayWebhookDeliveriesRequest, _admin_pb2.ReplayWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """Queues dead-lettered (or named) deliveries of a webhook for delivery again."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Administration of a tenant. CreateTenant, ListTenants and DeleteTenant need the operator token;
@@ -380,5 +413,69 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetDevicePolicyResponse, _abc.Awaitable[_admin_pb2.GetDevicePolicyResponse]]:
         """The tenant's device policy, or the policy in force for one employee."""
+
+    @_abc_1.abstractmethod
+    def ExportContacts(
+        self,
+        request: _admin_pb2.ExportContactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.ExportChunk], _abc.AsyncIterator[_common_pb2.ExportChunk]]:
+        """Streams the contacts devices uploaded (newest version, deleted left out), decrypted."""
+
+    @_abc_1.abstractmethod
+    def ExportLeads(
+        self,
+        request: _admin_pb2.ExportLeadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.ExportChunk], _abc.AsyncIterator[_common_pb2.ExportChunk]]:
+        """Streams the tenant's leads, decrypted."""
+
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _admin_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateWebhookResponse, _abc.Awaitable[_admin_pb2.CreateWebhookResponse]]:
+        """Subscribes an HTTPS endpoint to events; returns its signing secret once."""
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _admin_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListWebhooksResponse, _abc.Awaitable[_admin_pb2.ListWebhooksResponse]]:
+        """The tenant's webhooks, without secrets."""
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _admin_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteWebhookResponse, _abc.Awaitable[_admin_pb2.DeleteWebhookResponse]]:
+        """Deletes a webhook; its pending deliveries are dropped."""
+
+    @_abc_1.abstractmethod
+    def TestWebhook(
+        self,
+        request: _admin_pb2.TestWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.TestWebhookResponse, _abc.Awaitable[_admin_pb2.TestWebhookResponse]]:
+        """Sends a webhook.test event to the endpoint now and reports how it answered."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _admin_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_admin_pb2.ListWebhookDeliveriesResponse]]:
+        """Deliveries of a webhook, newest first (paged), filtered by state."""
+
+    @_abc_1.abstractmethod
+    def ReplayWebhookDeliveries(
+        self,
+        request: _admin_pb2.ReplayWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReplayWebhookDeliveriesResponse, _abc.Awaitable[_admin_pb2.ReplayWebhookDeliveriesResponse]]:
+        """Queues dead-lettered (or named) deliveries of a webhook for delivery again."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,21 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llsight/v1/common.proto\x12\x0c\x63\x61llsight.v1*\xd6\x01\n\x08\x43\x61llType\x12\x19\n\x15\x43\x41LL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_TYPE_INCOMING\x10\x01\x12\x16\n\x12\x43\x41LL_TYPE_OUTGOING\x10\x02\x12\x14\n\x10\x43\x41LL_TYPE_MISSED\x10\x03\x12\x17\n\x13\x43\x41LL_TYPE_VOICEMAIL\x10\x04\x12\x16\n\x12\x43\x41LL_TYPE_REJECTED\x10\x05\x12\x15\n\x11\x43\x41LL_TYPE_BLOCKED\x10\x06\x12!\n\x1d\x43\x41LL_TYPE_ANSWERED_EXTERNALLY\x10\x07*>\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x10\n\x0cROLE_REPORTS\x10\x02*\xc1\x01\n\x12NumberPresentation\x12#\n\x1fNUMBER_PRESENTATION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bNUMBER_PRESENTATION_ALLOWED\x10\x01\x12\"\n\x1eNUMBER_PRESENTATION_RESTRICTED\x10\x02\x12\x1f\n\x1bNUMBER_PRESENTATION_UNKNOWN\x10\x03\x12 \n\x1cNUMBER_PRESENTATION_PAYPHONE\x10\x04*v\n\nCallMethod\x12\x1b\n\x17\x43\x41LL_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41LL_METHOD_PHONE\x10\x01\x12\x18\n\x14\x43\x41LL_METHOD_WHATSAPP\x10\x02\x12\x1a\n\x16\x43\x41LL_METHOD_OTHER_VOIP\x10\x03*O\n\x08\x43\x61llMode\x12\x19\n\x15\x43\x41LL_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41LL_MODE_VOICE\x10\x01\x12\x13\n\x0f\x43\x41LL_MODE_VIDEO\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llsight/v1/common.proto\x12\x0c\x63\x61llsight.v1\"b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12\x13\n\x0brows_so_far\x18\x04 \x01(\x04\x12\x0c\n\x04last\x18\x05 \x01(\x08*\xd6\x01\n\x08\x43\x61llType\x12\x19\n\x15\x43\x41LL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_TYPE_INCOMING\x10\x01\x12\x16\n\x12\x43\x41LL_TYPE_OUTGOING\x10\x02\x12\x14\n\x10\x43\x41LL_TYPE_MISSED\x10\x03\x12\x17\n\x13\x43\x41LL_TYPE_VOICEMAIL\x10\x04\x12\x16\n\x12\x43\x41LL_TYPE_REJECTED\x10\x05\x12\x15\n\x11\x43\x41LL_TYPE_BLOCKED\x10\x06\x12!\n\x1d\x43\x41LL_TYPE_ANSWERED_EXTERNALLY\x10\x07*>\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x10\n\x0cROLE_REPORTS\x10\x02*\xc1\x01\n\x12NumberPresentation\x12#\n\x1fNUMBER_PRESENTATION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bNUMBER_PRESENTATION_ALLOWED\x10\x01\x12\"\n\x1eNUMBER_PRESENTATION_RESTRICTED\x10\x02\x12\x1f\n\x1bNUMBER_PRESENTATION_UNKNOWN\x10\x03\x12 \n\x1cNUMBER_PRESENTATION_PAYPHONE\x10\x04*v\n\nCallMethod\x12\x1b\n\x17\x43\x41LL_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41LL_METHOD_PHONE\x10\x01\x12\x18\n\x14\x43\x41LL_METHOD_WHATSAPP\x10\x02\x12\x1a\n\x16\x43\x41LL_METHOD_OTHER_VOIP\x10\x03*O\n\x08\x43\x61llMode\x12\x19\n\x15\x43\x41LL_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41LL_MODE_VOICE\x10\x01\x12\x13\n\x0f\x43\x41LL_MODE_VIDEO\x10\x02*]\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPORT_FORMAT_ARROW\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callsight.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLTYPE']._serialized_start=44
-  _globals['_CALLTYPE']._serialized_end=258
-  _globals['_ROLE']._serialized_start=260
-  _globals['_ROLE']._serialized_end=322
-  _globals['_NUMBERPRESENTATION']._serialized_start=325
-  _globals['_NUMBERPRESENTATION']._serialized_end=518
-  _globals['_CALLMETHOD']._serialized_start=520
-  _globals['_CALLMETHOD']._serialized_end=638
-  _globals['_CALLMODE']._serialized_start=640
-  _globals['_CALLMODE']._serialized_end=719
+  _globals['_CALLTYPE']._serialized_start=144
+  _globals['_CALLTYPE']._serialized_end=358
+  _globals['_ROLE']._serialized_start=360
+  _globals['_ROLE']._serialized_end=422
+  _globals['_NUMBERPRESENTATION']._serialized_start=425
+  _globals['_NUMBERPRESENTATION']._serialized_end=618
+  _globals['_CALLMETHOD']._serialized_start=620
+  _globals['_CALLMETHOD']._serialized_end=738
+  _globals['_CALLMODE']._serialized_start=740
+  _globals['_CALLMODE']._serialized_end=819
+  _globals['_EXPORTFORMAT']._serialized_start=821
+  _globals['_EXPORTFORMAT']._serialized_end=914
+  _globals['_EXPORTCHUNK']._serialized_start=43
+  _globals['_EXPORTCHUNK']._serialized_end=141
 # @@protoc_insertion_point(module_scope)

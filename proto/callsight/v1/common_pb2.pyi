@@ -4,15 +4,16 @@ isort:skip_file
 Types shared by every callsight service."""
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -173,3 +174,71 @@ CALL_MODE_VOICE: CallMode.ValueType  # 1
 CALL_MODE_VIDEO: CallMode.ValueType  # 2
 """Video."""
 Global___CallMode: _TypeAlias = CallMode  # noqa: Y015
+
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not set; treated as EXPORT_FORMAT_ARROW."""
+    EXPORT_FORMAT_ARROW: _ExportFormat.ValueType  # 1
+    """Apache Arrow IPC stream: each chunk's data is a complete IPC stream (schema + one record
+    batch), readable on its own with pyarrow.ipc.open_stream.
+    """
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 2
+    """RFC 4180 CSV, UTF-8; the first chunk starts with the header row."""
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """How an export stream encodes its rows."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not set; treated as EXPORT_FORMAT_ARROW."""
+EXPORT_FORMAT_ARROW: ExportFormat.ValueType  # 1
+"""Apache Arrow IPC stream: each chunk's data is a complete IPC stream (schema + one record
+batch), readable on its own with pyarrow.ipc.open_stream.
+"""
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 2
+"""RFC 4180 CSV, UTF-8; the first chunk starts with the header row."""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
+
+@_typing.final
+class ExportChunk(_message.Message):
+    """One piece of an export."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    ROWS_SO_FAR_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The rows, encoded in the requested format."""
+    rows: _builtins.int
+    """Rows in this chunk."""
+    resume_token: _builtins.str
+    """Pass it as resume_token to continue after this chunk (a broken download loses nothing
+    and repeats nothing); empty on the last chunk.
+    """
+    rows_so_far: _builtins.int
+    """Rows sent so far in this export, this chunk included (counting from the original start)."""
+    last: _builtins.bool
+    """True on the last chunk."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        rows: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+        rows_so_far: _builtins.int = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "resume_token", b"resume_token", "rows", b"rows", "rows_so_far", b"rows_so_far"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015

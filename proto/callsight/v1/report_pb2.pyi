@@ -1273,3 +1273,125 @@ class LeadActivityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeadActivityResponse: _TypeAlias = LeadActivityResponse  # noqa: Y015
+
+@_typing.final
+class ExportCallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CHUNK_ROWS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    format: _common_pb2.ExportFormat.ValueType
+    """Encoding of the chunks."""
+    chunk_rows: _builtins.int
+    """Rows per chunk, 1-100,000; 0 means 50,000."""
+    resume_token: _builtins.str
+    """resume_token of the last chunk received, to continue a broken export; empty to start."""
+    @_builtins.property
+    def filter(self) -> Global___ReportFilter:
+        """Which calls to export; to_ms - from_ms may be any length."""
+
+    def __init__(
+        self,
+        *,
+        filter: Global___ReportFilter | None = ...,
+        format: _common_pb2.ExportFormat.ValueType = ...,
+        chunk_rows: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_rows", b"chunk_rows", "filter", b"filter", "format", b"format", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCallsRequest: _TypeAlias = ExportCallsRequest  # noqa: Y015
+
+@_typing.final
+class WatchSummaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def filter(self) -> Global___ReportFilter:
+        """Which calls to total. Only employee_ids, employee_tags, call_types, timezone and
+        include_excluded_numbers apply; the range is from from_ms on, open-ended (to_ms ignored).
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___ReportFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSummaryRequest: _TypeAlias = WatchSummaryRequest  # noqa: Y015
+
+@_typing.final
+class EmployeeDelta(_message.Message):
+    """One employee's totals after a change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMPLOYEE_ID_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    employee_id: _builtins.str
+    """The employee."""
+    @_builtins.property
+    def summary(self) -> Global___Summary:
+        """The employee's totals now, under the watch's filter."""
+
+    def __init__(
+        self,
+        *,
+        employee_id: _builtins.str = ...,
+        summary: Global___Summary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["employee_id", b"employee_id", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmployeeDelta: _TypeAlias = EmployeeDelta  # noqa: Y015
+
+@_typing.final
+class WatchSummaryUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    EMPLOYEES_FIELD_NUMBER: _builtins.int
+    AS_OF_MS_FIELD_NUMBER: _builtins.int
+    NEWEST_ACK_MS_FIELD_NUMBER: _builtins.int
+    as_of_ms: _builtins.int
+    """Server time the totals are as of, epoch milliseconds UTC."""
+    newest_ack_ms: _builtins.int
+    """Acks of the newest batch counted, epoch milliseconds UTC (to measure staleness)."""
+    @_builtins.property
+    def summary(self) -> Global___Summary:
+        """Totals of the filter now."""
+
+    @_builtins.property
+    def employees(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmployeeDelta]:
+        """Employees whose totals changed since the previous update (all of them in the first)."""
+
+    def __init__(
+        self,
+        *,
+        summary: Global___Summary | None = ...,
+        employees: _abc.Iterable[Global___EmployeeDelta] | None = ...,
+        as_of_ms: _builtins.int = ...,
+        newest_ack_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ms", b"as_of_ms", "employees", b"employees", "newest_ack_ms", b"newest_ack_ms", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSummaryUpdate: _TypeAlias = WatchSummaryUpdate  # noqa: Y015

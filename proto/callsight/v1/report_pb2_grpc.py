@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from callsight.v1 import common_pb2 as callsight_dot_v1_dot_common__pb2
 from callsight.v1 import report_pb2 as callsight_dot_v1_dot_report__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -96,6 +97,16 @@ class ReportServiceStub:
                 request_serializer=callsight_dot_v1_dot_report__pb2.GetCallsRequest.SerializeToString,
                 response_deserializer=callsight_dot_v1_dot_report__pb2.GetCallsResponse.FromString,
                 _registered_method=True)
+        self.ExportCalls = channel.unary_stream(
+                '/callsight.v1.ReportService/ExportCalls',
+                request_serializer=callsight_dot_v1_dot_report__pb2.ExportCallsRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_common__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.WatchSummary = channel.unary_stream(
+                '/callsight.v1.ReportService/WatchSummary',
+                request_serializer=callsight_dot_v1_dot_report__pb2.WatchSummaryRequest.SerializeToString,
+                response_deserializer=callsight_dot_v1_dot_report__pb2.WatchSummaryUpdate.FromString,
+                _registered_method=True)
 
 
 class ReportServiceServicer:
@@ -187,6 +198,23 @@ class ReportServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportCalls(self, request, context):
+        """Streams every filtered call (newest version) in chunks of Arrow IPC or CSV, ordered by start
+        time then call; numbers decrypted for ADMIN keys only (REPORTS keys get client_key, a stable
+        pseudonym). Any range: the 400-day limit of other reports does not apply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSummary(self, request, context):
+        """Pushes the CallSummary totals of a filter (and per-employee changes) whenever acked batches
+        change them, within about a second of the ack; the first message holds the current totals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +277,16 @@ def add_ReportServiceServicer_to_server(servicer, server):
                     servicer.GetCalls,
                     request_deserializer=callsight_dot_v1_dot_report__pb2.GetCallsRequest.FromString,
                     response_serializer=callsight_dot_v1_dot_report__pb2.GetCallsResponse.SerializeToString,
+            ),
+            'ExportCalls': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCalls,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.ExportCallsRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_common__pb2.ExportChunk.SerializeToString,
+            ),
+            'WatchSummary': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSummary,
+                    request_deserializer=callsight_dot_v1_dot_report__pb2.WatchSummaryRequest.FromString,
+                    response_serializer=callsight_dot_v1_dot_report__pb2.WatchSummaryUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +615,60 @@ class ReportService:
             '/callsight.v1.ReportService/GetCalls',
             callsight_dot_v1_dot_report__pb2.GetCallsRequest.SerializeToString,
             callsight_dot_v1_dot_report__pb2.GetCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callsight.v1.ReportService/ExportCalls',
+            callsight_dot_v1_dot_report__pb2.ExportCallsRequest.SerializeToString,
+            callsight_dot_v1_dot_common__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callsight.v1.ReportService/WatchSummary',
+            callsight_dot_v1_dot_report__pb2.WatchSummaryRequest.SerializeToString,
+            callsight_dot_v1_dot_report__pb2.WatchSummaryUpdate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 isort:skip_file
 Call analytics computed inside ClickHouse."""
 
+from callsight.v1 import common_pb2 as _common_pb2
 from callsight.v1 import report_pb2 as _report_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
@@ -59,6 +60,15 @@ class ReportServiceStub:
     """Calls made to each lead by its assigned employee (paged)."""
     GetCalls: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetCallsRequest, _report_pb2.GetCallsResponse]
     """Calls by their ids (Callyzer's call-log/get), newest version, in request order."""
+    ExportCalls: _grpc.UnaryStreamMultiCallable[_report_pb2.ExportCallsRequest, _common_pb2.ExportChunk]
+    """Streams every filtered call (newest version) in chunks of Arrow IPC or CSV, ordered by start
+    time then call; numbers decrypted for ADMIN keys only (REPORTS keys get client_key, a stable
+    pseudonym). Any range: the 400-day limit of other reports does not apply.
+    """
+    WatchSummary: _grpc.UnaryStreamMultiCallable[_report_pb2.WatchSummaryRequest, _report_pb2.WatchSummaryUpdate]
+    """Pushes the CallSummary totals of a filter (and per-employee changes) whenever acked batches
+    change them, within about a second of the ack; the first message holds the current totals.
+    """
 
 @_typing.type_check_only
 class ReportServiceAsyncStub(ReportServiceStub):
@@ -91,6 +101,15 @@ class ReportServiceAsyncStub(ReportServiceStub):
     """Calls made to each lead by its assigned employee (paged)."""
     GetCalls: _aio.UnaryUnaryMultiCallable[_report_pb2.GetCallsRequest, _report_pb2.GetCallsResponse]  # type: ignore[assignment]
     """Calls by their ids (Callyzer's call-log/get), newest version, in request order."""
+    ExportCalls: _aio.UnaryStreamMultiCallable[_report_pb2.ExportCallsRequest, _common_pb2.ExportChunk]  # type: ignore[assignment]
+    """Streams every filtered call (newest version) in chunks of Arrow IPC or CSV, ordered by start
+    time then call; numbers decrypted for ADMIN keys only (REPORTS keys get client_key, a stable
+    pseudonym). Any range: the 400-day limit of other reports does not apply.
+    """
+    WatchSummary: _aio.UnaryStreamMultiCallable[_report_pb2.WatchSummaryRequest, _report_pb2.WatchSummaryUpdate]  # type: ignore[assignment]
+    """Pushes the CallSummary totals of a filter (and per-employee changes) whenever acked batches
+    change them, within about a second of the ack; the first message holds the current totals.
+    """
 
 class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reports over the caller's tenant; needs an API key with role ROLE_ADMIN or ROLE_REPORTS.
@@ -192,5 +211,26 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_report_pb2.GetCallsResponse, _abc.Awaitable[_report_pb2.GetCallsResponse]]:
         """Calls by their ids (Callyzer's call-log/get), newest version, in request order."""
+
+    @_abc_1.abstractmethod
+    def ExportCalls(
+        self,
+        request: _report_pb2.ExportCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.ExportChunk], _abc.AsyncIterator[_common_pb2.ExportChunk]]:
+        """Streams every filtered call (newest version) in chunks of Arrow IPC or CSV, ordered by start
+        time then call; numbers decrypted for ADMIN keys only (REPORTS keys get client_key, a stable
+        pseudonym). Any range: the 400-day limit of other reports does not apply.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSummary(
+        self,
+        request: _report_pb2.WatchSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_report_pb2.WatchSummaryUpdate], _abc.AsyncIterator[_report_pb2.WatchSummaryUpdate]]:
+        """Pushes the CallSummary totals of a filter (and per-employee changes) whenever acked batches
+        change them, within about a second of the ack; the first message holds the current totals.
+        """
 
 def add_ReportServiceServicer_to_server(servicer: ReportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
