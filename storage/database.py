@@ -25,6 +25,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from callsight.core.errors import InvalidArgument, StorageError, StorageRefused
+from callsight.storage.cluster import mutation
 from callsight.storage.sql import Sql
 
 T = TypeVar("T")
@@ -123,8 +124,11 @@ class Database:
         pool_size: int = 4,
         settings: Mapping[str, Any] | None = None,
         role: str = "",
+        cluster: str | None = None,
     ) -> None:
         self.dsn = dsn
+        # With a cluster name, run-time mutations act on every shard's local table.
+        self.cluster = cluster
         self.name = _checked(database)
         self.settings: Mapping[str, Any] = dict(settings or {})
         self._local = threading.local()
@@ -204,6 +208,7 @@ class Database:
             text, params = sql.text, dict(sql.params)
         else:
             text, params = sql, dict(parameters or {})
+        text = mutation(text, self.cluster)
         return await self.run(lambda c: c.command(text, parameters=params))
 
     async def insert_rows(

@@ -2,7 +2,8 @@
 
 Each file ``NNNN_name.sql`` holds statements separated by ``;``. Applied versions are recorded in
 ``schema_migrations``; statements are written to be idempotent (``IF NOT EXISTS``), so a start-up
-that died half-way through a migration simply runs it again.
+that died half-way through a migration simply runs it again. With a cluster name every statement
+is rendered for the cluster first (``storage.cluster``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from importlib import resources
 
 import structlog
 
+from callsight.storage.cluster import render
 from callsight.storage.database import Database
 from callsight.storage.sql import Sql
 
@@ -57,24 +59,26 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def applied(db: Database) -> set[int]:
+async def applied(db: Database, cluster: str | None = None) -> set[int]:
     """Versions recorded as applied."""
-    await db.command(_LEDGER)
+    for statement in render(_LEDGER.strip(), cluster):
+        await db.command(statement)
     rows = await db.named_rows(Sql("SELECT version FROM schema_migrations FINAL"))
     return {int(r["version"]) for r in rows}
 
 
-async def migrate(db: Database, until: int | None = None) -> list[int]:
-    """Applies every pending migration (up to version ``until``, when given); returns the
-    versions applied now."""
-    done = await applied(db)
+async def migrate(db: Database, until: int | None = None, cluster: str | None = None) -> list[int]:
+    """Applies every pending migration (up to version ``until``, when given), rendered for
+    ``cluster`` when one is named; returns the versions applied now."""
+    done = await applied(db, cluster)
     ran = []
     for migration in available():
         if migration.version in done or (until is not None and migration.version > until):
             continue
         started = time.monotonic()
         for statement in migration.statements:
-            await db.command(statement)
+            for rendered in render(statement, cluster):
+                await db.command(rendered)
         await db.insert_rows(
             "schema_migrations",
             [(migration.version, migration.name, datetime.now(UTC))],
