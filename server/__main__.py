@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from callsight.core.errors import ConfigError
 from callsight.server import cli, logs
 from callsight.server import config as config_module
+from callsight.server.preflight import StartupError, preflight
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,13 +25,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"callsight: {exc}", file=sys.stderr)
         return 2
+    try:
+        lock = preflight(config)
+    except StartupError as exc:
+        print(f"callsight: {exc}", file=sys.stderr)
+        return 2
     # Imported here so that the operator commands start without loading ClickHouse.
     import uvloop
 
     from callsight.server.app import Service
 
     logs.configure(config.log_level)
-    uvloop.run(Service(config).run())
+    try:
+        uvloop.run(Service(config).run())
+    except StartupError as exc:
+        print(f"callsight: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if lock is not None:
+            lock.close()
     return 0
 
 

@@ -121,3 +121,10 @@ def test_a_token_with_a_line_break_is_refused_before_sending() -> None:
         "employee", "list", "--timeout", "5", env={**ENV, "CALLSIGHT_API_KEY": "csk_a\n"}
     )
     assert (status, err.split(":")[:2]) == (1, ["callsight", " cannot reach 127.0.0.1"]), err
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"callsight {importlib.metadata.version('callsight')}\n"
