@@ -47,6 +47,9 @@ _CODES: tuple[tuple[type[CallsightError], grpc.StatusCode], ...] = (
 )
 
 _DIGITS = re.compile(r"\+?\d[\d\s().-]{2,}\d")
+# A run with fewer digits is a code, a count or a standard's number ("ISO 3166-1"), not a phone
+# number: the shortest numbers dialled with their country code have 6 or more.
+_MIN_NUMBER_DIGITS = 6
 
 
 def status_code(exc: CallsightError) -> grpc.StatusCode:
@@ -96,4 +99,9 @@ def _retry_details(
 
 def redact(text: str) -> str:
     """Masks anything that looks like a phone number so that it can be logged."""
-    return _DIGITS.sub("<number>", text)
+
+    def mask(match: re.Match[str]) -> str:
+        digits = sum(char.isdigit() for char in match.group())
+        return "<number>" if digits >= _MIN_NUMBER_DIGITS else match.group()
+
+    return _DIGITS.sub(mask, text)
