@@ -1,50 +1,69 @@
-# Two commands do all set-up: `make serve` and `make test`. Both create .venv on first use.
+# Two commands do all set-up: `make serve` and `make test`. Both create .venv on first use, with
+# the exact versions pinned in uv.lock: `make serve` installs what the server needs to run,
+# `make test` adds the dev tools (the `dev` extra). uv itself lives in .tools, outside the
+# environment it manages; `make lock` refreshes uv.lock after a dependency change.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON=$(PYTHON) $(UV) sync --frozen --quiet \
+	--config-setting editable_mode=strict
 # The strict editable install links each file into build/, so a new or removed module needs a
-# re-install: the stamp covers pyproject.toml and the list of installed files.
-INSTALLED := $(shell (cat pyproject.toml; find proto/callsight server pipeline storage loadtest \
-	-name '*.py' -o -name '*.pyi' -o -name '*.sql' -o -name py.typed | sort) | sha1sum | cut -c1-12)
-STAMP := $(VENV)/.installed-$(INSTALLED)
+# re-install: the stamps cover pyproject.toml, uv.lock and the list of installed files.
+INSTALLED := $(shell (cat pyproject.toml uv.lock; find proto/callsight server pipeline storage \
+	loadtest -name '*.py' -o -name '*.pyi' -o -name '*.sql' -o -name py.typed | sort) \
+	| sha1sum | cut -c1-12)
+STAMP := $(VENV)/.runtime-$(INSTALLED)
+DEV_STAMP := $(VENV)/.dev-$(INSTALLED)
 
-.PHONY: serve test lint typecheck layers proto proto-check pytest bench clean
+.PHONY: serve test venv lint typecheck layers proto proto-check pytest bench lock clean
 
-$(STAMP):
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
-	rm -f $(VENV)/.installed-* && touch $@
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-venv: $(STAMP)
+# Runtime only; --inexact keeps dev tools a `make test` installed.
+$(STAMP): | $(UV)
+	$(SYNC) --inexact
+	rm -f $(VENV)/.runtime-* && touch $@
+
+$(DEV_STAMP): | $(UV)
+	$(SYNC) --extra dev
+	rm -f $(VENV)/.runtime-* $(VENV)/.dev-* && touch $@ $(STAMP)
+
+venv: $(DEV_STAMP)
 
 serve: $(STAMP)
 	$(BIN)/callsight serve
 
-test: $(STAMP) lint typecheck layers proto-check pytest
+test: $(DEV_STAMP) lint typecheck layers proto-check pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 # The import contracts in pyproject.toml: server -> pipeline -> storage -> core, never upwards.
-layers: $(STAMP)
+layers: $(DEV_STAMP)
 	$(BIN)/lint-imports
 
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	$(BIN)/python proto/generate.py
 
-proto-check: $(STAMP)
+proto-check: $(DEV_STAMP)
 	$(BIN)/python proto/generate.py --check
 
-pytest: $(STAMP)
+pytest: $(DEV_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m callsight.loadtest bench
 
+lock: | $(UV)
+	$(UV) lock
+
 clean:
-	rm -rf $(VENV) data build
+	rm -rf $(VENV) .tools data build

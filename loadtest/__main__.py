@@ -2,7 +2,7 @@
 
 Subcommands: ``fleet`` (``loadtest.fleet``, run by ``loadtest.suite``), ``reports``
 (``loadtest.report_load``), ``ceilings`` (``loadtest.ceilings``), ``abuse`` (``loadtest.abuse``),
-``bench`` (``loadtest.suite``).
+``export`` and ``watch`` (``loadtest.export_load``), ``bench`` (``loadtest.suite``).
 Modules are imported only when their subcommand runs: ``reports`` needs nothing but the contract.
 """
 
@@ -35,6 +35,16 @@ SUBCOMMANDS = {
         "callsight.loadtest.abuse:add_arguments",
         "callsight.loadtest.abuse:run",
         "replay resource attacks against a server; each bound and figure",
+    ),
+    "export": (
+        "callsight.loadtest.export_load:add_export_arguments",
+        "callsight.loadtest.export_load:run",
+        "load calls through ingest, then time ExportCalls in Arrow and CSV (rows/s)",
+    ),
+    "watch": (
+        "callsight.loadtest.export_load:add_watch_arguments",
+        "callsight.loadtest.export_load:run_watch_command",
+        "WatchSummary streams while devices upload: ack -> update staleness",
     ),
     "bench": (
         "callsight.loadtest.suite:add_arguments",

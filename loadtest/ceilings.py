@@ -127,6 +127,11 @@ class TrivialIngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.RegisterDeviceResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the trivial servicer only acks")
 
+    async def GetPolicy(
+        self, request: ingest_pb2.GetPolicyRequest, context: Context
+    ) -> ingest_pb2.GetPolicyResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the trivial servicer only acks")
+
     async def Upload(
         self, request: ingest_pb2.UploadRequest, context: Context
     ) -> ingest_pb2.UploadAck:

@@ -4,9 +4,10 @@ Each device calls a pool of ~200 Indian mobile clients with a Zipf-like skew, sp
 phones show them; a sales team's type mix (40% outgoing, 35% incoming, 15% missed, 7% rejected,
 3% other); unanswered calls last 0 s, the rest lognormal around 60-120 s up to an hour; starts in
 the last ``days`` days in Indian working hours, never in the future; call ids grow with time like
-CallLog's ``_ID``. Drawn a device at a time in numpy columns, then cut into serialised
-``UploadRequest`` batches (batch ``i`` has ``seq == i + 1``); device ``d`` of seed ``s`` always
-gets the same calls, whatever the fleet's size.
+CallLog's ``_ID``; about 1% of the incoming, missed and rejected calls from a hidden number, 5% of
+calls over WhatsApp, a fifth of those video. Drawn a device at a time in numpy columns, then cut
+into serialised ``UploadRequest`` batches (batch ``i`` has ``seq == i + 1``); device ``d`` of seed
+``s`` always gets the same calls, whatever the fleet's size.
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ CALL_TYPE_SHARES = np.array([0.40, 0.35, 0.15, 0.07, 0.01, 0.01, 0.01])
 # How a phone shows the same number: with and without the space-separated country code, with the
 # trunk prefix, bare.
 FORMAT_SHARES = np.array([0.30, 0.25, 0.20, 0.25])
+# Calls from a hidden number (incoming, missed or rejected ones; the phone logs "" and a
+# presentation, here RESTRICTED), and calls over WhatsApp, some of them video: a sales team's
+# phone is mostly its dialer. Drawn from a stream of their own, so every other column is what it
+# was before they were added.
+HIDDEN_SHARE = 0.01
+HIDDEN_TYPES = (
+    common_pb2.CALL_TYPE_INCOMING,
+    common_pb2.CALL_TYPE_MISSED,
+    common_pb2.CALL_TYPE_REJECTED,
+)
+WHATSAPP_SHARE = 0.05
+VIDEO_SHARE = 0.2  # of the WhatsApp calls
 
 # fmt: off
 FIRST_NAMES = [
@@ -109,6 +122,9 @@ class CallLog:
     sim_slot: list[int]
     sim_id: list[str]
     note: list[str]
+    presentation: list[int]
+    method: list[int]
+    mode: list[int]
 
     def __len__(self) -> int:
         return len(self.call_id)
@@ -204,16 +220,31 @@ def device_calls(device: int, spec: FleetSpec) -> CallLog:
     sims = [f"8991{rng.integers(10**14, 10**15)}{slot}" for slot in range(2)]
     noted = (talk > 0) & (rng.random(n) < spec.note_share)
     note_pick = rng.integers(0, len(NOTES), size=n)
+    channel = np.random.default_rng([spec.seed, device, 0xCA11])
+    hidden = (channel.random(n) < HIDDEN_SHARE) & np.isin(types, HIDDEN_TYPES)
+    whatsapp = channel.random(n) < WHATSAPP_SHARE
+    video = whatsapp & (channel.random(n) < VIDEO_SHARE)
+    numbers = np.where(hidden, "", pool.spellings[client, spelled].astype(str))
+    names = np.where(hidden, "", pool.names[client].astype(str))
     return CallLog(
         call_id=[str(i) for i in ids.tolist()],
-        number=pool.spellings[client, spelled].tolist(),
-        name=pool.names[client].tolist(),
+        number=numbers.tolist(),
+        name=names.tolist(),
         type=types.tolist(),
         started_at_ms=start_times(rng, n, spec.now_ms, spec.days).tolist(),
         duration_s=talk.tolist(),
         sim_slot=sim_slot.tolist(),
         sim_id=[sims[slot] for slot in sim_slot.tolist()],
         note=[NOTES[k] if keep else "" for k, keep in zip(note_pick, noted, strict=True)],
+        presentation=np.where(
+            hidden,
+            common_pb2.NUMBER_PRESENTATION_RESTRICTED,
+            common_pb2.NUMBER_PRESENTATION_ALLOWED,
+        ).tolist(),
+        method=np.where(
+            whatsapp, common_pb2.CALL_METHOD_WHATSAPP, common_pb2.CALL_METHOD_PHONE
+        ).tolist(),
+        mode=np.where(video, common_pb2.CALL_MODE_VIDEO, common_pb2.CALL_MODE_VOICE).tolist(),
     )
 
 

@@ -12,7 +12,8 @@ From the data key, HKDF-SHA256 derives two independent subkeys:
   give different ciphertexts; rotate a key well before 2**32 encryptions under it.
 * a blind-index key. ``blind_index`` is the full 32-byte HMAC-SHA256 of a normalised number: equal
   numbers give equal indexes, so ClickHouse can group and join on them without the plaintext.
-  The index depends on the data key, so rotating the key changes every tenant's indexes.
+  Its key comes from the tenant's first data key (``index_key``), not the current one, so
+  indexes stay equal across a key rotation: dedup, reports and erasure keep matching old rows.
   ``name_keys`` uses the same key for a 32-bit keyed hash of a name (domain-separated from
   numbers), so equal names of one client share a key without their plaintext.
 
@@ -45,6 +46,8 @@ _MIN_BLOB_LEN = _HEADER_LEN + NONCE_LEN + TAG_LEN
 _MAX_KEY_ID = 2**32 - 1
 _AEAD_INFO = b"callsight/v1/aead"
 _BLIND_INDEX_INFO = b"callsight/v1/blind-index"
+# Derived from the blind-index key: the key devices hash numbers under (device policies).
+_MATCH_INFO = b"callsight/v1/device-match"
 # Prefixed to a name before it is hashed: no normalised number contains a NUL, so a name's
 # hash can never equal a number's blind index.
 _NAME_DOMAIN = b"name\x00"
@@ -116,14 +119,18 @@ class TenantCipher:
 
     __slots__ = ("_aead", "_blind_key", "_header", "_key_id")
 
-    def __init__(self, key_id: int, data_key: bytes) -> None:
+    def __init__(self, key_id: int, data_key: bytes, index_key: bytes | None = None) -> None:
+        """``index_key``: the data key the blind-index key derives from (the tenant's first
+        data key, so that indexes survive rotation); ``data_key`` when not given."""
         if not 0 <= key_id <= _MAX_KEY_ID:
             raise ValueError(f"key id must fit in an unsigned 32-bit integer, got {key_id}")
         _check_key("data key", data_key)
+        if index_key is not None:
+            _check_key("index key", index_key)
         self._key_id = key_id
         self._header = _HEADER.pack(VERSION, key_id)
         self._aead = AESGCM(_derive(data_key, _AEAD_INFO))
-        self._blind_key = _derive(data_key, _BLIND_INDEX_INFO)
+        self._blind_key = _derive(index_key or data_key, _BLIND_INDEX_INFO)
 
     @property
     def key_id(self) -> int:
@@ -188,6 +195,11 @@ class TenantCipher:
     def blind_index(self, e164: str) -> bytes:
         """Return the 32-byte HMAC-SHA256 of a normalised number, for grouping and joins."""
         return hmac.digest(self._blind_key, e164.encode(), "sha256")
+
+    def match_key(self) -> bytes:
+        """The key of a device policy's never-upload hashes: HKDF of the blind-index key under
+        its own label, so handing it to devices reveals neither that key nor any index."""
+        return _derive(self._blind_key, _MATCH_INFO)
 
     def blind_index_many(self, values: Sequence[str]) -> list[bytes]:
         """Blind-index a column of normalised numbers."""

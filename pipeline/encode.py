@@ -10,6 +10,8 @@ numbers become an AEAD ciphertext plus a blind index and its first 8 bytes as ``
 names and notes a ciphertext, and names also a 32-bit keyed hash (``name_key``). Every other
 field a number can hide in is a ciphertext too: recording URIs (recorders name files after the
 number), SIM ids and FCM ids; telemetry coordinates are rounded to ``COORDINATE_DECIMALS``.
+A call from a hidden number (``CallColumns.hidden``) has no number to encrypt: it is stored as
+the one private client (``PRIVATE_BIDX``, ``PRIVATE_CLIENT_KEY``), without a name.
 
 ``NumberCodec`` keeps bounded LRU caches, because a device calls the same few hundred numbers
 over and over: each distinct (region, raw) is normalised once, and each distinct
@@ -54,6 +56,15 @@ MAX_CACHED_NAME_LEN = 64
 COORDINATE_DECIMALS = 2
 # Stands in for the blind index of an unusable number; such a row never leaves decode().
 _NO_BIDX = bytes(32)
+# The one client every call from a hidden number (withheld, unknown, payphone) is stored as: its
+# blind index is all ones, so its client key is 2**64 - 1. A real number's key is the first 8
+# bytes of an HMAC-SHA256, so it equals this one with probability 2**-64 per number (for a tenant
+# with 10 million numbers, 5e-13, far below the chance, already taken, of two of its numbers
+# sharing a key); 0 is left alone as the column's default. It has no number ciphertext and no
+# name; reports show it as ``PRIVATE_NUMBER``.
+PRIVATE_BIDX = b"\xff" * 32
+PRIVATE_CLIENT_KEY = 2**64 - 1
+PRIVATE_NUMBER = "private"
 
 _TIMESTAMP = pa.timestamp("ms", tz="UTC")
 _BIDX = pa.binary(32)
@@ -78,6 +89,9 @@ CALLS_SCHEMA = pa.schema(
         ("synced_at", _TIMESTAMP),
         ("client_key", pa.uint64()),
         ("name_key", pa.uint32()),
+        ("presentation", pa.uint8()),
+        ("method", pa.uint8()),
+        ("mode", pa.uint8()),
     ]
 )
 
@@ -457,7 +471,14 @@ def _decode_calls(
 ) -> Decoded:
     cols = validated.columns
     n = validated.size
-    number_enc, number_bidx, number_errors = codec.numbers(source, cols.number)
+    hidden = cols.hidden
+    names = cols.name
+    if hidden.any():
+        number_enc, number_bidx, number_errors = _shown_numbers(codec, source, cols.number, hidden)
+        # The phone can know no name for a hidden caller: the private client has none.
+        names = ["" if h else name for name, h in zip(names, hidden.tolist(), strict=True)]
+    else:
+        number_enc, number_bidx, number_errors = codec.numbers(source, cols.number)
     valid, errors = _merge_errors(
         validated.valid,
         validated.errors,
@@ -466,7 +487,7 @@ def _decode_calls(
     version = np.where(cols.updated_at_ms == 0, cols.started_at_ms, cols.updated_at_ms)
     # Rejected rows may hold negative versions; they are filtered out in _finish.
     versions = version.astype(np.uint64)
-    name_enc, name_keys = codec.names(source, cols.name)
+    name_enc, name_keys = codec.names(source, names)
     columns: list[Column] = [
         [source.tenant_id] * n,
         [source.device_id] * n,
@@ -486,8 +507,27 @@ def _decode_calls(
         np.full(n, now_ms, dtype=np.int64),
         client_keys(number_bidx),
         np.array(name_keys, dtype=np.uint32),
+        # Rejected rows may hold values outside the enums; they are filtered out in _finish.
+        cols.presentation.astype(np.uint8),
+        cols.method.astype(np.uint8),
+        cols.mode.astype(np.uint8),
     ]
     return _finish("calls", n, columns, valid, cols.call_id, versions, errors)
+
+
+def _shown_numbers(
+    codec: NumberCodec, source: Source, raws: list[str], hidden: npt.NDArray[np.bool_]
+) -> tuple[list[bytes], list[bytes], list[tuple[int, str]]]:
+    """``codec.numbers`` of the calls whose number was shown; the hidden ones get the private
+    client's blind index and no ciphertext."""
+    shown = np.flatnonzero(~hidden).tolist()
+    enc, bidx, errors = codec.numbers(source, [raws[i] for i in shown])
+    number_enc = [b""] * len(raws)
+    number_bidx = [PRIVATE_BIDX] * len(raws)
+    for i, blob, index in zip(shown, enc, bidx, strict=True):
+        number_enc[i] = blob
+        number_bidx[i] = index
+    return number_enc, number_bidx, [(shown[j], reason) for j, reason in errors]
 
 
 def _decode_contacts(

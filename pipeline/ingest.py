@@ -22,6 +22,11 @@ Erased numbers stay erased: before deduplication, calls and contacts holding a n
 erased (``Erasures``: client keys, the first 8 bytes of the blind index) are dropped, never
 stored, and counted in the ack as ``duplicates`` and ``erased``. A contact goes whole when any of
 its numbers is erased, as EraseNumber deleted it whole.
+
+The device policy is a second line of defence beside it (``policy.policy_rows``): records the
+policy in force for the sending employee excludes are dropped the same way, never stored nor
+remembered, and counted as ``duplicates`` and ``dropped_by_policy``; every ack carries the
+tenant's ``policy_version``.
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ from callsight.pipeline.budget import ANONYMOUS, ByteBudget, Owner
 from callsight.pipeline.chunk import RowChunk
 from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
 from callsight.pipeline.encode import SCHEMAS, Decoded, NumberCodec, Source, decode
+from callsight.pipeline.policy import NoPolicies, PolicyBook, policy_rows
 from callsight.pipeline.settings import PipelineSettings
 from callsight.pipeline.stages import StageTimes
+from callsight.pipeline.watch import WatchHub
 from callsight.storage.writer import Sink
 from callsight.v1 import ingest_pb2
 
@@ -86,9 +93,14 @@ class Ingestor:
         settings: PipelineSettings,
         clock: Clock = SYSTEM_CLOCK,
         erasures: Erasures | None = None,
+        policies: PolicyBook | None = None,
+        watch: WatchHub | None = None,
     ) -> None:
+        """``watch``: told of every acked batch of new call rows (WatchSummary's totals)."""
+        self.watch = watch
         self.settings = settings
         self.erasures: Erasures = erasures or _NoErasures()
+        self.policies: PolicyBook = policies or NoPolicies()
         self.clock = clock
         self.stages = StageTimes()
         self.batcher = Batcher(sink, settings, self.stages)
@@ -196,16 +208,22 @@ class Ingestor:
         # No await from here to record(): classification and recording are atomic.
         rows, keys, versions = decoded.rows, decoded.keys, decoded.versions.tolist()
         erased = erased_rows(decoded, self.erasures.erased(tenant))
+        policy = self.policies.in_force(tenant, source.employee_id)
+        # A record both erased and outside the policy counts as erased.
+        outside = policy_rows(decoded, policy.policy, self.policies.excluded(tenant)) & ~erased
         dropped = int(np.count_nonzero(erased))
-        if dropped:
-            # Never stored, never remembered: once the erasure is lifted a re-send is stored.
-            kept = ~erased
+        by_policy = int(np.count_nonzero(outside))
+        if dropped or by_policy:
+            # Never stored, never remembered: once the erasure is lifted (or the policy
+            # changed) a re-send is stored.
+            kept = ~(erased | outside)
             rows = rows.filter(kept)
-            keys = [k for k, e in zip(keys, erased.tolist(), strict=True) if not e]
-            versions = [v for v, e in zip(versions, erased.tolist(), strict=True) if not e]
+            keys = [k for k, e in zip(keys, kept.tolist(), strict=True) if e]
+            versions = [v for v, e in zip(versions, kept.tolist(), strict=True) if e]
         verdict = self.dedup.classify(table, tenant, device, keys, versions)
         new = verdict.new_rows
-        futures = self.batcher.add(table, rows.filter(new))
+        stored = rows.filter(new)
+        futures = self.batcher.add(table, stored)
         written = _all_of(futures)
         self.dedup.record(
             table,
@@ -221,17 +239,23 @@ class Ingestor:
         for wait in verdict.waits:
             await asyncio.shield(wait)
         self.stages.add("write", time.perf_counter() - buffered)
+        ack_ms = self.clock.now_ms()
+        if self.watch is not None and table == "calls":
+            outcomes = verdict.outcomes[new]
+            self.watch.calls_acked(tenant, source.employee_id, stored, outcomes, ack_ms)
         return ingest_pb2.UploadAck(
             seq=request.seq,
             batch_id=request.batch_id,
             result=ingest_pb2.UPLOAD_RESULT_ACCEPTED,
             accepted=verdict.count(Outcome.ACCEPTED),
             updated=verdict.count(Outcome.UPDATED),
-            duplicates=verdict.count(Outcome.DUPLICATE) + dropped,
+            duplicates=verdict.count(Outcome.DUPLICATE) + dropped + by_policy,
             rejected=len(decoded.errors),
             erased=dropped,
+            dropped_by_policy=by_policy,
+            policy_version=policy.version,
             errors=[ingest_pb2.RecordError(index=i, reason=r) for i, r in decoded.errors],
-            server_time_ms=self.clock.now_ms(),
+            server_time_ms=ack_ms,
         )
 
 

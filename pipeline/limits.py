@@ -61,8 +61,11 @@ MAX_SIM_IDS = 8  # per device or telemetry sample: two slots plus eSIM profiles
 MAX_TAGS = 64  # per employee or lead
 MAX_FILTER_EMPLOYEE_IDS = 10_000  # a report filter's employee_ids (the loadtest fleet's size)
 MAX_FILTER_TAGS = 64  # a report filter's employee_tags
-MAX_FILTER_CALL_TYPES = 16  # a report filter's call_types (there are 7; repeats are harmless)
+# A report filter's call_types (there are 7; repeats are harmless), and its call_methods and
+# its call_modes each.
+MAX_FILTER_CALL_TYPES = 16
 MAX_IMPORT_LEADS = 10_000  # leads in one ImportLeads request
+MAX_IMPORT_EMPLOYEES = 10_000  # employees in one ImportEmployees request
 MAX_IMPORT_EMPLOYEE_IDS = 10_000  # employee_ids of one ImportLeads request
 MAX_EXCLUDED_NUMBERS = 10_000  # SetExcludedNumbers replaces the list: the most a tenant has
 

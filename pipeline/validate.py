@@ -6,6 +6,11 @@ per field built once per batch, plus a mask of the records that pass every rule 
 reason per record that does not. Numeric rules are vectorised with numpy; phone numbers are
 checked later, by the codec in ``pipeline/encode.py``. The caps themselves live in
 ``pipeline/limits.py``.
+
+A call from a hidden number is no error: Android logs a withheld, unknown or payphone caller with
+an empty number or "-1", "-2", "-3" (``HIDDEN_NUMBERS``) and sets NUMBER_PRESENTATION. Such a call,
+or one whose presentation says the number was hidden, is taken (``CallColumns.hidden``) and stored
+as the one "private" client (see ``pipeline/encode.py``).
 """
 
 from __future__ import annotations
@@ -37,10 +42,24 @@ from callsight.pipeline.limits import (
     too_many,
     utf8_len,
 )
-from callsight.v1 import ingest_pb2
+from callsight.v1 import common_pb2, ingest_pb2
 
 MAX_DURATION_S = 86_400
 MAX_CALL_TYPE = 7  # CALL_TYPE_ANSWERED_EXTERNALLY
+MAX_PRESENTATION = 4  # NUMBER_PRESENTATION_PAYPHONE
+MAX_CALL_METHOD = 3  # CALL_METHOD_OTHER_VOIP
+MAX_CALL_MODE = 2  # CALL_MODE_VIDEO
+ALLOWED = int(common_pb2.NUMBER_PRESENTATION_ALLOWED)
+# What Android's call log writes for a caller it has no number of (CallerInfo's UNKNOWN_NUMBER,
+# PRIVATE_NUMBER, PAYPHONE_NUMBER; newer releases write "" and set NUMBER_PRESENTATION), and the
+# presentation each stands for.
+HIDDEN_NUMBERS = {
+    "": int(common_pb2.NUMBER_PRESENTATION_UNKNOWN),
+    "-1": int(common_pb2.NUMBER_PRESENTATION_UNKNOWN),
+    "-2": int(common_pb2.NUMBER_PRESENTATION_RESTRICTED),
+    "-3": int(common_pb2.NUMBER_PRESENTATION_PAYPHONE),
+}
+_LONGEST_HIDDEN = max(map(len, HIDDEN_NUMBERS))
 MAX_NETWORK_TYPE = 3  # NETWORK_TYPE_NONE
 PAYLOAD_KINDS = ("calls", "contacts", "telemetry")
 
@@ -94,6 +113,18 @@ class CallColumns:
     note: list[str]
     recording_uri: list[str]
     updated_at_ms: npt.NDArray[np.int64]
+    # As sent, with UNSPECIFIED read as the contract says: a presentation from the number
+    # (RESTRICTED, UNKNOWN or PAYPHONE for a hidden one, else ALLOWED), PHONE, VOICE. A value
+    # outside its enum is kept as sent, for the rule that rejects it to quote.
+    presentation: npt.NDArray[np.int32]
+    method: npt.NDArray[np.int32]
+    mode: npt.NDArray[np.int32]
+
+    @property
+    def hidden(self) -> BoolArray:
+        """Calls from a withheld, unknown or payphone number: the "private" client."""
+        hidden: BoolArray = self.presentation != ALLOWED
+        return hidden
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +264,14 @@ def _check_time(
     )
 
 
+def _check_enum(
+    rules: _Rules, name: str, enum: str, values: npt.NDArray[np.int32], top: int
+) -> None:
+    rules.check(
+        (values < 0) | (values > top), lambda i: f"{name} {values[i]} is not a {enum} (0-{top})"
+    )
+
+
 def _strings(records: list[ingest_pb2.CallRecord], field: str) -> list[str]:
     # map(attrgetter) walks the records in C; a comprehension pays a Python frame step per record.
     return list(map(attrgetter(field), records))
@@ -258,9 +297,10 @@ def validate_calls(batch: ingest_pb2.CallLogBatch, now_ms: int) -> Validated[Cal
     """Columns of a call batch and which calls pass the rules; ``now_ms`` is server time."""
     # One list() up front: iterating the repeated field itself re-wraps every message each time.
     records = list(batch.records)
+    numbers = _strings(records, "number")
     cols = CallColumns(
         call_id=_strings(records, "call_id"),
-        number=_strings(records, "number"),
+        number=numbers,
         name=_strings(records, "name"),
         type=_numbers(records, "type", np.int32),
         started_at_ms=_numbers(records, "started_at_ms", np.int64),
@@ -270,10 +310,34 @@ def validate_calls(batch: ingest_pb2.CallLogBatch, now_ms: int) -> Validated[Cal
         note=_strings(records, "note"),
         recording_uri=_strings(records, "recording_uri"),
         updated_at_ms=_numbers(records, "updated_at_ms", np.int64),
+        presentation=_presentations(numbers, _numbers(records, "presentation", np.int32)),
+        method=_or_default(_numbers(records, "method", np.int32), common_pb2.CALL_METHOD_PHONE),
+        mode=_or_default(_numbers(records, "mode", np.int32), common_pb2.CALL_MODE_VOICE),
     )
     if _calls_look_clean(cols, now_ms):
         return Validated(cols, np.ones(len(records), dtype=np.bool_), [])
     return _call_rules(cols, now_ms)
+
+
+def _or_default(values: npt.NDArray[np.int32], default: int) -> npt.NDArray[np.int32]:
+    """``values`` with 0 (UNSPECIFIED) read as ``default``."""
+    return np.where(values == 0, np.int32(default), values)
+
+
+def _presentations(numbers: list[str], sent: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+    """Each call's presentation: as sent when it says the number was hidden, else the hidden
+    kind its number stands for ("", "-1", "-2", "-3"), else ALLOWED."""
+    out = _or_default(sent, ALLOWED)
+    # One pass in C settles the common batch: a hidden number is at most 2 characters long, and
+    # a shown one is longer (even the shortest service numbers have 3 digits).
+    if min(map(len, numbers), default=_LONGEST_HIDDEN + 1) > _LONGEST_HIDDEN:
+        return out
+    kinds = HIDDEN_NUMBERS.get
+    for i, number in enumerate(numbers):
+        kind = kinds(number)
+        if kind is not None and out[i] == ALLOWED:
+            out[i] = kind
+    return out
 
 
 def _calls_look_clean(cols: CallColumns, now_ms: int) -> bool:
@@ -288,7 +352,6 @@ def _calls_look_clean(cols: CallColumns, now_ms: int) -> bool:
     latest = now_ms + MAX_FUTURE_MS
     return not (
         "" in cols.call_id
-        or "" in cols.number
         or any(_any_over(getattr(cols, field), limit) for field, limit in _CALL_TEXT)
         or (
             (types < 1)
@@ -297,6 +360,12 @@ def _calls_look_clean(cols: CallColumns, now_ms: int) -> bool:
             | (started > latest)
             | (cols.duration_s > MAX_DURATION_S)
             | ((updated != 0) & ((updated < MIN_TIME_MS) | (updated > latest)))
+            | (cols.presentation < 0)
+            | (cols.presentation > MAX_PRESENTATION)
+            | (cols.method < 0)
+            | (cols.method > MAX_CALL_METHOD)
+            | (cols.mode < 0)
+            | (cols.mode > MAX_CALL_MODE)
         ).any()
     )
 
@@ -307,7 +376,6 @@ def _call_rules(cols: CallColumns, now_ms: int) -> Validated[CallColumns]:
     durations = cols.duration_s
     rules = _Rules(len(cols.call_id))
     _check_id(rules, "call_id", cols.call_id)
-    rules.check(_lengths(cols.number) == 0, lambda _: "number is required")
     rules.check(
         (types < 1) | (types > MAX_CALL_TYPE),
         lambda i: f"type {types[i]} is not a CallType (1-{MAX_CALL_TYPE})",
@@ -318,6 +386,9 @@ def _call_rules(cols: CallColumns, now_ms: int) -> Validated[CallColumns]:
         lambda i: f"duration_s {durations[i]} is over {MAX_DURATION_S} (24 h)",
     )
     _check_time(rules, "updated_at_ms", cols.updated_at_ms, now_ms, unset_zero=True)
+    _check_enum(rules, "presentation", "NumberPresentation", cols.presentation, MAX_PRESENTATION)
+    _check_enum(rules, "method", "CallMethod", cols.method, MAX_CALL_METHOD)
+    _check_enum(rules, "mode", "CallMode", cols.mode, MAX_CALL_MODE)
     for field, limit in _CALL_TEXT[1:]:  # call_id's cap is checked by _check_id
         _check_text(rules, field, getattr(cols, field), limit)
     return rules.result(cols)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, TypeAlias
 
@@ -29,10 +28,13 @@ from callsight.pipeline.limits import (
     tag_problems,
     text_problem,
 )
-from callsight.server.admin_people import PeopleAdmin
+from callsight.pipeline.paging import PageTokens
+from callsight.server.admin_export import ExportAdmin, ExportBounds
+from callsight.server.admin_people import NumberClaims, PeopleAdmin
 from callsight.server.admin_policy import PolicyAdmin
 from callsight.server.admin_reads import ReadAdmin
 from callsight.server.admin_tenants import TenantAdmin
+from callsight.server.admin_webhooks import WebhookAdmin
 from callsight.server.auth import (
     API_KEY_PREFIX,
     ENROLLMENT_PREFIX,
@@ -40,9 +42,13 @@ from callsight.server.auth import (
     new_public_id,
 )
 from callsight.server.auth import current_caller as caller
+from callsight.server.policy import PolicyMessages
+from callsight.server.webhooks import Webhooks
 from callsight.storage import leads, privacy
+from callsight.storage.activity import DeviceActivity
 from callsight.storage.database import Database
-from callsight.storage.directory import ApiKey, Directory, Employee, Enrollment, Tenant
+from callsight.storage.directory import ApiKey, Directory, Enrollment, Tenant
+from callsight.storage.tenants import KeyUses
 from callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -59,14 +65,6 @@ def _required(value: str, field: str, limit: int = MAX_NAME_BYTES) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
     return check_text(value, field, limit)
-
-
-def _tags(tags: Sequence[str], field: str) -> tuple[str, ...]:
-    """Distinct, stripped, sorted tags, or InvalidArgument when over the caps."""
-    problems = tag_problems(tags, field)
-    if problems:
-        raise InvalidArgument("; ".join(problems))
-    return tuple(sorted({t.strip() for t in tags if t.strip()}))
 
 
 def _all_problems(problems: list[str], suffix: str) -> InvalidArgument:
@@ -102,7 +100,13 @@ class _Assigner:
 
 
 class AdminServicer(
-    TenantAdmin, PeopleAdmin, ReadAdmin, PolicyAdmin, admin_pb2_grpc.AdminServiceServicer
+    TenantAdmin,
+    PeopleAdmin,
+    ReadAdmin,
+    PolicyAdmin,
+    WebhookAdmin,
+    ExportAdmin,
+    admin_pb2_grpc.AdminServiceServicer,
 ):
     """Administration of the caller's tenant; CreateTenant alone is the operator's."""
 
@@ -113,17 +117,37 @@ class AdminServicer(
         hasher: TokenHasher,
         db: Database,
         clock: Clock,
+        tokens: PageTokens,
         erase_settle_s: float = 0.0,
+        *,
+        policies: PolicyMessages,
+        key_uses: KeyUses | None = None,
+        activity: DeviceActivity,
+        webhooks: Webhooks | None = None,
+        exports: ExportBounds | None = None,
     ) -> None:
         """``erase_settle_s``: how long EraseNumber waits between writing its tombstone and
         deleting, so that every process has the tombstone and has flushed what it decoded
-        before (the identity refresh interval plus the batcher's maximum age)."""
+        before (the identity refresh interval plus the batcher's maximum age). ``policies``:
+        the device policies, shared with ingest."""
+        self._policy_messages = policies
+        # Where ExportContacts and ExportLeads read (None: they are unavailable).
+        self._exports = exports
+        # Webhook subscriptions, the events RPCs raise, and the dispatcher (TestWebhook).
+        self._webhooks = webhooks
+        # The API key uses this process saw and has not written yet (ListApiKeys).
+        self._key_uses = key_uses
         self._db = db
         self._erase_settle_s = erase_settle_s
         self._clock = clock
         self._directory = directory
         self._keys = keys
         self._hasher = hasher
+        self._tokens = tokens
+        # What devices were last heard of (ListDevices, DeviceHealth), and the numbers being
+        # given to employees right now.
+        self._activity = activity
+        self._number_claims = NumberClaims()
         # Imports run one at a time in this process, so two of one number cannot both create it.
         self._import_lock = asyncio.Lock()
 
@@ -183,26 +207,6 @@ class AdminServicer(
         )
         return admin_pb2.CreateApiKeyResponse(api_key=token, key_id=key_id)
 
-    async def CreateEmployee(
-        self, request: admin_pb2.CreateEmployeeRequest, context: Context
-    ) -> admin_pb2.CreateEmployeeResponse:
-        tenant = await self._tenant()
-        name = _required(request.name, "name")
-        tags = _tags(request.tags, "tags")
-        number = phone.normalize(request.number, tenant.default_region)
-        keyring = await self._keys.keyring(tenant.tenant_id)
-        employee = Employee(
-            tenant_id=tenant.tenant_id,
-            employee_id=str(uuid.uuid4()),
-            name_enc=keyring.encrypt(name),
-            number_enc=keyring.encrypt(number),
-            number_bidx=keyring.blind_index(number),
-            tags=tags,
-            created_at_ms=self._clock.now_ms(),
-        )
-        await self._directory.add_employee(employee)
-        return admin_pb2.CreateEmployeeResponse(employee_id=employee.employee_id)
-
     async def ListEmployees(
         self, request: admin_pb2.ListEmployeesRequest, context: Context
     ) -> admin_pb2.ListEmployeesResponse:
@@ -229,6 +233,7 @@ class AdminServicer(
                 number=keyring.decrypt(e.number_enc),
                 tags=e.tags,
                 devices=devices.get(e.employee_id, []),
+                active=e.active,
             )
             for e in await self._directory.employees(tenant_id)
         ]
@@ -240,8 +245,14 @@ class AdminServicer(
     ) -> admin_pb2.CreateEnrollmentResponse:
         tenant_id = caller().tenant_id
         employee_id = _required(request.employee_id, "employee_id", MAX_ID_BYTES)
-        if not await self._directory.employee_exists(tenant_id, employee_id):
+        active = await self._directory.employee_active(tenant_id, employee_id)
+        if active is None:
             raise NotFound(f"employee {employee_id} does not exist in this tenant")
+        if not active:
+            raise FailedPrecondition(
+                f"employee {employee_id} is deactivated; reactivate them (UpdateEmployee with"
+                " active true) before enrolling a device"
+            )
         ttl_s = request.ttl_s or DEFAULT_ENROLLMENT_TTL_S
         if ttl_s > MAX_ENROLLMENT_TTL_S:
             raise InvalidArgument(f"ttl_s must be at most {MAX_ENROLLMENT_TTL_S} (30 days)")
@@ -343,6 +354,7 @@ class AdminServicer(
             ):
                 current[found.primary_bidx] = found
             created = self._clock.now_ms()
+            assigned_before = {lead.lead_id: lead.employee_id for lead in current.values()}
             changed: dict[str, leads.Lead] = {}
             results = []
             for lead in imported:
@@ -379,6 +391,11 @@ class AdminServicer(
                     )
                 )
             await leads.put(self._db, list(changed.values()), self._clock.now_ns())
+            await self._leads_assigned(
+                tenant.tenant_id,
+                keyring,
+                [x for x in changed.values() if assigned_before.get(x.lead_id) != x.employee_id],
+            )
         return admin_pb2.ImportLeadsResponse(leads=results)
 
     @staticmethod

@@ -26,21 +26,37 @@ from callsight.pipeline.ingest import Ingestor
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.limits import MAX_BATCH_BYTES
 from callsight.pipeline.paging import PageTokens
+from callsight.pipeline.watch import WatchHub
 from callsight.server.admin import AdminServicer
+from callsight.server.admin_export import ExportBounds
 from callsight.server.auth import Authenticator, TokenHasher
-from callsight.server.config import Config, Secret, describe
+from callsight.server.config import Config, Secret, describe, package_version
 from callsight.server.ingest import IngestServicer, StreamLimits
 from callsight.server.interceptor import CallsightInterceptor
+from callsight.server.operator import OperatorTokens
+from callsight.server.policy import PolicyMessages
+from callsight.server.preflight import StartupError
+from callsight.server.report_export import WatchLoader
 from callsight.server.report_quota import ReportQuota
 from callsight.server.reports import ReportServicer
+from callsight.server.webhooks import (
+    Dispatcher,
+    WebhookEvents,
+    WebhookRegistry,
+    Webhooks,
+    WebhookSettings,
+)
+from callsight.storage.activity import DeviceActivity
 from callsight.storage.claims import EnrollmentClaims
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
 from callsight.storage.group_writer import GroupWriter
 from callsight.storage.identities import Identities
 from callsight.storage.migrator import migrate
+from callsight.storage.policies import Policies
 from callsight.storage.rollups import DEFAULT_SETTINGS as DEFAULT_ROLLUP_SETTINGS
 from callsight.storage.rollups import Rollups, RollupSettings
+from callsight.storage.tenants import KeyUses
 from callsight.storage.versions import stored_versions
 from callsight.storage.writer import Sink, Writer
 from callsight.v1 import (
@@ -123,6 +139,12 @@ def _refresher_done(task: asyncio.Task[None]) -> None:
         log.error("identity refresh stopped", error=repr(task.exception()))
 
 
+def _dispatcher_done(task: asyncio.Task[None]) -> None:
+    # The dispatcher retries failures itself; ending any other way than cancellation is a bug.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("webhook dispatcher stopped", error=repr(task.exception()))
+
+
 def _secret_file(path: Path, make: bytes, what: str) -> bytes:
     """Reads a generated secret from ``path``, creating it (mode 0600) on first start."""
     if path.exists():
@@ -135,6 +157,21 @@ def _secret_file(path: Path, make: bytes, what: str) -> bytes:
     return make
 
 
+def operator_tokens(
+    config: Config, hasher: TokenHasher, operator: Secret | None
+) -> OperatorTokens | None:
+    """The operator's tokens: a fixed one from the environment, else the token file (given, or
+    generated in embedded mode), which is read again when it changes."""
+    if operator is not None and config.operator_token is not None:
+        return OperatorTokens(hasher, token=operator.reveal())
+    path = config.operator_token_file
+    if path is None and config.is_embedded:
+        path = config.data_dir / "operator.token"
+    if path is None:
+        return None
+    return OperatorTokens(hasher, path=path, check_every_s=config.directory_refresh_s)
+
+
 def embedded_secrets(config: Config) -> tuple[bytes, Secret | None]:
     """The master key and operator token, generated into the data directory in embedded mode."""
     master_key, operator = config.master_key, config.operator_token
@@ -143,7 +180,7 @@ def embedded_secrets(config: Config) -> tuple[bytes, Secret | None]:
             config.data_dir / "master.key", base64.b64encode(os.urandom(32)), "master key"
         )
         master_key = base64.b64decode(encoded)
-    if config.is_embedded and operator is None:
+    if config.is_embedded and operator is None and config.operator_token_file is None:
         token = _secret_file(
             config.data_dir / "operator.token",
             secrets.token_urlsafe(32).encode(),
@@ -153,6 +190,24 @@ def embedded_secrets(config: Config) -> tuple[bytes, Secret | None]:
     if master_key is None:  # config validation makes this unreachable for server DSNs
         raise RuntimeError("a master key is required")
     return master_key, operator
+
+
+def secret_sources(config: Config) -> dict[str, str]:
+    """Where the master key and the operator token come from, for the start-up log (never the
+    values themselves)."""
+    if config.master_key is not None:
+        master = "env CALLSIGHT_MASTER_KEY"
+    else:
+        master = f"file {config.data_dir / 'master.key'} (generated on first start)"
+    if config.operator_token is not None:
+        operator = "env CALLSIGHT_OPERATOR_TOKEN"
+    elif config.operator_token_file is not None:
+        operator = f"file {config.operator_token_file} (CALLSIGHT_OPERATOR_TOKEN_FILE)"
+    elif config.is_embedded:
+        operator = f"file {config.data_dir / 'operator.token'} (generated on first start)"
+    else:
+        operator = "none: operator RPCs are refused"
+    return {"master_key": master, "operator_token": operator}
 
 
 class Service:
@@ -182,12 +237,22 @@ class Service:
         self._identities: Identities | None = None
         self._group_writer: GroupWriter | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._policy_refresher: asyncio.Task[None] | None = None
         self._stage_log: asyncio.Task[None] | None = None
+        self._key_uses: KeyUses | None = None
+        self._key_use_writer: asyncio.Task[None] | None = None
+        self._activity: DeviceActivity | None = None
+        self._activity_writer: asyncio.Task[None] | None = None
+        self.webhooks: Webhooks | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._watch: WatchHub | None = None
+        self._watch_ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Binds, migrates, then serves; returns the bound port."""
         master_key, operator = embedded_secrets(self.config)
-        db = Database(self.config.dsn.reveal(), self.config.database)
+        cluster = self.config.cluster
+        db = Database(self.config.dsn.reveal(), self.config.database, cluster=cluster)
         self._db = db
         # Reports read through a pool and clients of their own, bounded per query, so that no
         # report can hold a thread an insert (an ack) waits for (issue 11).
@@ -197,6 +262,7 @@ class Service:
             pool_size=self.config.report_max_concurrent,
             settings=self.config.report_query_settings(),
             role="reports",
+            cluster=cluster,
         )
         self._report_db = report_db
         report_quota = ReportQuota(self.config.report_limits())
@@ -207,8 +273,34 @@ class Service:
         self._group_writer = group_writer
         directory = Directory(db, self._clock, group_writer, identities)
         hasher = TokenHasher(master_key)
-        authenticator = Authenticator(identities, hasher, operator.reveal() if operator else None)
+        key_uses = KeyUses(db, self._clock, identities)
+        self._key_uses = key_uses
+        activity = DeviceActivity(db, ingest_pb2.UPLOAD_RESULT_ACCEPTED)
+        self._activity = activity
+        authenticator = Authenticator(
+            identities, hasher, operator_tokens(self.config, hasher, operator), key_uses
+        )
         keys = TenantKeys(directory, master_key)
+        # A key rotated or destroyed anywhere: drop the tenant's cached keyring.
+        identities.on_key_change(keys.forget)
+        # Device policies, in memory like the identities: ingest reads them per batch.
+        policies = Policies(db, self._clock)
+        policy_messages = PolicyMessages(policies, keys)
+        # WatchSummary's live totals, fed by ingest's acks, loaded from the report database.
+        rollups = Rollups(self._rollup_settings, self._clock)
+        watch = WatchHub(
+            WatchLoader(report_db, rollups, self._clock),
+            lambda tenant_id: policies.excluded(tenant_id).sorted_keys,
+            self._clock.now_ms,
+        )
+        self._watch = watch
+        registry = WebhookRegistry(db)
+        webhooks = Webhooks(
+            registry,
+            WebhookEvents(registry, keys, group_writer, self._clock),
+            Dispatcher(db, registry, keys, self._clock, self._webhook_settings()),
+        )
+        self.webhooks = webhooks
         sink: Sink = Writer(db)
         if self._wrap_sink is not None:
             sink = self._wrap_sink(sink)
@@ -218,29 +310,41 @@ class Service:
             self.config.pipeline_settings(),
             self._clock,
             identities,
+            policies,
+            watch=watch,
         )
         self.ingestor = ingestor
         # A tombstone written or lifted anywhere: forget what dedup remembers of the tenant.
         identities.on_erasure(ingestor.dedup.forget_tenant)
+        # A tenant being deleted: nothing of it stays in memory to be written back after its rows
+        # are deleted (DeleteTenant waits a refresh before deleting them).
+        identities.on_shred(activity.forget_tenant)
+        identities.on_shred(ingestor.dedup.forget_tenant)
 
         server = grpc.aio.server(
             interceptors=[CallsightInterceptor(authenticator, self._ready)],
             options=grpc_options(self.config),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(  # type: ignore[abstract]  # issue 12 RPCs being built
+            AdminServicer(
                 directory,
                 keys,
                 hasher,
                 db,
                 self._clock,
+                PageTokens(master_key),
                 erase_settle_s=self.config.directory_refresh_s
                 + self.config.batch_max_age_ms / 1000,
+                key_uses=key_uses,
+                policies=policy_messages,
+                activity=activity,
+                exports=ExportBounds(report_db, report_quota),
+                webhooks=webhooks,
             ),
             server,
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(  # type: ignore[abstract]  # issue 12 RPCs being built
+            IngestServicer(
                 directory,
                 hasher,
                 keys,
@@ -253,18 +357,22 @@ class Service:
                     max_per_device=self.config.max_streams_per_device,
                     idle_timeout_s=self.config.stream_idle_timeout_s,
                 ),
+                policies=policy_messages,
+                activity=activity,
+                webhooks=webhooks.events,
             ),
             server,
         )
         report_pb2_grpc.add_ReportServiceServicer_to_server(
-            ReportServicer(  # type: ignore[abstract]  # issue 12 RPCs being built
+            ReportServicer(
                 report_db,
                 directory,
                 keys,
                 PageTokens(master_key),
-                Rollups(self._rollup_settings, self._clock),
+                rollups,
                 self._clock,
                 report_quota,
+                watch=watch,
             ),
             server,
         )
@@ -277,17 +385,31 @@ class Service:
         self.port = self._bind(server)
         self._server = server
         await server.start()
-        log.info("listening", port=self.port, **describe(self.config))
+        log.info(
+            "listening",
+            port=self.port,
+            version=package_version(),
+            **{**describe(self.config), **secret_sources(self.config)},
+        )
 
-        applied = await migrate(db)
+        applied = await migrate(db, cluster=cluster)
         log.info("migrations done", applied=applied)
         await ingestor.start()
         await identities.load()
+        await policies.load()
+        self._policy_refresher = asyncio.create_task(
+            policies.run(self.config.directory_refresh_s), name="policy-refresh"
+        )
         self._refresher = asyncio.create_task(
             identities.run(self.config.directory_refresh_s), name="identity-refresh"
         )
         self._refresher.add_done_callback(_refresher_done)
         self._stage_log = asyncio.create_task(_log_stages(ingestor, STAGE_LOG_EVERY_S))
+        self._key_use_writer = asyncio.create_task(key_uses.run(), name="key-use-writer")
+        self._activity_writer = asyncio.create_task(activity.run(), name="device-activity-writer")
+        self._dispatcher = asyncio.create_task(webhooks.dispatcher.run(), name="webhook-dispatcher")
+        self._dispatcher.add_done_callback(_dispatcher_done)
+        self._watch_ticker = asyncio.create_task(watch.run(), name="watch-ticker")
         # What start-up made lives as long as the process: keep it out of every later collection,
         # and collect less often, so the collector does not stall thousands of streams at once.
         gc.collect()
@@ -299,12 +421,30 @@ class Service:
         log.info("serving", port=self.port)
         return self.port
 
+    def _webhook_settings(self) -> WebhookSettings:
+        c = self.config
+        return WebhookSettings(
+            timeout_s=c.webhook_timeout_s,
+            retry_initial_s=c.webhook_retry_initial_s,
+            retry_max_s=c.webhook_retry_max_s,
+            retry_window_s=c.webhook_retry_window_s,
+            lease_s=c.webhook_lease_s,
+            max_in_flight=c.webhook_max_in_flight,
+        )
+
     def _bind(self, server: grpc.aio.Server) -> int:
         cert, key = self.config.tls_cert, self.config.tls_key
-        if cert is not None and key is not None:
-            credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-            return server.add_secure_port(self.config.listen, credentials)
-        return server.add_insecure_port(self.config.listen)
+        try:
+            if cert is not None and key is not None:
+                credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+                return server.add_secure_port(self.config.listen, credentials)
+            return server.add_insecure_port(self.config.listen)
+        except RuntimeError as exc:
+            # gRPC says only "Failed to bind"; the preflight check names the usual causes.
+            raise StartupError(
+                f"cannot listen on {self.config.listen}: {exc}; is another server there? "
+                "pass --listen HOST:PORT"
+            ) from None
 
     async def stop(self) -> None:
         """Stops accepting RPCs, drains in-flight ones within the grace period, closes the DB."""
@@ -317,14 +457,37 @@ class Service:
                 await self.ingestor.close(self.config.grace_period_s)
             await stopping
             self._server = None
-        for task in (self._refresher, self._stage_log):
+        for task in (
+            self._refresher,
+            self._policy_refresher,
+            self._stage_log,
+            self._key_use_writer,
+            self._activity_writer,
+            self._watch_ticker,
+            self._dispatcher,
+        ):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._refresher = self._stage_log = None
+        self._refresher = self._stage_log = self._key_use_writer = self._activity_writer = None
+        self._watch_ticker = self._dispatcher = None
+        if self.webhooks is not None:
+            await self.webhooks.dispatcher.close()
+            self.webhooks = None
+        self._policy_refresher = None
+        if self._key_uses is not None and self._db is not None:
+            try:
+                await self._key_uses.flush()
+            except Exception:
+                log.exception("writing API key last-use times at shutdown failed")
+            self._key_uses = None
         if self._identities is not None:
             await self._identities.close()
             self._identities = None
+        if self._activity is not None and self._db is not None:
+            # What devices did since the last flush, now that no RPC runs any more.
+            await self._activity.close()
+            self._activity = None
         if self._group_writer is not None:
             # Directory writes still queued are committed before the database closes.
             await self._group_writer.close()

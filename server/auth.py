@@ -16,12 +16,17 @@ import secrets
 from dataclasses import dataclass
 from enum import Enum
 from hashlib import sha256
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from callsight.core.errors import PermissionDenied, Unauthenticated
 from callsight.storage.identities import Identities
+from callsight.storage.tenants import KeyUses
+
+if TYPE_CHECKING:
+    from callsight.server.operator import OperatorTokens
 
 API_KEY_PREFIX = "csk"
 DEVICE_PREFIX = "csd"
@@ -159,11 +164,17 @@ class Authenticator:
     """
 
     def __init__(
-        self, identities: Identities, hasher: TokenHasher, operator_token: str | None
+        self,
+        identities: Identities,
+        hasher: TokenHasher,
+        operator: OperatorTokens | None,
+        key_uses: KeyUses | None = None,
     ) -> None:
+        """``key_uses`` records when each API key authenticates (ListApiKeys shows it)."""
         self._identities = identities
         self._hasher = hasher
-        self._operator_hash = hasher.hash(operator_token) if operator_token else None
+        self._operator = operator
+        self._key_uses = key_uses
 
     async def authenticate(self, access: Access, metadata: dict[str, str]) -> Caller:
         """The caller allowed to make an RPC with rule ``access``, or an auth error."""
@@ -181,6 +192,8 @@ class Authenticator:
             key = await self._identities.find(lambda: self._identities.api_key(key_id))
             if key is None or key.revoked or not self._hasher.matches(token, key.token_hash):
                 raise Unauthenticated("unknown or revoked API key")
+            if self._key_uses is not None:
+                self._key_uses.touch(key.tenant_id, key.key_id)
             return Caller(Access.ADMIN, tenant_id=key.tenant_id, role=key.role, key_id=key.key_id)
         if shape is not None and shape[0] == DEVICE_PREFIX:
             device_id = shape[1]
@@ -195,7 +208,7 @@ class Authenticator:
                 device_id=device.device_id,
                 employee_id=device.employee_id,
             )
-        if self._operator_hash is not None and self._hasher.matches(token, self._operator_hash):
+        if self._operator is not None and self._operator.matches(token):
             return Caller(Access.OPERATOR)
         raise Unauthenticated("unknown token")
 
@@ -203,7 +216,9 @@ class Authenticator:
 def _authorize(access: Access, caller: Caller) -> None:
     if access is Access.OPERATOR:
         if caller.kind is not Access.OPERATOR:
-            raise PermissionDenied("only the operator token may create tenants")
+            raise PermissionDenied(
+                "this RPC needs the operator token (CreateTenant, ListTenants, DeleteTenant)"
+            )
     elif access is Access.ADMIN:
         if caller.kind is not Access.ADMIN or caller.role != "ADMIN":
             raise PermissionDenied("this RPC needs a tenant API key with role ROLE_ADMIN")

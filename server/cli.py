@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
-import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -185,19 +184,11 @@ def _command(
     return parser
 
 
-def package_version() -> str:
-    """The installed callsight's version (pyproject.toml's ``version``)."""
-    try:
-        return importlib.metadata.version("callsight")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``callsight`` command line (``serve``'s flags are read by config.load)."""
     parser = _Parser(prog="callsight", description=_DESCRIPTION, allow_abbrev=False)
     parser.add_argument(
-        "-V", "--version", action="version", version=f"callsight {package_version()}"
+        "-V", "--version", action="version", version=f"callsight {config_module.package_version()}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(

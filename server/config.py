@@ -11,6 +11,7 @@ import argparse
 import base64
 import binascii
 import hmac
+import importlib.metadata
 import ipaddress
 import math
 import os
@@ -23,6 +24,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from callsight.core.errors import ConfigError
 from callsight.pipeline.settings import PipelineSettings
+from callsight.server.operator import read_tokens
 from callsight.server.report_quota import ReportLimits
 
 __all__ = ["Config", "Secret", "build_arg_parser", "describe", "load"]
@@ -87,7 +89,13 @@ class Config:
     dsn: Secret = _DERIVED_DSN
     # Database inside ClickHouse; tests isolate themselves by name within one chDB path.
     database: str = "callsight"
+    # A ClickHouse cluster (remote_servers name): tables are made ON CLUSTER as replicated local
+    # tables behind Distributed ones (storage/cluster.py). None: one ClickHouse.
+    cluster: str | None = None
     operator_token: Secret | None = None
+    # A file of operator tokens, one per line, read again when it changes (server/operator.py):
+    # the token can be rotated without a restart. Exclusive with operator_token.
+    operator_token_file: Path | None = None
     # Raw key bytes: kept out of repr; describe() shows only whether it is set.
     master_key: bytes | None = field(default=None, repr=False)
     tls_cert: Path | None = None
@@ -155,6 +163,18 @@ class Config:
     report_max_memory_bytes: int = 1024 * 1024 * 1024
     report_max_threads: int = max(1, (os.cpu_count() or 2) // 2)
     report_max_execution_s: float = 60.0
+    # Webhook deliveries (server/webhooks.py): each attempt waits this long for an answer; a
+    # failed one is retried after a full-jitter backoff doubling from the initial delay up to the
+    # maximum, until an attempt fails retry_window_s after the first (then DEAD, replayable).
+    webhook_timeout_s: float = 10.0
+    webhook_retry_initial_s: float = 1.0
+    webhook_retry_max_s: float = 3600.0
+    webhook_retry_window_s: float = 86_400.0
+    # One process delivers a webhook at a time, under a lease of this length it renews; another
+    # takes it over this long (and a sixth more, for clock skew) after its holder stops.
+    webhook_lease_s: float = 30.0
+    # Attempts of one webhook in flight at once; 1 delivers in event-time order.
+    webhook_max_in_flight: int = 4
 
     def __post_init__(self) -> None:
         if not self.dsn.reveal():
@@ -211,6 +231,14 @@ class Config:
     def dsn_display(self) -> str:
         """The DSN with its password (and any secret query parameter) replaced by ``****``."""
         return _mask_dsn(self.dsn.reveal())
+
+
+def package_version() -> str:
+    """The installed callsight's version (pyproject.toml's ``version``)."""
+    try:
+        return importlib.metadata.version("callsight")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def describe(config: Config) -> dict[str, object]:
@@ -301,8 +329,23 @@ _SETTINGS: tuple[_Setting, ...] = (
         "DSN",
     ),
     _Setting("database", "--database", str, "ClickHouse database to use", "NAME"),
+    _Setting(
+        "cluster",
+        "--cluster",
+        str,
+        "ClickHouse cluster (a remote_servers name) to create the tables on, replicated and "
+        "sharded by tenant and device; unset: one ClickHouse",
+        "NAME",
+    ),
     _Setting("data_dir", "--data-dir", _parse_path, "directory for local state", "DIR"),
     _Setting("operator_token", None, Secret, "token that may call CreateTenant"),
+    _Setting(
+        "operator_token_file",
+        None,
+        _parse_path,
+        "file of operator tokens, one per line, read again when it changes (rotation)",
+        "FILE",
+    ),
     _Setting("master_key", None, _parse_master_key, "base64 of 32 random bytes"),
     _Setting("tls_cert", "--tls-cert", _parse_path, "PEM certificate chain for TLS", "FILE"),
     _Setting("tls_key", "--tls-key", _parse_path, "PEM private key for TLS", "FILE"),
@@ -514,6 +557,50 @@ _SETTINGS: tuple[_Setting, ...] = (
         "beyond it the report gets DEADLINE_EXCEEDED",
         "SECONDS",
     ),
+    _Setting(
+        "webhook_timeout_s",
+        "--webhook-timeout-s",
+        _parse_float,
+        "how long one webhook delivery attempt waits for the endpoint's answer",
+        "SECONDS",
+    ),
+    _Setting(
+        "webhook_retry_initial_s",
+        "--webhook-retry-initial-s",
+        _parse_float,
+        "longest wait before the second attempt of a failed webhook delivery (doubles per try,"
+        " full jitter)",
+        "SECONDS",
+    ),
+    _Setting(
+        "webhook_retry_max_s",
+        "--webhook-retry-max-s",
+        _parse_float,
+        "longest wait between attempts of a failed webhook delivery",
+        "SECONDS",
+    ),
+    _Setting(
+        "webhook_retry_window_s",
+        "--webhook-retry-window-s",
+        _parse_float,
+        "how long a failing webhook delivery is retried before it is dead-lettered (replayable)",
+        "SECONDS",
+    ),
+    _Setting(
+        "webhook_lease_s",
+        "--webhook-lease-s",
+        _parse_float,
+        "length of the lease under which one process delivers a webhook; must exceed three"
+        " times the webhook timeout",
+        "SECONDS",
+    ),
+    _Setting(
+        "webhook_max_in_flight",
+        "--webhook-max-in-flight",
+        _parse_int,
+        "delivery attempts of one webhook in flight at once (1: in event-time order)",
+        "N",
+    ),
 )
 _BY_FIELD = {s.field: s for s in _SETTINGS}
 _SECRET_FIELDS = frozenset(s.field for s in _SETTINGS if s.flag is None)
@@ -623,6 +710,11 @@ def _validate(c: Config) -> list[str]:
         )
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", c.database):
         bad("database", f"{c.database!r} is not a plain identifier (letters, digits, '_')")
+    if c.cluster is not None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", c.cluster):
+            bad("cluster", f"{c.cluster!r} is not a plain identifier (letters, digits, '_')")
+        elif c.is_embedded:
+            bad("cluster", "needs a ClickHouse server DSN (http:// or https://), not chDB")
 
     if c.operator_token is not None:
         token = c.operator_token.reveal()
@@ -634,6 +726,18 @@ def _validate(c: Config) -> list[str]:
                 "must be printable ASCII without spaces (it is sent as "
                 f"'authorization: Bearer <token>'); {_TOKEN_HINT}",
             )
+    if c.operator_token_file is not None:
+        if c.operator_token is not None:
+            bad(
+                "operator_token_file",
+                "set either it or CALLSIGHT_OPERATOR_TOKEN, not both (the file is for rotating "
+                "the token without a restart)",
+            )
+        else:
+            try:
+                read_tokens(Path(c.operator_token_file))
+            except ValueError as exc:
+                bad("operator_token_file", f"{exc}; {_TOKEN_HINT}")
     if c.master_key is not None and len(c.master_key) != 32:
         bad(
             "master_key",
@@ -670,6 +774,11 @@ def _validate(c: Config) -> list[str]:
         "keepalive_timeout_s",
         "min_client_ping_interval_s",
         "max_connection_idle_s",
+        "webhook_timeout_s",
+        "webhook_retry_initial_s",
+        "webhook_retry_max_s",
+        "webhook_retry_window_s",
+        "webhook_lease_s",
     ):
         g = getattr(c, name)
         if (
@@ -702,6 +811,7 @@ def _validate(c: Config) -> list[str]:
         "report_burst_per_tenant",
         "report_max_memory_bytes",
         "report_max_threads",
+        "webhook_max_in_flight",
     ):
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -718,6 +828,11 @@ def _validate(c: Config) -> list[str]:
     queue_ms = c.report_max_queue_ms
     if isinstance(queue_ms, bool) or not isinstance(queue_ms, int) or queue_ms < 0:
         bad("report_max_queue_ms", f"must be an integer >= 0 (got {queue_ms!r})")
+    lease, timeout = c.webhook_lease_s, c.webhook_timeout_s
+    if isinstance(lease, int | float) and isinstance(timeout, int | float) and lease < 3 * timeout:
+        # The holder starts no attempt in the last timeout + a sixth of the lease, and renews
+        # every sixth: a shorter lease would leave it no time to deliver.
+        bad("webhook_lease_s", f"{lease} must be at least 3 times webhook_timeout_s ({timeout})")
     batch, buffer = positive.get("batch_max_bytes"), positive.get("buffer_max_bytes")
     if batch is not None and buffer is not None and batch > buffer:
         # The buffer would fill before a batch could ever reach its size limit.

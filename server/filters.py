@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from callsight.core.errors import InvalidArgument
@@ -58,11 +59,14 @@ async def call_filter(
         except InvalidArgument as exc:
             problems.append(str(exc))
     problems.extend(_size_problems(request))
-    valid_types = set(common_pb2.CallType.values()) - {common_pb2.CALL_TYPE_UNSPECIFIED}
-    bad_types = sorted({t for t in request.call_types if t not in valid_types})
-    if bad_types:
-        shown = ", ".join(map(str, bad_types[:10])) + (", ..." if len(bad_types) > 10 else "")
-        problems.append(f"filter.call_types [{shown}] are not CallType values (1-7)")
+    for field, values, enum in (
+        ("call_types", request.call_types, common_pb2.CallType),
+        ("call_methods", request.call_methods, common_pb2.CallMethod),
+        ("call_modes", request.call_modes, common_pb2.CallMode),
+    ):
+        problem = _enum_problem(field, values, enum.DESCRIPTOR.name, enum.values())
+        if problem is not None:
+            problems.append(problem)
     max_duration = request.max_duration_s if request.HasField("max_duration_s") else None
     if max_duration is not None and max_duration < request.min_duration_s:
         problems.append("filter.max_duration_s is below filter.min_duration_s")
@@ -93,7 +97,23 @@ async def call_filter(
         min_duration_s=request.min_duration_s,
         max_duration_s=max_duration,
         include_excluded=request.include_excluded_numbers,
+        exclude_private=request.exclude_private,
+        call_methods=tuple(sorted(set(request.call_methods))),
+        call_modes=tuple(sorted(set(request.call_modes))),
     )
+
+
+def _enum_problem(
+    field: str, values: Iterable[int], enum: str, enum_values: Iterable[int]
+) -> str | None:
+    """The problem of a filter's list of enum numbers holding UNSPECIFIED (0) or a number the
+    enum lacks; None when there is none."""
+    valid = set(enum_values) - {0}
+    bad = sorted(set(values) - valid)
+    if not bad:
+        return None
+    shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+    return f"filter.{field} [{shown}] are not {enum} values (1-{max(valid)})"
 
 
 def _size_problems(request: report_pb2.ReportFilter) -> list[str]:
@@ -111,10 +131,14 @@ def _size_problems(request: report_pb2.ReportFilter) -> list[str]:
             if problem is not None:
                 problems.append(problem)
                 break  # one is enough to say what to fix
-    if len(request.call_types) > MAX_FILTER_CALL_TYPES:
-        problems.append(
-            f"filter.{too_many('call_types', len(request.call_types), MAX_FILTER_CALL_TYPES)}"
-        )
+    # Each list of enum numbers has a few values; repeats are harmless, thousands are not.
+    for field, count in (
+        ("call_types", len(request.call_types)),
+        ("call_methods", len(request.call_methods)),
+        ("call_modes", len(request.call_modes)),
+    ):
+        if count > MAX_FILTER_CALL_TYPES:
+            problems.append(f"filter.{too_many(field, count, MAX_FILTER_CALL_TYPES)}")
     return problems
 
 

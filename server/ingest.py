@@ -12,6 +12,7 @@ import grpc
 
 from callsight.core.clock import Clock
 from callsight.core.errors import (
+    FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     StorageRefused,
@@ -41,6 +42,9 @@ from callsight.server.auth import (
     split_token,
 )
 from callsight.server.errors import client_message
+from callsight.server.policy import PolicyMessages
+from callsight.server.webhooks import WebhookEvents
+from callsight.storage.activity import DeviceActivity
 from callsight.storage.claims import EnrollmentClaims
 from callsight.storage.directory import Device, Directory, Enrollment
 from callsight.storage.identities import Identities
@@ -117,8 +121,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         identities: Identities,
         claims: EnrollmentClaims,
         limits: StreamLimits,
+        *,
+        policies: PolicyMessages,
+        activity: DeviceActivity,
+        webhooks: WebhookEvents | None = None,
     ) -> None:
         self._clock = clock
+        # Batches refused whole raise batch.rejected webhook events.
+        self._webhooks = webhooks
+        # Each device's last call and last batch, in memory (ListDevices, DeviceHealth).
+        self._activity = activity
+        self._policies = policies
         self._limits = limits
         self.streams = OpenStreams(limits)
         self._directory = directory
@@ -149,6 +162,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         now = self._clock.now_ms()
         if now >= enrollment.expires_at_ms:
             raise Unauthenticated("this enrollment code has expired; ask an admin for a new one")
+        if self._identities.employee_active(enrollment.tenant_id, enrollment.employee_id) is False:
+            raise FailedPrecondition(
+                "the employee of this enrollment code was deactivated; ask an admin to reactivate"
+                " them and issue a new code"
+            )
         # Before the claim: a missing key must not leave the code used and no device.
         keyring = await self._keys.keyring(enrollment.tenant_id)
         device_id = new_public_id()
@@ -187,7 +205,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self._directory.put_enrollment(used), self._directory.put_device(device)
         )
         return ingest_pb2.RegisterDeviceResponse(
-            device_id=device_id, device_token=token, employee_id=enrollment.employee_id
+            device_id=device_id,
+            device_token=token,
+            employee_id=enrollment.employee_id,
+            policy=await self._policies.for_employee(enrollment.tenant_id, enrollment.employee_id),
+        )
+
+    async def GetPolicy(
+        self, request: ingest_pb2.GetPolicyRequest, context: Context
+    ) -> ingest_pb2.GetPolicyResponse:
+        source = await self._source()
+        return ingest_pb2.GetPolicyResponse(
+            policy=await self._policies.for_employee(source.tenant_id, source.employee_id)
         )
 
     async def _source(self) -> Source:
@@ -197,6 +226,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         device = self._identities.device(caller.device_id)
         if device is None or device.revoked:
             raise Unauthenticated("this device was revoked; enroll it again")
+        self._activity.seen((caller.tenant_id, caller.device_id), self._clock.now_ms())
         region = device.region
         if not region:
             tenant = self._identities.tenant(caller.tenant_id)
@@ -215,8 +245,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.UploadRequest, context: Context
     ) -> ingest_pb2.UploadAck:
         source = await self._source()
-        ticket = await self._ingestor.admit_unary(request, (source.tenant_id, source.device_id))
-        return await self._ingestor.ingest(request, source, ticket)
+        owner = (source.tenant_id, source.device_id)
+        ticket = await self._ingestor.admit_unary(request, owner)
+        try:
+            ack = await self._ingestor.ingest(request, source, ticket)
+        except BatchRejected as exc:
+            self._activity.acked(owner, ingest_pb2.UPLOAD_RESULT_REJECTED, self._clock.now_ms())
+            await self._tell_rejected(source, request, str(exc))
+            raise
+        self._activity.acked(owner, ack.result, ack.server_time_ms)
+        return ack
 
     async def Stream(
         self,
@@ -228,6 +266,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         # Counted before any message is read; uncounted once, when the call ends however it ends.
         self.streams.enter(owner)
         counted = True
+        self._activity.seen(owner, self._clock.now_ms())
 
         def leave(_: object = None) -> None:
             nonlocal counted
@@ -302,7 +341,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 stages.add("source", resolved - arrived)
                 if isinstance(request, InvalidArgument):
                     done = loop.create_future()
-                    rejected = self._rejected(ingest_pb2.UploadRequest(), str(request))
+                    rejected = self._rejected(
+                        ingest_pb2.UploadRequest(), str(request), source.tenant_id
+                    )
+                    await self._tell_rejected(source, ingest_pb2.UploadRequest(), str(request))
                     done.set_result((rejected, resolved))
                     acks.put_nowait(_Pending(arrived, done))
                     continue
@@ -320,13 +362,33 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             ack = await self._ingestor.ingest(request, source, ticket)
         except BatchRejected as exc:
-            ack = self._rejected(request, str(exc))
+            ack = self._rejected(request, str(exc), source.tenant_id)
         except StorageRefused as exc:
             # Sending it again cannot succeed: answer it so the device moves on.
-            ack = self._rejected(request, client_message(exc))
+            ack = self._rejected(request, client_message(exc), source.tenant_id)
+        self._activity.acked((source.tenant_id, source.device_id), ack.result, ack.server_time_ms)
+        if ack.result == ingest_pb2.UPLOAD_RESULT_REJECTED:
+            await self._tell_rejected(source, request, ack.errors[0].reason)
         return ack, time.perf_counter()
 
-    def _rejected(self, request: ingest_pb2.UploadRequest, reason: str) -> ingest_pb2.UploadAck:
+    async def _tell_rejected(
+        self, source: Source, request: ingest_pb2.UploadRequest, reason: str
+    ) -> None:
+        """Appends batch.rejected for the tenant's webhooks (a dict lookup when none wants it)."""
+        if self._webhooks is not None:
+            batch_id = request.batch_id if len(request.batch_id) <= MAX_ID_BYTES else ""
+            await self._webhooks.batch_rejected(
+                source.tenant_id,
+                source.device_id,
+                source.employee_id,
+                batch_id,
+                request.seq,
+                reason,
+            )
+
+    def _rejected(
+        self, request: ingest_pb2.UploadRequest, reason: str, tenant_id: str
+    ) -> ingest_pb2.UploadAck:
         """The ack of a batch refused whole; the stream stays open."""
         # An oversized batch_id (one reason to refuse the batch) is not echoed back.
         batch_id = request.batch_id if len(request.batch_id) <= MAX_ID_BYTES else ""
@@ -336,6 +398,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             result=ingest_pb2.UPLOAD_RESULT_REJECTED,
             errors=[ingest_pb2.RecordError(index=0, reason=reason)],
             server_time_ms=self._clock.now_ms(),
+            policy_version=self._policies.policies.version(tenant_id),
         )
 
 

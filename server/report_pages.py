@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from callsight.pipeline.crypto import Keyring
+from callsight.pipeline.encode import PRIVATE_CLIENT_KEY, PRIVATE_NUMBER
 from callsight.pipeline.paging import Page
 from callsight.server.report_call import ReportCall, malformed, paged, text_cursor
 from callsight.storage import listings
@@ -32,19 +34,50 @@ def _history_cursor(page: Page) -> listings.HistoryKey | None:
     raise malformed()
 
 
+def _client(
+    keyring: Keyring, client_key: int, number_enc: bytes, name_enc: bytes
+) -> dict[str, str]:
+    # A client's number and name as reports show them: the private client's are fixed.
+    if client_key == PRIVATE_CLIENT_KEY:
+        return {"number": PRIVATE_NUMBER, "name": ""}
+    return {"number": keyring.decrypt(number_enc), "name": keyring.decrypt(name_enc)}
+
+
 def _client_rows(
     call: ReportCall, rows: Sequence[listings.ClientRow]
 ) -> list[report_pb2.ClientRow]:
-    decrypt = call.keyring.decrypt
     return [
         report_pb2.ClientRow(
-            number=decrypt(r.number_enc),
-            name=decrypt(r.name_enc),
+            **_client(call.keyring, r.client_key, r.number_enc, r.name_enc),
             employee_ids=r.employee_ids,
             calls=r.calls,
         )
         for r in rows
     ]
+
+
+def history_entry(keyring: Keyring, row: listings.HistoryRow) -> report_pb2.CallHistoryEntry:
+    """A call as CallHistory and GetCalls show it: decrypted, a hidden caller's number as
+    "private"."""
+    decrypt = keyring.decrypt
+    shown = row.presentation == common_pb2.NUMBER_PRESENTATION_ALLOWED
+    return report_pb2.CallHistoryEntry(
+        call_id=row.call_id,
+        device_id=row.device_id,
+        employee_id=row.employee_id,
+        number=decrypt(row.number_enc) if shown else PRIVATE_NUMBER,
+        name=decrypt(row.name_enc) if shown else "",
+        type=common_pb2.CallType.ValueType(row.type),
+        started_at_ms=row.started_at_ms,
+        duration_s=row.duration_s,
+        note=decrypt(row.note_enc),
+        recording_uri=decrypt(row.recording_uri_enc),
+        synced_at_ms=row.synced_at_ms,
+        lead_id=row.lead_id,
+        presentation=common_pb2.NumberPresentation.ValueType(row.presentation),
+        method=common_pb2.CallMethod.ValueType(row.method),
+        mode=common_pb2.CallMode.ValueType(row.mode),
+    )
 
 
 async def never_attended(
@@ -93,12 +126,10 @@ async def unique_clients(
         _client_cursor,
         lambda r: [r.client_key],
     )
-    decrypt = call.keyring.decrypt
     return report_pb2.UniqueClientsResponse(
         clients=[
             report_pb2.UniqueClient(
-                number=decrypt(r.number_enc),
-                name=decrypt(r.name_enc),
+                **_client(call.keyring, r.client_key, r.number_enc, r.name_enc),
                 total_calls=r.total_calls,
                 incoming_calls=r.incoming_calls,
                 outgoing_calls=r.outgoing_calls,
@@ -124,26 +155,8 @@ async def call_history(
         _history_cursor,
         lambda r: [r.started_at_ms, r.device_id, r.call_id],
     )
-    decrypt = call.keyring.decrypt
     return report_pb2.CallHistoryResponse(
-        calls=[
-            report_pb2.CallHistoryEntry(
-                call_id=r.call_id,
-                device_id=r.device_id,
-                employee_id=r.employee_id,
-                number=decrypt(r.number_enc),
-                name=decrypt(r.name_enc),
-                type=common_pb2.CallType.ValueType(r.type),
-                started_at_ms=r.started_at_ms,
-                duration_s=r.duration_s,
-                note=decrypt(r.note_enc),
-                recording_uri=decrypt(r.recording_uri_enc),
-                synced_at_ms=r.synced_at_ms,
-                lead_id=r.lead_id,
-            )
-            for r in served
-        ],
-        next_page_token=token,
+        calls=[history_entry(call.keyring, r) for r in served], next_page_token=token
     )
 
 

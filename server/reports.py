@@ -12,26 +12,22 @@ hits one of those bounds is told to ask for less (``RESOURCE_EXHAUSTED`` or
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
 from callsight.core.clock import Clock
-from callsight.core.errors import (
-    CallsightError,
-    DeadlineExceeded,
-    NotFound,
-    ResourceExhausted,
-    StorageError,
-)
+from callsight.core.errors import NotFound
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.paging import PageTokens
+from callsight.pipeline.watch import WatchHub
 from callsight.server import report_pages, report_summary
 from callsight.server.auth import current_caller
 from callsight.server.filters import call_filter
-from callsight.server.report_call import ReportCall
+from callsight.server.report_call import ReportCall, bounded
 from callsight.server.report_calls import CallsReport
+from callsight.server.report_export import ExportReport
 from callsight.server.report_quota import ReportQuota
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
@@ -49,36 +45,8 @@ class _Filtered(Protocol):
 Request = TypeVar("Request", bound=_Filtered)
 Response = TypeVar("Response")
 
-# ClickHouse codes of a query stopped by the bounds the report database sets.
-_MEMORY_LIMIT_EXCEEDED = 241
-_TIMEOUT_EXCEEDED = (159, 160)  # TIMEOUT_EXCEEDED, TOO_SLOW
 
-
-def bounded_error(exc: StorageError, settings: Mapping[str, Any]) -> CallsightError:
-    """What a report stopped by the bounds in ``settings`` (the report database's ClickHouse
-    settings) tells its caller; ``exc`` itself for any other error."""
-    if exc.code == _MEMORY_LIMIT_EXCEEDED:
-        limit = settings.get("max_memory_usage")
-        size = f" ({_size(int(limit))})" if limit else ""
-        return ResourceExhausted(
-            f"the report needed more memory than one report may use{size}; ask for a shorter "
-            "range or fewer employees, or split the range into several calls"
-        )
-    if exc.code in _TIMEOUT_EXCEEDED:
-        limit = settings.get("max_execution_time")
-        took = f" ({float(limit):g} s)" if limit else ""
-        return DeadlineExceeded(
-            f"the report ran longer than one report may{took}; ask for a shorter range or "
-            "fewer employees, or split the range into several calls"
-        )
-    return exc
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
-
-
-class ReportServicer(CallsReport, report_pb2_grpc.ReportServiceServicer):
+class ReportServicer(CallsReport, ExportReport, report_pb2_grpc.ReportServiceServicer):
     """Reports over the caller's tenant."""
 
     def __init__(
@@ -90,8 +58,11 @@ class ReportServicer(CallsReport, report_pb2_grpc.ReportServiceServicer):
         rollups: Rollups,
         clock: Clock,
         quota: ReportQuota,
+        watch: WatchHub | None = None,
     ) -> None:
-        """``db`` is the service's database for reports (bounded queries, a pool of its own)."""
+        """``db`` is the service's database for reports (bounded queries, a pool of its own);
+        ``watch`` keeps WatchSummary's live totals (None: WatchSummary is unavailable)."""
+        self._watch = watch
         self._db = db
         self._quota = quota
         self._directory = directory
@@ -125,14 +96,9 @@ class ReportServicer(CallsReport, report_pb2_grpc.ReportServiceServicer):
     ) -> Response:
         # Validated first, so a malformed request costs no token of the quota.
         call = await self._call(request.filter)
-        async with self._quota.admit(call.tenant.tenant_id):
-            try:
-                return await report(call, request)
-            except StorageError as exc:
-                bounded = bounded_error(exc, self._db.settings)
-                if bounded is exc:
-                    raise
-                raise bounded from exc
+        return await bounded(
+            self._quota, self._db, call.tenant.tenant_id, lambda: report(call, request)
+        )
 
     async def CallSummary(
         self, request: report_pb2.CallSummaryRequest, context: Context

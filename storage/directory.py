@@ -9,7 +9,7 @@ plaintext number. With a ``GroupWriter`` concurrent writes share one insert per 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +19,7 @@ from callsight.storage.database import Database
 from callsight.storage.group_writer import GroupWriter
 from callsight.storage.identities import (
     DeviceIdentity,
+    EmployeeIdentity,
     EnrollmentState,
     Identities,
     KeyIdentity,
@@ -49,6 +50,7 @@ class ApiKey:
     token_hash: bytes
     created_at_ms: int
     revoked: bool = False
+    revoked_at_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Employee:
     number_bidx: bytes
     tags: tuple[str, ...]
     created_at_ms: int
+    active: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,16 +162,27 @@ class Directory:
         return Tenant(**rows[0]) if rows else None
 
     async def tenant_keys(self, tenant_id: str) -> list[tuple[int, bytes]]:
-        """(key_id, wrapped_key) of every data key of the tenant, oldest first."""
+        """(key_id, wrapped_key) of every data key of the tenant, oldest first; a destroyed
+        key's wrapped_key is empty."""
         rows = await self._db.named_rows(
             Sql(
                 "SELECT key_id, wrapped_key FROM tenant_keys FINAL WHERE tenant_id = {t:String}"
-                " ORDER BY key_id",
+                " ORDER BY created_at, version",
                 {"t": tenant_id},
             ),
             binary=["wrapped_key"],
         )
         return [(int(r["key_id"]), bytes(r["wrapped_key"])) for r in rows]
+
+    async def add_tenant_key(self, tenant_id: str, key_id: int, wrapped_key: bytes) -> None:
+        """Stores another wrapped data key of the tenant (a rotation)."""
+        version = await self._insert(
+            "tenant_keys",
+            ["tenant_id", "key_id", "wrapped_key", "created_at"],
+            [(tenant_id, key_id, wrapped_key, _dt(self._clock.now_ms()))],
+        )
+        if self._identities is not None:
+            self._identities.tenant_keys.put((tenant_id, key_id), version, False)
 
     # API keys
 
@@ -176,7 +190,16 @@ class Directory:
         """Stores an API key (its token only as a hash)."""
         version = await self._insert(
             "api_keys",
-            ["tenant_id", "key_id", "name", "role", "token_hash", "created_at", "revoked"],
+            [
+                "tenant_id",
+                "key_id",
+                "name",
+                "role",
+                "token_hash",
+                "created_at",
+                "revoked",
+                "revoked_at",
+            ],
             [
                 (
                     key.tenant_id,
@@ -186,6 +209,7 @@ class Directory:
                     key.token_hash,
                     _dt(key.created_at_ms),
                     key.revoked,
+                    None if key.revoked_at_ms is None else _dt(key.revoked_at_ms),
                 )
             ],
         )
@@ -197,7 +221,13 @@ class Directory:
             )
 
     async def add_employee(self, employee: Employee) -> None:
-        """Stores an employee (name and number already encrypted)."""
+        """Stores an employee, or a new version of one (name and number already encrypted)."""
+        await self.put_employees([employee])
+
+    async def put_employees(self, employees: Sequence[Employee]) -> None:
+        """Stores many employees (or new versions of them) in one insert."""
+        if not employees:
+            return
         version = await self._insert(
             "employees",
             [
@@ -207,24 +237,28 @@ class Directory:
                 "number_enc",
                 "number_bidx",
                 "tags",
+                "active",
                 "created_at",
             ],
             [
                 (
-                    employee.tenant_id,
-                    employee.employee_id,
-                    employee.name_enc,
-                    employee.number_enc,
-                    employee.number_bidx,
-                    list(employee.tags),
-                    _dt(employee.created_at_ms),
+                    e.tenant_id,
+                    e.employee_id,
+                    e.name_enc,
+                    e.number_enc,
+                    e.number_bidx,
+                    list(e.tags),
+                    e.active,
+                    _dt(e.created_at_ms),
                 )
+                for e in employees
             ],
         )
         if self._identities is not None:
-            self._identities.employees.put(
-                (employee.tenant_id, employee.employee_id), version, True
-            )
+            for e in employees:
+                self._identities.employees.put(
+                    (e.tenant_id, e.employee_id), version, EmployeeIdentity(e.active, e.number_bidx)
+                )
 
     async def employees(self, tenant_id: str, employee_id: str | None = None) -> list[Employee]:
         """The tenant's employees, or the one with ``employee_id``."""
@@ -233,7 +267,7 @@ class Directory:
             where += " AND employee_id = {e:String}"
         rows = await self._db.named_rows(
             Sql(
-                "SELECT tenant_id, employee_id, name_enc, number_enc, number_bidx, tags,"
+                "SELECT tenant_id, employee_id, name_enc, number_enc, number_bidx, tags, active,"
                 " toUnixTimestamp64Milli(created_at) AS created_at_ms"
                 f" FROM employees FINAL WHERE {where}",
                 {"t": tenant_id, "e": employee_id or ""},
@@ -249,6 +283,7 @@ class Directory:
                 number_bidx=bytes(r["number_bidx"]),
                 tags=tuple(r["tags"]),
                 created_at_ms=r["created_at_ms"],
+                active=bool(r["active"]),
             )
             for r in rows
         ]
@@ -262,6 +297,37 @@ class Directory:
             )
             return found is not None
         return bool(await self.employees(tenant_id, employee_id))
+
+    async def number_holders(
+        self, tenant_id: str, number_bidxs: Collection[bytes], other_than: str = ""
+    ) -> dict[bytes, str]:
+        """Which of the numbers (blind indexes) an active employee of the tenant other than
+        ``other_than`` holds, and who: from memory when the identities are kept."""
+        identities = self._identities
+        if identities is not None:
+            found = {}
+            for bidx in number_bidxs:
+                holders = identities.number_holders(tenant_id, bidx) - {other_than}
+                if holders:
+                    found[bidx] = min(holders)
+            return found
+        rows = await self._db.named_rows(
+            Sql(
+                "SELECT number_bidx, min(employee_id) AS holder FROM employees FINAL"
+                " WHERE tenant_id = {t:String} AND active AND employee_id != {x:String}"
+                " AND number_bidx IN {b:Array(FixedString(32))} GROUP BY number_bidx",
+                {"t": tenant_id, "x": other_than, "b": list(number_bidxs)},
+            )
+        )
+        return {bytes(r["number_bidx"]): str(r["holder"]) for r in rows}
+
+    async def employee_active(self, tenant_id: str, employee_id: str) -> bool | None:
+        """Whether the tenant's employee is active; None when there is no such employee."""
+        identities = self._identities
+        if identities is not None:
+            return await identities.find(lambda: identities.employee_active(tenant_id, employee_id))
+        found = await self.employees(tenant_id, employee_id)
+        return found[0].active if found else None
 
     # Enrollments
 
@@ -348,13 +414,20 @@ class Directory:
                 )
 
     async def devices(
-        self, tenant_id: str | None = None, device_id: str | None = None
+        self,
+        tenant_id: str | None = None,
+        device_id: str | None = None,
+        employee_id: str | None = None,
     ) -> list[Device]:
-        """Devices of a tenant, or the device with ``device_id`` (whatever its tenant)."""
+        """Devices of a tenant (or of one employee), or the device with ``device_id`` (whatever
+        its tenant)."""
         conditions, params = [], {}
         if tenant_id is not None:
             conditions.append("tenant_id = {t:String}")
             params["t"] = tenant_id
+        if employee_id is not None:
+            conditions.append("employee_id = {e:String}")
+            params["e"] = employee_id
         if device_id is not None:
             conditions.append("device_id = {d:String}")
             params["d"] = device_id

@@ -1,7 +1,8 @@
 """The calls a report looks at, as one SQL subquery with bound parameters.
 
 Every report starts from ``filtered_calls``: the newest version of each call (``FINAL``) of one
-tenant in a time range, narrowed by employees, types, durations and excluded numbers. Filters on
+tenant in a time range, narrowed by employees, types, durations, excluded numbers, hidden
+numbers (the "private" client) and channels (method and mode). Filters on
 columns outside the sorting key are applied after FINAL merges the versions, so an old version
 can never stand in for a newer one that the filter drops.
 """
@@ -23,6 +24,8 @@ REJECTED = int(common_pb2.CALL_TYPE_REJECTED)
 BLOCKED = int(common_pb2.CALL_TYPE_BLOCKED)
 # The calls a client never answered or the employee never took: missed, rejected, blocked.
 UNANSWERED = f"type IN ({MISSED}, {REJECTED}, {BLOCKED})"
+# How a shown number is presented; every other presentation is the "private" client.
+SHOWN = int(common_pb2.NUMBER_PRESENTATION_ALLOWED)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class CallFilter:
     min_duration_s: int = 0
     max_duration_s: int | None = None
     include_excluded: bool = False
+    # Leave out the calls from hidden numbers (presentation other than SHOWN).
+    exclude_private: bool = False
+    # CallMethod and CallMode numbers; empty means all.
+    call_methods: tuple[int, ...] = ()
+    call_modes: tuple[int, ...] = ()
 
 
 def filtered_calls(
@@ -77,6 +85,14 @@ def filtered_calls(
     if f.max_duration_s is not None:
         conditions.append("duration_s <= {max_duration_s:UInt32}")
         params["max_duration_s"] = f.max_duration_s
+    if f.exclude_private:
+        conditions.append(f"presentation = {SHOWN}")
+    if f.call_methods:
+        conditions.append("method IN {call_methods:Array(UInt8)}")
+        params["call_methods"] = list(f.call_methods)
+    if f.call_modes:
+        conditions.append("mode IN {call_modes:Array(UInt8)}")
+        params["call_modes"] = list(f.call_modes)
     if not f.include_excluded:
         # The excluded numbers of the tenant, as client keys (first 8 bytes of the blind index).
         conditions.append(

@@ -65,6 +65,12 @@ class DeviceIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class EmployeeIdentity:
+    active: bool
+    number_bidx: bytes  # of the employee's own number
+
+
+@dataclass(frozen=True, slots=True)
 class EnrollmentState:
     tenant_id: str
     enrollment_id: str
@@ -158,11 +164,16 @@ class Identities:
                 r["tenant_id"], r["key_id"], r["role_name"], bytes(r["token_hash"]), r["revoked"]
             ),
         )
-        self.employees: _Table[tuple[str, str], bool] = _Table(
+        # (tenant, number's blind index) -> the active employees holding it (one, normally), so
+        # that a number given to an employee is checked without a query.
+        self._holders: dict[tuple[str, bytes], set[str]] = {}
+        self._holding: dict[tuple[str, str], bytes] = {}  # active employee -> its number
+        self.employees: _Table[tuple[str, str], EmployeeIdentity] = _Table(
             "employees",
-            "tenant_id, employee_id",
+            "tenant_id, employee_id, active, number_bidx",
             lambda r: (r["tenant_id"], r["employee_id"]),
-            lambda r: True,
+            lambda r: EmployeeIdentity(bool(r["active"]), bytes(r["number_bidx"])),
+            self._employee_changed,
         )
         self.enrollments: _Table[str, EnrollmentState] = _Table(
             "enrollments",
@@ -204,9 +215,22 @@ class Identities:
             lambda r: not r["lifted"],
             self._erasure_changed,
         )
+        # (tenant, key id) -> destroyed: only that a tenant's keys changed (rotated elsewhere, or
+        # destroyed by DeleteTenant) matters here, so that cached keyrings are dropped.
+        self._key_listeners: list[Callable[[str], None]] = []
+        self._shredded: set[str] = set()  # tenants with a destroyed key (being deleted)
+        self._shred_listeners: list[Callable[[str], None]] = []
+        self.tenant_keys: _Table[tuple[str, int], bool] = _Table(
+            "tenant_keys",
+            "tenant_id, key_id, wrapped_key = '' AS destroyed",
+            lambda r: (r["tenant_id"], int(r["key_id"])),
+            lambda r: bool(r["destroyed"]),
+            self._key_changed,
+        )
         # Parents before children: a device read here finds its tenant already loaded.
         self._tables: tuple[_Table[Any, Any], ...] = (
             self.tenants,
+            self.tenant_keys,
             self.api_keys,
             self.employees,
             self.enrollments,
@@ -242,6 +266,27 @@ class Identities:
     def has_employee(self, tenant_id: str, employee_id: str) -> bool:
         return self.employees.get((tenant_id, employee_id)) is not None
 
+    def employee_active(self, tenant_id: str, employee_id: str) -> bool | None:
+        """Whether the employee is active; None when unknown."""
+        employee = self.employees.get((tenant_id, employee_id))
+        return None if employee is None else employee.active
+
+    def number_holders(self, tenant_id: str, number_bidx: bytes) -> AbstractSet[str]:
+        """The active employees of the tenant whose own number has this blind index."""
+        return self._holders.get((tenant_id, number_bidx), frozenset())
+
+    def _employee_changed(self, key: tuple[str, str], employee: EmployeeIdentity) -> None:
+        tenant_id, employee_id = key
+        held = self._holding.pop(key, None)
+        if held is not None:
+            holders = self._holders[(tenant_id, held)]
+            holders.discard(employee_id)
+            if not holders:
+                del self._holders[(tenant_id, held)]
+        if employee.active:
+            self._holding[key] = employee.number_bidx
+            self._holders.setdefault((tenant_id, employee.number_bidx), set()).add(employee_id)
+
     def erased(self, tenant_id: str) -> AbstractSet[int]:
         """Client keys (first 8 bytes of the blind index) of the numbers the tenant erased and
         has not lifted; a live view, empty for most tenants."""
@@ -251,6 +296,28 @@ class Identities:
         """Calls ``listener(tenant_id)`` whenever a tombstone of the tenant is written or lifted,
         here or (at the next refresh) in another process."""
         self._erasure_listeners.append(listener)
+
+    def on_key_change(self, listener: Callable[[str], None]) -> None:
+        """Calls ``listener(tenant_id)`` whenever a data key of the tenant is added or destroyed,
+        here or (at the next refresh) in another process."""
+        self._key_listeners.append(listener)
+
+    def shredded(self, tenant_id: str) -> bool:
+        """Whether the tenant's keys were destroyed (DeleteTenant), as far as this process knows."""
+        return tenant_id in self._shredded
+
+    def on_shred(self, listener: Callable[[str], None]) -> None:
+        """Calls ``listener(tenant_id)`` when the tenant's keys are destroyed (DeleteTenant),
+        here or (at the next refresh) in another process, before its rows are deleted."""
+        self._shred_listeners.append(listener)
+
+    def _key_changed(self, key: tuple[str, int], destroyed: bool) -> None:
+        if destroyed and key[0] not in self._shredded:
+            self._shredded.add(key[0])
+            for shred_listener in self._shred_listeners:
+                shred_listener(key[0])
+        for listener in self._key_listeners:
+            listener(key[0])
 
     def _erasure_changed(self, key: tuple[str, int], erased: bool) -> None:
         tenant_id, client_key = key

@@ -62,7 +62,8 @@ _CONTENT = (
     "zipcode_enc",
     "tags",
 )
-_BINARY = [c for c in _COLUMNS if c.endswith("_enc")]
+# The columns of a lead that hold bytes.
+BINARY = [c for c in _COLUMNS if c.endswith("_enc")]
 
 
 def overwrite(existing: Lead, imported: Lead, employee_id: str | None = None) -> Lead:
@@ -89,15 +90,17 @@ def fill_blanks(existing: Lead, imported: Lead) -> Lead:
     return replace(existing, **changes)
 
 
-def _lead(row: dict[str, Any]) -> Lead:
+def from_row(row: dict[str, Any]) -> Lead:
+    """A lead from a row read with ``select_list()``."""
     values = dict(row)
-    for name in _BINARY + ["primary_bidx", "secondary_bidx"]:
+    for name in BINARY + ["primary_bidx", "secondary_bidx"]:
         values[name] = bytes(values[name])
     values["tags"] = tuple(values["tags"])
     return Lead(**values)
 
 
-def _select() -> str:
+def select_list() -> str:
+    """The SELECT list of a ``Lead`` (``created_at`` as ``created_at_ms``)."""
     return ", ".join(
         "toUnixTimestamp64Milli(created_at) AS created_at_ms" if c == "created_at_ms" else c
         for c in _COLUMNS
@@ -111,13 +114,13 @@ async def by_primary(db: Database, tenant_id: str, primary_bidxs: Iterable[bytes
     for start in range(0, len(wanted), _LOOKUP_CHUNK):
         rows = await db.named_rows(
             Sql(
-                f"SELECT {_select()} FROM leads FINAL WHERE tenant_id = {{t:String}}"
+                f"SELECT {select_list()} FROM leads FINAL WHERE tenant_id = {{t:String}}"
                 " AND primary_bidx IN {b:Array(FixedString(32))} ORDER BY lead_id",
                 {"t": tenant_id, "b": wanted[start : start + _LOOKUP_CHUNK]},
             ),
-            binary=_BINARY,
+            binary=BINARY,
         )
-        found += [_lead(row) for row in rows]
+        found += [from_row(row) for row in rows]
     return found
 
 
@@ -125,12 +128,13 @@ async def all_leads(db: Database, tenant_id: str) -> list[Lead]:
     """Every current lead of the tenant, by lead id."""
     rows = await db.named_rows(
         Sql(
-            f"SELECT {_select()} FROM leads FINAL WHERE tenant_id = {{t:String}} ORDER BY lead_id",
+            f"SELECT {select_list()} FROM leads FINAL WHERE tenant_id = {{t:String}}"
+            " ORDER BY lead_id",
             {"t": tenant_id},
         ),
-        binary=_BINARY,
+        binary=BINARY,
     )
-    return [_lead(row) for row in rows]
+    return [from_row(row) for row in rows]
 
 
 async def open_leads(db: Database, tenant_id: str) -> dict[str, int]:

@@ -103,6 +103,10 @@ class HistoryRow:
     recording_uri_enc: bytes
     synced_at_ms: int
     lead_id: str
+    # NumberPresentation, CallMethod and CallMode numbers, never 0 (UNSPECIFIED).
+    presentation: int
+    method: int
+    mode: int
 
     @property
     def key(self) -> HistoryKey:
@@ -123,9 +127,9 @@ class LeadActivityRow:
     last_call_at_ms: int
 
 
-def _lead_numbers(f: CallFilter, tables: Tables) -> Sql:
-    # Each number a lead has (primary, and secondary when set), as a client key, with the
-    # smallest lead per number.
+def lead_numbers(tenant_id: str, tables: Tables = DEFAULT_TABLES) -> Sql:
+    """Each number a tenant's leads have (primary, and secondary when set), as a client key,
+    with the smallest lead per number."""
     return Sql(
         f"""
 SELECT reinterpretAsUInt64(substring(bidx, 1, 8)) AS client_key, min(lead_id) AS lead_id
@@ -137,7 +141,7 @@ FROM (
 WHERE bidx != toFixedString('', 32)
 GROUP BY client_key
 """,
-        {"tenant": f.tenant_id},
+        {"tenant": tenant_id},
     )
 
 
@@ -357,10 +361,56 @@ ORDER BY client_key
 # Start-time windows a CallHistory page is read from, newest first: each ends where the previous
 # one began, and the last one reaches back to the start of the filter's range.
 _HISTORY_WINDOWS_MS = (86_400_000, 7 * 86_400_000, 56 * 86_400_000)
-_HISTORY_COLUMNS = (
+# The columns of ``calls`` a history row is made of (``HISTORY_SELECT`` reads them as ``c``).
+HISTORY_COLUMNS = (
     "call_id, device_id, employee_id, client_key, name_key, type, started_at, duration_s,"
-    " note_enc, recording_uri_enc, synced_at"
+    " note_enc, recording_uri_enc, synced_at, presentation, method, mode"
 )
+# A history row of calls ``c`` (``HISTORY_COLUMNS``) left-joined with ``lead_numbers`` as ``l``;
+# ``history_rows`` turns what it reads into ``HistoryRow``.
+HISTORY_SELECT = """
+c.call_id AS call_id, c.device_id AS device_id, c.employee_id AS employee_id,
+c.client_key AS client_key, c.name_key AS name_key, c.type AS type,
+toUnixTimestamp64Milli(c.started_at) AS started_at_ms, c.duration_s AS duration_s,
+c.note_enc AS note_enc, c.recording_uri_enc AS recording_uri_enc,
+toUnixTimestamp64Milli(c.synced_at) AS synced_at_ms, l.lead_id AS lead_id,
+c.presentation AS presentation, c.method AS method, c.mode AS mode
+"""
+# The columns of HISTORY_SELECT that hold bytes.
+HISTORY_BINARY = ["note_enc", "recording_uri_enc"]
+
+
+async def history_rows(
+    db: Database, tenant_id: str, rows: list[Raw], *, tables: Tables = DEFAULT_TABLES
+) -> list[HistoryRow]:
+    """Rows read with ``HISTORY_SELECT`` as history rows, numbers and names from their parties.
+
+    The one conversion of a stored call for every reader of calls (CallHistory, GetCalls).
+    """
+    found = await parties.lookup(db, tenant_id, (int(r["client_key"]) for r in rows), tables=tables)
+    converted = []
+    for r in rows:
+        party = found.get(int(r["client_key"]), parties.NO_PARTY)
+        converted.append(
+            HistoryRow(
+                call_id=str(r["call_id"]),
+                device_id=str(r["device_id"]),
+                employee_id=str(r["employee_id"]),
+                number_enc=party.number_enc,
+                name_enc=party.name_enc(int(r["name_key"])),
+                type=int(r["type"]),
+                started_at_ms=int(r["started_at_ms"]),
+                duration_s=int(r["duration_s"]),
+                note_enc=bytes(r["note_enc"]),
+                recording_uri_enc=bytes(r["recording_uri_enc"]),
+                synced_at_ms=int(r["synced_at_ms"]),
+                lead_id=str(r["lead_id"]),
+                presentation=int(r["presentation"]),
+                method=int(r["method"]),
+                mode=int(r["mode"]),
+            )
+        )
+    return converted
 
 
 async def call_history(
@@ -380,23 +430,7 @@ async def call_history(
     """
 
     rows = await _history_rows(db, f, snapshot_ms, after, limit, tables)
-    return [
-        HistoryRow(
-            call_id=str(r["call_id"]),
-            device_id=str(r["device_id"]),
-            employee_id=str(r["employee_id"]),
-            number_enc=party.number_enc,
-            name_enc=party.name_enc(int(r["name_key"])),
-            type=int(r["type"]),
-            started_at_ms=int(r["started_at_ms"]),
-            duration_s=int(r["duration_s"]),
-            note_enc=bytes(r["note_enc"]),
-            recording_uri_enc=bytes(r["recording_uri_enc"]),
-            synced_at_ms=int(r["synced_at_ms"]),
-            lead_id=str(r["lead_id"]),
-        )
-        for r, party in await _with_parties(db, f, rows, tables)
-    ]
+    return await history_rows(db, f.tenant_id, rows, tables=tables)
 
 
 async def _history_rows(
@@ -450,25 +484,21 @@ async def _history_window(
         )
     # The page is cut first, so only its rows are joined with the leads.
     query = compose(
-        """
-SELECT c.call_id AS call_id, c.device_id AS device_id, c.employee_id AS employee_id,
-       c.client_key AS client_key, c.name_key AS name_key, c.type AS type,
-       toUnixTimestamp64Milli(c.started_at) AS started_at_ms, c.duration_s AS duration_s,
-       c.note_enc AS note_enc, c.recording_uri_enc AS recording_uri_enc,
-       toUnixTimestamp64Milli(c.synced_at) AS synced_at_ms, l.lead_id AS lead_id
+        f"""
+SELECT {HISTORY_SELECT}
 FROM (
     SELECT * FROM ($calls)$where
     ORDER BY started_at DESC, device_id DESC, call_id DESC
-    LIMIT {limit:UInt32}
+    LIMIT {{limit:UInt32}}
 ) AS c
 LEFT JOIN ($leads) AS l ON l.client_key = c.client_key
 ORDER BY c.started_at DESC, c.device_id DESC, c.call_id DESC
 """,
-        calls=filtered_calls(f, _HISTORY_COLUMNS, snapshot_ms, started, tables=tables),
+        calls=filtered_calls(f, HISTORY_COLUMNS, snapshot_ms, started, tables=tables),
         where=where,
-        leads=_lead_numbers(f, tables),
+        leads=lead_numbers(f.tenant_id, tables),
     ).bind(limit=limit)
-    return await db.named_rows(query, binary=["note_enc", "recording_uri_enc"])
+    return await db.named_rows(query, binary=HISTORY_BINARY)
 
 
 async def lead_activity(

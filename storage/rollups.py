@@ -37,8 +37,10 @@ before its entry in ``call_rollup_runs``, so a run that died half-way is never r
 
 Only days that ended ``day_settle_ms`` ago and months that ended ``month_settle_ms`` ago are
 rolled up, since the latest days change all the time, and only for filters a run can answer: any
-time zone and employees, but no call types, durations or receive-time ranges. A unit that keeps
-changing anyway (a device backfilling weeks of calls) has its runs made at most every
+time zone and employees, but no call types, durations, receive-time ranges, hidden numbers left
+out or channels (methods, modes): those narrow the calls like call types do, and keying runs by
+them would multiply a tenant's sets for filters that are rare next to the plain summary. A unit
+that keeps changing anyway (a device backfilling weeks of calls) has its runs made at most every
 ``remake_interval_s`` per service; in between, summaries read its calls. Month runs are read for
 30 days, day runs and spans for two (``RollupSettings``), and dropped a day later with their
 partition of ``call_rollups``, so superseded runs cost neither a mutation nor lasting space.
@@ -212,9 +214,16 @@ def units(
 
 
 def answerable(f: CallFilter) -> bool:
-    """Whether rollups can answer this filter (they hold every type and duration, by start)."""
+    """Whether rollups can answer this filter (they hold every call of every type, duration,
+    presentation and channel, by start)."""
     return (
-        not f.sync_time and not f.call_types and f.min_duration_s == 0 and f.max_duration_s is None
+        not f.sync_time
+        and not f.call_types
+        and f.min_duration_s == 0
+        and f.max_duration_s is None
+        and not f.exclude_private
+        and not f.call_methods
+        and not f.call_modes
     )
 
 

@@ -21,6 +21,8 @@ from tests.integration.helpers import Tenant, auth, enroll, new_employee, new_te
 
 DAY_MS = 86_400_000
 T = common_pb2
+# How reports show every call from a withheld, unknown or payphone number: one client.
+PRIVATE = "private"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class Call:
     note: str
     recording_uri: str
     version: int
+    # CallMethod and CallMode; a call from a hidden number has number PRIVATE.
+    method: int = T.CALL_METHOD_PHONE
+    mode: int = T.CALL_MODE_VOICE
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Pure-Python reference implementations of the summary reports (SPEC section 5), no SQL.
 
-They read ``Truth.calls`` (each call once, newest version, E.164 numbers), judge clients by
-their E.164 number rather than a blind index, and use zoneinfo for local days and hours, so
-they share nothing with the ClickHouse queries they check.
+They read ``Truth.calls`` (each call once, newest version, E.164 numbers, ``PRIVATE`` for a
+hidden caller), judge clients by their E.164 number rather than a blind index, and use zoneinfo
+for local days and hours, so they share nothing with the ClickHouse queries they check.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from callsight.v1 import common_pb2, report_pb2
-from tests.integration.dataset import Call, Truth
+from tests.integration.dataset import PRIVATE, Call, Truth
 
 DAY_MS = 86_400_000
 T = common_pb2
@@ -56,6 +56,9 @@ def select(
         and (not f.call_types or c.type in f.call_types)
         and c.duration_s >= f.min_duration_s
         and (max_duration is None or c.duration_s <= max_duration)
+        and not (f.exclude_private and c.number == PRIVATE)
+        and (not f.call_methods or c.method in f.call_methods)
+        and (not f.call_modes or c.mode in f.call_modes)
     ]
     return calls, f.timezone or truth.timezone
 

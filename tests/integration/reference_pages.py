@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from callsight.v1 import common_pb2 as T
-from tests.integration.dataset import Call, Truth
+from tests.integration.dataset import PRIVATE, Call, Truth
 
 MISSED_OR_REJECTED: set[int] = {T.CALL_TYPE_MISSED, T.CALL_TYPE_REJECTED, T.CALL_TYPE_BLOCKED}
 
@@ -38,6 +38,9 @@ class Filter:
     min_duration_s: int = 0
     max_duration_s: int | None = None
     include_excluded: bool = False
+    exclude_private: bool = False
+    call_methods: frozenset[int] = frozenset()
+    call_modes: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ def select(truth: Truth, f: Filter, calls: Iterable[Call] | None = None) -> list
         and (not f.call_types or c.type in f.call_types)
         and c.duration_s >= f.min_duration_s
         and (f.max_duration_s is None or c.duration_s <= f.max_duration_s)
+        and not (f.exclude_private and c.number == PRIVATE)
+        and (not f.call_methods or c.method in f.call_methods)
+        and (not f.call_modes or c.mode in f.call_modes)
     ]
 
 

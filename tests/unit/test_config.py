@@ -308,3 +308,14 @@ def test_server_dsn_needs_a_shared_master_key() -> None:
     (problem,) = problems_of(["--dsn", "http://ch:8123/db"], {})
     assert problem.startswith("CALLSIGHT_MASTER_KEY:")
     assert "share" in problem
+
+
+def test_a_cluster_needs_a_server_dsn_and_a_plain_name() -> None:
+    env = {"CALLSIGHT_MASTER_KEY": KEY_B64}
+    config = load(["--dsn", "http://ch:8123", "--cluster", "prod"], env)
+    assert config.cluster == "prod"
+    assert load([], {}).cluster is None
+    with pytest.raises(ConfigError, match="cluster: needs a ClickHouse server DSN"):
+        load(["--cluster", "prod"], {})
+    with pytest.raises(ConfigError, match="cluster: 'a;b' is not a plain identifier"):
+        load(["--dsn", "http://ch:8123", "--cluster", "a;b"], env)

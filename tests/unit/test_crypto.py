@@ -238,3 +238,16 @@ def test_keyring_refuses_unknown_key_id() -> None:
 def test_keyring_refuses_duplicate_key_ids() -> None:
     with pytest.raises(ValueError, match="twice"):
         Keyring(TenantCipher(1, new_data_key()), [TenantCipher(1, new_data_key())])
+
+
+def test_ciphers_sharing_an_index_key_give_equal_blind_indexes_and_name_keys() -> None:
+    first, second = new_data_key(), new_data_key()
+    old = TenantCipher(1, first)
+    new = TenantCipher(7, second, index_key=first)
+    assert new.blind_index("+919876543210") == old.blind_index("+919876543210")
+    assert new.name_keys(["Asha"]) == old.name_keys(["Asha"])
+    assert TenantCipher(7, second).blind_index("+919876543210") != old.blind_index("+919876543210")
+    ring = Keyring(new, [old])
+    blob = old.encrypt("+919876543210")
+    assert ring.decrypt(blob) == "+919876543210"
+    assert key_id_of(ring.encrypt("x")) == 7

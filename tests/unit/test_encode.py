@@ -10,7 +10,15 @@ import pytest
 
 import callsight.pipeline.phone
 from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
-from callsight.pipeline.encode import Decoded, NumberCodec, Source, decode
+from callsight.pipeline.encode import (
+    PRIVATE_BIDX,
+    PRIVATE_CLIENT_KEY,
+    Decoded,
+    NumberCodec,
+    Source,
+    client_keys,
+    decode,
+)
 from callsight.pipeline.ingest import erased_rows
 from callsight.pipeline.validate import MAX_BATCH_BYTES, MAX_RECORDS, BatchRejected
 from callsight.v1 import ingest_pb2
@@ -39,6 +47,9 @@ CALLS_SCHEMA = pa.schema(
         ("synced_at", TS),
         ("client_key", pa.uint64()),
         ("name_key", pa.uint32()),
+        ("presentation", pa.uint8()),
+        ("method", pa.uint8()),
+        ("mode", pa.uint8()),
     ]
 )
 CONTACTS_SCHEMA = pa.schema(
@@ -266,6 +277,49 @@ def test_calls_rows_schema_and_columns(
     assert column(decoded, "name_key") == [cipher.name_keys(["Ravi Kumar"])[0], 0]
     assert column(decoded, "name_key")[0] != 0
     assert column(decoded, "note_enc")[1] == b""
+    # Not reported: a shown number, over the phone network, voice only.
+    assert column(decoded, "presentation") == [1, 1]
+    assert column(decoded, "method") == [1, 1]
+    assert column(decoded, "mode") == [1, 1]
+
+
+def test_hidden_callers_are_stored_as_the_private_client(
+    source: Source, codec: NumberCodec, cipher: CountingCipher
+) -> None:
+    request = calls_request(
+        call(number="", name="Someone", method=2, mode=2),
+        call(),
+        call(number="-2"),
+        call(number="12"),  # a shown number that is bad: still rejected, at its own index
+        call(number="-3", presentation=0),
+        call(number="9876543210", presentation=2, name="Withheld"),
+        call(number="-1", type=0),  # hidden, but breaks a rule: rejected
+    )
+    decoded = decode(request, source, codec, NOW)
+    assert decoded.errors == [
+        (3, "number: '12' is not a possible phone number in region IN (too short)"),
+        (6, "type 0 is not a CallType (1-7)"),
+    ]
+    assert column(decoded, "call_id") == ["c0", "c1", "c2", "c4", "c5"]
+    assert column(decoded, "presentation") == [3, 1, 2, 4, 2]
+    assert column(decoded, "method") == [2, 1, 1, 1, 1]
+    assert column(decoded, "mode") == [2, 1, 1, 1, 1]
+    shown = cipher.blind_index("+919876543210")
+    hidden = PRIVATE_BIDX
+    assert column(decoded, "number_bidx") == [hidden, shown, hidden, hidden, hidden]
+    key = int.from_bytes(shown[:8], "little")
+    private = PRIVATE_CLIENT_KEY
+    assert column(decoded, "client_key") == [private, key, private, private, private]
+    # Neither the withheld number nor a name is kept for a hidden caller.
+    numbers = [source.keyring.decrypt(b) for b in column(decoded, "number_enc")]
+    assert numbers == ["", "+919876543210", "", "", ""]
+    assert column(decoded, "name_enc") == [b""] * 5
+    assert column(decoded, "name_key") == [0] * 5
+
+
+def test_the_private_client_key_is_what_clickhouse_reads_of_its_index() -> None:
+    assert client_keys([PRIVATE_BIDX]).tolist() == [PRIVATE_CLIENT_KEY]
+    assert PRIVATE_CLIENT_KEY == 2**64 - 1
 
 
 def test_rejected_calls_are_left_out_with_their_index(source: Source, codec: NumberCodec) -> None:

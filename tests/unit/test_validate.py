@@ -142,7 +142,11 @@ CALL_REJECTS: list[tuple[dict[str, Any], str]] = [
     ({"call_id": ""}, "call_id is required"),
     ({"call_id": "x" * 129}, "call_id is 129 bytes (UTF-8); the limit is 128"),
     ({"call_id": EMOJI * 33}, "call_id is 132 bytes (UTF-8); the limit is 128"),
-    ({"number": ""}, "number is required"),
+    ({"presentation": 5}, "presentation 5 is not a NumberPresentation (0-4)"),
+    ({"presentation": -1}, "presentation -1 is not a NumberPresentation (0-4)"),
+    ({"method": 4}, "method 4 is not a CallMethod (0-3)"),
+    ({"method": -2}, "method -2 is not a CallMethod (0-3)"),
+    ({"mode": 3}, "mode 3 is not a CallMode (0-2)"),
     ({"type": 0}, "type 0 is not a CallType (1-7)"),
     ({"type": 8}, "type 8 is not a CallType (1-7)"),
     ({"type": -3}, "type -3 is not a CallType (1-7)"),
@@ -199,6 +203,11 @@ CALL_BOUNDARIES: list[dict[str, Any]] = [
     {"note": "\u00e9" * 1024},
     {"note": EMOJI * 512},
     {"recording_uri": "u" * 1024},
+    {"number": ""},
+    {"number": "-2"},
+    {"presentation": 4},
+    {"method": 3},
+    {"mode": 2},
 ]
 
 
@@ -224,6 +233,46 @@ def test_errors_are_sorted_by_index() -> None:
         (4, "duration_s 99999 is over 86400 (24 h)"),
     ]
     assert result.valid.tolist() == [False, True, False, False, False]
+
+
+# (number, presentation sent) -> presentation stored; 1 ALLOWED, 2 RESTRICTED, 3 UNKNOWN,
+# 4 PAYPHONE. Android logs a hidden caller with "" or "-1", "-2", "-3" as the number.
+PRESENTATIONS = [
+    ("+919876543210", 0, 1),
+    ("+919876543210", 1, 1),
+    ("", 0, 3),
+    ("-1", 0, 3),
+    ("-2", 0, 2),
+    ("-3", 0, 4),
+    ("", 2, 2),
+    ("-2", 1, 2),  # a special number is never a shown one, whatever the phone says
+    ("", 1, 3),
+    ("+919876543210", 2, 2),  # the caller withheld it: the number is not kept
+    ("+919876543210", 3, 3),
+    ("+919876543210", 4, 4),
+    ("-4", 0, 1),  # not one of Android's: a number, which the codec will judge
+]
+
+
+def test_presentation_is_read_from_the_number_and_the_flag() -> None:
+    batch = calls_batch(*(call(number=n, presentation=p) for n, p, _ in PRESENTATIONS))
+    result = validate_calls(batch, NOW)
+    assert result.errors == []
+    assert result.columns.presentation.tolist() == [stored for _, _, stored in PRESENTATIONS]
+    assert result.columns.hidden.tolist() == [stored != 1 for _, _, stored in PRESENTATIONS]
+
+
+def test_a_batch_without_hidden_numbers_is_all_shown() -> None:
+    result = validate_calls(calls_batch(call(), call(number="98765 43210")), NOW)
+    assert result.columns.presentation.tolist() == [1, 1]
+    assert not result.columns.hidden.any()
+
+
+def test_method_and_mode_default_to_phone_and_voice() -> None:
+    batch = calls_batch(call(), call(method=2, mode=2), call(method=3, mode=1), call(method=1))
+    cols = validate_calls(batch, NOW).columns
+    assert cols.method.tolist() == [1, 2, 3, 1]
+    assert cols.mode.tolist() == [1, 2, 1, 1]
 
 
 def test_empty_call_batch() -> None:

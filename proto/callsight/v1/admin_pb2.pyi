@@ -1286,7 +1286,9 @@ class DeviceStatus(_message.Message):
     last_seen_at_ms: _builtins.int
     """When the device last called the server (any RPC), epoch milliseconds UTC; 0 if never."""
     last_sync_at_ms: _builtins.int
-    """When a batch of the device was last acked, epoch milliseconds UTC; 0 if never."""
+    """When a batch of the device was last accepted (an ACCEPTED ack), epoch milliseconds UTC; 0 if
+    never.
+    """
     last_batch_result: _ingest_pb2.UploadResult.ValueType
     """The result of its last batch."""
     battery_pct: _builtins.int
@@ -1516,7 +1518,10 @@ class StoredLead(_message.Message):
     created_at_ms: _builtins.int
     """When the lead was imported, epoch milliseconds UTC."""
     first_call_at_ms: _builtins.int
-    """When an employee first called one of its numbers, epoch milliseconds UTC; 0 if not yet."""
+    """When an employee first called one of its numbers, epoch milliseconds UTC; 0 if not yet. As
+    LeadActivity counts it: the assigned employee's first call (any type) with either number,
+    at or after the lead's creation.
+    """
     @_builtins.property
     def lead(self) -> Global___Lead:
         """The lead's fields; numbers in E.164."""
@@ -1548,7 +1553,7 @@ class ListLeadsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     uncalled_only: _builtins.bool
-    """Only leads never called (true) ; false lists all."""
+    """Only leads never called (first_call_at_ms 0) when true; false lists all."""
     page_size: _builtins.int
     """Leads per page, 1-1000; 0 means 100."""
     page_token: _builtins.str
@@ -1588,7 +1593,7 @@ class ListLeadsResponse(_message.Message):
     """Token of the next page; empty on the last page."""
     @_builtins.property
     def leads(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredLead]:
-        """The page, newest first."""
+        """The page, newest first (by created_at_ms, then lead_id, both descending)."""
 
     def __init__(
         self,

@@ -338,8 +338,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeviceHealth(self, request, context):
-        """Devices that need attention: silent for longer than a threshold, low on battery, on an old
-        agent version, or revoked while still sending.
+        """Devices that need attention: silent for longer than a threshold, low on battery, or on an
+        old agent version (revoked devices are left out).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -87,8 +87,8 @@ class AdminServiceStub:
     ListDevices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListDevicesRequest, _admin_pb2.ListDevicesResponse]
     """Lists the tenant's devices with their latest state (paged)."""
     DeviceHealth: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeviceHealthRequest, _admin_pb2.DeviceHealthResponse]
-    """Devices that need attention: silent for longer than a threshold, low on battery, on an old
-    agent version, or revoked while still sending.
+    """Devices that need attention: silent for longer than a threshold, low on battery, or on an
+    old agent version (revoked devices are left out).
     """
     GetExcludedNumbers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetExcludedNumbersRequest, _admin_pb2.GetExcludedNumbersResponse]
     """The tenant's excluded numbers (decrypted, E.164)."""
@@ -173,8 +173,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListDevices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListDevicesRequest, _admin_pb2.ListDevicesResponse]  # type: ignore[assignment]
     """Lists the tenant's devices with their latest state (paged)."""
     DeviceHealth: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeviceHealthRequest, _admin_pb2.DeviceHealthResponse]  # type: ignore[assignment]
-    """Devices that need attention: silent for longer than a threshold, low on battery, on an old
-    agent version, or revoked while still sending.
+    """Devices that need attention: silent for longer than a threshold, low on battery, or on an
+    old agent version (revoked devices are left out).
     """
     GetExcludedNumbers: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetExcludedNumbersRequest, _admin_pb2.GetExcludedNumbersResponse]  # type: ignore[assignment]
     """The tenant's excluded numbers (decrypted, E.164)."""
@@ -370,8 +370,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DeviceHealthRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.DeviceHealthResponse, _abc.Awaitable[_admin_pb2.DeviceHealthResponse]]:
-        """Devices that need attention: silent for longer than a threshold, low on battery, on an old
-        agent version, or revoked while still sending.
+        """Devices that need attention: silent for longer than a threshold, low on battery, or on an
+        old agent version (revoked devices are left out).
         """
 
     @_abc_1.abstractmethod

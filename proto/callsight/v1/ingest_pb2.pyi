@@ -244,7 +244,9 @@ class DevicePolicy(_message.Message):
     version: _builtins.int
     """Increases with every change; acks carry it so an agent notices a change."""
     match_key: _builtins.str
-    """Key of those hashes, base64; changes when the tenant's data key is rotated."""
+    """Key of those hashes, base64; derived from the tenant's blind-index key, so it stays the same
+    across data key rotation.
+    """
     sync_interval_s: _builtins.int
     """How often the agent should sync, seconds; 0 means the agent's default."""
     @_builtins.property

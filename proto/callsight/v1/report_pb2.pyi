@@ -1094,11 +1094,15 @@ class GetCallsResponse(_message.Message):
     MISSING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallHistoryEntry]:
-        """The calls found (newest version), in request order; ids not found are left out."""
+        """The calls found (newest version), in request order, one entry per ref asked for; ids not
+        found are left out.
+        """
 
     @_builtins.property
     def missing(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallRef]:
-        """The requested calls that were not found."""
+        """The requested calls that were not found, in request order: never stored, of another tenant,
+        erased, or with one of the tenant's excluded numbers (which reports leave out).
+        """
 
     def __init__(
         self,
