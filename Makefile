@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON=$(PYTHON) $(UV) sync --frozen --quiet \
-	--config-setting editable_mode=strict
+	--config-setting editable_mode=strict --reinstall-package callsight
 # The strict editable install links each file into build/, so a new or removed module needs a
 # re-install: the stamps cover pyproject.toml, uv.lock and the list of installed files.
 INSTALLED := $(shell (cat pyproject.toml uv.lock; find proto/callsight server pipeline storage \

@@ -76,6 +76,8 @@ class ServerProcess:
             **os.environ,
             "CALLSIGHT_OPERATOR_TOKEN": self.operator_token,
             "CALLSIGHT_MASTER_KEY": base64.b64encode(self.master_key).decode(),
+            # Metrics on a free port too, so that servers side by side do not collide.
+            "CALLSIGHT_METRICS_LISTEN": f"{self.host}:0",
             **self._env,
         }
         command = [sys.executable, "-m", self.module, "serve", "--listen", self.address]

@@ -12,7 +12,8 @@ transiently is retried with backoff, under the same deduplication token, for at 
 ``retry_max_elapsed_s``; one the database refuses for good (``StorageRefused``: a type error, an
 unknown column) or an unexpected error (a bug) is not retried. Either way the flush's futures then
 fail with the error, so its batches are answered and give their budget back instead of stalling
-every other device. Nothing is acknowledged before it is written.
+every other device. Nothing is acknowledged before it is written. An optional ``FlushObserver``
+(the server's metrics) is told of each flush written and each failed insert attempt.
 
 The batcher does not bound memory itself: buffers and the flush queue grow only through
 ``add()``, and the ingest stage bounds those with a ``ByteBudget`` it acquires before ``add()``
@@ -26,6 +27,7 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyarrow as pa
 import structlog
@@ -50,6 +52,28 @@ class BatcherStats:
     rows_written: int
     retries: int
     flushes_failed: int
+    inserts_in_flight: int  # flushes a writer is preparing or inserting now
+
+
+class FlushObserver(Protocol):
+    """Told of every flush's outcome, on the event loop; must not block (metrics)."""
+
+    def written(self, table: str, rows: int, seconds: float) -> None:
+        """A flush of ``rows`` rows was written ``seconds`` after a writer took it."""
+        ...
+
+    def write_failed(self, table: str, error_class: str) -> None:
+        """An insert attempt failed: ``error_class`` is "transient" (retried unless out of time),
+        "refused" (never retried) or "unexpected" (a bug)."""
+        ...
+
+
+class _NoObserver:
+    def written(self, table: str, rows: int, seconds: float) -> None:
+        pass
+
+    def write_failed(self, table: str, error_class: str) -> None:
+        pass
 
 
 @dataclass
@@ -125,6 +149,13 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, StorageError | Unavailable | OSError | TimeoutError)
 
 
+def error_class(exc: Exception) -> str:
+    """The class of a failed insert, as ``FlushObserver.write_failed`` reports it."""
+    if isinstance(exc, StorageRefused):
+        return "refused"
+    return "transient" if _transient(exc) else "unexpected"
+
+
 def _abandon(waiters: list[asyncio.Future[None]]) -> None:
     _fail(waiters, Unavailable("shutting down before the batch was written; re-send it"))
 
@@ -137,9 +168,11 @@ class Batcher:
         sink: Sink,
         settings: PipelineSettings,
         stages: StageTimes | None = None,
+        observer: FlushObserver | None = None,
     ) -> None:
         self._sink = sink
         self._stages = stages or StageTimes()
+        self._observer: FlushObserver = observer or _NoObserver()
         self._max_rows = settings.max_rows
         self._max_bytes = settings.max_bytes
         self._max_age_s = settings.max_age_ms / 1000
@@ -160,6 +193,7 @@ class Batcher:
         self._rows_written = 0
         self._retries = 0
         self._flushes_failed = 0
+        self._writing = 0
 
     @property
     def stats(self) -> BatcherStats:
@@ -172,6 +206,7 @@ class Batcher:
             rows_written=self._rows_written,
             retries=self._retries,
             flushes_failed=self._flushes_failed,
+            inserts_in_flight=self._writing,
         )
 
     async def start(self) -> None:
@@ -258,7 +293,11 @@ class Batcher:
             flush = await self._queue.get()
             if flush is None:
                 return
-            await self._write(flush)
+            self._writing += 1
+            try:
+                await self._write(flush)
+            finally:
+                self._writing -= 1
 
     async def _write(self, flush: _Flush) -> None:
         started = time.perf_counter()
@@ -284,6 +323,7 @@ class Batcher:
                 self._stages.add("insert", time.perf_counter() - prepared)
                 break
             except Exception as exc:
+                self._observer.write_failed(flush.table, error_class(exc))
                 pause = random.uniform(delay / 2, delay)
                 if not _transient(exc) or time.monotonic() + pause > deadline:
                     self._give_up(flush, exc, attempt)
@@ -305,6 +345,7 @@ class Batcher:
         del self._pending[id(flush)]
         self._flushes_done += 1
         self._rows_written += flush.rows
+        self._observer.written(flush.table, flush.rows, time.perf_counter() - started)
         _resolve(flush.waiters)
 
     def _give_up(self, flush: _Flush, exc: Exception, attempts: int) -> None:

@@ -44,7 +44,7 @@ import numpy.typing as npt
 from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.core.errors import Unavailable
 from callsight.pipeline.admission import Admission
-from callsight.pipeline.batcher import Batcher
+from callsight.pipeline.batcher import Batcher, FlushObserver
 from callsight.pipeline.budget import ANONYMOUS, ByteBudget, Owner
 from callsight.pipeline.chunk import RowChunk
 from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
@@ -95,15 +95,17 @@ class Ingestor:
         erasures: Erasures | None = None,
         policies: PolicyBook | None = None,
         watch: WatchHub | None = None,
+        flushes: FlushObserver | None = None,
     ) -> None:
-        """``watch``: told of every acked batch of new call rows (WatchSummary's totals)."""
+        """``watch``: told of every acked batch of new call rows (WatchSummary's totals);
+        ``flushes``: of every flush written and insert failed (metrics)."""
         self.watch = watch
         self.settings = settings
         self.erasures: Erasures = erasures or _NoErasures()
         self.policies: PolicyBook = policies or NoPolicies()
         self.clock = clock
         self.stages = StageTimes()
-        self.batcher = Batcher(sink, settings, self.stages)
+        self.batcher = Batcher(sink, settings, self.stages, flushes)
         self.dedup = Deduplicator(loader, max_entries=settings.dedup_max_entries)
         self.admission = Admission(settings.admission_max_queue_ms / 1000)
         self.budget = ByteBudget(

@@ -33,6 +33,7 @@ from callsight.server.auth import Authenticator, TokenHasher
 from callsight.server.config import Config, Secret, describe, package_version
 from callsight.server.ingest import IngestServicer, StreamLimits
 from callsight.server.interceptor import CallsightInterceptor
+from callsight.server.metrics import Metrics
 from callsight.server.operator import OperatorTokens
 from callsight.server.policy import PolicyMessages
 from callsight.server.preflight import StartupError
@@ -229,6 +230,9 @@ class Service:
         self.ingestor: Ingestor | None = None
         self.report_quota: ReportQuota | None = None
         self.port = 0
+        # Prometheus metrics, made per start(); metrics_port is None while they are off.
+        self.metrics: Metrics | None = None
+        self.metrics_port: int | None = None
         self._ready = asyncio.Event()
         self._db: Database | None = None
         self._report_db: Database | None = None
@@ -304,6 +308,8 @@ class Service:
         sink: Sink = Writer(db)
         if self._wrap_sink is not None:
             sink = self._wrap_sink(sink)
+        metrics = Metrics()
+        self.metrics = metrics
         ingestor = Ingestor(
             sink,
             lambda table, tenant, devices: stored_versions(db, table, tenant, devices),
@@ -312,6 +318,7 @@ class Service:
             identities,
             policies,
             watch=watch,
+            flushes=metrics.flushes,
         )
         self.ingestor = ingestor
         # A tombstone written or lifted anywhere: forget what dedup remembers of the tenant.
@@ -322,7 +329,7 @@ class Service:
         identities.on_shred(ingestor.dedup.forget_tenant)
 
         server = grpc.aio.server(
-            interceptors=[CallsightInterceptor(authenticator, self._ready)],
+            interceptors=[CallsightInterceptor(authenticator, self._ready, metrics.rpcs)],
             options=grpc_options(self.config),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -343,26 +350,26 @@ class Service:
             ),
             server,
         )
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(
-                directory,
-                hasher,
-                keys,
-                ingestor,
-                self._clock,
-                identities,
-                EnrollmentClaims(db, group_writer),
-                StreamLimits(
-                    max_streams=self.config.max_streams,
-                    max_per_device=self.config.max_streams_per_device,
-                    idle_timeout_s=self.config.stream_idle_timeout_s,
-                ),
-                policies=policy_messages,
-                activity=activity,
-                webhooks=webhooks.events,
+        ingest = IngestServicer(
+            directory,
+            hasher,
+            keys,
+            ingestor,
+            self._clock,
+            identities,
+            EnrollmentClaims(db, group_writer),
+            StreamLimits(
+                max_streams=self.config.max_streams,
+                max_per_device=self.config.max_streams_per_device,
+                idle_timeout_s=self.config.stream_idle_timeout_s,
             ),
-            server,
+            policies=policy_messages,
+            activity=activity,
+            webhooks=webhooks.events,
+            metrics=metrics.acks,
         )
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
+        metrics.read_state(ingestor, ingest.streams)
         report_pb2_grpc.add_ReportServiceServicer_to_server(
             ReportServicer(
                 report_db,
@@ -382,6 +389,8 @@ class Service:
         )
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.config.metrics_address is not None:
+            self.metrics_port = metrics.serve(self.config.metrics_address)
         self.port = self._bind(server)
         self._server = server
         await server.start()
@@ -418,7 +427,7 @@ class Service:
         self._ready.set()
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", port=self.port)
+        log.info("serving", port=self.port, metrics_port=self.metrics_port)
         return self.port
 
     def _webhook_settings(self) -> WebhookSettings:
@@ -498,6 +507,10 @@ class Service:
         if self._db is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._db.close)
             self._db = None
+        if self.metrics is not None:
+            # Last, so that the drain above can still be watched.
+            await asyncio.get_running_loop().run_in_executor(None, self.metrics.close)
+            self.metrics_port = None
         log.info("stopped")
 
     async def run(self) -> None:

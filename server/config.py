@@ -85,6 +85,8 @@ class Config:
     """
 
     listen: str = "127.0.0.1:50051"
+    # Prometheus GET /metrics (server/metrics.py); "off" (or "" when built directly): none.
+    metrics_listen: str = "127.0.0.1:9464"
     data_dir: Path = Path("./data")
     dsn: Secret = _DERIVED_DSN
     # Database inside ClickHouse; tests isolate themselves by name within one chDB path.
@@ -223,6 +225,12 @@ class Config:
         }
 
     @property
+    def metrics_address(self) -> str | None:
+        """HOST:PORT to serve metrics on, or None when they are off."""
+        address = self.metrics_listen.strip()
+        return None if address.lower() in _METRICS_OFF else address
+
+    @property
     def is_embedded(self) -> bool:
         """True when ClickHouse runs in-process (chDB) rather than as a server."""
         return urlsplit(self.dsn.reveal()).scheme.lower() == "chdb"
@@ -321,6 +329,13 @@ def _parse_master_key(text: str) -> bytes:
 
 _SETTINGS: tuple[_Setting, ...] = (
     _Setting("listen", "--listen", str, "address to serve gRPC on", "HOST:PORT"),
+    _Setting(
+        "metrics_listen",
+        "--metrics-listen",
+        str,
+        "address to serve Prometheus metrics on (HTTP GET /metrics); off: none",
+        "HOST:PORT",
+    ),
     _Setting(
         "dsn",
         "--dsn",
@@ -699,6 +714,9 @@ def _validate(c: Config) -> list[str]:
     listen_problem = _listen_problem(c.listen)
     if listen_problem:
         bad("listen", listen_problem)
+    metrics_problem = _metrics_listen_problem(c.metrics_listen, c.listen)
+    if metrics_problem:
+        bad("metrics_listen", metrics_problem)
     dsn_problem = _dsn_problem(c.dsn.reveal())
     if dsn_problem:
         bad("dsn", dsn_problem)
@@ -880,6 +898,21 @@ def _listen_problem(listen: str) -> str | None:
             return f"{host!r} is not an IPv4 address; {_LISTEN_HINT}"
     if not _PORT.fullmatch(port) or int(port) > 65535:
         return f"port {port!r} is not a number from 0 to 65535 (0 picks a free port)"
+    return None
+
+
+_METRICS_OFF = ("", "off")
+
+
+def _metrics_listen_problem(address: str, listen: str) -> str | None:
+    if isinstance(address, str) and address.strip().lower() in _METRICS_OFF:
+        return None
+    problem = _listen_problem(address)
+    if problem:
+        return f"{problem}; or off for no metrics"
+    port = address.rpartition(":")[2]
+    if address == listen and int(port) != 0:
+        return f"{address} is also the gRPC --listen address; give metrics a port of their own"
     return None
 
 

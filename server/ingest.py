@@ -42,6 +42,7 @@ from callsight.server.auth import (
     split_token,
 )
 from callsight.server.errors import client_message
+from callsight.server.metrics import AckMetrics
 from callsight.server.policy import PolicyMessages
 from callsight.server.webhooks import WebhookEvents
 from callsight.storage.activity import DeviceActivity
@@ -103,6 +104,11 @@ class OpenStreams:
             del self._per_device[owner]
         self.open -= 1
 
+    @property
+    def devices(self) -> int:
+        """How many devices have a stream open."""
+        return len(self._per_device)
+
     def of(self, owner: Owner) -> int:
         """How many streams ``owner`` has open."""
         return self._per_device.get(owner, 0)
@@ -125,7 +131,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         policies: PolicyMessages,
         activity: DeviceActivity,
         webhooks: WebhookEvents | None = None,
+        metrics: AckMetrics,
     ) -> None:
+        # Every ack (and batch refused whole) is counted once, where it is made.
+        self._acks = metrics
         self._clock = clock
         # Batches refused whole raise batch.rejected webhook events.
         self._webhooks = webhooks
@@ -251,9 +260,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             ack = await self._ingestor.ingest(request, source, ticket)
         except BatchRejected as exc:
             self._activity.acked(owner, ingest_pb2.UPLOAD_RESULT_REJECTED, self._clock.now_ms())
+            self._acks.rejected()
             await self._tell_rejected(source, request, str(exc))
             raise
         self._activity.acked(owner, ack.result, ack.server_time_ms)
+        self._acks.acked(request, ack)
         return ack
 
     async def Stream(
@@ -345,6 +356,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         ingest_pb2.UploadRequest(), str(request), source.tenant_id
                     )
                     await self._tell_rejected(source, ingest_pb2.UploadRequest(), str(request))
+                    self._acks.rejected()
                     done.set_result((rejected, resolved))
                     acks.put_nowait(_Pending(arrived, done))
                     continue
@@ -367,6 +379,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             # Sending it again cannot succeed: answer it so the device moves on.
             ack = self._rejected(request, client_message(exc), source.tenant_id)
         self._activity.acked((source.tenant_id, source.device_id), ack.result, ack.server_time_ms)
+        self._acks.acked(request, ack)
         if ack.result == ingest_pb2.UPLOAD_RESULT_REJECTED:
             await self._tell_rejected(source, request, ack.errors[0].reason)
         return ack, time.perf_counter()

@@ -1,4 +1,5 @@
-"""Every callsight RPC passes through here: authenticate, decode, run, map errors, log one line.
+"""Every callsight RPC passes through here: authenticate, decode, run, map errors, log one line
+and count it (``grpc_server_*`` metrics).
 
 Authentication happens on the raw call, before any request bytes are decoded: a request without a
 valid token gets ``UNAUTHENTICATED`` whatever its bytes. The original handler's deserializer is
@@ -27,6 +28,7 @@ from callsight.server.auth import (
     set_caller,
 )
 from callsight.server.errors import client_message, redact, status_code, trailing_metadata
+from callsight.server.metrics import RpcMetrics
 
 log = structlog.get_logger("callsight.rpc")
 SLOW_MS = 1000.0  # an RPC that took longer is logged at info even when it succeeded
@@ -38,9 +40,12 @@ Deserializer = Callable[[bytes], Any]
 class CallsightInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates, decodes and logs callsight RPCs; other services pass through untouched."""
 
-    def __init__(self, authenticator: Authenticator, ready: asyncio.Event) -> None:
+    def __init__(
+        self, authenticator: Authenticator, ready: asyncio.Event, metrics: RpcMetrics
+    ) -> None:
         self._auth = authenticator
         self._ready = ready
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -52,7 +57,7 @@ class CallsightInterceptor(grpc.aio.ServerInterceptor):
         access = access_for(method)
         if handler is None or access is None:
             return handler
-        call = _Call(method, time.perf_counter())
+        call = _Call(method, time.perf_counter(), self._metrics, handler)
         try:
             if not self._ready.is_set():
                 raise Unavailable("the server is starting (migrations running); retry shortly")
@@ -68,18 +73,26 @@ class CallsightInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _Call:
-    """Per-RPC state for the log line."""
+    """Per-RPC state for the log line and the metrics; counts the RPC as started."""
 
-    def __init__(self, method: str, started: float) -> None:
+    def __init__(self, method: str, started: float, metrics: RpcMetrics, handler: Handler) -> None:
         self.method = method
         self.started = started
         self.caller = Caller(Access.PUBLIC)
+        self._metrics = metrics
+        self._type = metrics.started(method, handler.request_streaming, handler.response_streaming)
+        self._done = False
 
     def done(self, code: grpc.StatusCode, error: str = "") -> None:
+        if self._done:  # one status per RPC, however its end is reported
+            return
+        self._done = True
+        seconds = time.perf_counter() - self.started
+        self._metrics.handled(self.method, self._type, code, seconds)
         fields: dict[str, Any] = {
             "method": self.method,
             "status": code.name,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
         }
         if self.caller.tenant_id:
             fields["tenant"] = self.caller.tenant_id
@@ -154,6 +167,9 @@ def _wrap(handler: Handler, call: _Call) -> Handler:
             response = await behavior(decoded(request), context)
         except grpc.aio.AbortError:
             call.done(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except asyncio.CancelledError:
+            call.done(grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
             await _abort(context, call, exc)

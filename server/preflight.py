@@ -1,7 +1,7 @@
 """Checks ``callsight serve`` makes before it creates anything, so that the usual mistakes end in
 one line and exit status 2 instead of a traceback (or a half-made data directory): the listen
-address in use, a data directory that is not a usable directory, and, with the embedded
-ClickHouse, a data directory another callsight process is serving from.
+or metrics address in use, a data directory that is not a usable directory, and, with the
+embedded ClickHouse, a data directory another callsight process is serving from.
 
 The data directory lock is an ``flock`` on ``<data dir>/callsight.lock`` held for the life of the
 process (the kernel drops it when the process dies, also on SIGKILL); the file names the holder's
@@ -28,36 +28,51 @@ class StartupError(CallsightError):
     """Serving cannot start as configured; the message says what to change."""
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of a validated HOST:PORT; an IPv6 host loses its brackets, an empty host
+    means every interface."""
+    host, _, port_text = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
 def check_listen(listen: str) -> None:
     """StartupError if ``listen`` (HOST:PORT) cannot be bound now; port 0 always can."""
-    host, _, port_text = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    port = int(port_text)
+    _check_bind(listen, "listen on", "--listen HOST:PORT")
+
+
+def check_metrics_listen(address: str | None) -> None:
+    """StartupError if the metrics address (HOST:PORT; None: metrics off) cannot be bound now."""
+    if address is not None:
+        _check_bind(address, "serve metrics on", "--metrics-listen HOST:PORT (or off)")
+
+
+def _check_bind(address: str, what: str, fix: str) -> None:
+    host, port = split_address(address)
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # As gRPC binds: address reuse on, so a port in TIME_WAIT is not "in use".
+        # As gRPC and the HTTP server bind: address reuse on, so a port in TIME_WAIT is not
+        # "in use".
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(
-                    f"cannot listen on {listen}: the address is in use (another callsight or "
-                    "another program serves there); stop it or pass --listen HOST:PORT"
+                    f"cannot {what} {address}: the address is in use (another callsight or "
+                    f"another program serves there); stop it or pass {fix}"
                 ) from None
             if exc.errno == errno.EACCES:
                 raise StartupError(
-                    f"cannot listen on {listen}: permission denied (ports below 1024 need "
-                    "privileges); pass --listen HOST:PORT with a higher port"
+                    f"cannot {what} {address}: permission denied (ports below 1024 need "
+                    f"privileges); pass {fix} with a higher port"
                 ) from None
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise StartupError(
-                    f"cannot listen on {listen}: {host} is not an address of this machine; "
-                    "pass --listen HOST:PORT"
+                    f"cannot {what} {address}: {host} is not an address of this machine; pass {fix}"
                 ) from None
-            raise StartupError(f"cannot listen on {listen}: {exc.strerror}") from None
+            raise StartupError(f"cannot {what} {address}: {exc.strerror}") from None
 
 
 def check_data_dir(data_dir: Path) -> None:
@@ -105,5 +120,6 @@ def preflight(config: Config) -> IO[str] | None:
     """Every check, in an order that creates nothing before the last one passes; returns the
     data directory lock (embedded ClickHouse) to hold while serving."""
     check_listen(config.listen)
+    check_metrics_listen(config.metrics_address)
     check_data_dir(config.data_dir)
     return lock_data_dir(config.data_dir) if config.is_embedded else None

@@ -38,6 +38,8 @@ def make_config(data_dir: Path, database: str, **overrides: object) -> Config:
     """A config for an in-process server on a free port inside the session's chDB path."""
     settings: dict[str, object] = {
         "listen": "127.0.0.1:0",
+        # Many servers at once: each serves its metrics on a free port (service.metrics_port).
+        "metrics_listen": "127.0.0.1:0",
         "data_dir": data_dir,
         "dsn": Secret(f"chdb://{data_dir / 'clickhouse'}"),
         "database": database,

@@ -319,3 +319,33 @@ def test_a_cluster_needs_a_server_dsn_and_a_plain_name() -> None:
         load(["--cluster", "prod"], {})
     with pytest.raises(ConfigError, match="cluster: 'a;b' is not a plain identifier"):
         load(["--dsn", "http://ch:8123", "--cluster", "a;b"], env)
+
+
+def test_metrics_listen_default_flag_env_and_off() -> None:
+    assert Config().metrics_address == "127.0.0.1:9464"
+    env = {"CALLSIGHT_METRICS_LISTEN": "127.0.0.1:1"}
+    assert load(["--metrics-listen", "0.0.0.0:9100"], env).metrics_address == "0.0.0.0:9100"
+    assert load([], {"CALLSIGHT_METRICS_LISTEN": "[::1]:0"}).metrics_address == "[::1]:0"
+    assert load(["--metrics-listen", "off"], env).metrics_address is None
+    assert load([], {"CALLSIGHT_METRICS_LISTEN": "OFF"}).metrics_address is None
+    # An empty value counts as unset in flags and env (the default); built directly, it is off.
+    assert load([], {"CALLSIGHT_METRICS_LISTEN": ""}).metrics_address == "127.0.0.1:9464"
+    assert Config(metrics_listen="").metrics_address is None
+    assert describe(Config())["metrics_listen"] == "127.0.0.1:9464"
+
+
+@pytest.mark.parametrize("address", ["9464", "host:99999", "[nope]:1", "on"])
+def test_bad_metrics_listen_is_a_problem(address: str) -> None:
+    (problem,) = problems_of(["--metrics-listen", address], {})
+    assert problem.startswith("CALLSIGHT_METRICS_LISTEN / --metrics-listen:")
+    assert problem.endswith("; or off for no metrics")
+
+
+def test_metrics_need_a_port_of_their_own() -> None:
+    (problem,) = problems_of(["--listen", "127.0.0.1:7000", "--metrics-listen", "127.0.0.1:7000"])
+    assert problem == (
+        "CALLSIGHT_METRICS_LISTEN / --metrics-listen: 127.0.0.1:7000 is also the gRPC --listen "
+        "address; give metrics a port of their own"
+    )
+    both_free = load(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], {})
+    assert both_free.metrics_address == "127.0.0.1:0"

@@ -7,7 +7,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from callsight.core.errors import DeadlineExceeded, ResourceExhausted, StorageError
 from callsight.server.errors import client_message, status_code, trailing_metadata
-from callsight.server.reports import bounded_error
+from callsight.server.report_call import bounded_error
 
 SETTINGS = {"max_memory_usage": 1 << 30, "max_threads": 1, "max_execution_time": 60}
 
