@@ -34,6 +34,7 @@ class TokenHasher(Protocol):
         """Whether ``token`` hashes to ``stored_hash`` (constant time)."""
         ...
 
+
 MIN_TOKEN_CHARS = 16
 # A rotation needs two; a few more cost nothing, a long file is a mistake.
 MAX_TOKENS = 8
