@@ -192,8 +192,15 @@ class Batcher:
         self._flushes_done = 0
         self._rows_written = 0
         self._retries = 0
+        # When the oldest insert failure since the last success happened (None: writes succeed).
+        self._failing_since: float | None = None
         self._flushes_failed = 0
         self._writing = 0
+
+    @property
+    def failing(self) -> bool:
+        """Whether inserts are failing now: one failed since the last that succeeded."""
+        return self._failing_since is not None
 
     @property
     def stats(self) -> BatcherStats:
@@ -329,6 +336,8 @@ class Batcher:
                     self._give_up(flush, exc, attempt)
                     return
                 self._retries += 1
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
                 # Only the error's type and code: a message could quote row values.
                 log.warning(
                     "insert failed; retrying",
@@ -344,6 +353,7 @@ class Batcher:
                 attempt += 1
         del self._pending[id(flush)]
         self._flushes_done += 1
+        self._failing_since = None
         self._rows_written += flush.rows
         self._observer.written(flush.table, flush.rows, time.perf_counter() - started)
         _resolve(flush.waiters)

@@ -57,6 +57,8 @@ from callsight.storage.writer import Sink
 from callsight.v1 import ingest_pb2
 
 RETRY_AFTER_S = 0.5
+# Upload while inserts are failing: come back once the database has had time to recover.
+FAILING_RETRY_AFTER_S = 2.0
 # Decoding runs on the event loop: after this much of it in a row the next batch waits one loop
 # turn, so a flood of large batches cannot keep health checks and other devices' acks waiting.
 DECODE_SLICE_S = 0.02
@@ -150,6 +152,12 @@ class Ingestor:
         streams cannot keep another device's Upload out; it is bounded so a unary caller is
         answered instead of held."""
         self._check_open()
+        if self.batcher.failing:
+            # Admitted now, it would wait out the write retries; the device can send it later.
+            raise Unavailable(
+                f"the database is failing writes; retry in {FAILING_RETRY_AFTER_S:g} s",
+                FAILING_RETRY_AFTER_S,
+            )
         ticket = Ticket(request.ByteSize(), owner)
         if self.budget.try_acquire(ticket.nbytes, owner):
             return ticket

@@ -173,4 +173,6 @@ async def test_garbage_enrollment_codes_and_tokens_cost_no_query_each(
     # Periodic refreshes (1 s) and catch-ups (at most one per 0.15 s), never one per miss.
     refreshes = (identities.queries - before) / 5
     assert refreshes <= elapsed / 0.15 + elapsed + 2
-    assert identities.size == size
+    # Nothing of the 600 misses is remembered; the shared server's own refreshes may pick up a
+    # row or two other tests wrote meanwhile.
+    assert identities.size - size < 10

@@ -21,7 +21,7 @@ from callsight.pipeline.encode import CALLS_SCHEMA
 from callsight.storage import listings, privacy, summaries
 from callsight.storage.database import Database
 from callsight.storage.filters import CallFilter
-from callsight.storage.migrator import migrate
+from callsight.storage.migrator import available, migrate
 from callsight.storage.writer import Writer
 
 TENANT = "t-migration"
@@ -130,7 +130,8 @@ async def test_reports_answer_the_same_after_the_parties_migrations(db: Database
         await db.command("DELETE FROM schema_migrations WHERE version = {v:UInt32}", {"v": version})
         assert await migrate(db, until=version) == [version]
     # Then the later ones, 0009 (no plaintext recording_uri / sim_id) run twice too.
-    assert await migrate(db) == [8, 9, 10]
+    later = [m.version for m in available() if m.version >= 8]
+    assert await migrate(db) == later
     await db.command("DELETE FROM schema_migrations WHERE version = 9")
     assert await migrate(db) == [9]
     columns = await db.query(

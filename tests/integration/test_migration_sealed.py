@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from callsight.storage.database import Database
-from callsight.storage.migrator import migrate
+from callsight.storage.migrator import available, migrate
 
 INSIDE = "9812345678"
 NOW = datetime.now(UTC).replace(microsecond=0)  # inside the telemetry TTL
@@ -61,7 +61,7 @@ async def test_plaintext_that_can_carry_a_number_is_dropped_and_coordinates_coar
         + ["version", "synced_at"],
     )
 
-    assert await migrate(db) == [9, 10]
+    assert await migrate(db) == [m.version for m in available() if m.version >= 9]
     # A start-up that died half-way runs it again.
     await db.command("DELETE FROM schema_migrations WHERE version = 9")
     assert await migrate(db) == [9]

@@ -14,8 +14,9 @@ from callsight.loadtest.harness import ServerProcess
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # Metrics off: the default metrics port may be taken by another server on this machine.
     return subprocess.run(
-        [sys.executable, "-m", "callsight.server", "serve", *args],
+        [sys.executable, "-m", "callsight.server", "serve", "--metrics-listen", "off", *args],
         capture_output=True,
         text=True,
         timeout=120,
