@@ -16,8 +16,15 @@ INSTALLED := $(shell (cat pyproject.toml uv.lock; find proto/callsight server pi
 	| sha1sum | cut -c1-12)
 STAMP := $(VENV)/.runtime-$(INSTALLED)
 DEV_STAMP := $(VENV)/.dev-$(INSTALLED)
+# The buf CLI and the Node reference agent's packages, pinned in its package-lock.json (npm).
+NODE_AGENT := loadtest/node_agent
+NODE_STAMP := $(NODE_AGENT)/node_modules/.installed
+BUF := $(NODE_AGENT)/node_modules/.bin/buf
+# The contract devices in the field were built from: `buf breaking` fails on any change that
+# would break them. Move it to the release's commit when a new contract ships.
+RELEASED_CONTRACT := 462bb6f742d1b286563603d0d21de0cb99410922
 
-.PHONY: serve test venv lint typecheck layers proto proto-check pytest bench lock clean
+.PHONY: serve test venv lint typecheck layers proto proto-check contract pytest bench lock clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -37,7 +44,7 @@ venv: $(DEV_STAMP)
 serve: $(STAMP)
 	$(BIN)/callsight serve
 
-test: $(DEV_STAMP) lint typecheck layers proto-check pytest
+test: $(DEV_STAMP) lint typecheck layers proto-check contract pytest
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
@@ -56,6 +63,15 @@ proto: $(DEV_STAMP)
 proto-check: $(DEV_STAMP)
 	$(BIN)/python proto/generate.py --check
 
+$(NODE_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
+	npm ci --prefix $(NODE_AGENT) --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Lint rules and their few exceptions in proto/buf.yaml; the released contract is read from git.
+contract: $(NODE_STAMP)
+	$(BUF) lint proto
+	$(BUF) breaking proto --against '.git#ref=$(RELEASED_CONTRACT),subdir=proto'
+
 pytest: $(DEV_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
@@ -66,4 +82,4 @@ lock: | $(UV)
 	$(UV) lock
 
 clean:
-	rm -rf $(VENV) .tools data build
+	rm -rf $(VENV) .tools data build $(NODE_AGENT)/node_modules
