@@ -381,7 +381,7 @@ async def report_flood(target: Target, seconds: float) -> Finding:
         "a device's ack p99 <= 1,000 ms, health checks <= 500 ms",
         f"ack p99 {num(ack['p99'])} ms ({victim.latency_us.count} acked, failed"
         f" {victim.errors or 0}), health max {num(max(health, default=None))} ms; reports {codes}",
-        victim.ok() and ack["p99"] <= 2000 and max(health, default=0) <= 1000,
+        victim.ok() and ack["p99"] <= 1000 and max(health, default=0) <= 500,
         {
             "victim": victim.summary(),
             "health_ms": health,
