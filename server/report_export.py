@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -145,6 +146,21 @@ def _decrypted(column: pa.ChunkedArray, keyring: Keyring) -> pa.Array:
     return pa.array(out, pa.string())
 
 
+def _distinct_pairs(
+    keys: npt.NDArray[np.uint64], name_keys: npt.NDArray[np.uint32]
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Where each distinct (client key, name key) pair first occurs in sorted order, and each
+    row's pair number: np.unique's answer from two numeric sorts (np.unique on a structured
+    array compares element by element and took a fifth of an export's time)."""
+    order = np.lexsort((name_keys, keys))
+    k, n = keys[order], name_keys[order]
+    new = np.ones(len(order), dtype=np.bool_)
+    new[1:] = (k[1:] != k[:-1]) | (n[1:] != n[:-1])
+    inverse = np.empty(len(order), dtype=np.intp)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
+
+
 def shown_calls(rows: pa.Table, known: _Parties | None) -> pa.Table:
     """Read rows as exported: numbers, names, notes and recording URIs decrypted (``known``,
     ADMIN) or left out (None); a hidden caller's number is "private" and has no name."""
@@ -152,14 +168,14 @@ def shown_calls(rows: pa.Table, known: _Parties | None) -> pa.Table:
     if known is not None:
         keys = rows.column("client_key").to_numpy()
         name_keys = rows.column("name_key").to_numpy()
-        pairs = np.empty(len(keys), dtype=[("client", "<u8"), ("name", "<u4")])
-        pairs["client"], pairs["name"] = keys, name_keys
-        distinct, inverse = np.unique(pairs, return_inverse=True)
+        firsts, inverse = _distinct_pairs(keys, name_keys)
         numbers, names = [], []
-        for client_key, name_key in distinct.tolist():
+        for client_key, name_key in zip(
+            keys[firsts].tolist(), name_keys[firsts].tolist(), strict=True
+        ):
             numbers.append(known.numbers.get(client_key, ""))
             names.append(known.names.get((client_key, name_key), ""))
-        at = pa.array(inverse.reshape(-1))
+        at = pa.array(inverse)
         shown = pc.equal(rows.column("presentation"), "ALLOWED")
         columns["number"] = pc.if_else(
             shown, pa.array(numbers, pa.string()).take(at), PRIVATE_NUMBER
