@@ -8,8 +8,9 @@ times an export of a running server's tenant instead.
 
 ``python -m callsight.loadtest watch --spawn-server --watchers 1000`` opens that many
 WatchSummary streams on one tenant while its devices upload batches of new calls, and prints the
-staleness of each update: its receive time minus ``newest_ack_ms`` (the ack of the newest batch
-it counts), p50/p99/max, with the number of watchers that were open. Both write JSON (``--out``)
+staleness of each ack: the receive time of the first update that counts it minus its
+``newest_ack_ms`` (the ack of the newest batch it counts), p50/p99/max, with the number of
+watchers that were open and of updates received (re-counts included). Both write JSON (``--out``)
 and record the machine's load average, since the machine may be shared.
 """
 
@@ -220,16 +221,20 @@ async def run_watch(args: argparse.Namespace, server: ServerProcess) -> dict[str
             request, metadata=auth(key)
         )
         first = True
+        newest_seen = 0
         try:
             async for update in call:
                 if first:
                     opened += 1
                     first = False
                     continue
-                if update.newest_ack_ms:
+                updates += 1
+                # Staleness of an ack is measured on the first update that counts it; a later
+                # update naming the same ack (a re-count of the filter) is a correction.
+                if update.newest_ack_ms > newest_seen:
+                    newest_seen = update.newest_ack_ms
                     late_ms = time.time() * 1000 - update.newest_ack_ms
                     staleness.record(max(0, int(late_ms * 1000)))
-                    updates += 1
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 raise
@@ -280,13 +285,15 @@ async def run_watch(args: argparse.Namespace, server: ServerProcess) -> dict[str
         "batch": args.batch,
         "interval_s": args.interval,
         "updates": updates,
+        "acks_measured": staleness.count,
         "staleness_ms": summary,
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "cpus": os.cpu_count(),
     }
     say(
-        f"{opened:,} watchers, {updates:,} updates: ack -> update staleness p50 "
+        f"{opened:,} watchers, {updates:,} updates ({staleness.count:,} new acks): ack -> update"
+        " staleness p50 "
         f"{summary['p50']:.0f} ms, p99 {summary['p99']:.0f} ms, max {summary['max']:.0f} ms "
         f"(load average {load_before})"
     )

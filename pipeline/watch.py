@@ -5,7 +5,8 @@ filter, loaded once by a query (``storage.summaries``) and then kept by the inge
 hands every acked batch of calls over with one call (``calls_acked``: a reference to the batch's
 columns, O(1)); a tick every ``tick_s`` adds the batches up per counter set with numpy, one
 pass per batch and set of its tenant, and wakes the watchers of the sets that changed. Each
-watcher then sends at most one update a second, so changes in between are coalesced.
+watcher then sends at most one update every half second (server/report_export.py), so changes in
+between are coalesced.
 
 What is exact and what is refreshed:
 

@@ -36,7 +36,7 @@ from callsight.server.export_chunks import (
 )
 from callsight.server.report_call import bounded
 from callsight.server.report_quota import ReportQuota
-from callsight.storage import export
+from callsight.storage import export, reads
 from callsight.storage.database import Database
 from callsight.v1 import admin_pb2
 
@@ -157,12 +157,12 @@ class ExportAdmin:
         employee_ids = _employee_ids(request.employee_ids)
         key = admin_pb2.ExportContactsRequest(employee_ids=request.employee_ids)
 
-        def cursor_of(cursor: list[Any] | None) -> export.ContactKey | None:
+        def cursor_of(cursor: list[Any] | None) -> reads.ContactKey | None:
             if cursor is None:
                 return None
             match cursor:
                 case [str(device_id), str(contact_id)]:
-                    return export.ContactKey(device_id, contact_id)
+                    return reads.ContactKey(device_id, contact_id)
             raise malformed()
 
         async def read(

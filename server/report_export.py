@@ -9,7 +9,7 @@ them; REPORTS keys get only ``client``, the hex client key, a pseudonym stable w
 
 WatchSummary holds a watcher of the process's ``WatchHub`` (``pipeline/watch.py``): the first
 message holds the filter's totals and every employee's, later ones the totals and the employees
-that changed, at most one a second.
+that changed, at most two a second.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 MAX_CACHED_PARTIES = 500_000
 # A watch's totals re-read per employee, a page at a time.
 _EMPLOYEE_PAGE = 1000
+# The shortest gap between two updates of a watch: an ack waits at most this plus one hub tick
+# (0.1 s) to be shown, inside the 1 s the issue asks for; 1 s gave p99 staleness over 1 s.
+WATCH_INTERVAL_S = 0.5
 # The columns of an exported call, in order; the last four only for ADMIN keys.
 CALL_COLUMNS = (
     "call_id",
@@ -348,8 +351,8 @@ class ExportReport:
             loop = asyncio.get_running_loop()
             sent_at = -1.0
             while True:
-                # At most one update a second: changes in between go out together.
-                wait_s = sent_at + 1.0 - loop.time()
+                # At most one update per WATCH_INTERVAL_S: changes in between go out together.
+                wait_s = sent_at + WATCH_INTERVAL_S - loop.time()
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
                 sent_at = loop.time()

@@ -23,6 +23,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from callsight.storage.database import Database
 from callsight.storage.filters import CallFilter, filtered_calls
 from callsight.storage.listings import lead_numbers
+from callsight.storage.reads import ContactKey, contact_conditions
 from callsight.storage.sql import Sql, compose
 from callsight.storage.tables import DEFAULT_TABLES, Tables
 from callsight.v1 import common_pb2
@@ -212,14 +213,6 @@ def _empty(r: CallRange) -> pa.Table:
     return pa.schema(fields).empty_table()
 
 
-@dataclass(frozen=True)
-class ContactKey:
-    """Where a contact sits in the export's order."""
-
-    device_id: str
-    contact_id: str
-
-
 async def contacts_chunk(
     db: Database,
     tenant_id: str,
@@ -232,29 +225,12 @@ async def contacts_chunk(
     ``after``, by device then contact id, deleted ones and those received after ``snapshot_ms``
     left out; name and numbers still encrypted."""
     conditions = [
-        Sql("tenant_id = {tenant:String}", {"tenant": tenant_id}),
+        *contact_conditions(tenant_id, employee_ids, after),
         Sql(
             "synced_at <= fromUnixTimestamp64Milli({snapshot_ms:Int64}, 'UTC')",
             {"snapshot_ms": snapshot_ms},
         ),
     ]
-    if employee_ids is not None:
-        conditions.append(
-            Sql(
-                "device_id IN (SELECT device_id FROM devices FINAL WHERE tenant_id ="
-                " {tenant:String} AND employee_id IN {employee_ids:Array(String)})",
-                {"tenant": tenant_id, "employee_ids": list(employee_ids)},
-            )
-        )
-    if after is not None:
-        # The first condition lets the primary index skip the devices before the cursor's.
-        conditions.append(
-            Sql(
-                "device_id >= {after_device:String}"
-                " AND (device_id, contact_id) > ({after_device:String}, {after_contact:String})",
-                {"after_device": after.device_id, "after_contact": after.contact_id},
-            )
-        )
     where = conditions[0]
     for condition in conditions[1:]:
         where = where + " AND " + condition

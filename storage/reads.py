@@ -207,6 +207,32 @@ class ContactKey:
     contact_id: str
 
 
+def contact_conditions(
+    tenant_id: str, employee_ids: Sequence[str] | None, after: ContactKey | None
+) -> list[Sql]:
+    """Which contacts a listing or an export of ``tenant_id`` reads: of ``employee_ids``'
+    devices (None: all), after the cursor ``after`` in (device, contact id) order."""
+    conditions = [Sql("tenant_id = {tenant:String}", {"tenant": tenant_id})]
+    if employee_ids is not None:
+        conditions.append(
+            Sql(
+                "device_id IN (SELECT device_id FROM devices FINAL WHERE tenant_id ="
+                " {tenant:String} AND employee_id IN {employee_ids:Array(String)})",
+                {"tenant": tenant_id, "employee_ids": list(employee_ids)},
+            )
+        )
+    if after is not None:
+        # The first condition lets the primary index skip the devices before the cursor's.
+        conditions.append(
+            Sql(
+                "device_id >= {after_device:String}"
+                " AND (device_id, contact_id) > ({after_device:String}, {after_contact:String})",
+                {"after_device": after.device_id, "after_contact": after.contact_id},
+            )
+        )
+    return conditions
+
+
 @dataclass(frozen=True)
 class ContactRow:
     """A contact at its newest version, name and numbers still encrypted."""
@@ -233,24 +259,7 @@ async def contacts_page(
 ) -> list[ContactRow]:
     """The tenant's contacts (of ``employee_ids``' devices; None: all), deleted ones left out,
     by device then contact id, after ``after``."""
-    conditions = [Sql("tenant_id = {tenant:String}", {"tenant": tenant_id})]
-    if employee_ids is not None:
-        conditions.append(
-            Sql(
-                "device_id IN (SELECT device_id FROM devices FINAL WHERE tenant_id ="
-                " {tenant:String} AND employee_id IN {employee_ids:Array(String)})",
-                {"tenant": tenant_id, "employee_ids": list(employee_ids)},
-            )
-        )
-    if after is not None:
-        # The first condition lets the primary index skip the devices before the cursor's.
-        conditions.append(
-            Sql(
-                "device_id >= {after_device:String}"
-                " AND (device_id, contact_id) > ({after_device:String}, {after_contact:String})",
-                {"after_device": after.device_id, "after_contact": after.contact_id},
-            )
-        )
+    conditions = contact_conditions(tenant_id, employee_ids, after)
     query = compose(
         """
 SELECT c.device_id AS device_id, d.employee_id AS employee_id, c.contact_id AS contact_id,
