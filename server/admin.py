@@ -151,12 +151,6 @@ class AdminServicer(
         # Imports run one at a time in this process, so two of one number cannot both create it.
         self._import_lock = asyncio.Lock()
 
-    async def _tenant(self) -> Tenant:
-        tenant = await self._directory.tenant(caller().tenant_id)
-        if tenant is None:
-            raise NotFound("the caller's tenant no longer exists")
-        return tenant
-
     async def CreateTenant(
         self, request: admin_pb2.CreateTenantRequest, context: Context
     ) -> admin_pb2.CreateTenantResponse:
@@ -288,7 +282,7 @@ class AdminServicer(
         self, request: admin_pb2.SetExcludedNumbersRequest, context: Context
     ) -> admin_pb2.SetExcludedNumbersResponse:
         check_count(request.numbers, "numbers", MAX_EXCLUDED_NUMBERS)
-        tenant = await self._tenant()
+        tenant = await self._caller_tenant()
         keyring = await self._keys.keyring(tenant.tenant_id)
         numbers: dict[bytes, bytes] = {}
         problems = []
@@ -315,7 +309,7 @@ class AdminServicer(
                 " split the import into several requests"
             )
         check_count(request.employee_ids, "employee_ids", MAX_IMPORT_EMPLOYEE_IDS)
-        tenant = await self._tenant()
+        tenant = await self._caller_tenant()
         problems: list[str] = []
         strategy = request.strategy or admin_pb2.ASSIGNMENT_STRATEGY_ROUND_ROBIN
         if strategy not in admin_pb2.AssignmentStrategy.values():
@@ -485,7 +479,7 @@ class AdminServicer(
     async def EraseNumber(
         self, request: admin_pb2.EraseNumberRequest, context: Context
     ) -> admin_pb2.EraseNumberResponse:
-        tenant = await self._tenant()
+        tenant = await self._caller_tenant()
         client_key, bidx = await self._client_key(tenant, request.number)
         # The tombstone first: from here on ingest drops the number, in this process at once and
         # in the others at their next identity refresh; then the rows batches decoded before it
@@ -503,7 +497,7 @@ class AdminServicer(
     async def LiftErasure(
         self, request: admin_pb2.LiftErasureRequest, context: Context
     ) -> admin_pb2.LiftErasureResponse:
-        tenant = await self._tenant()
+        tenant = await self._caller_tenant()
         client_key, _ = await self._client_key(tenant, request.number)
         if not await self._directory.is_erased(tenant.tenant_id, client_key):
             return admin_pb2.LiftErasureResponse(lifted=False)

@@ -23,7 +23,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from callsight.storage.database import Database
 from callsight.storage.filters import CallFilter, filtered_calls
 from callsight.storage.listings import lead_numbers
-from callsight.storage.reads import ContactKey, contact_conditions
+from callsight.storage.reads import ContactKey, contact_conditions, contacts_query
 from callsight.storage.sql import Sql, compose
 from callsight.storage.tables import DEFAULT_TABLES, Tables
 from callsight.v1 import common_pb2
@@ -231,29 +231,12 @@ async def contacts_chunk(
             {"snapshot_ms": snapshot_ms},
         ),
     ]
-    where = conditions[0]
-    for condition in conditions[1:]:
-        where = where + " AND " + condition
-    query = compose(
-        """
-SELECT c.device_id AS device_id, d.employee_id AS employee_id, c.contact_id AS contact_id,
-       c.name_enc AS name_enc, c.numbers_enc AS numbers_enc,
-       fromUnixTimestamp64Milli(toInt64(c.version), 'UTC') AS updated_at
-FROM (
-    -- deleted is outside the sorting key, so it is judged on the newest version (FINAL first).
-    SELECT device_id, contact_id, name_enc, numbers_enc, version
-    FROM contacts FINAL
-    WHERE $where AND NOT deleted
-    ORDER BY device_id, contact_id
-    LIMIT {limit:UInt32}
-) AS c
-LEFT JOIN (
-    SELECT device_id, employee_id FROM devices FINAL WHERE tenant_id = {tenant:String}
-) AS d ON d.device_id = c.device_id
-ORDER BY c.device_id, c.contact_id
-""",
-        where=where,
-    ).bind(limit=limit, tenant=tenant_id)
+    query = contacts_query(
+        tenant_id,
+        conditions,
+        limit,
+        "fromUnixTimestamp64Milli(toInt64(c.version), 'UTC') AS updated_at",
+    )
     params = dict(query.params)
     table = await db.run(lambda c: c.query_arrow(query.text, parameters=params, use_strings=False))
     return _texts(table, ("device_id", "employee_id", "contact_id"))

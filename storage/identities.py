@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -398,16 +398,7 @@ class Identities:
 
     async def run(self, interval_s: float, max_backoff_s: float = 30.0) -> None:
         """Refreshes every ``interval_s`` until cancelled; a failure is logged and retried later."""
-        delay = interval_s
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.refresh()
-            except Exception:
-                delay = min(max_backoff_s, max(delay, interval_s) * 2)
-                log.exception("identity refresh failed", retry_in_s=delay)
-            else:
-                delay = interval_s
+        await refresh_forever(self.refresh, "identity", interval_s, max_backoff_s)
 
     async def close(self) -> None:
         """Stops a pending catch-up; waiters get an error rather than hanging."""
@@ -419,3 +410,20 @@ class Identities:
             self._waiters.set_exception(Unavailable("the server is shutting down; retry"))
             self._waiters.exception()
         self._waiters = None
+
+
+async def refresh_forever(
+    refresh: Callable[[], Awaitable[None]], what: str, interval_s: float, max_backoff_s: float
+) -> None:
+    """Calls ``refresh`` every ``interval_s`` until cancelled; a failure is logged and retried
+    with a doubling delay of at most ``max_backoff_s``."""
+    delay = interval_s
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await refresh()
+        except Exception:
+            delay = min(max_backoff_s, max(delay, interval_s) * 2)
+            log.exception(f"{what} refresh failed", retry_in_s=delay)
+        else:
+            delay = interval_s

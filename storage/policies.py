@@ -27,6 +27,7 @@ import structlog
 
 from callsight.core.clock import SYSTEM_CLOCK, Clock
 from callsight.storage.database import Database
+from callsight.storage.identities import refresh_forever
 from callsight.storage.sql import Sql
 
 log = structlog.get_logger(__name__)
@@ -261,16 +262,7 @@ class Policies:
 
     async def run(self, interval_s: float, max_backoff_s: float = 30.0) -> None:
         """Refreshes every ``interval_s`` until cancelled; a failure is logged and retried later."""
-        delay = interval_s
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.refresh()
-            except Exception:
-                delay = min(max_backoff_s, max(delay, interval_s) * 2)
-                log.exception("device policy refresh failed", retry_in_s=delay)
-            else:
-                delay = interval_s
+        await refresh_forever(self.refresh, "device policy", interval_s, max_backoff_s)
 
 
 def _policy_row(tenant_id: str, employee_id: str, policy: Policy | None) -> tuple[Any, ...]:

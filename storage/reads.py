@@ -233,6 +233,32 @@ def contact_conditions(
     return conditions
 
 
+def contacts_query(tenant_id: str, conditions: list[Sql], limit: int, version: str) -> Sql:
+    """The first ``limit`` contacts meeting ``conditions``, not deleted, newest version, with
+    their device's employee, by device then contact id; ``version`` selects the version column
+    as the caller wants it."""
+    return compose(
+        """
+SELECT c.device_id AS device_id, d.employee_id AS employee_id, c.contact_id AS contact_id,
+       c.name_enc AS name_enc, c.numbers_enc AS numbers_enc, $version
+FROM (
+    -- deleted is outside the sorting key, so it is judged on the newest version (FINAL first).
+    SELECT device_id, contact_id, name_enc, numbers_enc, version
+    FROM contacts FINAL
+    WHERE $conditions AND NOT deleted
+    ORDER BY device_id, contact_id
+    LIMIT {limit:UInt32}
+) AS c
+LEFT JOIN (
+    SELECT device_id, employee_id FROM devices FINAL WHERE tenant_id = {tenant:String}
+) AS d ON d.device_id = c.device_id
+ORDER BY c.device_id, c.contact_id
+""",
+        conditions=joined(" AND ", conditions),
+        version=version,
+    ).bind(limit=limit, tenant=tenant_id)
+
+
 @dataclass(frozen=True)
 class ContactRow:
     """A contact at its newest version, name and numbers still encrypted."""
@@ -260,25 +286,7 @@ async def contacts_page(
     """The tenant's contacts (of ``employee_ids``' devices; None: all), deleted ones left out,
     by device then contact id, after ``after``."""
     conditions = contact_conditions(tenant_id, employee_ids, after)
-    query = compose(
-        """
-SELECT c.device_id AS device_id, d.employee_id AS employee_id, c.contact_id AS contact_id,
-       c.name_enc AS name_enc, c.numbers_enc AS numbers_enc, c.version AS version
-FROM (
-    -- deleted is outside the sorting key, so it is judged on the newest version (FINAL first).
-    SELECT device_id, contact_id, name_enc, numbers_enc, version
-    FROM contacts FINAL
-    WHERE $conditions AND NOT deleted
-    ORDER BY device_id, contact_id
-    LIMIT {limit:UInt32}
-) AS c
-LEFT JOIN (
-    SELECT device_id, employee_id FROM devices FINAL WHERE tenant_id = {tenant:String}
-) AS d ON d.device_id = c.device_id
-ORDER BY c.device_id, c.contact_id
-""",
-        conditions=joined(" AND ", conditions),
-    ).bind(limit=limit, tenant=tenant_id)
+    query = contacts_query(tenant_id, conditions, limit, "c.version AS version")
     rows = await db.named_rows(query, binary=["name_enc", "numbers_enc"])
     return [
         ContactRow(
