@@ -664,12 +664,12 @@ class Dispatcher:
         )
         if not leads:
             return []
-        first = await event_sources.first_outgoing(
-            self._db,
-            tenant,
-            {lead.client_key for lead in leads},
-            min(lead.created_at_ms for lead in leads),
-        )
+        since: dict[int, int] = {}
+        for lead in leads:
+            since[lead.client_key] = min(
+                lead.created_at_ms, since.get(lead.client_key, lead.created_at_ms)
+            )
+        first = await event_sources.first_outgoing(self._db, tenant, since)
         rows = []
         kind = "lead.first_call"
         for c in outgoing:

@@ -126,21 +126,30 @@ async def leads_of_clients(
 
 
 async def first_outgoing(
-    db: Database, tenant_id: str, client_keys: Iterable[int], since_ms: int
+    db: Database, tenant_id: str, since_by_key: dict[int, int]
 ) -> dict[int, tuple[int, str, str]]:
-    """Per client key, the earliest outgoing call started at or after ``since_ms``:
+    """Per client key, the earliest outgoing call started at or after that key's since (ms):
     (started ms, device id, call id)."""
-    keys = sorted(set(client_keys))
-    if not keys:
+    if not since_by_key:
         return {}
+    keys = sorted(since_by_key)
     rows = await db.named_rows(
         Sql(
             "SELECT client_key, min(started_at) AS first,"
             " argMin((device_id, call_id), (started_at, device_id, call_id)) AS call"
             " FROM calls WHERE tenant_id = {t:String} AND type = {out:UInt8}"
             " AND started_at >= {since:DateTime64(3, 'UTC')} AND client_key IN {k:Array(UInt64)}"
+            # Each key from its own since: an earlier lead's must not hide a later lead's call.
+            " AND toUnixTimestamp64Milli(started_at)"
+            " >= transform(client_key, {k:Array(UInt64)}, {s:Array(Int64)}, toInt64(0))"
             " GROUP BY client_key",
-            {"t": tenant_id, "out": OUTGOING, "since": _time(since_ms), "k": keys},
+            {
+                "t": tenant_id,
+                "out": OUTGOING,
+                "since": _time(min(since_by_key.values())),
+                "k": keys,
+                "s": [since_by_key[k] for k in keys],
+            },
         )
     )
     return {int(r["client_key"]): (_ms(r["first"]), r["call"][0], r["call"][1]) for r in rows}
