@@ -146,7 +146,7 @@ class ExportAdmin:
             table = await asyncio.to_thread(show, rows, keyring)
             return Rows(table, key_of(table), rows.num_rows < limit)
 
-        async for message in stream(self._tokens, resume, fmt, fetch):
+        async for message in stream(self._tokens, resume, fmt, fetch, limit):
             yield message
 
     async def ExportContacts(

@@ -5,10 +5,12 @@ Python rows; the server only decrypts what a chunk holds and encodes it.
 
 * Calls are read like CallHistory (the newest version of each call, ``FINAL``, as of the export's
   snapshot), in the table's own order (started_at, device_id, call_id) ascending. A chunk is read
-  from start-time windows after the cursor: a window a chunk fills tells how wide the next one
-  should be (about a chunk's worth), one that holds too few is widened eightfold, so every query
-  reads about a chunk's worth of the primary index however long the range or deep the cursor.
-  Enum columns come out as the contract's names without their prefix (``INCOMING``).
+  from start-time windows after the cursor: the density of the rows a window held tells how wide
+  the next one should be (about twice a chunk's worth, so that one query mostly fills a chunk; an
+  empty window is widened eightfold), so every query reads about a chunk's worth of the primary
+  index however long the range or deep the cursor. Enum columns come out as the contract's names
+  without their prefix (``INCOMING``). Calls hold client keys; the ciphertexts of numbers and
+  names are read from ``parties`` (``call_parties``) once per distinct client of a chunk.
 * Contacts are read by (device_id, contact_id), leads by lead_id, both ``FINAL``.
 """
 
@@ -32,6 +34,12 @@ DAY_MS = 86_400_000
 # The first window a chunk of calls is read from, and how much a window too sparse is widened.
 FIRST_WINDOW_MS = DAY_MS
 _WIDEN = 8
+# A window is sized for this many times the rows still wanted, at the last window's density
+# (days and nights differ: 5/4 left most chunks needing a second query).
+_MARGIN = 2
+# The most calls one read returns: each query has a fixed cost (about 35 ms of CPU in chDB,
+# measured), so exports read this many at a time whatever their message size.
+READ_ROWS = 100_000
 
 
 def enum_names(column: str, enum: EnumDescriptor, prefix: str) -> str:
@@ -158,6 +166,24 @@ ORDER BY c.started_at, c.device_id, c.call_id
     return _texts(table, _CALL_TEXT)
 
 
+async def _first_start(db: Database, r: CallRange, tables: Tables) -> int | None:
+    """The start time of the tenant's first call in the range (None: no call), so that the
+    first window starts there: an export "from the beginning" otherwise walks empty windows
+    (five queries for the first call a year back). Any version of a call starts at the same
+    time (it is in the sorting key), so this reads one row without FINAL."""
+    rows = await db.named_rows(
+        Sql(
+            "SELECT toUnixTimestamp64Milli(started_at) AS first"
+            f" FROM {tables.calls} WHERE tenant_id = {{tenant:String}}"
+            " AND started_at >= fromUnixTimestamp64Milli({from_ms:Int64}, 'UTC')"
+            " AND started_at < fromUnixTimestamp64Milli({to_ms:Int64}, 'UTC')"
+            " ORDER BY tenant_id, started_at LIMIT 1",
+            {"tenant": r.filter.tenant_id, "from_ms": r.start_ms, "to_ms": r.end_ms},
+        )
+    )
+    return int(rows[0]["first"]) if rows else None
+
+
 async def calls_chunk(
     db: Database,
     r: CallRange,
@@ -172,7 +198,13 @@ async def calls_chunk(
 
     Numbers and names are left as ``client_key`` and ``name_key`` (see ``storage.parties``).
     """
-    lower = r.start_ms if after is None else max(r.start_ms, after.started_at_ms)
+    if after is None:
+        first = await _first_start(db, r, tables)
+        if first is None:
+            return CallChunk(_empty(r), window_ms, True)
+        lower = first
+    else:
+        lower = max(r.start_ms, after.started_at_ms)
     parts: list[pa.Table] = []
     got = 0
     while got < limit and lower < r.end_ms:
@@ -181,19 +213,41 @@ async def calls_chunk(
         if part.num_rows:
             parts.append(part)
         if part.num_rows >= limit - got:
-            # Full: the next window should hold about a chunk, at this window's density.
+            # Full: the next window should hold a chunk with margin, at this window's density.
             newest = pc.max(pc.cast(part.column("started_at"), pa.int64())).as_py()
             span = max(1, newest - lower + 1)
-            window_ms = max(1, span * limit * 5 // (4 * max(1, got + part.num_rows)))
+            window_ms = max(1, span * limit * _MARGIN // part.num_rows)
             got += part.num_rows
             break
         got += part.num_rows
-        window_ms = min(window_ms * _WIDEN, max(1, r.end_ms - r.start_ms))
+        if part.num_rows:
+            # Too few: wide enough for the rest at this window's density, at most _WIDEN times.
+            wanted = window_ms * (limit - got) * _MARGIN // part.num_rows
+            window_ms = min(window_ms * _WIDEN, max(window_ms, wanted))
+        else:
+            window_ms *= _WIDEN
+        window_ms = min(window_ms, max(1, r.end_ms - r.start_ms))
         lower = upper
     rows = pa.concat_tables(parts) if parts else None
     if rows is None:
         return CallChunk(_empty(r), window_ms, True)
     return CallChunk(rows.combine_chunks(), window_ms, lower >= r.end_ms and got < limit)
+
+
+async def call_parties(
+    db: Database, tenant_id: str, client_keys: pa.Array, *, tables: Tables = DEFAULT_TABLES
+) -> pa.Table:
+    """The party rows (client_key, name_key, number_enc, name_enc) of ``client_keys``: one per
+    (client key, name key), as Arrow (``parties.lookup`` builds a dict per row, and a chunk of
+    calls has tens of thousands of clients)."""
+    query = Sql(
+        "SELECT client_key, name_key, number_enc, name_enc"
+        f" FROM {tables.parties} WHERE tenant_id = {{tenant:String}}"
+        " AND client_key IN {keys:Array(UInt64)} LIMIT 1 BY client_key, name_key",
+        {"tenant": tenant_id, "keys": client_keys.to_pylist()},
+    )
+    params = dict(query.params)
+    return await db.run(lambda c: c.query_arrow(query.text, parameters=params, use_strings=False))
 
 
 def _empty(r: CallRange) -> pa.Table:

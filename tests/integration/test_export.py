@@ -10,6 +10,7 @@ import csv
 import io
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -185,6 +186,8 @@ async def test_export_csv_has_a_header_then_the_rows(channel: grpc.aio.Channel) 
     assert len(rows) == 900
     assert list(rows[0])[:4] == ["call_id", "device_id", "employee_id", "client"]
     assert [(r["device_id"], r["call_id"]) for r in rows] == [(d, c) for _, d, c in data.keys]
+    # Times in UTC to the millisecond, as Arrow writes them ("Z": the zone).
+    assert [r["started_at"] for r in rows] == [_utc_text(ms) for ms, _, _ in data.keys]
     assert {r["number"] for r in rows if r["call_id"] == "c0001"} == {
         "+919800000001",
         "+919810000001",
@@ -198,6 +201,51 @@ async def test_export_csv_has_a_header_then_the_rows(channel: grpc.aio.Channel) 
         resume_token=chunks[0].resume_token,
     )
     assert not resumed[0].data.startswith(b'"call_id"')
+
+
+def _utc_text(ms: int) -> str:
+    return (
+        datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{ms % 1000:03d}Z"
+    )
+
+
+async def test_each_call_shows_its_own_name_for_a_shared_number(
+    channel: grpc.aio.Channel,
+) -> None:
+    tenant = await new_tenant(channel)
+    employee = await new_employee(channel, tenant, "Ravi", "+919700000011")
+    device = await enroll(channel, tenant, employee)
+    names = ["Asha", "Asha K", "", "Asha"]
+    records = [
+        ingest_pb2.CallRecord(
+            call_id=f"n{i}",
+            number="+919812345678",
+            name=name,
+            type=T.CALL_TYPE_INCOMING,
+            started_at_ms=NOW_MS - DAY_MS + i * 60_000,
+            duration_s=5,
+            note="left a message" if i == 1 else "",
+        )
+        for i, name in enumerate(names)
+    ]
+    records.append(
+        ingest_pb2.CallRecord(
+            call_id="n4",
+            number="+919887654321",
+            name="Hidden",
+            type=T.CALL_TYPE_MISSED,
+            started_at_ms=NOW_MS - DAY_MS + 4 * 60_000,
+            presentation=T.NUMBER_PRESENTATION_RESTRICTED,
+        )
+    )
+    await _upload(channel, device.device_token, 1, calls=ingest_pb2.CallLogBatch(records=records))
+    # One call a message, all from one read: names are found per (number, name), not per row.
+    rows = arrow(await export_calls(channel, tenant.admin, chunk_rows=1)).to_pylist()
+    assert [r["call_id"] for r in rows] == ["n0", "n1", "n2", "n3", "n4"]
+    assert [r["name"] for r in rows] == [*names, ""]
+    assert [r["number"] for r in rows] == ["+919812345678"] * 4 + ["private"]
+    assert [r["note"] for r in rows] == ["", "left a message", "", "", ""]
+    assert len({r["client"] for r in rows[:4]}) == 1 and rows[4]["client"] != rows[0]["client"]
 
 
 async def test_reports_keys_get_client_keys_not_numbers(channel: grpc.aio.Channel) -> None:
