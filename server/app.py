@@ -36,7 +36,7 @@ from callsight.server.interceptor import CallsightInterceptor
 from callsight.server.metrics import Metrics
 from callsight.server.operator import OperatorTokens
 from callsight.server.policy import PolicyMessages
-from callsight.server.preflight import StartupError, split_address
+from callsight.server.preflight import StartupError
 from callsight.server.report_export import WatchLoader
 from callsight.server.report_quota import ReportQuota
 from callsight.server.reports import ReportServicer
@@ -103,9 +103,7 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
         # (about 1,000 calls waiting for the event loop) would cancel the rest.
         ("grpc.server.max_pending_requests", 20_000),
         ("grpc.server.max_pending_requests_hard_limit", 40_000),
-        # The acceptors share the port; preflight's probe (without SO_REUSEPORT) still finds
-        # another process listening there.
-        ("grpc.so_reuseport", 1),
+        ("grpc.so_reuseport", 0),
         # Keepalive: ping quiet connections, also ones whose only stream is idle (grpc stops
         # after 2 pings without data unless told otherwise), and drop those that do not answer.
         ("grpc.keepalive_time_ms", ms(config.keepalive_time_s)),
@@ -238,7 +236,7 @@ class Service:
         self._ready = asyncio.Event()
         self._db: Database | None = None
         self._report_db: Database | None = None
-        self._servers: list[grpc.aio.Server] = []
+        self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._identities: Identities | None = None
         self._group_writer: GroupWriter | None = None
@@ -330,19 +328,27 @@ class Service:
         identities.on_shred(activity.forget_tenant)
         identities.on_shred(ingestor.dedup.forget_tenant)
 
-        admin = AdminServicer(
-            directory,
-            keys,
-            hasher,
-            db,
-            self._clock,
-            PageTokens(master_key),
-            erase_settle_s=self.config.directory_refresh_s + self.config.batch_max_age_ms / 1000,
-            key_uses=key_uses,
-            policies=policy_messages,
-            activity=activity,
-            exports=ExportBounds(report_db, report_quota),
-            webhooks=webhooks,
+        server = grpc.aio.server(
+            interceptors=[CallsightInterceptor(authenticator, self._ready, metrics.rpcs)],
+            options=grpc_options(self.config),
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(
+                directory,
+                keys,
+                hasher,
+                db,
+                self._clock,
+                PageTokens(master_key),
+                erase_settle_s=self.config.directory_refresh_s
+                + self.config.batch_max_age_ms / 1000,
+                key_uses=key_uses,
+                policies=policy_messages,
+                activity=activity,
+                exports=ExportBounds(report_db, report_quota),
+                webhooks=webhooks,
+            ),
+            server,
         )
         ingest = IngestServicer(
             directory,
@@ -362,27 +368,32 @@ class Service:
             webhooks=webhooks.events,
             metrics=metrics.acks,
         )
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
         metrics.read_state(ingestor, ingest.streams)
-        report = ReportServicer(
-            report_db,
-            directory,
-            keys,
-            PageTokens(master_key),
-            rollups,
-            self._clock,
-            report_quota,
-            watch=watch,
+        report_pb2_grpc.add_ReportServiceServicer_to_server(
+            ReportServicer(
+                report_db,
+                directory,
+                keys,
+                PageTokens(master_key),
+                rollups,
+                self._clock,
+                report_quota,
+                watch=watch,
+            ),
+            server,
         )
-        interceptor = CallsightInterceptor(authenticator, self._ready, metrics.rpcs)
-        acceptors = range(self.config.acceptors)
-        servers = [self._grpc_server(interceptor, admin, ingest, report) for _ in acceptors]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.config.metrics_address is not None:
             self.metrics_port = metrics.serve(self.config.metrics_address)
-        self.port = self._bind(servers)
-        self._servers = servers
-        await asyncio.gather(*(server.start() for server in servers))
+        self.port = self._bind(server)
+        self._server = server
+        await server.start()
         log.info(
             "listening",
             port=self.port,
@@ -430,61 +441,31 @@ class Service:
             max_in_flight=c.webhook_max_in_flight,
         )
 
-    def _grpc_server(
-        self,
-        interceptor: CallsightInterceptor,
-        admin: AdminServicer,
-        ingest: IngestServicer,
-        report: ReportServicer,
-    ) -> grpc.aio.Server:
-        """One acceptor: a gRPC server with every service; the servicers are shared."""
-        server = grpc.aio.server(interceptors=[interceptor], options=grpc_options(self.config))
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
-        report_pb2_grpc.add_ReportServiceServicer_to_server(report, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        return server
-
-    def _bind(self, servers: list[grpc.aio.Server]) -> int:
-        """Binds the first server to --listen and the others to the same port (SO_REUSEPORT:
-        the kernel spreads new connections over them); returns the port."""
+    def _bind(self, server: grpc.aio.Server) -> int:
         cert, key = self.config.tls_cert, self.config.tls_key
-        credentials = None
-        if cert is not None and key is not None:
-            credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-        host, _ = split_address(self.config.listen)
-        address = self.config.listen
-        port = 0
         try:
-            for server in servers:
-                if credentials is not None:
-                    port = server.add_secure_port(address, credentials)
-                else:
-                    port = server.add_insecure_port(address)
-                address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if cert is not None and key is not None:
+                credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+                return server.add_secure_port(self.config.listen, credentials)
+            return server.add_insecure_port(self.config.listen)
         except RuntimeError as exc:
             # gRPC says only "Failed to bind"; the preflight check names the usual causes.
             raise StartupError(
-                f"cannot listen on {address}: {exc}; is another server there? "
+                f"cannot listen on {self.config.listen}: {exc}; is another server there? "
                 "pass --listen HOST:PORT"
             ) from None
-        return port
 
     async def stop(self) -> None:
         """Stops accepting RPCs, drains in-flight ones within the grace period, closes the DB."""
-        if self._servers:
+        if self._server is not None:
             log.info("shutting down", grace_period_s=self.config.grace_period_s)
             await self._health.enter_graceful_shutdown()
             # Stop accepting RPCs, write and ack what is buffered, then let the streams close.
-            grace = self.config.grace_period_s
-            stopping = asyncio.gather(*(server.stop(grace) for server in self._servers))
+            stopping = asyncio.create_task(self._server.stop(self.config.grace_period_s))
             if self.ingestor is not None:
-                await self.ingestor.close(grace)
+                await self.ingestor.close(self.config.grace_period_s)
             await stopping
-            self._servers = []
+            self._server = None
         for task in (
             self._refresher,
             self._policy_refresher,

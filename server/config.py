@@ -74,8 +74,6 @@ class Secret:
 _DERIVED_DSN = Secret("")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Each acceptor is a gRPC server with its own listening socket and call queue.
-MAX_ACCEPTORS = 64
 
 
 @dataclass(frozen=True)
@@ -135,10 +133,6 @@ class Config:
     # HTTP/2 streams (calls) one connection may have open (grpc.max_concurrent_streams); the
     # load-test fleet multiplexes 2,500 devices' streams on one connection.
     max_streams_per_connection: int = 4096
-    # gRPC servers sharing the listening port (SO_REUSEPORT), each taking new calls in turn:
-    # one grpc.aio server takes a new call every 4-5 event-loop iterations, about 40 a second
-    # on a loop busy with 10,000 phones, and a fleet reconnecting opens hundreds a second.
-    acceptors: int = 8
     # A stream that sends no message for this long is ended with UNAVAILABLE (reconnect when
     # there is something to send), so idle phones do not hold stream slots for ever.
     stream_idle_timeout_s: float = 300.0
@@ -466,14 +460,6 @@ _SETTINGS: tuple[_Setting, ...] = (
         "--max-streams-per-device",
         _parse_int,
         "IngestService.Stream calls one device may have open; more get RESOURCE_EXHAUSTED",
-        "N",
-    ),
-    _Setting(
-        "acceptors",
-        "--acceptors",
-        _parse_int,
-        "gRPC servers sharing the listening port, each taking new calls (connections are "
-        "spread over them); more take a reconnecting fleet's calls faster",
         "N",
     ),
     _Setting(
@@ -838,7 +824,6 @@ def _validate(c: Config) -> list[str]:
         "max_streams",
         "max_streams_per_device",
         "max_streams_per_connection",
-        "acceptors",
         "report_max_concurrent",
         "report_max_concurrent_per_tenant",
         "report_burst_per_tenant",
@@ -866,8 +851,6 @@ def _validate(c: Config) -> list[str]:
         # The holder starts no attempt in the last timeout + a sixth of the lease, and renews
         # every sixth: a shorter lease would leave it no time to deliver.
         bad("webhook_lease_s", f"{lease} must be at least 3 times webhook_timeout_s ({timeout})")
-    if positive.get("acceptors", 1) > MAX_ACCEPTORS:
-        bad("acceptors", f"must be at most {MAX_ACCEPTORS} (got {c.acceptors})")
     batch, buffer = positive.get("batch_max_bytes"), positive.get("buffer_max_bytes")
     if batch is not None and buffer is not None and batch > buffer:
         # The buffer would fill before a batch could ever reach its size limit.

@@ -73,38 +73,6 @@ async def test_restart_on_the_same_data_keeps_tenants_keys_and_devices(data_dir:
         await second.stop()
 
 
-async def test_every_acceptor_serves_every_service(data_dir: Path) -> None:
-    """Connections land on any of the servers sharing the port; each serves the whole API."""
-    service = Service(make_config(data_dir, f"acceptors_{secrets.token_hex(4)}", acceptors=4))
-    await service.start()
-    target = f"127.0.0.1:{service.port}"
-    # A local subchannel pool per channel: its own TCP connection, not a shared one.
-    channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(24)
-    ]
-    try:
-        tenant = await new_tenant(channels[0])
-        for i, channel in enumerate(channels):
-            employee = await new_employee(channel, tenant, "Asha Rao", f"+91 98450 {10000 + i}")
-            device = await enroll(channel, tenant, employee)
-            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
-            ack = await ingest.Upload(batch(1, [call(1)]), metadata=auth(device.device_token))
-            assert ack.accepted == 1
-            report = report_pb2_grpc.ReportServiceStub(channel)
-            summary = await report.CallSummary(
-                report_pb2.CallSummaryRequest(
-                    filter=report_pb2.ReportFilter(from_ms=BASE_MS - DAY_MS, to_ms=BASE_MS + DAY_MS)
-                ),
-                metadata=tenant.admin,
-            )
-            assert summary.summary.total_calls >= 1
-    finally:
-        for channel in channels:
-            await channel.close()
-        await service.stop()
-
-
 async def test_no_plaintext_number_at_rest_or_in_logs(
     channel: grpc.aio.Channel, service: Service, log_file: Path
 ) -> None:

@@ -349,11 +349,3 @@ def test_metrics_need_a_port_of_their_own() -> None:
     )
     both_free = load(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], {})
     assert both_free.metrics_address == "127.0.0.1:0"
-
-
-@pytest.mark.parametrize(
-    ("value", "problem"), [("0", "must be an integer > 0"), ("65", "at most 64")]
-)
-def test_acceptors_are_bounded(value: str, problem: str) -> None:
-    (found,) = problems_of(["--acceptors", value], {})
-    assert found.startswith("CALLSIGHT_ACCEPTORS / --acceptors:") and problem in found
