@@ -19,6 +19,7 @@ from callsight.pipeline.paging import PageTokens, fingerprint, page_size
 from callsight.server import webhooks
 from callsight.server.auth import current_caller as caller
 from callsight.storage import leads, outbox
+from callsight.storage.activity import FLUSH_EVERY_S
 from callsight.storage.database import Database
 from callsight.storage.outbox import Delivery, Webhook
 from callsight.v1 import admin_pb2
@@ -27,6 +28,8 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 MAX_WEBHOOKS_PER_TENANT = 20
 MAX_DELAY_S = 30 * 86_400
+# Twice the time device activity may wait in memory before it is written.
+MIN_SILENT_S = int(2 * FLUSH_EVERY_S)
 MAX_REPLAY_IDS = 1000
 _REPLAY_CHUNK = 1000
 _STATES = {
@@ -47,9 +50,11 @@ def _webhook_id(value: str) -> str:
     return check_text(value, "webhook_id", MAX_ID_BYTES)
 
 
-def _delay(value: int, field: str, default: int) -> int:
+def _delay(value: int, field: str, default: int, least: int = 1) -> int:
     if value > MAX_DELAY_S:
         raise InvalidArgument(f"webhook.{field} must be at most {MAX_DELAY_S} (30 days)")
+    if value and value < least:
+        raise InvalidArgument(f"webhook.{field} must be at least {least} s (0 for the default)")
     return value or default
 
 
@@ -109,7 +114,12 @@ class WebhookAdmin:
             webhooks.DEFAULT_NEVER_ATTENDED_S,
         )
         silent = _delay(
-            given.device_silent_after_s, "device_silent_after_s", webhooks.DEFAULT_DEVICE_SILENT_S
+            given.device_silent_after_s,
+            "device_silent_after_s",
+            webhooks.DEFAULT_DEVICE_SILENT_S,
+            # Device activity reaches the database every FLUSH_EVERY_S: a shorter silence would
+            # flag devices that keep syncing.
+            least=MIN_SILENT_S,
         )
         existing = await outbox.webhooks(self._db, tenant_id)
         if len(existing) >= MAX_WEBHOOKS_PER_TENANT:

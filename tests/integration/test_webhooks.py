@@ -85,6 +85,11 @@ async def test_crud_validation_and_tenant_isolation(hooks_channel: grpc.aio.Chan
     assert "[99]" in (error.details() or "") and "WEBHOOK_EVENT_CALL_MISSED" in (
         error.details() or ""
     )
+    error = await expect_status(
+        create(hooks_channel, tenant, "https://a.example.com", MISSED, device_silent_after_s=9),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "device_silent_after_s must be at least 10 s" in (error.details() or "")
 
     # Another tenant neither sees nor changes it.
     theirs = await admin.ListWebhooks(admin_pb2.ListWebhooksRequest(), metadata=other.admin)

@@ -1895,7 +1895,9 @@ class Webhook(_message.Message):
     never_attended_after_s: _builtins.int
     """Delay after which an unreturned missed call raises client.never_attended; 0 means 3600."""
     device_silent_after_s: _builtins.int
-    """Silence after which device.silent is raised; 0 means 86400."""
+    """Silence after which device.silent is raised, at least 10 (device activity is written
+    every 5 s); 0 means 86400.
+    """
     created_at_ms: _builtins.int
     """When it was created, epoch milliseconds UTC."""
     @_builtins.property
