@@ -43,6 +43,7 @@ from callsight.pipeline.limits import (
     text_problem,
 )
 from callsight.pipeline.paging import Page, PageTokens, open_page
+from callsight.server.auth import caller_tenant
 from callsight.server.auth import current_caller as caller
 from callsight.storage import device_status
 from callsight.storage.activity import DeviceActivity
@@ -194,10 +195,7 @@ class PeopleAdmin:
     _number_claims: NumberClaims
 
     async def _caller_tenant(self) -> Tenant:
-        tenant = await self._directory.tenant(caller().tenant_id)
-        if tenant is None:
-            raise NotFound("the caller's tenant no longer exists")
-        return tenant
+        return await caller_tenant(self._directory)
 
     async def CreateEmployee(
         self, request: admin_pb2.CreateEmployeeRequest, context: Context

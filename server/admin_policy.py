@@ -8,7 +8,7 @@ import grpc
 
 from callsight.core.errors import NotFound
 from callsight.pipeline.limits import MAX_ID_BYTES, check_text
-from callsight.server.auth import current_caller
+from callsight.server.auth import caller_tenant, current_caller
 from callsight.server.policy import PolicyMessages, policy_from
 from callsight.storage.directory import Directory
 from callsight.storage.policies import TENANT
@@ -38,9 +38,7 @@ class PolicyAdmin:
         # Unset clears the override, or the tenant's own policy (devices then upload everything).
         policy = None
         if request.HasField("policy"):
-            tenant = await self._directory.tenant(tenant_id)
-            if tenant is None:
-                raise NotFound("the caller's tenant no longer exists")
+            tenant = await caller_tenant(self._directory)
             policy = policy_from(request.policy, tenant.timezone)
         messages = self._policy_messages
         await messages.policies.put(tenant_id, employee_id, policy)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from callsight.core.errors import PermissionDenied, Unauthenticated
+from callsight.core.errors import NotFound, PermissionDenied, Unauthenticated
+from callsight.storage.directory import Directory, Tenant
 from callsight.storage.identities import Identities
 from callsight.storage.tenants import KeyUses
 
@@ -91,6 +92,14 @@ _current: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", defa
 def current_caller() -> Caller:
     """The caller of the RPC being served."""
     return _current.get()
+
+
+async def caller_tenant(directory: Directory) -> Tenant:
+    """The caller's tenant; NotFound once it has been deleted."""
+    tenant = await directory.tenant(current_caller().tenant_id)
+    if tenant is None:
+        raise NotFound("the caller's tenant no longer exists")
+    return tenant
 
 
 def set_caller(caller: Caller) -> contextvars.Token[Caller]:

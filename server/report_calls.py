@@ -11,11 +11,11 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from callsight.core.errors import InvalidArgument, NotFound
+from callsight.core.errors import InvalidArgument
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.limits import MAX_ID_BYTES, text_problem
 from callsight.pipeline.paging import MAX_PAGE_SIZE
-from callsight.server.auth import current_caller
+from callsight.server.auth import caller_tenant, current_caller
 from callsight.server.report_call import bounded
 from callsight.server.report_pages import history_entry
 from callsight.server.report_quota import ReportQuota
@@ -71,8 +71,7 @@ class CallsReport:
         # Validated first, so a malformed request costs no token of the quota.
         refs = _refs(request)
         tenant_id = current_caller().tenant_id
-        if await self._directory.tenant(tenant_id) is None:
-            raise NotFound("the caller's tenant no longer exists")
+        await caller_tenant(self._directory)
         keyring = await self._keys.keyring(tenant_id)
         found = await bounded(
             self._quota,

@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from callsight.core.clock import Clock
-from callsight.core.errors import InvalidArgument, NotFound, Unavailable
+from callsight.core.errors import InvalidArgument, Unavailable
 from callsight.pipeline.crypto import Keyring
 from callsight.pipeline.encode import PRIVATE_NUMBER
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.paging import PageTokens
 from callsight.pipeline.watch import Loaded, WatchFilter, WatchHub
-from callsight.server.auth import current_caller
+from callsight.server.auth import caller_tenant, current_caller
 from callsight.server.export_chunks import (
     Rows,
     chunk_rows,
@@ -248,12 +248,6 @@ class ExportReport:
     _clock: Clock
     _watch: WatchHub | None
 
-    async def _tenant(self, tenant_id: str) -> Tenant:
-        tenant = await self._directory.tenant(tenant_id)
-        if tenant is None:
-            raise NotFound("the caller's tenant no longer exists")
-        return tenant
-
     async def ExportCalls(
         self, request: report_pb2.ExportCallsRequest, context: Context
     ) -> AsyncIterator[Any]:
@@ -261,7 +255,7 @@ class ExportReport:
         tenant_id = caller.tenant_id
         limit = chunk_rows(request.chunk_rows)
         fmt = export_format(request.format)
-        tenant = await self._tenant(tenant_id)
+        tenant = await caller_tenant(self._directory)
         bound = request.filter.SerializeToString(deterministic=True) + fmt.encode()
         resume = open_export(
             self._tokens,
@@ -320,7 +314,7 @@ class ExportReport:
         hub = self._watch
         if hub is None:
             raise Unavailable("live totals are not enabled on this server")
-        tenant = await self._tenant(current_caller().tenant_id)
+        tenant = await caller_tenant(self._directory)
         now_ms = self._clock.now_ms()
         probe = report_pb2.ReportFilter(
             employee_ids=request.filter.employee_ids,

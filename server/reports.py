@@ -18,12 +18,11 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 import grpc
 
 from callsight.core.clock import Clock
-from callsight.core.errors import NotFound
 from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.paging import PageTokens
 from callsight.pipeline.watch import WatchHub
 from callsight.server import report_pages, report_summary
-from callsight.server.auth import current_caller
+from callsight.server.auth import caller_tenant
 from callsight.server.filters import call_filter
 from callsight.server.report_call import ReportCall, bounded
 from callsight.server.report_calls import CallsReport
@@ -72,10 +71,8 @@ class ReportServicer(CallsReport, ExportReport, report_pb2_grpc.ReportServiceSer
         self._clock = clock
 
     async def _call(self, request_filter: report_pb2.ReportFilter) -> ReportCall:
-        tenant_id = current_caller().tenant_id
-        tenant = await self._directory.tenant(tenant_id)
-        if tenant is None:
-            raise NotFound("the caller's tenant no longer exists")
+        tenant = await caller_tenant(self._directory)
+        tenant_id = tenant.tenant_id
         # One instant per call: the filter's open range and a first page's snapshot agree.
         now_ms = self._clock.now_ms()
         return ReportCall(
