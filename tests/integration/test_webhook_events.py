@@ -10,7 +10,6 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -31,7 +30,6 @@ from tests.integration.receiver import (
     deliveries,
     device,
     missed,
-    serve,
     verify,
     wait_for,
 )
@@ -39,22 +37,6 @@ from tests.integration.receiver import (
 NEVER_ATTENDED = admin_pb2.WEBHOOK_EVENT_CLIENT_NEVER_ATTENDED
 FIRST_CALL = admin_pb2.WEBHOOK_EVENT_LEAD_FIRST_CALL
 SILENT = admin_pb2.WEBHOOK_EVENT_DEVICE_SILENT
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with serve() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-async def events_channel(data_dir: Path, log_file: Path) -> AsyncIterator[grpc.aio.Channel]:
-    """A server of its own with short delivery settings."""
-    svc = Service(make_config(data_dir, f"test_{secrets.token_hex(4)}", **SETTINGS))
-    await svc.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.port}") as ch:
-        yield ch
-    await svc.stop()
 
 
 def now_ms() -> int:
@@ -83,19 +65,19 @@ async def upload(
 
 
 async def test_client_never_attended_after_its_delay_unless_the_client_was_called_back(
-    events_channel: grpc.aio.Channel, receiver: Receiver
+    hooks_channel: grpc.aio.Channel, receiver: Receiver
 ) -> None:
-    tenant = await new_tenant(events_channel)
+    tenant = await new_tenant(hooks_channel)
     created = await create(
-        events_channel, tenant, receiver.url, MISSED, NEVER_ATTENDED, never_attended_after_s=3
+        hooks_channel, tenant, receiver.url, MISSED, NEVER_ATTENDED, never_attended_after_s=3
     )
-    employee, device_id, token = await device(events_channel, tenant)
+    employee, device_id, token = await device(hooks_channel, tenant)
     a, b, c, d = (f"+91 98000 5555{i}" for i in range(4))
     started = now_ms() - 500
     # Seen from here, the monotonic clock the receiver stamps its requests with.
     mono_at = time.monotonic() - (now_ms() - started) / 1000
     await upload(
-        events_channel,
+        hooks_channel,
         token,
         1,
         [
@@ -111,7 +93,7 @@ async def test_client_never_attended_after_its_delay_unless_the_client_was_calle
     )
     # b is called back within the delay, in a later batch.
     await upload(
-        events_channel,
+        hooks_channel,
         token,
         2,
         [record("b2", b, common_pb2.CALL_TYPE_OUTGOING, started + 300, 20)],
@@ -147,19 +129,19 @@ async def test_client_never_attended_after_its_delay_unless_the_client_was_calle
         "not_returned_for_s": 3,
     }
     # The dropped event is gone from the outbox, not pending or dead.
-    listed = await deliveries(events_channel, tenant, created.webhook.webhook_id)
+    listed = await deliveries(hooks_channel, tenant, created.webhook.webhook_id)
     kinds = Counter(d.type for d in listed)
     assert kinds == {"call.missed": 4, "client.never_attended": 3}
     assert {d.state for d in listed} == {admin_pb2.DELIVERY_STATE_DELIVERED}
 
 
 async def test_lead_first_call_is_the_first_outgoing_call_after_the_lead_was_created(
-    events_channel: grpc.aio.Channel, receiver: Receiver
+    hooks_channel: grpc.aio.Channel, receiver: Receiver
 ) -> None:
-    admin = admin_pb2_grpc.AdminServiceStub(events_channel)
-    tenant = await new_tenant(events_channel)
-    created = await create(events_channel, tenant, receiver.url, FIRST_CALL, include_numbers=True)
-    employee, device_id, token = await device(events_channel, tenant)
+    admin = admin_pb2_grpc.AdminServiceStub(hooks_channel)
+    tenant = await new_tenant(hooks_channel)
+    created = await create(hooks_channel, tenant, receiver.url, FIRST_CALL, include_numbers=True)
+    employee, device_id, token = await device(hooks_channel, tenant)
     x1, x2, x3 = "+91 98000 66661", "+91 98000 66662", "+91 98000 66663"
 
     async def new_lead(first_name: str, number: str) -> admin_pb2.ImportedLead:
@@ -174,17 +156,17 @@ async def test_lead_first_call_is_the_first_outgoing_call_after_the_lead_was_cre
 
     outgoing = common_pb2.CALL_TYPE_OUTGOING
     # Calls to x1 before it was a lead do not count.
-    await upload(events_channel, token, 1, [record("p1", x1, outgoing, now_ms() - 60_000, 30)])
+    await upload(hooks_channel, token, 1, [record("p1", x1, outgoing, now_ms() - 60_000, 30)])
     lead1 = await new_lead("Ravi", x1)
     await asyncio.sleep(0.05)
     # x2 is called after lead 1 was created but before it is a lead itself.
-    await upload(events_channel, token, 2, [record("p2", x2, outgoing, now_ms(), 30)])
+    await upload(hooks_channel, token, 2, [record("p2", x2, outgoing, now_ms(), 30)])
     await asyncio.sleep(0.05)
     lead2 = await new_lead("Meera", x2)
     await asyncio.sleep(0.05)
     at = now_ms()
     await upload(
-        events_channel,
+        hooks_channel,
         token,
         3,
         [
@@ -197,7 +179,7 @@ async def test_lead_first_call_is_the_first_outgoing_call_after_the_lead_was_cre
     await wait_for(lambda: len(receiver.got) >= 2)
     # Later calls to the leads raise nothing more.
     await upload(
-        events_channel,
+        hooks_channel,
         token,
         4,
         [record("s1", x1, outgoing, now_ms(), 50), record("s2", x2, outgoing, now_ms(), 50)],
@@ -227,20 +209,20 @@ async def test_lead_first_call_is_the_first_outgoing_call_after_the_lead_was_cre
 
 
 async def test_device_silent_once_per_silence(
-    events_channel: grpc.aio.Channel, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    hooks_channel: grpc.aio.Channel, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Devices are checked every second, not every ten.
     monkeypatch.setattr(webhooks, "SILENT_CHECK_S", 1.0)
-    tenant = await new_tenant(events_channel)
+    tenant = await new_tenant(hooks_channel)
     # The least allowed: twice the 5 s between writes of device activity, so a device that syncs
     # never looks silent.
     after_s = 10
     created = await create(
-        events_channel, tenant, receiver.url, SILENT, device_silent_after_s=after_s
+        hooks_channel, tenant, receiver.url, SILENT, device_silent_after_s=after_s
     )
-    quiet_employee, quiet, quiet_token = await device(events_channel, tenant)
-    _, busy, busy_token = await device(events_channel, tenant)
-    ingest = ingest_pb2_grpc.IngestServiceStub(events_channel)
+    quiet_employee, quiet, quiet_token = await device(hooks_channel, tenant)
+    _, busy, busy_token = await device(hooks_channel, tenant)
+    ingest = ingest_pb2_grpc.IngestServiceStub(hooks_channel)
 
     async def keep_syncing() -> None:
         for i in range(1000):

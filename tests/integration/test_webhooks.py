@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import pytest
 
 from callsight.loadtest.harness import ServerProcess
-from callsight.server.app import Service
 from callsight.v1 import admin_pb2, admin_pb2_grpc, common_pb2, ingest_pb2, ingest_pb2_grpc
-from tests.conftest import make_config
 from tests.integration.calls import BASE_MS, batch, call
 from tests.integration.helpers import Tenant, auth, expect_status, new_tenant
 from tests.integration.receiver import (
@@ -28,26 +23,9 @@ from tests.integration.receiver import (
     deliveries,
     device,
     missed,
-    serve,
     verify,
     wait_for,
 )
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with serve() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-async def hooks_channel(data_dir: Path, log_file: Path) -> AsyncIterator[grpc.aio.Channel]:
-    """A server of its own with short delivery settings."""
-    svc = Service(make_config(data_dir, f"test_{secrets.token_hex(4)}", **SETTINGS))
-    await svc.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.port}") as ch:
-        yield ch
-    await svc.stop()
 
 
 async def test_crud_validation_and_tenant_isolation(hooks_channel: grpc.aio.Channel) -> None:
