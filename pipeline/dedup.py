@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +57,55 @@ class Classification:
     def count(self, outcome: Outcome) -> int:
         """How many records had ``outcome``."""
         return int(np.count_nonzero(self.outcomes == outcome))
+
+
+def _stored(
+    device: _Device, keys: Sequence[str]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint64]]:
+    """(whether each key is remembered, its remembered version or 0), looked up in C."""
+    known = device.versions
+    n = len(keys)
+    present = np.fromiter(map(known.__contains__, keys), dtype=np.bool_, count=n)
+    stored = np.fromiter(map(known.get, keys, repeat(0)), dtype=np.uint64, count=n)
+    return present, stored
+
+
+def _classify_distinct(
+    device: _Device, keys: Sequence[str], versions: Sequence[int]
+) -> Classification:
+    """``classify`` of a batch whose keys are all different (the common case), as columns."""
+    present, stored = _stored(device, keys)
+    version = np.asarray(versions, dtype=np.uint64)
+    outcomes = np.full(len(keys), Outcome.ACCEPTED, dtype=np.uint8)
+    outcomes[present & (version > stored)] = Outcome.UPDATED
+    duplicate = present & (version <= stored)
+    outcomes[duplicate] = Outcome.DUPLICATE
+    waits: set[asyncio.Future[None]] = set()
+    for i in np.flatnonzero(duplicate).tolist():
+        pending = device.pending.get(keys[i])
+        if pending is not None and not pending.done():
+            waits.add(pending)
+    return Classification(outcomes, tuple(waits))
+
+
+def _record_distinct(
+    device: _Device,
+    keys: Sequence[str],
+    versions: Sequence[int],
+    written: asyncio.Future[None] | None,
+) -> None:
+    """``record``'s update for keys that are all different, as columns."""
+    present, stored = _stored(device, keys)
+    version = np.asarray(versions, dtype=np.uint64)
+    newer = ~present | (version >= stored)
+    if newer.all():
+        taken, values = list(keys), version.tolist()
+    else:
+        picks = np.flatnonzero(newer).tolist()
+        taken, values = [keys[i] for i in picks], version[newer].tolist()
+    device.versions.update(zip(taken, values, strict=True))
+    if written is not None:
+        device.pending.update(dict.fromkeys(taken, written))
 
 
 class Deduplicator:
@@ -126,6 +176,8 @@ class Deduplicator:
         """Outcome per record; call ``record`` for the new rows before the next await."""
         device = self._devices[(table, tenant_id, device_id)]
         known = device.versions
+        if len(set(keys)) == len(keys):
+            return _classify_distinct(device, keys, versions)
         outcomes = np.empty(len(keys), dtype=np.uint8)
         waits: set[asyncio.Future[None]] = set()
         seen: dict[str, int] = {}  # versions taken earlier in this same batch
@@ -157,11 +209,14 @@ class Deduplicator:
         group = (table, tenant_id, device_id)
         device = self._devices[group]
         before = len(device.versions)
-        for key, version in zip(keys, versions, strict=True):
-            if version >= device.versions.get(key, -1):
-                device.versions[key] = int(version)
-                if written is not None:
-                    device.pending[key] = written
+        if len(set(keys)) == len(keys):
+            _record_distinct(device, keys, versions, written)
+        else:
+            for key, version in zip(keys, versions, strict=True):
+                if version >= device.versions.get(key, -1):
+                    device.versions[key] = int(version)
+                    if written is not None:
+                        device.pending[key] = written
         self._entries += len(device.versions) - before
         if written is not None and not written.done():
             pending_keys = list(keys)

@@ -4,11 +4,24 @@ A number is accepted when it is *possible* (right length for its country), not w
 *valid* (in an allocated range): load tests and new number ranges would fail the stricter check.
 Numbers that are only dialable locally (no area code) are refused, because their E.164 form would
 be a different, wrong number. Extensions are dropped; E.164 has no place for them.
+
+Most raws are plain: ASCII digits, at most a leading "+", and the separators people type between
+digit groups (space, "-", ".", parentheses). ``phonenumbers.parse`` reads such a raw as its digits
+alone: the steps that find a number in free text (RFC 3966, extensions, vanity letters, Unicode
+digits) change nothing in it. ``normalize`` therefore reads a plain raw's digits through the
+steps of ``parse`` that depend on the number (country code, IDD, national prefix, lengths), in
+``parse``'s order and with libphonenumber's own helpers and metadata, about five times faster
+than ``parse`` (a backfill normalises every number it sees for the first time). The one answer
+it gives is the E.164 string; every other outcome (an unusable number, or a branch left to
+``parse``: a raw starting with an IDD, a "+" before an unknown country code) goes through
+``parse``, so results and messages are exactly libphonenumber's (tests compare both over every
+region's example numbers, spelled and mutated).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import zoneinfo
 from collections import OrderedDict, deque
@@ -18,7 +31,15 @@ from itertools import repeat
 from typing import cast
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
+from phonenumbers import (
+    COUNTRY_CODE_TO_REGION_CODE,
+    NumberParseException,
+    PhoneMetadata,
+    PhoneNumberFormat,
+    ValidationResult,
+)
+from phonenumbers import phonenumberutil as pnu
+from phonenumbers.re_util import re_compile
 
 from callsight.core.errors import InvalidArgument
 from callsight.pipeline.limits import MAX_TIMEZONE_BYTES, quote
@@ -27,6 +48,20 @@ from callsight.pipeline.limits import MAX_TIMEZONE_BYTES, quote
 _MAX_CACHED_RAW_LEN = 64
 # Error messages quote at most this much of the raw input.
 _MAX_QUOTED_LEN = 40
+
+# A plain raw (see the module docstring); ``[0-9]`` is ASCII only, unlike ``\d``.
+_PLAIN = re.compile(r"\+?[0-9 ().\-]+")
+_SEPARATORS = str.maketrans("", "", " ().-")
+# With fewer digits parse's viability check counts the separators too; such raws go to parse.
+_MIN_PLAIN_DIGITS = 3
+# Outcomes of parse's length test after which it keeps the national prefix it found.
+_KEEP_PREFIX = frozenset(
+    {
+        ValidationResult.TOO_SHORT,
+        ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+        ValidationResult.INVALID_LENGTH,
+    }
+)
 
 _PARSE_REASONS = {
     NumberParseException.INVALID_COUNTRY_CODE: "has an unknown country calling code",
@@ -112,6 +147,93 @@ def normalize(raw: str, region: str) -> str:
     Raises InvalidNumber when ``raw`` is empty, unparseable or not a possible number, or when
     ``region`` is unknown.
     """
+    digits = _plain_digits(raw)
+    if digits is not None:
+        upper = region.upper()
+        if upper in phonenumbers.SUPPORTED_REGIONS:
+            e164 = _e164_of_digits(digits, upper)
+            if e164 is not None:
+                return e164
+    return _normalize_parsed(raw, region)
+
+
+def _plain_digits(raw: str) -> str | None:
+    """The digits of a plain raw, with its leading "+"; None for any other raw."""
+    if len(raw) > _MAX_CACHED_RAW_LEN or _PLAIN.fullmatch(raw) is None:
+        return None
+    digits = raw.translate(_SEPARATORS)
+    count = len(digits) - 1 if digits.startswith("+") else len(digits)
+    return digits if count >= _MIN_PLAIN_DIGITS else None
+
+
+def _e164_of_digits(digits: str, region: str) -> str | None:
+    """The E.164 form ``normalize`` gives a plain raw with these digits, or None to ask parse.
+
+    ``parse`` followed by the possibility check, step for step, for a "+" and ASCII digits and a
+    supported upper-case region: each branch that can only fail, or that is left to ``parse``,
+    returns None.
+    """
+    metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None or metadata.country_code is None:
+        return None
+    default_code = metadata.country_code
+    # _maybe_extract_country_code
+    country_code = 0
+    national = ""
+    if digits.startswith("+"):
+        country_code, national = pnu._extract_country_code(digits[1:])
+        if country_code == 0:
+            return None  # parse retries without the "+"
+    elif (
+        metadata.international_prefix is not None
+        and (pnu._parse_prefix_as_idd(re_compile(metadata.international_prefix), digits)[0])
+    ):
+        return None  # an IDD: left to parse
+    elif digits.startswith(str(default_code)):
+        general = metadata.general_desc
+        _, potential, _ = pnu._maybe_strip_national_prefix_carrier_code(
+            digits[len(str(default_code)) :], metadata
+        )
+        if (
+            not pnu._match_national_number(digits, general, False)
+            and pnu._match_national_number(potential, general, False)
+        ) or pnu._test_number_length(digits, metadata) == ValidationResult.TOO_LONG:
+            country_code, national = default_code, potential
+    # parse, once the country code is known
+    if country_code != 0:
+        number_region = pnu.region_code_for_country_code(country_code)
+        if number_region != region:
+            metadata = PhoneMetadata.metadata_for_region_or_calling_code(
+                country_code, number_region
+            )
+            if metadata is None:
+                return None
+    else:
+        national = digits
+        country_code = default_code
+    if len(national) < pnu._MIN_LENGTH_FOR_NSN:
+        return None
+    _, potential, _ = pnu._maybe_strip_national_prefix_carrier_code(national, metadata)
+    if pnu._test_number_length(potential, metadata) not in _KEEP_PREFIX:
+        national = potential
+    if not pnu._MIN_LENGTH_FOR_NSN <= len(national) <= pnu._MAX_LENGTH_FOR_NSN:
+        return None
+    # is_possible_number_with_reason; the national number keeps its leading zeros, as
+    # national_significant_number rebuilds them.
+    if country_code not in COUNTRY_CODE_TO_REGION_CODE:
+        return None
+    possible = PhoneMetadata.metadata_for_region_or_calling_code(
+        country_code, pnu.region_code_for_country_code(country_code)
+    )
+    if possible is None or pnu._test_number_length(national, possible) != (
+        ValidationResult.IS_POSSIBLE
+    ):
+        return None
+    return f"+{country_code}{national}"
+
+
+def _normalize_parsed(raw: str, region: str) -> str:
+    """``normalize`` through ``phonenumbers.parse``: any raw, and every error message."""
     if not raw.strip():
         raise InvalidNumber("empty number")
     upper = region.upper()

@@ -137,6 +137,78 @@ async def test_flush_at_max_age() -> None:
     await batcher.close(1)
 
 
+async def test_rows_that_age_while_every_writer_is_busy_join_one_flush() -> None:
+    sink = BlockingSink()
+    batcher = Batcher(sink, settings(max_rows=1_000, max_age_ms=5, max_in_flight=1))
+    first = batcher.add("calls", rows(0, 10))
+    await until(lambda: sink.active == 1)  # flushed at age: the one writer was free
+    later: list[asyncio.Future[None]] = []
+    for i in range(1, 4):  # each add ages past max_age_ms while the writer is busy
+        later += batcher.add("calls", rows(i * 10, 10))
+        await asyncio.sleep(0.015)
+    assert batcher.stats.flushes_pending == 1
+    assert batcher.stats.rows_buffered == 30
+    sink.release.set()
+    await done(first + later)
+    # The free writer took the whole buffer: one insert, not one per age.
+    assert [ids(w[1]) for w in sink.writes] == [list(range(10)), list(range(10, 40))]
+    # Idle again: age flushes as before.
+    await done(batcher.add("calls", rows(40, 5)))
+    assert ids(sink.writes[-1][1]) == list(range(40, 45))
+    await batcher.close(1)
+
+
+async def test_one_aged_flush_per_table_at_a_time_and_tables_do_not_wait_for_each_other() -> None:
+    sink = BlockingSink()
+    batcher = Batcher(sink, settings(max_rows=1_000, max_age_ms=5, max_in_flight=2))
+    first = batcher.add("calls", rows(0, 10))
+    await until(lambda: sink.active == 1)
+    later = batcher.add("calls", rows(10, 10))
+    await asyncio.sleep(0.02)
+    later += batcher.add("calls", rows(20, 10))
+    telemetry = batcher.add("telemetry", rows(100, 5))
+    # A writer is free: telemetry's aged rows go at once; calls' wait for the calls insert.
+    await until(lambda: sink.active == 2)
+    await asyncio.sleep(0.02)
+    assert sorted(sink.started) == [0, 100]
+    assert batcher.stats.rows_buffered == 20
+    sink.release.set()
+    await done(first + later + telemetry)
+    calls = [ids(w[1]) for w in sink.writes if w[0] == "calls"]
+    assert calls == [list(range(10)), list(range(10, 30))]
+    await batcher.close(1)
+
+
+async def test_an_aged_table_waits_for_a_free_writer_and_keeps_growing() -> None:
+    sink = BlockingSink()
+    batcher = Batcher(sink, settings(max_rows=1_000, max_age_ms=5, max_in_flight=1))
+    first = batcher.add("calls", rows(0, 10))
+    await until(lambda: sink.active == 1)
+    telemetry = batcher.add("telemetry", rows(100, 5))
+    await asyncio.sleep(0.02)
+    telemetry += batcher.add("telemetry", rows(105, 5))
+    assert batcher.stats.flushes_pending == 1
+    sink.release.set()
+    await done(first + telemetry)
+    assert [ids(w[1]) for w in sink.writes if w[0] == "telemetry"] == [list(range(100, 110))]
+    await batcher.close(1)
+
+
+async def test_a_due_buffer_still_flushes_at_max_rows() -> None:
+    sink = BlockingSink()
+    batcher = Batcher(sink, settings(max_rows=20, max_age_ms=5, max_in_flight=1))
+    first = batcher.add("calls", rows(0, 10))
+    await until(lambda: sink.active == 1)
+    later = batcher.add("calls", rows(10, 10))
+    await asyncio.sleep(0.02)
+    later += batcher.add("calls", rows(20, 15))  # crosses max_rows: cut at 20 rows
+    assert batcher.stats.flushes_pending == 2
+    sink.release.set()
+    await done(first + later)
+    assert [len(ids(w[1])) for w in sink.writes] == [10, 20, 5]
+    await batcher.close(1)
+
+
 async def test_buffers_are_per_table() -> None:
     sink = RecordingSink()
     batcher = Batcher(sink, settings(max_rows=10, max_age_ms=LONG_MS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 
 import pytest
@@ -37,6 +38,50 @@ async def test_outcomes_against_stored_and_within_a_batch() -> None:
         Outcome.UPDATED,  # newer than the copy earlier in the batch
     ]
     assert verdict.new_rows.tolist() == [False, True, True, False, True, True]
+
+
+async def test_outcomes_and_memory_follow_the_record_by_record_rule_over_many_batches() -> None:
+    # Batches mostly of distinct keys (classified as columns), some with repeats (record by
+    # record), checked against the rule itself: the newest version taken so far wins.
+    rng = random.Random(3)
+    stored = {f"k{i}": rng.randrange(1, 50) for i in range(0, 200, 3)}
+    dedup = Deduplicator(Loader({"d": stored}))
+    await dedup.ensure_loaded("calls", "t", "d")
+    newest = dict(stored)
+    for _ in range(200):
+        size = rng.randrange(0, 40)
+        if rng.random() < 0.7:
+            keys = rng.sample([f"k{i}" for i in range(200)], size)
+        else:
+            keys = [f"k{rng.randrange(200)}" for _ in range(size)]
+        versions = [rng.randrange(0, 60) for _ in keys]
+        verdict = dedup.classify("calls", "t", "d", keys, versions)
+        expected = []
+        for key, version in zip(keys, versions, strict=True):
+            before = newest.get(key)
+            if before is None:
+                expected.append(Outcome.ACCEPTED)
+            elif version > before:
+                expected.append(Outcome.UPDATED)
+            else:
+                expected.append(Outcome.DUPLICATE)
+                continue
+            newest[key] = version
+        assert [Outcome(o) for o in verdict.outcomes] == expected
+        new = verdict.new_rows.tolist()
+        dedup.record(
+            "calls",
+            "t",
+            "d",
+            [k for k, n in zip(keys, new, strict=True) if n],
+            [v for v, n in zip(versions, new, strict=True) if n],
+            None,
+        )
+    assert dedup.entries == len(newest)
+    final = dedup.classify("calls", "t", "d", list(newest), list(newest.values()))
+    assert final.count(Outcome.DUPLICATE) == len(newest)
+    newer = dedup.classify("calls", "t", "d", list(newest), [v + 1 for v in newest.values()])
+    assert newer.count(Outcome.UPDATED) == len(newest)
 
 
 async def test_devices_seen_together_load_in_one_query() -> None:

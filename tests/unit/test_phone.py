@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Callable
 
+import phonenumbers
 import pytest
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 from callsight.core.errors import InvalidArgument
 from callsight.pipeline import phone
@@ -177,3 +181,108 @@ def test_normalize_many_cached_failures_stay_errors() -> None:
         assert isinstance(results[0], InvalidNumber)
         assert results[1] == "+919876543210"
     assert str(first[0]) == str(again[0])
+
+
+def _spellings(rng: random.Random, region: str) -> list[str]:
+    """Numbers of ``region`` as people and phones write them: each example number in E.164,
+    international and national format, and its digits with prefixes, mutations and separators."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    assert metadata is not None
+    cc = str(metadata.country_code)
+    raws: list[str] = []
+    for kind in (PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE, PhoneNumberType.TOLL_FREE):
+        example = phonenumbers.example_number_for_type(region, kind)
+        if example is None:
+            continue
+        raws += [
+            phonenumbers.format_number(example, f)
+            for f in (
+                PhoneNumberFormat.E164,
+                PhoneNumberFormat.INTERNATIONAL,
+                PhoneNumberFormat.NATIONAL,
+            )
+        ]
+        nsn = phonenumbers.national_significant_number(example)
+        for base in (
+            nsn,
+            f"+{cc}{nsn}",
+            f"0{nsn}",
+            f"{cc}{nsn}",
+            f"00{cc}{nsn}",
+            f"1{nsn}",
+            f"+{cc}0{nsn}",
+        ):
+            digits = base
+            for _ in range(rng.randrange(3)):  # one digit dropped, added or changed
+                i = rng.randrange(1, len(digits))
+                digits = rng.choice(
+                    [
+                        digits[:-1],
+                        digits + str(rng.randrange(10)),
+                        digits[:i] + "7" + digits[i + 1 :],
+                    ]
+                )
+            raws.append(digits)
+            raws.append(
+                "".join(c + rng.choice(["", "", "", " ", "-", ".", "(", ")"]) for c in digits)
+            )
+    return raws
+
+
+def test_normalize_of_plain_raws_is_exactly_parse_in_every_region() -> None:
+    # normalize reads plain raws from their digits; it must agree with phonenumbers.parse on
+    # every outcome (an offline sweep of 1.25M such raws found no difference).
+    rng = random.Random(7)
+    regions = sorted(phonenumbers.SUPPORTED_REGIONS)
+    answered_from_digits = successes = 0
+    for region in regions:
+        for raw in _spellings(rng, region):
+            dialled_in = region if rng.random() < 0.8 else rng.choice(regions)
+            assert _outcome(normalize, raw, dialled_in) == _outcome(
+                phone._normalize_parsed, raw, dialled_in
+            ), (raw, dialled_in)
+            digits = phone._plain_digits(raw)
+            if not _outcome(normalize, raw, dialled_in).startswith("+"):
+                continue
+            successes += 1
+            if digits is not None and phone._e164_of_digits(digits, dialled_in) is not None:
+                answered_from_digits += 1
+    # The comparison means something only if most successes took the digits path.
+    assert successes > 1000
+    assert answered_from_digits > 0.7 * successes
+
+
+def _outcome(normalizer: Callable[[str, str], str], raw: str, region: str) -> str:
+    try:
+        return normalizer(raw, region)
+    except InvalidNumber as exc:
+        return f"error: {exc}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "digits"),
+    [
+        ("+91 98765 43210", "+919876543210"),
+        ("(022) 2345-6789", "02223456789"),
+        ("415.555.2671", "4155552671"),
+        ("12", None),  # too few digits: parse counts separators in its viability check
+        ("1-2", None),
+        ("+ 1", None),
+        (" +91 98765 43210", None),  # a "+" only first
+        ("9876543210 x12", None),  # an extension
+        ("1-800-FLOWERS", None),  # vanity letters
+        ("٩٨٧٦٥٤٣٢١٠", None),  # non-ASCII digits
+        ("tel:+919876543210", None),
+        ("9" * 65, None),  # longer than any cached raw
+    ],
+)
+def test_plain_digits(raw: str, digits: str | None) -> None:
+    assert phone._plain_digits(raw) == digits
+
+
+def test_digits_path_leaves_idd_and_unknown_country_codes_to_parse() -> None:
+    assert phone._e164_of_digits("00919876543210", "IN") is None
+    assert phone._e164_of_digits("+9991234567", "IN") is None
+    assert normalize("00919876543210", "IN") == "+919876543210"
+    assert phone._e164_of_digits("09876543210", "IN") == "+919876543210"
+    assert phone._e164_of_digits("+14155552671", "IN") == "+14155552671"
