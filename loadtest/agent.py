@@ -550,6 +550,9 @@ def generate(spec: WorkloadSpec, devices: Sequence[int]) -> tuple[list[DeviceWor
 
 async def _worker(plan: WorkerPlan, conn: Connection, counters: Counters) -> None:
     loop = asyncio.get_running_loop()
+    # Not before the fleet is set up: on a small machine generating would take the CPU that the
+    # enrollment being measured needs (5,000 devices: about 10 s of CPU per process).
+    await loop.run_in_executor(None, conn.recv)
     workloads, generation_s = generate(plan.spec, plan.devices)
     truths: list[DeviceTruth] = [w.truth for w in workloads]
     conn.send(("generated", truths, generation_s))

@@ -420,7 +420,9 @@ class _Workers:
 
     async def generate(self, devices: list[DeviceIdentity]) -> tuple[list[DeviceTruth], float]:
         """The truths the processes generated, in device order, and the slowest one's seconds
-        (it overlaps the set-up); each process gets its devices' tokens in return."""
+        (they start once the set-up is done); each process gets its devices' tokens in return."""
+        for conn in self.conns:
+            conn.send(("generate",))
         truths: dict[int, DeviceTruth] = {}
         generation_s = 0.0
         for row, assigned in enumerate(self.assigned):

@@ -1,10 +1,13 @@
 """Group commit for the small directory tables: concurrent writers share one insert per table.
 
-Every chDB insert costs a fixed 13-34 ms whatever its size, so a fleet enrolling hundreds of
-devices a second cannot afford an insert each. ``GroupWriter.insert`` queues its rows with the
-table's current batch and waits for that batch's insert: the first writer of a batch starts a
-drain task that lingers a few milliseconds, writes everything queued for the table in one insert
-(while it runs, the next batch gathers) and resolves every waiter with the outcome. The rows queued
+Every chDB insert costs a fixed 13-34 ms of CPU whatever its size (15 rows or 1,000), so a fleet
+enrolling hundreds of devices a second cannot afford an insert each. ``GroupWriter.insert`` queues
+its rows with the table's current batch and waits for that batch's insert: the first writer of a
+batch starts a drain task that lingers a few milliseconds, writes everything queued for the table
+in one insert (while it runs, the next batch gathers) and resolves every waiter with the outcome.
+Under sustained load (rows queued again as soon as an insert ends) inserts of a table start at
+most every ``busy_gap_s``: a burst then costs a few large inserts a second instead of as many
+small ones as the database can take, which would spend the CPU the callers need. The rows queued
 and in flight are bounded; a writer past the bound waits for room, and ``close`` writes what is
 queued and then refuses new rows, waking every waiter.
 """
@@ -12,6 +15,7 @@ queued and then refuses new rows, waking every waiter.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,12 +55,14 @@ class GroupWriter:
         max_pending_rows: int = 20_000,
         max_batch_rows: int = 5_000,
         linger_s: float = 0.005,
+        busy_gap_s: float = 0.4,
     ) -> None:
         self._db = db
         self._clock = clock
         self._max_pending = max_pending_rows
         self._max_batch = max_batch_rows
         self._linger_s = linger_s
+        self._busy_gap_s = busy_gap_s
         self._batches: dict[_Key, _Batch] = {}
         self._pending = 0  # rows queued or being inserted
         self._room = asyncio.Condition()
@@ -106,9 +112,14 @@ class GroupWriter:
 
     async def _drain(self, key: _Key, batch: _Batch) -> None:
         table, columns, stamp = key
+        loop = asyncio.get_running_loop()
+        started = -math.inf  # when this drain's previous insert started
         try:
             while batch.items:
-                await asyncio.sleep(self._linger_s)
+                # Closing writes at once; a close that finds a drain asleep waits out its gap.
+                gap = 0.0 if self._closed else self._busy_gap_s - (loop.time() - started)
+                await asyncio.sleep(max(self._linger_s, gap))
+                started = loop.time()
                 taken: list[_Item] = []
                 count = 0
                 while batch.items and (

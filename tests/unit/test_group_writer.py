@@ -18,6 +18,7 @@ class FakeDb:
 
     def __init__(self) -> None:
         self.inserts: list[tuple[str, list[tuple[Any, ...]], list[str]]] = []
+        self.started: list[float] = []  # loop time at which each insert began
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail: Exception | None = None
@@ -25,6 +26,7 @@ class FakeDb:
     async def insert_rows(
         self, table: str, rows: Sequence[tuple[Any, ...]], column_names: Sequence[str]
     ) -> None:
+        self.started.append(asyncio.get_running_loop().time())
         await self.gate.wait()
         if self.fail is not None:
             raise self.fail
@@ -36,8 +38,8 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def writer(db: FakeDb, **kwargs: Any) -> GroupWriter:
-    return GroupWriter(cast(Database, db), **kwargs)
+def writer(db: FakeDb, busy_gap_s: float = 0.0, **kwargs: Any) -> GroupWriter:
+    return GroupWriter(cast(Database, db), busy_gap_s=busy_gap_s, **kwargs)
 
 
 async def test_concurrent_callers_share_one_insert_per_table() -> None:
@@ -68,6 +70,45 @@ async def test_next_batch_gathers_while_an_insert_runs() -> None:
     db.gate.set()
     await asyncio.gather(first, *rest)
     assert [len(rows) for _, rows, _ in db.inserts] == [1, 99]
+
+
+async def test_under_load_inserts_of_a_table_start_at_most_every_busy_gap() -> None:
+    db = FakeDb()
+    w = writer(db, linger_s=0.0, busy_gap_s=0.2)
+    db.gate.clear()
+    first = asyncio.create_task(w.insert("t", ("id",), [(0,)]))
+    await settle()
+    rest = [asyncio.create_task(w.insert("t", ("id",), [(i,)])) for i in range(1, 50)]
+    await settle()
+    db.gate.set()
+    await asyncio.gather(first, *rest)
+    # The backlog waited for the gap and went as one insert.
+    assert [len(rows) for _, rows, _ in db.inserts] == [1, 49]
+    assert db.started[1] - db.started[0] >= 0.19
+
+
+async def test_an_idle_writer_does_not_wait_the_gap() -> None:
+    db = FakeDb()
+    w = writer(db, linger_s=0.0, busy_gap_s=30.0)
+    for i in range(3):
+        await asyncio.wait_for(w.insert("t", ("id",), [(i,)]), timeout=5.0)
+    assert [rows for _, rows, _ in db.inserts] == [[(0,)], [(1,)], [(2,)]]
+
+
+async def test_close_writes_a_backlog_without_waiting_the_gap() -> None:
+    db = FakeDb()
+    w = writer(db, linger_s=0.0, busy_gap_s=30.0)
+    db.gate.clear()
+    first = asyncio.create_task(w.insert("t", ("id",), [(0,)]))
+    await settle()
+    rest = [asyncio.create_task(w.insert("t", ("id",), [(i,)])) for i in range(1, 5)]
+    await settle()
+    closing = asyncio.create_task(w.close())
+    await settle()
+    db.gate.set()
+    await asyncio.wait_for(closing, timeout=5.0)
+    await asyncio.gather(first, *rest)
+    assert [len(rows) for _, rows, _ in db.inserts] == [1, 4]
 
 
 async def test_queue_is_bounded_and_callers_past_it_wait() -> None:
