@@ -269,24 +269,35 @@ async def test_excluded_numbers_read_back_decrypted_and_sorted(channel: grpc.aio
     assert "ROLE_ADMIN" in (error.details() or "")
 
 
+async def every_page(
+    channel: grpc.aio.Channel, metadata: Metadata, listing: str, page_size: int, **kw: Any
+) -> list[Any]:
+    """Every row of ListLeads or ListContacts, page by page; each page but the last is full."""
+    request_cls, field = {
+        "ListLeads": (admin_pb2.ListLeadsRequest, "leads"),
+        "ListContacts": (admin_pb2.ListContactsRequest, "contacts"),
+    }[listing]
+    rpc = getattr(admin(channel), listing)
+    rows: list[Any] = []
+    token = ""
+    for _ in range(1000):
+        response = await rpc(
+            request_cls(page_size=page_size, page_token=token, **kw), metadata=metadata
+        )
+        page = list(getattr(response, field))
+        rows += page
+        token = response.next_page_token
+        if not token:
+            assert len(page) <= (page_size or 100)
+            return rows
+        assert len(page) == (page_size or 100)
+    raise AssertionError("paging did not end")
+
+
 async def list_leads(
     channel: grpc.aio.Channel, metadata: Metadata, page_size: int, **kw: Any
 ) -> list[admin_pb2.StoredLead]:
-    """Every lead of a listing, page by page; each page but the last is full."""
-    leads: list[admin_pb2.StoredLead] = []
-    token = ""
-    for _ in range(1000):
-        response = await admin(channel).ListLeads(
-            admin_pb2.ListLeadsRequest(page_size=page_size, page_token=token, **kw),
-            metadata=metadata,
-        )
-        leads += response.leads
-        token = response.next_page_token
-        if not token:
-            assert len(response.leads) <= (page_size or 100)
-            return leads
-        assert len(response.leads) == (page_size or 100)
-    raise AssertionError("paging did not end")
+    return await every_page(channel, metadata, "ListLeads", page_size, **kw)
 
 
 async def test_list_leads_pages_filters_and_first_calls(channel: grpc.aio.Channel) -> None:
@@ -499,21 +510,7 @@ async def test_list_leads_and_contacts_refuse_bad_pages_and_reports_keys(
 async def list_contacts(
     channel: grpc.aio.Channel, metadata: Metadata, page_size: int, **kw: Any
 ) -> list[admin_pb2.StoredContact]:
-    """Every contact of a listing, page by page; each page but the last is full."""
-    contacts: list[admin_pb2.StoredContact] = []
-    token = ""
-    for _ in range(1000):
-        response = await admin(channel).ListContacts(
-            admin_pb2.ListContactsRequest(page_size=page_size, page_token=token, **kw),
-            metadata=metadata,
-        )
-        contacts += response.contacts
-        token = response.next_page_token
-        if not token:
-            assert len(response.contacts) <= (page_size or 100)
-            return contacts
-        assert len(response.contacts) == (page_size or 100)
-    raise AssertionError("paging did not end")
+    return await every_page(channel, metadata, "ListContacts", page_size, **kw)
 
 
 async def test_list_contacts_newest_versions_without_deleted(channel: grpc.aio.Channel) -> None:
