@@ -91,7 +91,9 @@ class ByteBudget:
         if n < 0:
             raise ValueError(f"byte count must not be negative, got {n}")
         # A request larger than the whole budget would wait forever; it takes all of it instead.
-        return min(n, self._capacity)
+        # An empty one (an UploadRequest with no fields is 0 bytes) takes one byte: a device
+        # with batches in flight then always holds bytes, so each release finds what it took.
+        return min(max(n, 1), self._capacity)
 
     def fits_bytes(self, n: int) -> bool:
         """Whether ``n`` bytes fit under the byte capacity now (time admission aside)."""

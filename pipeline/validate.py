@@ -15,10 +15,10 @@ as the one "private" client (see ``pipeline/encode.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -272,14 +272,16 @@ def _check_enum(
     )
 
 
-def _strings(records: list[ingest_pb2.CallRecord], field: str) -> list[str]:
+# Any record message: a CallRecord, a Contact or a Telemetry sample.
+_Record: TypeAlias = ingest_pb2.CallRecord | ingest_pb2.Contact | ingest_pb2.Telemetry
+
+
+def _strings(records: Sequence[_Record], field: str) -> list[str]:
     # map(attrgetter) walks the records in C; a comprehension pays a Python frame step per record.
     return list(map(attrgetter(field), records))
 
 
-def _numbers(
-    records: list[ingest_pb2.CallRecord], field: str, dtype: type[np.generic]
-) -> npt.NDArray[Any]:
+def _numbers(records: Sequence[_Record], field: str, dtype: type[np.generic]) -> npt.NDArray[Any]:
     return np.fromiter(map(attrgetter(field), records), dtype=dtype, count=len(records))
 
 
@@ -296,7 +298,13 @@ _CALL_TEXT = (
 def validate_calls(batch: ingest_pb2.CallLogBatch, now_ms: int) -> Validated[CallColumns]:
     """Columns of a call batch and which calls pass the rules; ``now_ms`` is server time."""
     # One list() up front: iterating the repeated field itself re-wraps every message each time.
-    records = list(batch.records)
+    return validate_call_records(list(batch.records), now_ms)
+
+
+def validate_call_records(
+    records: list[ingest_pb2.CallRecord], now_ms: int
+) -> Validated[CallColumns]:
+    """``validate_calls`` of the records of one or more batches, one after another."""
     numbers = _strings(records, "number")
     cols = CallColumns(
         call_id=_strings(records, "call_id"),
@@ -403,7 +411,13 @@ def validate_contacts(
     """
     if now_ms is None:
         now_ms = SYSTEM_CLOCK.now_ms()
-    records = list(batch.records)
+    return validate_contact_records(list(batch.records), now_ms)
+
+
+def validate_contact_records(
+    records: list[ingest_pb2.Contact], now_ms: int
+) -> Validated[ContactColumns]:
+    """``validate_contacts`` of the records of one or more batches, one after another."""
     cols = ContactColumns(
         contact_id=[r.contact_id for r in records],
         name=[r.name for r in records],
@@ -427,29 +441,69 @@ def validate_telemetry(
     batch: ingest_pb2.TelemetryBatch, now_ms: int
 ) -> Validated[TelemetryColumns]:
     """Columns of a telemetry batch and which samples pass the rules; ``now_ms`` is server time."""
-    records = list(batch.records)
+    return validate_telemetry_records(list(batch.records), now_ms)
+
+
+def validate_telemetry_records(
+    records: list[ingest_pb2.Telemetry], now_ms: int
+) -> Validated[TelemetryColumns]:
+    """``validate_telemetry`` of the records of one or more batches, one after another."""
     cols = TelemetryColumns(
-        captured_at_ms=np.array([r.captured_at_ms for r in records], dtype=np.int64),
-        battery_pct=np.array([r.battery_pct for r in records], dtype=np.uint32),
-        charging=np.array([r.charging for r in records], dtype=np.bool_),
-        latitude=np.array([r.latitude for r in records], dtype=np.float64),
-        longitude=np.array([r.longitude for r in records], dtype=np.float64),
-        accuracy_m=np.array([r.accuracy_m for r in records], dtype=np.float32),
-        network=np.array([r.network for r in records], dtype=np.int32),
-        app_version=[r.app_version for r in records],
-        version_code=np.array([r.version_code for r in records], dtype=np.int64),
-        android_version=[r.android_version for r in records],
-        sdk_int=np.array([r.sdk_int for r in records], dtype=np.int32),
-        model=[r.model for r in records],
-        fcm_id=[r.fcm_id for r in records],
-        sim_ids=[list(r.sim_ids) for r in records],
+        captured_at_ms=_numbers(records, "captured_at_ms", np.int64),
+        battery_pct=_numbers(records, "battery_pct", np.uint32),
+        charging=_numbers(records, "charging", np.bool_),
+        latitude=_numbers(records, "latitude", np.float64),
+        longitude=_numbers(records, "longitude", np.float64),
+        accuracy_m=_numbers(records, "accuracy_m", np.float32),
+        network=_numbers(records, "network", np.int32),
+        app_version=_strings(records, "app_version"),
+        version_code=_numbers(records, "version_code", np.int64),
+        android_version=_strings(records, "android_version"),
+        sdk_int=_numbers(records, "sdk_int", np.int32),
+        model=_strings(records, "model"),
+        fcm_id=_strings(records, "fcm_id"),
+        sim_ids=[list(sims) for sims in map(attrgetter("sim_ids"), records)],
     )
-    rules = _Rules(len(records))
+    if _telemetry_looks_clean(cols, now_ms):
+        return Validated(cols, np.ones(len(records), dtype=np.bool_), [])
+    return _telemetry_rules(cols, now_ms)
+
+
+# The text fields of a telemetry sample and their caps, shared by the fast and the slow path.
+_TELEMETRY_TEXT = (
+    ("app_version", MAX_DEVICE_FIELD_BYTES),
+    ("android_version", MAX_DEVICE_FIELD_BYTES),
+    ("model", MAX_DEVICE_FIELD_BYTES),
+    ("fcm_id", MAX_FCM_ID_BYTES),
+)
+
+
+def _telemetry_looks_clean(cols: TelemetryColumns, now_ms: int) -> bool:
+    """The fast path, as for calls: every rule of ``_telemetry_rules`` as whole-column checks
+    (tests/unit/test_validate.py checks that the two agree on each rule's cases)."""
+    captured, lat, lon, network = cols.captured_at_ms, cols.latitude, cols.longitude, cols.network
+    return not (
+        any(_any_over(getattr(cols, field), limit) for field, limit in _TELEMETRY_TEXT)
+        or any(len(sims) > MAX_SIM_IDS or _any_over(sims, MAX_ID_BYTES) for sims in cols.sim_ids)
+        or (
+            (captured < MIN_TIME_MS)
+            | (captured > now_ms + MAX_FUTURE_MS)
+            | (cols.battery_pct > 100)
+            # Written as "not inside" so that NaN, which fails every comparison, is refused too.
+            | ~((lat >= -90.0) & (lat <= 90.0) & (lon >= -180.0) & (lon <= 180.0))
+            | (network < 0)
+            | (network > MAX_NETWORK_TYPE)
+        ).any()
+    )
+
+
+def _telemetry_rules(cols: TelemetryColumns, now_ms: int) -> Validated[TelemetryColumns]:
+    """The slow path: every rule, one reason for each sample that breaks one."""
+    rules = _Rules(len(cols.captured_at_ms))
     _check_time(rules, "captured_at_ms", cols.captured_at_ms, now_ms)
     battery = cols.battery_pct
     rules.check(battery > 100, lambda i: f"battery_pct {battery[i]} is over 100")
     lat, lon = cols.latitude, cols.longitude
-    # Written as "not inside" so that NaN, which fails every comparison, is refused too.
     rules.check(
         ~((lat >= -90.0) & (lat <= 90.0)),
         lambda i: f"latitude {lat[i]} is outside [-90, 90]",
@@ -463,8 +517,7 @@ def validate_telemetry(
         (network < 0) | (network > MAX_NETWORK_TYPE),
         lambda i: f"network {network[i]} is not a NetworkType (0-{MAX_NETWORK_TYPE})",
     )
-    for field in ("app_version", "android_version", "model"):
-        _check_text(rules, field, getattr(cols, field), MAX_DEVICE_FIELD_BYTES)
-    _check_text(rules, "fcm_id", cols.fcm_id, MAX_FCM_ID_BYTES)
+    for field, limit in _TELEMETRY_TEXT:
+        _check_text(rules, field, getattr(cols, field), limit)
     _check_lists(rules, "sim_ids", cols.sim_ids, MAX_SIM_IDS, MAX_ID_BYTES)
     return rules.result(cols)

@@ -81,6 +81,18 @@ async def test_an_oversized_request_is_clamped_to_capacity() -> None:
     assert budget.used == 0
 
 
+async def test_empty_requests_of_one_device_each_hold_a_byte() -> None:
+    # Two empty UploadRequests (0 bytes) of one device in flight at once: each release finds
+    # what its acquire took (it used to find the device gone after the first one).
+    budget = ByteBudget(100)
+    await budget.acquire(0, ("t", "d"))
+    assert budget.try_acquire(0, ("t", "d"))
+    assert budget.used == 2
+    budget.release(0, ("t", "d"))
+    budget.release(0, ("t", "d"))
+    assert budget.used == 0
+
+
 async def test_a_cancelled_waiter_lets_the_next_one_through() -> None:
     budget = ByteBudget(100)
     await budget.acquire(90)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
-from callsight.pipeline.encode import Decoded, NumberCodec, Source, decode
+from callsight.pipeline.encode import Decoded, NumberCodec, Source, decode, decode_many
 from callsight.pipeline.validate import BatchRejected
 from callsight.v1 import common_pb2, ingest_pb2
 
@@ -174,3 +174,52 @@ def test_duplicate_ids_in_one_batch_each_keep_their_version(
         record = records[index]
         assert decoded.keys[row] == "same"
         assert int(decoded.versions[row]) == (record.updated_at_ms or record.started_at_ms)
+
+
+# Senders of uploads decoded together: two devices of one tenant and region (one group), one in
+# another region and one of another tenant (groups of their own).
+_KEYRING = SOURCE.keyring
+SENDERS = [
+    SOURCE,
+    Source("tenant-a", "device-2", "employee-2", "IN", _KEYRING),
+    Source("tenant-a", "device-3", "employee-3", "US", _KEYRING),
+    Source("tenant-b", "device-4", "employee-4", "IN", Keyring(TenantCipher(2, new_data_key()))),
+]
+
+
+def _plain(decoded: Decoded, keyring: dict[str, Keyring]) -> list[dict[str, Any]]:
+    """The rows with every ciphertext decrypted (fresh encryptions differ in their nonces)."""
+    rows = decoded.rows.to_arrow().to_pylist()
+    for row in rows:
+        ring = keyring[row["tenant_id"]]
+        for name, value in row.items():
+            if name.endswith("_enc"):
+                row[name] = (
+                    [ring.decrypt(v) for v in value]
+                    if isinstance(value, list)
+                    else ring.decrypt(value)
+                )
+    return rows
+
+
+@FAST
+@given(st.lists(st.tuples(uploads(), st.integers(0, len(SENDERS) - 1)), max_size=8))
+def test_decoding_many_uploads_together_is_decoding_each_alone(
+    jobs: list[tuple[ingest_pb2.UploadRequest, int]],
+) -> None:
+    keyrings = {source.tenant_id: source.keyring for source in SENDERS}
+    together = decode_many([(request, SENDERS[s]) for request, s in jobs], CODEC, NOW)
+    assert len(together) == len(jobs)
+    for (request, s), result in zip(jobs, together, strict=True):
+        try:
+            alone = decode(request, SENDERS[s], CODEC, NOW)
+        except BatchRejected as refused:
+            assert isinstance(result, BatchRejected) and str(result) == str(refused)
+            continue
+        assert isinstance(result, Decoded)
+        check_accounted(result)
+        assert (result.table, result.size, result.errors) == (alone.table, alone.size, alone.errors)
+        assert result.indices.tolist() == alone.indices.tolist()
+        assert result.keys == alone.keys
+        assert result.versions.tolist() == alone.versions.tolist()
+        assert _plain(result, keyrings) == _plain(alone, keyrings)

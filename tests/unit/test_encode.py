@@ -18,6 +18,7 @@ from callsight.pipeline.encode import (
     Source,
     client_keys,
     decode,
+    decode_many,
 )
 from callsight.pipeline.ingest import erased_rows
 from callsight.pipeline.validate import MAX_BATCH_BYTES, MAX_RECORDS, BatchRejected
@@ -712,3 +713,35 @@ def test_erased_rows_are_the_calls_and_contacts_holding_an_erased_number(
         NOW,
     )
     assert erased_rows(contacts, erased).tolist() == [True, False]
+
+
+# --- many uploads at once -------------------------------------------------------------------
+
+
+def test_uploads_decoded_together_keep_their_senders_and_their_own_errors(
+    cipher: CountingCipher, codec: NumberCodec
+) -> None:
+    keyring = Keyring(cipher)
+    senders = [Source("tenant-a", f"device-{i}", f"employee-{i}", "IN", keyring) for i in range(3)]
+    sample = {"captured_at_ms": START, "battery_pct": 50, "network": 1}
+    uploads = [
+        (calls_request(call(), call(type=99), call()), senders[0]),
+        (telemetry_request(sample, sample), senders[1]),
+        (ingest_pb2.UploadRequest(seq=1), senders[2]),  # no payload: refused whole
+        (calls_request(call(number="x"), call()), senders[2]),
+        (telemetry_request({**sample, "battery_pct": 101}, sample), senders[0]),
+    ]
+    first, second, refused, third, fourth = decode_many(uploads, codec, NOW)
+    assert isinstance(refused, BatchRejected)
+    assert isinstance(first, Decoded) and isinstance(third, Decoded)
+    assert isinstance(second, Decoded) and isinstance(fourth, Decoded)
+    assert (first.size, first.indices.tolist(), first.keys) == (3, [0, 2], ["c0", "c2"])
+    assert first.errors == [(1, "type 99 is not a CallType (1-7)")]
+    assert column(first, "device_id") == ["device-0"] * 2
+    assert column(first, "employee_id") == ["employee-0"] * 2
+    assert (third.indices.tolist(), [i for i, _ in third.errors]) == ([1], [0])
+    assert column(third, "device_id") == ["device-2"]
+    assert column(third, "employee_id") == ["employee-2"]
+    assert column(second, "device_id") == ["device-1"] * 2
+    assert fourth.errors == [(0, "battery_pct 101 is over 100")]
+    assert column(fourth, "device_id") == ["device-0"]

@@ -482,3 +482,38 @@ def test_telemetry_at_its_caps_is_accepted() -> None:
         sim_ids=["s" * 128] * 8,
     )
     assert validate_telemetry(telemetry_batch(at_caps), NOW).errors == []
+
+
+TELEMETRY_REJECTS = [
+    {"captured_at_ms": Y2K - 1},
+    {"captured_at_ms": NOW + DAY + 1},
+    {"battery_pct": 101},
+    {"latitude": 90.5},
+    {"latitude": float("nan")},
+    {"longitude": float("-inf")},
+    {"network": 4},
+    {"network": -1},
+    {"model": "m" * 129},
+    {"app_version": EMOJI * 40},  # 40 characters, 160 bytes
+    {"android_version": "a" * 129},
+    {"fcm_id": "f" * 513},
+    {"sim_ids": ["s"] * 9},
+    {"sim_ids": ["s", EMOJI * 33]},
+]
+TELEMETRY_BOUNDARIES = [
+    {"captured_at_ms": Y2K},
+    {"captured_at_ms": NOW + DAY},
+    {"battery_pct": 100},
+    {"latitude": -90.0, "longitude": 180.0},
+    {"network": 3},
+    {"model": "m" * 128, "fcm_id": EMOJI * 128, "sim_ids": ["s" * 128] * 8},
+]
+
+
+@pytest.mark.parametrize("fields", [*TELEMETRY_REJECTS, *TELEMETRY_BOUNDARIES, {}])
+def test_telemetry_fast_path_and_slow_path_agree(fields: dict[str, Any]) -> None:
+    cols = validate_telemetry(telemetry_batch(sample(), sample(**fields)), NOW).columns
+    clean = validate._telemetry_looks_clean(cols, NOW)
+    slow = validate._telemetry_rules(cols, NOW)
+    assert clean == (slow.errors == []), (fields, slow.errors)
+    assert clean == (fields not in TELEMETRY_REJECTS)
