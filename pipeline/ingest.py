@@ -200,38 +200,41 @@ class Ingestor:
         decoded = await self._decoder.decode(request, source)
         self.stages.add("decode_wait", time.perf_counter() - waiting)
         table, tenant, device = decoded.table, source.tenant_id, source.device_id
-        loading = time.perf_counter()
-        await self.dedup.ensure_loaded(table, tenant, device)
-        self.stages.add("dedup_load", time.perf_counter() - loading)
-        self._check_open()
+        if not self.dedup.loaded(table, tenant, device):
+            loading = time.perf_counter()
+            await self.dedup.ensure_loaded(table, tenant, device)
+            self.stages.add("dedup_load", time.perf_counter() - loading)
+            self._check_open()
         # No await from here to record(): classification and recording are atomic.
         rows, keys, versions = decoded.rows, decoded.keys, decoded.versions.tolist()
-        erased = erased_rows(decoded, self.erasures.erased(tenant))
         policy = self.policies.in_force(tenant, source.employee_id)
-        # A record both erased and outside the policy counts as erased.
-        outside = policy_rows(decoded, policy.policy, self.policies.excluded(tenant)) & ~erased
-        dropped = int(np.count_nonzero(erased))
-        by_policy = int(np.count_nonzero(outside))
-        if dropped or by_policy:
-            # Never stored, never remembered: once the erasure is lifted (or the policy
-            # changed) a re-send is stored.
-            kept = ~(erased | outside)
-            rows = rows.filter(kept)
-            keys = [k for k, e in zip(keys, kept.tolist(), strict=True) if e]
-            versions = [v for v, e in zip(versions, kept.tolist(), strict=True) if e]
+        erasures = self.erasures.erased(tenant)
+        dropped = by_policy = 0
+        # Telemetry holds no numbers; calls and contacts are checked only where something could
+        # drop them.
+        if table != "telemetry" and (erasures or policy.policy is not None):
+            erased = erased_rows(decoded, erasures)
+            # A record both erased and outside the policy counts as erased.
+            excluded = self.policies.excluded(tenant)
+            outside = policy_rows(decoded, policy.policy, excluded) & ~erased
+            dropped = int(np.count_nonzero(erased))
+            by_policy = int(np.count_nonzero(outside))
+            if dropped or by_policy:
+                # Never stored, never remembered: once the erasure is lifted (or the policy
+                # changed) a re-send is stored.
+                kept = ~(erased | outside)
+                rows = rows.filter(kept)
+                keys = [k for k, e in zip(keys, kept.tolist(), strict=True) if e]
+                versions = [v for v, e in zip(versions, kept.tolist(), strict=True) if e]
         verdict = self.dedup.classify(table, tenant, device, keys, versions)
-        new = verdict.new_rows
-        stored = rows.filter(new)
-        futures = self.batcher.add(table, stored)
-        written = _all_of(futures)
-        self.dedup.record(
-            table,
-            tenant,
-            device,
-            [k for k, n in zip(keys, new, strict=True) if n],
-            [v for v, n in zip(versions, new, strict=True) if n],
-            written,
-        )
+        stored = rows
+        if not verdict.all_new:
+            new = verdict.new_rows
+            stored = rows.filter(new)
+            keys = [k for k, n in zip(keys, new, strict=True) if n]
+            versions = [v for v, n in zip(versions, new, strict=True) if n]
+        written = _all_of(self.batcher.add(table, stored)) if stored.num_rows else None
+        self.dedup.record(table, tenant, device, keys, versions, written)
         buffered = time.perf_counter()
         if written is not None:
             await asyncio.shield(written)
@@ -240,15 +243,15 @@ class Ingestor:
         self.stages.add("write", time.perf_counter() - buffered)
         ack_ms = self.clock.now_ms()
         if self.watch is not None and table == "calls":
-            outcomes = verdict.outcomes[new]
+            outcomes = verdict.outcomes[verdict.new_rows]
             self.watch.calls_acked(tenant, source.employee_id, stored, outcomes, ack_ms)
         return ingest_pb2.UploadAck(
             seq=request.seq,
             batch_id=request.batch_id,
             result=ingest_pb2.UPLOAD_RESULT_ACCEPTED,
-            accepted=verdict.count(Outcome.ACCEPTED),
-            updated=verdict.count(Outcome.UPDATED),
-            duplicates=verdict.count(Outcome.DUPLICATE) + dropped + by_policy,
+            accepted=verdict.counts[Outcome.ACCEPTED],
+            updated=verdict.counts[Outcome.UPDATED],
+            duplicates=verdict.counts[Outcome.DUPLICATE] + dropped + by_policy,
             rejected=len(decoded.errors),
             erased=dropped,
             dropped_by_policy=by_policy,

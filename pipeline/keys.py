@@ -47,6 +47,10 @@ class TenantKeys:
         self._epoch += 1
         self._keyrings.pop(tenant_id, None)
 
+    def cached(self, tenant_id: str) -> Keyring | None:
+        """The tenant's keyring if it is in memory (no await: ingest asks once per batch)."""
+        return self._keyrings.get(tenant_id)
+
     async def keyring(self, tenant_id: str) -> Keyring:
         """The tenant's keyring, newest key current; NotFound when the tenant has no key."""
         keyring = self._keyrings.get(tenant_id)

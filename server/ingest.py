@@ -247,7 +247,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             device_id=caller.device_id,
             employee_id=caller.employee_id,
             region=region,
-            keyring=await self._keys.keyring(caller.tenant_id),
+            keyring=self._keys.cached(caller.tenant_id)
+            or await self._keys.keyring(caller.tenant_id),
         )
 
     async def Upload(

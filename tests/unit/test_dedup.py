@@ -41,8 +41,9 @@ async def test_outcomes_against_stored_and_within_a_batch() -> None:
 
 
 async def test_outcomes_and_memory_follow_the_record_by_record_rule_over_many_batches() -> None:
-    # Batches mostly of distinct keys (classified as columns), some with repeats (record by
-    # record), checked against the rule itself: the newest version taken so far wins.
+    # Batches mostly of distinct keys (classified as columns when over SMALL_BATCH), some with
+    # repeats or small (record by record), checked against the rule itself: the newest version
+    # taken so far wins.
     rng = random.Random(3)
     stored = {f"k{i}": rng.randrange(1, 50) for i in range(0, 200, 3)}
     dedup = Deduplicator(Loader({"d": stored}))
@@ -68,6 +69,8 @@ async def test_outcomes_and_memory_follow_the_record_by_record_rule_over_many_ba
                 continue
             newest[key] = version
         assert [Outcome(o) for o in verdict.outcomes] == expected
+        assert verdict.counts == tuple(expected.count(o) for o in Outcome)
+        assert verdict.all_new == (Outcome.DUPLICATE not in expected)
         new = verdict.new_rows.tolist()
         dedup.record(
             "calls",
