@@ -114,6 +114,56 @@ class OpenStreams:
         return self._per_device.get(owner, 0)
 
 
+class IdleStreams:
+    """Ends streams that wait longer than ``idle_timeout_s`` for their next message.
+
+    One timer checks every waiting stream a few times per timeout, instead of a timeout armed and
+    disarmed around every message read (about 20 us of event-loop time per message at 1,500
+    messages/s). A stream is ended up to a quarter of the timeout (at most 1 s) late.
+    """
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        self._timeout_s = idle_timeout_s
+        self._waiting: dict[asyncio.Task[Any], float] = {}  # reader -> since (loop time)
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def next_message(self, messages: AsyncIterator[Any]) -> Any:
+        """``anext(messages)``; raises ``Unavailable`` once the stream sent nothing for too long."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = loop.time()
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._period_s, self._sweep)
+        try:
+            return await anext(messages)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
+            raise Unavailable(
+                f"no message on this stream for {self._timeout_s:g} s, so the server ended it "
+                "to free its slot; open a new stream when there is something to send"
+            ) from None
+        finally:
+            self._waiting.pop(task, None)
+
+    @property
+    def _period_s(self) -> float:
+        return min(1.0, self._timeout_s / 4)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        oldest = loop.time() - self._timeout_s
+        for task, since in list(self._waiting.items()):
+            if since <= oldest and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._sweeper = loop.call_later(self._period_s, self._sweep) if self._waiting else None
+
+
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """What devices call."""
 
@@ -143,6 +193,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._policies = policies
         self._limits = limits
         self.streams = OpenStreams(limits)
+        self._idle = IdleStreams(limits.idle_timeout_s)
         self._directory = directory
         self._hasher = hasher
         self._keys = keys
@@ -337,16 +388,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 # A free ack slot before the next message is read off the wire.
                 await slots.acquire()
                 try:
-                    async with asyncio.timeout(self._limits.idle_timeout_s):
-                        request = await anext(requests)
+                    request = await self._idle.next_message(requests)
                 except StopAsyncIteration:
                     return
-                except TimeoutError:
-                    raise Unavailable(
-                        f"no message on this stream for {self._limits.idle_timeout_s:g} s, so "
-                        "the server ended it to free its slot; open a new stream when there is "
-                        "something to send"
-                    ) from None
                 arrived = time.perf_counter()
                 source = await self._source()
                 resolved = time.perf_counter()
