@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -38,6 +39,8 @@ class RowChunk:
     schema: pa.Schema
     num_rows: int
     columns: tuple[Column, ...]
+    # ``nbytes()`` when already known (a slice's share of its whole chunk's), else -1.
+    known_nbytes: int = -1
 
     def filter(self, mask: npt.NDArray[np.bool_]) -> RowChunk:
         """The rows where ``mask`` is true, in order; the chunk itself when all are kept."""
@@ -53,11 +56,14 @@ class RowChunk:
         )
         return RowChunk(self.schema, len(picks), columns)
 
-    def slice(self, start: int, stop: int) -> RowChunk:
-        """Rows ``start`` to ``stop`` (numpy slices are views, list slices shallow copies)."""
-        start, stop, _ = slice(start, stop).indices(self.num_rows)
-        columns = tuple(values[start:stop] for values in self.columns)
-        return RowChunk(self.schema, max(stop - start, 0), columns)
+    def slice(self, start: int, stop: int, nbytes: int = -1) -> RowChunk:
+        """Rows ``start`` to ``stop`` (numpy slices are views, list slices shallow copies);
+        ``nbytes``, when given, is what the slice's ``nbytes()`` answers."""
+        rows = slice(start, stop)
+        start, stop, _ = rows.indices(self.num_rows)
+        # itemgetter in map slices every column in C: this runs for every batch of every phone.
+        columns = tuple(map(itemgetter(rows), self.columns))
+        return RowChunk(self.schema, max(stop - start, 0), columns, nbytes)
 
     def nbytes(self) -> int:
         """An estimate of the Arrow buffers these rows will take, cheap enough for every add.
@@ -66,6 +72,8 @@ class RowChunk:
         bytes: close for the ASCII ids and ciphertexts that fill them) plus an offset per value;
         list columns their items' sizes plus an offset per row.
         """
+        if self.known_nbytes >= 0:
+            return self.known_nbytes
         total = 0
         # By the values, not the schema: iterating a pa.Schema builds a Field per column.
         for values in self.columns:

@@ -486,6 +486,8 @@ def _split(decoded: Decoded, sizes: list[int]) -> list[Decoded]:
     starts = [0, *accumulate(sizes)]
     # Rows are in request order: each upload's rows are one run of them.
     cuts = np.searchsorted(decoded.indices, starts).tolist()
+    # Each upload's share of the rows' bytes, estimated once for all (the batcher's byte cap).
+    per_row = decoded.rows.nbytes() / max(decoded.rows.num_rows, 1)
     errors = decoded.errors
     e = 0
     parts = []
@@ -499,7 +501,7 @@ def _split(decoded: Decoded, sizes: list[int]) -> list[Decoded]:
             Decoded(
                 decoded.table,
                 stop - first,
-                decoded.rows.slice(lo, hi),
+                decoded.rows.slice(lo, hi, round(per_row * (hi - lo))),
                 decoded.indices[lo:hi] - first,
                 decoded.keys[lo:hi],
                 decoded.versions[lo:hi],
