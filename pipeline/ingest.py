@@ -1,6 +1,7 @@
 """The ingest pipeline, built from the sink backwards.
 
-    decode + validate -> normalise -> encrypt (encode.decode)
+    decode + validate -> normalise -> encrypt (encode.decode_many: every batch that arrived in
+      one event-loop turn together, DecodeQueue)
       -> deduplicate (dedup.Deduplicator)
       -> buffer per table, flush at rows / bytes / age (batcher.Batcher)
       -> write, at most N inserts in flight, retried with backoff (storage.writer)
