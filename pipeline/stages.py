@@ -16,8 +16,8 @@ import numpy as np
 STAGES = (
     "source",  # resolving the device's identity and keys
     "admit",  # waiting for buffer space and the device's fair turn
-    "decode_wait",  # waiting for the decode turn
-    "decode",  # decode, validate, normalise, encrypt
+    "decode_wait",  # from asking for its decode to having its rows (the loop turn's decode too)
+    "decode",  # its share of the loop turn's decode, validate, normalise, encrypt
     "dedup_load",  # loading the device's stored versions (first batch of a device)
     "write",  # from buffering the rows to the insert holding them returning
     "flush_queue",  # per flush: from the buffer being full or old to a writer taking it
