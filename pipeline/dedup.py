@@ -205,29 +205,22 @@ class Deduplicator:
         if len(keys) > SMALL_BATCH and len(set(keys)) == len(keys):
             return _classify_distinct(device, keys, versions)
         outcomes = [Outcome.ACCEPTED] * len(keys)
-        counts = [len(keys), 0, 0]
         waits: set[asyncio.Future[None]] = set()
         seen: dict[str, int] = {}  # versions taken earlier in this same batch
         for i, (key, version) in enumerate(zip(keys, versions, strict=True)):
             stored = seen.get(key, known.get(key))
             if stored is None:
-                pass
+                pass  # stays ACCEPTED
             elif version > stored:
                 outcomes[i] = Outcome.UPDATED
-                counts[Outcome.ACCEPTED] -= 1
-                counts[Outcome.UPDATED] += 1
             else:
                 outcomes[i] = Outcome.DUPLICATE
-                counts[Outcome.ACCEPTED] -= 1
-                counts[Outcome.DUPLICATE] += 1
                 pending = device.pending.get(key)
                 if pending is not None and not pending.done():
                     waits.add(pending)
                 continue
             seen[key] = int(version)
-        return Classification(
-            np.array(outcomes, dtype=np.uint8), tuple(waits), (counts[0], counts[1], counts[2])
-        )
+        return Classification.of(np.array(outcomes, dtype=np.uint8), waits)
 
     def record(
         self,

@@ -413,7 +413,7 @@ def decode(
             raise result
         finally:
             # The exception's traceback holds this frame: without the del, each refused batch
-            # would stay in memory until the next full garbage collection.
+            # would stay in memory until the cyclic garbage collector next runs.
             del result
     return result
 
@@ -437,7 +437,8 @@ def decode_many(
             kind = check_batch(request)
         except BatchRejected as refused:
             # Without its traceback: that holds this frame, and so ``results``, in a cycle that
-            # only a full garbage collection frees (a flood of refused batches grew by GBs).
+            # only the cyclic garbage collector frees, which the server runs rarely (a flood of
+            # refused batches grew by GBs).
             results[j] = refused.with_traceback(None)
             continue
         group = (kind, source.tenant_id, source.region, source.keyring)
@@ -471,9 +472,6 @@ class _Senders:
 
     @staticmethod
     def of(sources: list[Source], sizes: list[int]) -> _Senders:
-        if len(sources) == 1:
-            (source,), (n,) = sources, sizes
-            return _Senders(source, [source.device_id] * n, [source.employee_id] * n)
         return _Senders(
             sources[0],
             list(chain.from_iterable(map(repeat, (s.device_id for s in sources), sizes))),
@@ -491,7 +489,7 @@ def _split(decoded: Decoded, sizes: list[int]) -> list[Decoded]:
     errors = decoded.errors
     e = 0
     parts = []
-    for first, stop, lo, hi in zip(starts, starts[1:], cuts, cuts[1:], strict=False):
+    for (first, stop), (lo, hi) in zip(pairwise(starts), pairwise(cuts), strict=True):
         mine = []
         while e < len(errors) and errors[e][0] < stop:
             index, reason = errors[e]

@@ -54,7 +54,7 @@ from callsight.pipeline.encode import SCHEMAS, Decoded, NumberCodec, Source, dec
 from callsight.pipeline.policy import NoPolicies, PolicyBook, policy_rows
 from callsight.pipeline.settings import PipelineSettings
 from callsight.pipeline.stages import StageTimes
-from callsight.pipeline.validate import BatchRejected
+from callsight.pipeline.validate import BatchRejected, record_count
 from callsight.pipeline.watch import WatchHub
 from callsight.storage.writer import Sink
 from callsight.v1 import ingest_pb2
@@ -250,9 +250,9 @@ class Ingestor:
             seq=request.seq,
             batch_id=request.batch_id,
             result=ingest_pb2.UPLOAD_RESULT_ACCEPTED,
-            accepted=verdict.counts[Outcome.ACCEPTED],
-            updated=verdict.counts[Outcome.UPDATED],
-            duplicates=verdict.counts[Outcome.DUPLICATE] + dropped + by_policy,
+            accepted=verdict.count(Outcome.ACCEPTED),
+            updated=verdict.count(Outcome.UPDATED),
+            duplicates=verdict.count(Outcome.DUPLICATE) + dropped + by_policy,
             rejected=len(decoded.errors),
             erased=dropped,
             dropped_by_policy=by_policy,
@@ -300,7 +300,7 @@ class DecodeQueue:
                 job = waiting.popleft()
                 if not job[2].done():  # a cancelled waiter needs no decode
                     chunk.append(job)
-                    records += _records(job[0])
+                    records += record_count(job[0])
             if chunk:
                 self._decode(chunk)
         self._scheduled = bool(waiting)
@@ -324,11 +324,6 @@ class DecodeQueue:
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-
-def _records(request: ingest_pb2.UploadRequest) -> int:
-    kind = request.WhichOneof("payload")
-    return len(getattr(request, kind).records) if kind is not None else 0
 
 
 def erased_rows(decoded: Decoded, erased: AbstractSet[int]) -> npt.NDArray[np.bool_]:

@@ -71,6 +71,12 @@ class BatchRejected(InvalidArgument):
     """The whole batch is refused; nothing of it is taken. The message says what to fix."""
 
 
+def record_count(request: ingest_pb2.UploadRequest) -> int:
+    """How many records the request's payload holds (0 without a payload)."""
+    kind = request.WhichOneof("payload")
+    return 0 if kind is None else len(getattr(request, kind).records)
+
+
 def check_batch(request: ingest_pb2.UploadRequest) -> str:
     """Return the request's payload kind ("calls", "contacts" or "telemetry").
 
@@ -80,12 +86,7 @@ def check_batch(request: ingest_pb2.UploadRequest) -> str:
     kind = request.WhichOneof("payload")
     if kind is None:
         raise BatchRejected("UploadRequest has no payload: set calls, contacts or telemetry")
-    if kind == "calls":
-        count = len(request.calls.records)
-    elif kind == "contacts":
-        count = len(request.contacts.records)
-    else:
-        count = len(request.telemetry.records)
+    count = record_count(request)
     if count > MAX_RECORDS:
         raise BatchRejected(
             f"batch has {count} records; the limit is {MAX_RECORDS} per batch: split it"
