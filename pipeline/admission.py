@@ -6,6 +6,14 @@ over about ``smoothing_s``. Measuring in the queue's own unit, and only while th
 makes ``queued / rate`` the expected wait of a new batch (Little's law) whatever the record
 kind, and an idle spell does not read as a slow database.
 
+The measured rate is only what the queue allowed so far: below saturation the pipeline drains a
+longer queue faster (its fixed latencies, such as the flush age, do not grow), so when the load
+rises the limit climbs by about ``max_queue_s / wait`` per smoothing time until the database or
+the CPU is the bound. Smoothing over 0.1 s instead of 1 s let a 500-device backfill (2,000
+batches offered at once after a warm-up of small batches) pass 50k records/s after ~5 s instead
+of ~11 s: 40-42k instead of 29-33k records/s over its 15 s (three runs each); the bound on the
+queue is the same.
+
 A batch is admitted while ``(queued + its bytes) / rate`` stays under ``max_queue_s``. An empty
 queue always admits (so the rate can be measured and nothing deadlocks), and before the first
 measurement only the byte budget applies. The object is pure: no tasks, no waiting; the
@@ -30,8 +38,8 @@ class Admission:
         self,
         max_queue_s: float,
         clock: Callable[[], float] = time.monotonic,
-        smoothing_s: float = 1.0,
-        sample_s: float = 0.05,
+        smoothing_s: float = 0.1,
+        sample_s: float = 0.1,
     ) -> None:
         if not (max_queue_s > 0 and smoothing_s > 0 and sample_s > 0):
             raise ValueError("max_queue_s, smoothing_s and sample_s must be positive")

@@ -174,17 +174,17 @@ async def test_admission_by_time_refuses_before_the_byte_cap() -> None:
 async def test_a_waiter_held_by_time_is_admitted_as_the_queue_drains() -> None:
     budget, clock = await timed_budget(100_000)
     await budget.acquire(50_000)
-    waiter = asyncio.create_task(budget.acquire(20_000))
+    waiter = asyncio.create_task(budget.acquire(19_000))
     await settle()
     assert not waiter.done() and budget.waiting == 1
     clock.now += 0.1
-    budget.release(10_000)  # 40 kB + 20 kB is still over the target
+    budget.release(10_000)  # 40 kB + 19 kB would wait 0.59 s, over the target
     await settle()
     assert not waiter.done()
     clock.now += 0.1
-    budget.release(10_000)
+    budget.release(10_000)  # 30 kB + 19 kB: 0.49 s (not the boundary: the clock is a float)
     await asyncio.wait_for(waiter, 1)
-    assert budget.used == 50_000
+    assert budget.used == 49_000
 
 
 # --- fairness between devices and tenants ---------------------------------------------------
