@@ -35,6 +35,8 @@ log = structlog.get_logger("callsight.rpc")
 # request stream's duration is how long the device stayed connected, not slowness: a fleet ending
 # its streams together wrote 10,000 info lines (7% of the event loop while 10,000 phones synced).
 SLOW_MS = 1000.0
+# The longest a call arriving while the server starts waits for it to be ready.
+STARTUP_HOLD_S = 10.0
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Deserializer = Callable[[bytes], Any]
@@ -63,7 +65,7 @@ class CallsightInterceptor(grpc.aio.ServerInterceptor):
         call = _Call(method, time.perf_counter(), self._metrics, handler)
         try:
             if not self._ready.is_set():
-                raise Unavailable("the server is starting (migrations running); retry shortly")
+                await self._until_ready()
             metadata = {
                 k.lower(): v
                 for k, v in handler_call_details.invocation_metadata or ()
@@ -73,6 +75,17 @@ class CallsightInterceptor(grpc.aio.ServerInterceptor):
         except CallsightError as exc:
             return _refusal(handler, call, exc)
         return _wrap(handler, call)
+
+    async def _until_ready(self) -> None:
+        """Holds a call that arrived while the server starts until it is ready (for at most
+        STARTUP_HOLD_S), then UNAVAILABLE: a fleet reconnecting during a restart is served the
+        moment the server is ready instead of being refused and backing off further."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), STARTUP_HOLD_S)
+        except TimeoutError:
+            raise Unavailable(
+                "the server is starting (migrations running); retry shortly"
+            ) from None
 
 
 class _Call:
