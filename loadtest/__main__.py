@@ -2,7 +2,8 @@
 
 Subcommands: ``fleet`` (``loadtest.fleet``, run by ``loadtest.suite``), ``reports``
 (``loadtest.report_load``), ``ceilings`` (``loadtest.ceilings``), ``abuse`` (``loadtest.abuse``),
-``export`` and ``watch`` (``loadtest.export_load``), ``bench`` (``loadtest.suite``).
+``export`` and ``watch`` (``loadtest.export_load``), ``device-health``
+(``loadtest.device_health``), ``bench`` (``loadtest.suite``).
 Modules are imported only when their subcommand runs: ``reports`` needs nothing but the contract.
 """
 
@@ -45,6 +46,11 @@ SUBCOMMANDS = {
         "callsight.loadtest.export_load:add_watch_arguments",
         "callsight.loadtest.export_load:run_watch_command",
         "WatchSummary streams while devices upload: ack -> update staleness",
+    ),
+    "device-health": (
+        "callsight.loadtest.device_health:add_arguments",
+        "callsight.loadtest.device_health:run",
+        "DeviceHealth over a fleet's telemetry history: latest-sample table vs argMax",
     ),
     "bench": (
         "callsight.loadtest.suite:add_arguments",

@@ -2,10 +2,11 @@
 (``device_activity``, see ``storage.activity``) and its latest telemetry sample.
 
 One query reads a whole page: the page's devices from ``devices``, then, for those devices only,
-their activity (max over the rows every process wrote) and their latest sample (``argMax`` by
-``captured_at`` over ``telemetry``, a read of the primary index by device). Device health is the
-same query over every device of the tenant not revoked, keeping those with an issue: each issue is
-decided in SQL.
+their activity (max over the rows every process wrote) and their latest sample (``max`` over
+``telemetry_latest``, one row per device after merges, kept by a materialized view on
+``telemetry``). Device health is the same query over every device of the tenant not revoked,
+keeping those with an issue: each issue is decided in SQL; it reads one row per device, not the
+fleet's telemetry history.
 """
 
 from __future__ import annotations
@@ -53,15 +54,16 @@ LEFT JOIN
 ) AS a ON a.device_id = p.device_id
 LEFT JOIN
 (
-    SELECT device_id, toUnixTimestamp64Milli(max(captured_at)) AS telemetry_at_ms,
-        argMax(battery_pct, captured_at) AS battery_pct,
-        argMax(charging, captured_at) AS charging,
-        argMax(network, captured_at) AS network,
-        argMax(app_version, captured_at) AS app_version,
-        argMax(android_version, captured_at) AS android_version
-    FROM telemetry
-    WHERE tenant_id = {tenant:String} AND device_id IN (SELECT device_id FROM page)
-    GROUP BY device_id
+    SELECT device_id, toUnixTimestamp64Milli(latest.1) AS telemetry_at_ms,
+        latest.2 AS battery_pct, latest.3 AS charging, latest.4 AS network,
+        latest.5 AS app_version, latest.6 AS android_version
+    FROM
+    (
+        SELECT device_id, max(latest) AS latest
+        FROM telemetry_latest
+        WHERE tenant_id = {tenant:String} AND device_id IN (SELECT device_id FROM page)
+        GROUP BY device_id
+    )
 ) AS tm ON tm.device_id = p.device_id
 """
 
