@@ -7,10 +7,7 @@ report functions of now must give the same numbers and names, counts and totals.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -57,11 +54,8 @@ SELECT device_id, call_id, number_enc, name_enc FROM calls FINAL WHERE tenant_id
 
 
 @pytest.fixture
-async def db(data_dir: Path) -> AsyncIterator[Database]:
-    database = Database(f"chdb://{data_dir / 'clickhouse'}", f"migration_{secrets.token_hex(4)}")
-    yield database
-    await database.command(f"DROP DATABASE IF EXISTS {database.name}")
-    database.close()
+def db(empty_db: Database) -> Database:
+    return empty_db  # not the session's migrated database: this test migrates its own
 
 
 def _ms(ms: int) -> datetime:

@@ -3,10 +3,7 @@ ciphertext columns are there (empty for old rows), and coordinates are coarsened
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -18,11 +15,8 @@ NOW = datetime.now(UTC).replace(microsecond=0)  # inside the telemetry TTL
 
 
 @pytest.fixture
-async def db(data_dir: Path) -> AsyncIterator[Database]:
-    database = Database(f"chdb://{data_dir / 'clickhouse'}", f"sealed_{secrets.token_hex(4)}")
-    yield database
-    await database.command(f"DROP DATABASE IF EXISTS {database.name}")
-    database.close()
+def db(empty_db: Database) -> Database:
+    return empty_db  # not the session's migrated database: this test migrates its own
 
 
 async def _columns(db: Database, table: str) -> set[str]:

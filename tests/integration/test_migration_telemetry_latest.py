@@ -4,10 +4,7 @@ order and in any insert."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -23,11 +20,8 @@ COLUMNS += ["app_version", "android_version"]
 
 
 @pytest.fixture
-async def db(data_dir: Path) -> AsyncIterator[Database]:
-    database = Database(f"chdb://{data_dir / 'clickhouse'}", f"latest_{secrets.token_hex(4)}")
-    yield database
-    await database.command(f"DROP DATABASE IF EXISTS {database.name}")
-    database.close()
+def db(empty_db: Database) -> Database:
+    return empty_db  # not the session's migrated database: this test migrates its own
 
 
 def _sample(device: str, at_s: int, battery: int, version: str) -> tuple[object, ...]:
