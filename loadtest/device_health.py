@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import operator
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from clickhouse_connect.driver.client import Client
 
 from callsight.server import logs
 from callsight.storage import device_status
@@ -63,13 +63,6 @@ def by_history(status: str) -> str:
     return status[:start] + _BY_HISTORY
 
 
-async def _insert(db: Database, table: str, rows: pa.Table) -> None:
-    def insert(client: Client) -> None:
-        client.insert_arrow(table, rows, database=db.name)
-
-    await db.run(insert)
-
-
 async def _fill(db: Database, devices: int, samples: int, now_ms: int) -> None:
     ids = [f"device-{i:06d}" for i in range(devices)]
     enrolled = pa.table(
@@ -81,7 +74,7 @@ async def _fill(db: Database, devices: int, samples: int, now_ms: int) -> None:
             "version": pa.array([1] * devices, pa.uint64()),
         }
     )
-    await _insert(db, "devices", enrolled)
+    await db.run(operator.methodcaller("insert_arrow", "devices", enrolled))
     rng = np.random.default_rng(1)
     for first in range(0, samples, INSERT_SAMPLES):
         count = min(INSERT_SAMPLES, samples - first)
@@ -95,7 +88,7 @@ async def _fill(db: Database, devices: int, samples: int, now_ms: int) -> None:
                 "app_version": pa.array(["3.1.0"] * (devices * count)),
             }
         )
-        await _insert(db, "telemetry", rows)
+        await db.run(operator.methodcaller("insert_arrow", "telemetry", rows))
 
 
 async def _time(db: Database, now_ms: int) -> tuple[float, int]:
