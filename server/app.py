@@ -27,6 +27,7 @@ from callsight.pipeline.keys import TenantKeys
 from callsight.pipeline.limits import MAX_BATCH_BYTES
 from callsight.pipeline.paging import PageTokens
 from callsight.pipeline.watch import WatchHub
+from callsight.server.accept import Acceptors, MethodHandlers
 from callsight.server.admin import AdminServicer
 from callsight.server.admin_export import ExportBounds
 from callsight.server.auth import Authenticator, TokenHasher
@@ -237,6 +238,7 @@ class Service:
         self._db: Database | None = None
         self._report_db: Database | None = None
         self._server: grpc.aio.Server | None = None
+        self._acceptors: Acceptors | None = None
         self._health = health.aio.HealthServicer()
         self._identities: Identities | None = None
         self._group_writer: GroupWriter | None = None
@@ -328,10 +330,8 @@ class Service:
         identities.on_shred(activity.forget_tenant)
         identities.on_shred(ingestor.dedup.forget_tenant)
 
-        server = grpc.aio.server(
-            interceptors=[CallsightInterceptor(authenticator, self._ready, metrics.rpcs)],
-            options=grpc_options(self.config),
-        )
+        interceptors = [CallsightInterceptor(authenticator, self._ready, metrics.rpcs)]
+        server = grpc.aio.server(interceptors=interceptors, options=grpc_options(self.config))
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(
                 directory,
@@ -369,6 +369,10 @@ class Service:
             metrics=metrics.acks,
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
+        # Phones open streams and enroll by the thousand: more than one accept at a time.
+        ingest_handlers = MethodHandlers()
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, ingest_handlers.as_server())
+        self._acceptors = Acceptors(server, ingest_handlers.handlers, interceptors)
         metrics.read_state(ingestor, ingest.streams)
         report_pb2_grpc.add_ReportServiceServicer_to_server(
             ReportServicer(
@@ -394,6 +398,7 @@ class Service:
         self.port = self._bind(server)
         self._server = server
         await server.start()
+        self._acceptors.start()
         log.info(
             "listening",
             port=self.port,
@@ -466,6 +471,9 @@ class Service:
                 await self.ingestor.close(self.config.grace_period_s)
             await stopping
             self._server = None
+        if self._acceptors is not None:
+            await self._acceptors.stop()
+            self._acceptors = None
         for task in (
             self._refresher,
             self._policy_refresher,
