@@ -14,7 +14,8 @@ its own spawned server, one after another (they would share the cores):
   after merges from a child process, and the ceilings on the fleet's own batches;
 * steady (``--scenarios``): 10,000 phones syncing every 20 s, enrolled through the API, the
   server SIGKILLed and restarted half-way (a restart storm), verified;
-* small: 1,000 phones syncing every second (1-20 records a batch), past saturation.
+* small: 1,000 phones syncing every second (1-20 records a batch), about 1,040 batches/s; the
+  ack p99 target is 500 ms when the server takes what is offered, 2 s when it is saturated.
 
 It writes ``loadtest/results/latest.json``: the backfill's ``fleet`` keys, ``reports``,
 ``machine``, ``suite``, ``scenarios`` (each run's figures) and ``targets`` (each figure next to
@@ -352,7 +353,8 @@ def _steady(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], boo
 
 
 def _small(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], bool]:
-    """1,000 phones syncing every second with calls and telemetry: past saturation on 2 cores."""
+    """1,000 phones syncing every second with calls and telemetry; saturated or not is measured
+    (taken < 95% of offered), and picks the ack p99 target."""
     name = "small"
     devices, duration = args.small_devices, args.small_duration
     say(f"scenario {name}: {devices:,} devices syncing every second for {duration:.0f} s")
