@@ -87,6 +87,9 @@ SERVICES = tuple(
 # stream. The limit puts every message in flight under a known size, so memory is bounded by
 # the open calls (--max-streams, --max-streams-per-connection) times it.
 MAX_MESSAGE_BYTES = MAX_BATCH_BYTES + 64 * 1024
+# What a fleet calls by the thousand at once (streams, uploads, enrollment, and the enrollment
+# code each phone needs): these are taken off gRPC's queue several at a time (server/accept.py).
+BUSY_METHODS = ("/callsight.v1.IngestService/", "/callsight.v1.AdminService/CreateEnrollment")
 # How often the time batches spent per ingest stage is logged (while batches flow).
 STAGE_LOG_EVERY_S = 10.0
 
@@ -332,24 +335,21 @@ class Service:
 
         interceptors = [CallsightInterceptor(authenticator, self._ready, metrics.rpcs)]
         server = grpc.aio.server(interceptors=interceptors, options=grpc_options(self.config))
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(
-                directory,
-                keys,
-                hasher,
-                db,
-                self._clock,
-                PageTokens(master_key),
-                erase_settle_s=self.config.directory_refresh_s
-                + self.config.batch_max_age_ms / 1000,
-                key_uses=key_uses,
-                policies=policy_messages,
-                activity=activity,
-                exports=ExportBounds(report_db, report_quota),
-                webhooks=webhooks,
-            ),
-            server,
+        admin = AdminServicer(
+            directory,
+            keys,
+            hasher,
+            db,
+            self._clock,
+            PageTokens(master_key),
+            erase_settle_s=self.config.directory_refresh_s + self.config.batch_max_age_ms / 1000,
+            key_uses=key_uses,
+            policies=policy_messages,
+            activity=activity,
+            exports=ExportBounds(report_db, report_quota),
+            webhooks=webhooks,
         )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
         ingest = IngestServicer(
             directory,
             hasher,
@@ -369,10 +369,14 @@ class Service:
             metrics=metrics.acks,
         )
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
-        # Phones open streams and enroll by the thousand: more than one accept at a time.
-        ingest_handlers = MethodHandlers()
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, ingest_handlers.as_server())
-        self._acceptors = Acceptors(server, ingest_handlers.handlers, interceptors)
+        hot = MethodHandlers()
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, hot.as_server())
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, hot.as_server())
+        self._acceptors = Acceptors(
+            server,
+            {m: h for m, h in hot.handlers.items() if m.startswith(BUSY_METHODS)},
+            interceptors,
+        )
         metrics.read_state(ingestor, ingest.streams)
         report_pb2_grpc.add_ReportServiceServicer_to_server(
             ReportServicer(

@@ -13,6 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from callsight.server.accept import Acceptors, MethodHandlers, _missing
+from callsight.server.app import BUSY_METHODS
+from callsight.v1 import admin_pb2, ingest_pb2
 
 SERVICE = "test.Echo"
 METHOD = f"/{SERVICE}/Stream"
@@ -45,7 +47,9 @@ class _NeedsToken(grpc.aio.ServerInterceptor):
         if ("token", "yes") in tuple(details.invocation_metadata or ()):
             return await continuation(details)
 
-        async def refuse(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        async def refuse(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token")
 
         return grpc.stream_stream_rpc_method_handler(refuse)
@@ -123,3 +127,18 @@ async def test_a_grpcio_without_the_private_names_falls_back_with_a_warning() ->
     ]
     assert acceptors._loops == []
     await acceptors.stop()
+
+
+def test_the_busy_methods_name_methods_of_the_contract() -> None:
+    # A misspelt name would leave its method to grpc's one accept at a time, silently.
+    methods = [
+        f"/{service.full_name}/{method.name}"
+        for module in (admin_pb2, ingest_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+    for busy in BUSY_METHODS:
+        assert any(m.startswith(busy) for m in methods), busy
+    assert f"/{ingest_pb2.DESCRIPTOR.services_by_name['IngestService'].full_name}/Stream" in [
+        m for m in methods if m.startswith(BUSY_METHODS)
+    ]
