@@ -14,7 +14,8 @@ accept at a time took 339-569 new streams/s, eight more accepts per method 956-9
 runs the calls they receive exactly as grpc.aio's own accept loop does (the same handler lookup,
 interceptors and cancellation handling, from grpc's Cython module). Those are grpc's private
 names: grpcio is pinned, and where one is missing ``Acceptors`` logs a warning and leaves
-accepting to grpc alone (correct, only slower).
+accepting to grpc alone (correct, only slower). Calls taken here do not count against grpc's own
+``maximum_concurrent_rpcs`` limiter; callsight does not set it (it bounds streams itself).
 """
 
 from __future__ import annotations
