@@ -87,8 +87,6 @@ class Acceptors:
         while core.is_running():
             try:
                 state = await core._request_registered_call(key)
-            except asyncio.CancelledError:
-                raise
             except Exception:  # the server shutting down fails the requests it still holds
                 return
             self.accepted += 1
@@ -120,18 +118,22 @@ def _missing(core: Any) -> list[str]:
 
 
 class MethodHandlers:
-    """Collects the handlers a generated ``add_*Servicer_to_server`` function registers."""
+    """Passes a generated ``add_*Servicer_to_server`` function's registration on to the server,
+    keeping the handlers it registers by method, so each servicer is registered once."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
         self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        """The same handlers again, as one generic handler: nothing to keep."""
+        """Registers them with the server (the same handlers as one generic handler)."""
+        self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
-        """Keeps each handler under its fully qualified method name."""
+        """Registers them with the server and keeps each under its fully qualified name."""
+        self._server.add_registered_method_handlers(service, handlers)
         self.handlers.update({f"/{service}/{name}": h for name, h in handlers.items()})
 
     def as_server(self) -> grpc.aio.Server:

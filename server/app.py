@@ -349,7 +349,9 @@ class Service:
             exports=ExportBounds(report_db, report_quota),
             webhooks=webhooks,
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+        # Registered through the collector, which keeps the handlers of the busy methods below.
+        registered = MethodHandlers(server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, registered.as_server())
         ingest = IngestServicer(
             directory,
             hasher,
@@ -368,13 +370,10 @@ class Service:
             webhooks=webhooks.events,
             metrics=metrics.acks,
         )
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
-        hot = MethodHandlers()
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, hot.as_server())
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, hot.as_server())
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, registered.as_server())
         self._acceptors = Acceptors(
             server,
-            {m: h for m, h in hot.handlers.items() if m.startswith(BUSY_METHODS)},
+            {m: h for m, h in registered.handlers.items() if m.startswith(BUSY_METHODS)},
             interceptors,
         )
         metrics.read_state(ingestor, ingest.streams)

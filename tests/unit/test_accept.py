@@ -58,10 +58,11 @@ class _NeedsToken(grpc.aio.ServerInterceptor):
 async def _serve(per_method: int) -> tuple[grpc.aio.Server, Acceptors, int]:
     interceptors = [_NeedsToken()]
     server = grpc.aio.server(interceptors=interceptors)
-    server.add_registered_method_handlers(SERVICE, HANDLERS)
-    port = server.add_insecure_port("127.0.0.1:0")
-    collected = MethodHandlers()
+    # Registered only through the collector: the calls below are served only if it passes the
+    # handlers on.
+    collected = MethodHandlers(server)
     collected.as_server().add_registered_method_handlers(SERVICE, HANDLERS)
+    port = server.add_insecure_port("127.0.0.1:0")
     acceptors = Acceptors(server, collected.handlers, interceptors, per_method=per_method)
     await server.start()
     acceptors.start()
@@ -79,10 +80,12 @@ async def _call(channel: grpc.aio.Channel, payload: bytes, token: bool) -> bytes
     return reply
 
 
-def test_the_handlers_of_a_generated_registration_are_collected() -> None:
-    collected = MethodHandlers()
+async def test_the_handlers_of_a_generated_registration_are_collected() -> None:
+    server = grpc.aio.server()
+    collected = MethodHandlers(server)
     collected.as_server().add_registered_method_handlers(SERVICE, HANDLERS)
     assert collected.handlers == {METHOD: HANDLERS["Stream"]}
+    await server.stop(None)
 
 
 async def test_calls_taken_by_the_extra_loops_are_served_and_intercepted() -> None:
