@@ -76,6 +76,28 @@ def test_the_rate_follows_a_slower_database_smoothly() -> None:
     assert rates[-1] == pytest.approx(100_000, rel=0.1)
 
 
+def test_one_slow_insert_does_not_read_as_a_slow_database() -> None:
+    """Falls are followed over fall_smoothing_s, rises over smoothing_s (the defaults)."""
+    clock = FakeClock()
+    admission = Admission(1.0, clock)
+    admission.busy()
+    for _ in range(20):
+        clock.now += 0.1
+        admission.drained(100_000, empty=False)  # 1 MB/s
+    assert admission.rate == pytest.approx(1_000_000, rel=0.01)
+    clock.now += 0.4  # one insert took 400 ms: one release in 0.4 s
+    admission.drained(100_000, empty=False)
+    clock.now += 0.1  # the sample holding the slow spell closes at the next release
+    admission.drained(100_000, empty=False)
+    assert admission.rate is not None
+    # The 250 kB/s sample moved the rate by a third of the way, not most of it.
+    assert 0.65e6 < admission.rate < 0.8e6
+    for _ in range(3):  # back to 1 MB/s: followed within a few samples
+        clock.now += 0.1
+        admission.drained(100_000, empty=False)
+    assert admission.rate > 0.95e6
+
+
 def test_releases_at_one_instant_are_pooled_into_one_sample() -> None:
     clock = FakeClock()
     admission = Admission(0.5, clock, sample_s=0.1)
