@@ -349,7 +349,7 @@ class Service:
             exports=ExportBounds(report_db, report_quota),
             webhooks=webhooks,
         )
-        # Registered through the collector, which keeps the handlers of the busy methods below.
+        # Registered through MethodHandlers, which keeps the handlers of the busy methods below.
         registered = MethodHandlers(server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, registered.as_server())
         ingest = IngestServicer(
