@@ -24,9 +24,21 @@ ninth, a run's first window, 450 ms), and the phones' ack p99 over the run was 1
 0.86 / 0.82 s against 1.77 / 1.07 / 1.20 / 1.16 s (alternating runs, the last two pairs with
 one client process). A database that really got slower is followed within about two seconds.
 
-A batch is admitted while ``(queued + its bytes) / rate`` stays under ``max_queue_s``. An empty
-queue always admits (so the rate can be measured and nothing deadlocks), and before the first
-measurement only the byte budget applies. The object is pure: no tasks, no waiting; the
+A rate measured on a trickle is a rate of arrivals, not of what the server can take: the limit
+it gives can be a fraction of one full batch (3.9 kB/s after a warm-up of one-record batches,
+then 35 kB batches of 500 calls arrived). Climbing from there by ~4x per smoothing step held the
+first full batches of a paced fleet (56 phones, 500-call batches, ~9k calls/s, a sixth of what
+the server takes) for up to 0.4-0.65 s (admission p99 of its first 10 s; 0.2 ms in the next
+10 s). So the queue may always hold ``min_queue_bytes`` (256 KiB): a handful of full batches,
+and well under a second of the smallest batches at the rate a saturated server drains them
+(~3,000 batches of 1-2 records a second). With it that fleet's first 10 s show admission p99
+0.2-0.3 ms (was 414-561 ms) and its ack p99 over 20 s is 283-295 ms (was 790-1,032 ms), two
+alternating runs each.
+
+A batch is admitted while ``(queued + its bytes) / rate`` stays under ``max_queue_s`` or the
+queue stays within ``min_queue_bytes``. An empty queue always admits (so the rate can be
+measured and nothing deadlocks), and before the first measurement only the byte budget
+applies. The object is pure: no tasks, no waiting; the
 ``ByteBudget`` consults it and wakes its waiters on every release.
 """
 
@@ -51,12 +63,16 @@ class Admission:
         smoothing_s: float = 0.1,
         sample_s: float = 0.1,
         fall_smoothing_s: float = 1.0,
+        min_queue_bytes: int = 256 << 10,
     ) -> None:
         if not (max_queue_s > 0 and smoothing_s > 0 and sample_s > 0 and fall_smoothing_s > 0):
             raise ValueError(
                 "max_queue_s, smoothing_s, fall_smoothing_s and sample_s must be positive"
             )
+        if min_queue_bytes < 0:
+            raise ValueError("min_queue_bytes must not be negative")
         self.max_queue_s = max_queue_s
+        self.min_queue_bytes = min_queue_bytes
         self._clock = clock
         self._smoothing_s = smoothing_s
         self._fall_smoothing_s = fall_smoothing_s
@@ -104,14 +120,15 @@ class Admission:
         return queued / self._rate if self._rate > 0 else math.inf
 
     def limit_bytes(self) -> float | None:
-        """The bytes that drain within the target at the measured rate; None before one."""
+        """The bytes the queue may hold: what drains within the target at the measured rate,
+        at least ``min_queue_bytes``; None before a measurement."""
         if self._rate is None:
             return None
-        return self._rate * self.max_queue_s
+        return max(self._rate * self.max_queue_s, self.min_queue_bytes)
 
     def allows(self, queued: int, n: int) -> bool:
         """Whether a batch of ``n`` bytes may join ``queued`` bytes now."""
-        if queued == 0:
+        if queued == 0 or queued + n <= self.min_queue_bytes:
             return True
         wait = self.wait_s(queued + n)
         return wait is None or wait <= self.max_queue_s

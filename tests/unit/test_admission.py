@@ -15,10 +15,15 @@ class FakeClock:
         return self.now
 
 
-def measured(rate: float, max_queue_s: float = 0.5) -> tuple[Admission, FakeClock]:
-    """An admission that saw ``rate`` bytes/s drained for a second, then went idle."""
+def measured(
+    rate: float, max_queue_s: float = 0.5, min_queue_bytes: int = 0
+) -> tuple[Admission, FakeClock]:
+    """An admission that saw ``rate`` bytes/s drained for a second, then went idle (no floor on
+    the queue unless ``min_queue_bytes``)."""
     clock = FakeClock()
-    admission = Admission(max_queue_s, clock, smoothing_s=1.0, sample_s=0.1)
+    admission = Admission(
+        max_queue_s, clock, smoothing_s=1.0, sample_s=0.1, min_queue_bytes=min_queue_bytes
+    )
     admission.busy()
     for _ in range(10):
         clock.now += 0.1
@@ -50,6 +55,28 @@ def test_an_empty_queue_always_admits_so_nothing_deadlocks() -> None:
     admission, _ = measured(1_000)
     assert not admission.allows(1, 10_000)
     assert admission.allows(0, 10_000_000)
+
+
+def test_a_rate_measured_on_a_trickle_still_lets_a_few_full_batches_queue() -> None:
+    """After one-record batches drained at ~4 kB/s, 35 kB batches: the rate alone would hold
+    the second one (9 s of queue); the floor lets a few in, and time rules beyond it."""
+    admission, _ = measured(4_000, max_queue_s=1.0, min_queue_bytes=256 << 10)
+    assert admission.limit_bytes() == 256 << 10
+    assert admission.allows(35_000, 35_000)
+    assert admission.allows(6 * 35_000, 35_000)  # 245,000 bytes: within 256 KiB
+    assert not admission.allows(7 * 35_000, 35_000)  # 280,000 bytes: 70 s at 4 kB/s
+
+
+def test_the_floor_is_the_default_and_time_rules_above_it() -> None:
+    clock = FakeClock()
+    admission = Admission(1.0, clock, sample_s=0.1)
+    assert admission.min_queue_bytes == 256 << 10
+    admission.busy()
+    for _ in range(5):
+        clock.now += 0.1
+        admission.drained(100_000, empty=False)  # 1 MB/s: the limit is 1 MB, above the floor
+    assert admission.allows(900_000, 100_000)
+    assert not admission.allows(900_000, 100_001)
 
 
 def test_idle_time_does_not_count_as_a_slow_drain() -> None:
@@ -121,3 +148,5 @@ def test_retry_after_is_the_wait_beyond_the_target_within_bounds() -> None:
 def test_targets_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Admission(0, FakeClock())
+    with pytest.raises(ValueError):
+        Admission(1.0, FakeClock(), min_queue_bytes=-1)

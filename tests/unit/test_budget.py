@@ -143,9 +143,11 @@ class FakeClock:
 
 
 async def timed_budget(rate: int, min_share: int = 1 << 20) -> tuple[ByteBudget, FakeClock]:
-    """A 1 MB budget whose admission measured ``rate`` bytes/s, with a 0.5 s target."""
+    """A 1 MB budget whose admission measured ``rate`` bytes/s, with a 0.5 s target and no
+    floor on the queue."""
     clock = FakeClock()
-    budget = ByteBudget(1_000_000, Admission(0.5, clock, sample_s=0.1), min_share)
+    admission = Admission(0.5, clock, sample_s=0.1, min_queue_bytes=0)
+    budget = ByteBudget(1_000_000, admission, min_share)
     for _ in range(3):  # drain at ``rate``: three samples of 0.1 s
         await budget.acquire(rate // 10)
         clock.now += 0.1
