@@ -452,7 +452,15 @@ def _paced(
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m callsight.loadtest bench``: 0 when all was acked, verified and answered."""
+    """``python -m callsight.loadtest bench``: 0 when all was acked, verified and answered;
+    2 for an unknown scenario."""
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        print(
+            f"error: unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
     started_at = datetime.now(UTC)
     host = machine()
     reports: dict[str, Any] | None = None
