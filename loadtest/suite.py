@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.metadata
 import math
 import os
@@ -513,11 +514,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     scenarios: dict[str, Any] = {name: {"footprint": stored}}
     ok = True
-    if "paced" in args.scenarios:
-        scenarios["paced"], more, passed = _paced(args, data["records_per_s"])
-        targets += more
-        ok = ok and passed
-    for extra, scenario in (("steady", _steady), ("small", _small)):
+    paced = functools.partial(_paced, backfill_records_per_s=data["records_per_s"])
+    for extra, scenario in (("paced", paced), ("steady", _steady), ("small", _small)):
         if extra in args.scenarios:
             scenarios[extra], more, passed = scenario(args)
             targets += more

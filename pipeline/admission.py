@@ -38,8 +38,8 @@ alternating runs each.
 A batch is admitted while ``(queued + its bytes) / rate`` stays under ``max_queue_s`` or the
 queue stays within ``min_queue_bytes``. An empty queue always admits (so the rate can be
 measured and nothing deadlocks), and before the first measurement only the byte budget
-applies. The object is pure: no tasks, no waiting; the
-``ByteBudget`` consults it and wakes its waiters on every release.
+applies. The object is pure: no tasks, no waiting; the ``ByteBudget`` consults it and wakes its
+waiters on every release.
 """
 
 from __future__ import annotations
