@@ -146,7 +146,12 @@ class Usage:
 
 
 class ProcessSampler:
-    """Samples a process's RSS every ``interval_s`` in a thread; CPU time is taken at the ends."""
+    """Samples a process's RSS every ``interval_s`` in a thread; CPU time is taken at the ends.
+
+    Both count the process's children too (the server's decode workers): RSS summed over the
+    tree at each sample, CPU over the processes alive at each end (a child that exited between
+    samples is missed).
+    """
 
     def __init__(self, pid: int, interval_s: float = 0.2) -> None:
         self._process = psutil.Process(pid)
@@ -157,15 +162,32 @@ class ProcessSampler:
         self._peak_rss = 0
         self._samples = 0
 
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self._process, *self._process.children(recursive=True)]
+        except psutil.Error:
+            return [self._process]
+
     def _cpu(self) -> float:
-        times = self._process.cpu_times()
-        return float(times.user + times.system)
+        total = 0.0
+        for process in self._tree():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue  # exited since it was listed
+            total += times.user + times.system
+        return total
 
     def _sample(self) -> None:
         try:
             rss = int(self._process.memory_info().rss)
         except psutil.Error:
             return  # the process is gone; keep what was seen
+        for child in self._tree()[1:]:
+            try:
+                rss += int(child.memory_info().rss)
+            except psutil.Error:
+                continue
         self._peak_rss = max(self._peak_rss, rss)
         self._samples += 1
 

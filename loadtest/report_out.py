@@ -128,10 +128,10 @@ def table(result: dict[str, Any]) -> str:
         ),
         ("client peak RSS MiB (largest process)", num(client["peak_rss_mb"])),
         (
-            "server CPU s, cores busy",
+            "server CPU s, cores busy (with its decode workers)",
             f"{num(server.get('cpu_s'), 1)}, {num(server.get('cores'), 2)}",
         ),
-        ("server peak RSS MiB", num(result["server_peak_rss_mb"])),
+        ("server peak RSS MiB (with its workers)", num(result["server_peak_rss_mb"])),
     ]
     restart = result.get("restart")
     if restart:

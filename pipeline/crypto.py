@@ -117,7 +117,7 @@ def key_id_of(blob: bytes) -> int:
 class TenantCipher:
     """Encrypts fields and computes blind indexes under one tenant data key."""
 
-    __slots__ = ("_aead", "_blind_key", "_header", "_key_id")
+    __slots__ = ("_aead", "_aead_key", "_blind_key", "_header", "_key_id")
 
     def __init__(self, key_id: int, data_key: bytes, index_key: bytes | None = None) -> None:
         """``index_key``: the data key the blind-index key derives from (the tenant's first
@@ -127,10 +127,31 @@ class TenantCipher:
         _check_key("data key", data_key)
         if index_key is not None:
             _check_key("index key", index_key)
+        self._set_keys(
+            key_id, _derive(data_key, _AEAD_INFO), _derive(index_key or data_key, _BLIND_INDEX_INFO)
+        )
+
+    def _set_keys(self, key_id: int, aead_key: bytes, blind_key: bytes) -> None:
         self._key_id = key_id
         self._header = _HEADER.pack(VERSION, key_id)
-        self._aead = AESGCM(_derive(data_key, _AEAD_INFO))
-        self._blind_key = _derive(index_key or data_key, _BLIND_INDEX_INFO)
+        self._aead_key = aead_key
+        self._aead = AESGCM(aead_key)
+        self._blind_key = blind_key
+
+    def derived_keys(self) -> tuple[int, bytes, bytes]:
+        """(key id, AEAD key, blind-index key): what ``from_derived_keys`` rebuilds the cipher
+        from. Only for handing the cipher to a decode worker process of this server
+        (``pipeline.decode_pool``); the tenant's data key itself is not among them."""
+        return self._key_id, self._aead_key, self._blind_key
+
+    @classmethod
+    def from_derived_keys(cls, key_id: int, aead_key: bytes, blind_key: bytes) -> TenantCipher:
+        """The cipher ``derived_keys`` describes."""
+        _check_key("AEAD key", aead_key)
+        _check_key("blind-index key", blind_key)
+        cipher = cls.__new__(cls)
+        cipher._set_keys(key_id, aead_key, blind_key)
+        return cipher
 
     @property
     def key_id(self) -> int:

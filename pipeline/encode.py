@@ -428,8 +428,33 @@ def decode_many(
     copy nothing). Column operations cost microseconds each however few their rows, so a batch of
     one telemetry sample decoded alone spends ~200 us in them; decoded with a thousand others it
     costs its share. The result is the same as decoding each upload alone
-    (tests/unit/test_decode_properties.py checks it).
+    (tests/unit/test_decode_properties.py checks it). ``plan``, ``encode_group`` and ``place``
+    are its three steps, for callers that run the middle one elsewhere (``decode_pool``).
     """
+    results, groups = plan(uploads)
+    for group in groups:
+        # One list() per upload: iterating a repeated field re-wraps every message each time.
+        parts = [list(getattr(uploads[j][0], group.kind).records) for j in group.members]
+        sources = [uploads[j][1] for j in group.members]
+        decoded = encode_group(group.kind, parts, sources, codec, now_ms)
+        place(results, group.members, decoded, list(map(len, parts)))
+    return cast(list[Decoded | BatchRejected], results)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Uploads (their indices) of one payload kind whose senders share a tenant, a region and a
+    keyring: validated and encoded as one set of columns."""
+
+    kind: str
+    members: list[int]
+
+
+def plan(
+    uploads: Sequence[tuple[ingest_pb2.UploadRequest, Source]],
+) -> tuple[list[Decoded | BatchRejected | None], list[Group]]:
+    """The uploads refused whole (their BatchRejected at their index, None elsewhere) and the
+    groups the others are decoded in."""
     results: list[Decoded | BatchRejected | None] = [None] * len(uploads)
     groups: dict[tuple[str, str, str, Keyring], list[int]] = {}
     for j, (request, source) in enumerate(uploads):
@@ -443,20 +468,37 @@ def decode_many(
             continue
         group = (kind, source.tenant_id, source.region, source.keyring)
         groups.setdefault(group, []).append(j)
-    for (kind, *_), members in groups.items():
-        # One list() per upload: iterating a repeated field re-wraps every message each time.
-        parts = [list(getattr(uploads[j][0], kind).records) for j in members]
-        sizes = list(map(len, parts))
-        senders = _Senders.of([uploads[j][1] for j in members], sizes)
-        validate, encode = _KINDS[kind]
-        records = parts[0] if len(parts) == 1 else list(chain.from_iterable(parts))
-        decoded = encode(validate(records, now_ms), senders, codec, now_ms)
-        if len(members) == 1:
-            results[members[0]] = decoded
-            continue
-        for j, part in zip(members, _split(decoded, sizes), strict=True):
-            results[j] = part
-    return cast(list[Decoded | BatchRejected], results)
+    return results, [Group(kind, members) for (kind, *_), members in groups.items()]
+
+
+def encode_group(
+    kind: str,
+    parts: Sequence[list[Any]],
+    sources: Sequence[Source],
+    codec: NumberCodec,
+    now_ms: int,
+) -> Decoded:
+    """One group's records (``parts[i]``: upload i's, sent by ``sources[i]``), validated and
+    encoded as one Decoded whose indices run over all of them in order."""
+    senders = _Senders.of(list(sources), list(map(len, parts)))
+    validate, encode = _KINDS[kind]
+    records = parts[0] if len(parts) == 1 else list(chain.from_iterable(parts))
+    return encode(validate(records, now_ms), senders, codec, now_ms)
+
+
+def place(
+    results: list[Decoded | BatchRejected | None],
+    members: Sequence[int],
+    decoded: Decoded,
+    sizes: list[int],
+) -> None:
+    """Cut a group's Decoded back into one per upload (``sizes``: their record counts) and put
+    each at its upload's index in ``results``."""
+    if len(members) == 1:
+        results[members[0]] = decoded
+        return
+    for j, part in zip(members, _split(decoded, sizes), strict=True):
+        results[j] = part
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ class PipelineSettings:
     stream_max_unacked: int  # acks a stream may have outstanding before it stops being read
     # while other devices hold or wait for budget, one may hold max(limit / devices, this)
     device_min_share_bytes: int
+    # processes that decode and encode large chunks of batches (0: all on the event loop)
+    decode_workers: int = 0
 
     def __post_init__(self) -> None:
         sizes = (
@@ -33,6 +35,8 @@ class PipelineSettings:
             self.stream_max_unacked,
             self.device_min_share_bytes,
         )
+        if self.decode_workers < 0:
+            raise ValueError("decode_workers must be 0 or more")
         if min(sizes) <= 0:
             raise ValueError(
                 "max_rows, max_bytes, max_age_ms, max_in_flight, admission_max_queue_ms, "

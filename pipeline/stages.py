@@ -17,7 +17,7 @@ STAGES = (
     "source",  # resolving the device's identity and keys
     "admit",  # waiting for buffer space and the device's fair turn
     "decode_wait",  # from asking for its decode to having its rows (the loop turn's decode too)
-    "decode",  # its share of the loop turn's decode, validate, normalise, encrypt
+    "decode",  # its share of its chunk's decode, validate, normalise, encrypt (loop or worker)
     "dedup_load",  # loading the device's stored versions (first batch of a device)
     "write",  # from buffering the rows to the insert holding them returning
     "flush_queue",  # per flush: from the buffer being full or old to a writer taking it
@@ -38,6 +38,10 @@ class StageTimes:
     def add(self, stage: str, seconds: float) -> None:
         """Counts ``seconds`` spent in ``stage`` by one batch."""
         self._seconds[stage].append(seconds)
+
+    def add_many(self, stage: str, seconds: float, batches: int) -> None:
+        """Counts ``seconds`` spent in ``stage`` by each of ``batches`` batches."""
+        self._seconds[stage].extend([seconds] * batches)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """count, p50/p99/max in ms per stage that saw batches; resets the counts."""

@@ -76,6 +76,11 @@ _DERIVED_DSN = Secret("")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def default_decode_workers() -> int:
+    """One decode worker per CPU this process may use beyond its own, at most 4."""
+    return max(0, min(4, len(os.sched_getaffinity(0)) - 1))
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of a callsight server process, with its default; always valid once built.
@@ -109,6 +114,9 @@ class Config:
     batch_max_age_ms: int = 200
     buffer_max_bytes: int = 256 * 1024 * 1024
     max_inserts_in_flight: int = 2
+    # Processes that decode, normalise and encrypt large chunks of batches beside the event loop
+    # (0: all of it on the loop): one per core beyond the server's own, at most 4.
+    decode_workers: int = field(default_factory=default_decode_workers)
     dedup_max_entries: int = 1_000_000
     write_retry_initial_s: float = 0.05
     write_retry_max_s: float = 5.0
@@ -203,6 +211,7 @@ class Config:
             admission_max_queue_ms=self.admission_max_queue_ms,
             stream_max_unacked=self.stream_max_unacked,
             device_min_share_bytes=self.device_min_share_bytes,
+            decode_workers=self.decode_workers,
         )
 
     def report_limits(self) -> ReportLimits:
@@ -393,6 +402,14 @@ _SETTINGS: tuple[_Setting, ...] = (
         "--max-inserts-in-flight",
         _parse_int,
         "concurrent inserts into ClickHouse",
+        "N",
+    ),
+    _Setting(
+        "decode_workers",
+        "--decode-workers",
+        _parse_int,
+        "processes that decode, normalise and encrypt chunks of 256+ records beside the event "
+        "loop (0: all on the loop; default: CPUs - 1, at most 4)",
         "N",
     ),
     _Setting(
@@ -805,6 +822,10 @@ def _validate(c: Config) -> list[str]:
             or not (math.isfinite(g) and g > 0)
         ):
             bad(name, f"must be a number of seconds > 0 (got {g!r})")
+
+    workers = c.decode_workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64:
+        bad("decode_workers", f"must be a whole number from 0 to 64 (got {workers!r})")
 
     refresh = c.directory_refresh_s
     if isinstance(refresh, bool) or not isinstance(refresh, int | float) or not 0 < refresh <= 60:

@@ -266,7 +266,7 @@ class _StateCollector(Collector):
         )
         for name, documentation, value in gauges:
             yield GaugeMetricFamily(name, documentation, value=value)
-        codec = ingestor.codec.stats()
+        codec = ingestor.codec_stats()
         hits = CounterMetricFamily(
             "callsight_cache_hits",
             "Lookups answered from ingest's caches: numbers (encrypted and blind-indexed) and "

@@ -349,3 +349,22 @@ def test_metrics_need_a_port_of_their_own() -> None:
     )
     both_free = load(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], {})
     assert both_free.metrics_address == "127.0.0.1:0"
+
+
+def test_decode_workers_default_to_the_spare_cpus_and_reach_the_pipeline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
+    assert load([], {}).decode_workers == 4  # at most 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
+    assert load([], {}).decode_workers == 0  # one CPU: decode on the loop
+    config = load(["--decode-workers", "2"], {})
+    assert config.pipeline_settings().decode_workers == 2
+    assert load([], {"CALLSIGHT_DECODE_WORKERS": "0"}).pipeline_settings().decode_workers == 0
+
+
+def test_decode_workers_out_of_range_is_a_problem() -> None:
+    (problem,) = problems_of(["--decode-workers", "-1"], {})
+    assert problem == (
+        "CALLSIGHT_DECODE_WORKERS / --decode-workers: must be a whole number from 0 to 64 (got -1)"
+    )
