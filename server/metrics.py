@@ -290,7 +290,15 @@ class _StateCollector(Collector):
         entries.add_metric(["normalized"], codec.normalized_entries)
         entries.add_metric(["numbers"], codec.number_entries)
         entries.add_metric(["names"], codec.name_entries)
-        yield from (hits, misses, entries)
+        decoded = CounterMetricFamily(
+            "callsight_decoded_batches",
+            "Batches decoded, validated and encrypted: on the event loop or by the decode workers "
+            "(--decode-workers; chunks of large batches).",
+            labels=["where"],
+        )
+        decoded.add_metric(["loop"], ingestor.decoder.decoded_here)
+        decoded.add_metric(["workers"], ingestor.decoder.decoded_by_workers)
+        yield from (hits, misses, entries, decoded)
 
 
 class Metrics:

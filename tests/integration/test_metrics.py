@@ -261,6 +261,9 @@ async def test_a_scrape_counts_exactly_the_traffic_sent(
     assert value(after, "callsight_cache_misses_total", cache="numbers") > 0
     assert value(after, "callsight_cache_hits_total", cache="numbers") > 0
     assert value(after, "callsight_cache_entries", cache="numbers") > 0
+    # Batches of a few records are decoded on the loop, never sent to the decode workers.
+    assert value(after, "callsight_decoded_batches_total", where="loop") > 0
+    assert value(after, "callsight_decoded_batches_total", where="workers") == 0
     # Nothing went to the process-wide default registry.
     assert prometheus_client.REGISTRY.get_sample_value("callsight_buffer_bytes") is None
 
