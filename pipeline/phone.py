@@ -197,7 +197,7 @@ def _e164_of_digits(digits: str, region: str) -> str | None:
         if (
             not pnu._match_national_number(digits, general, False)
             and pnu._match_national_number(potential, general, False)
-        ) or pnu._test_number_length(digits, metadata) == ValidationResult.TOO_LONG:
+        ) or _length_test(digits, metadata) == ValidationResult.TOO_LONG:
             country_code, national = default_code, potential
     # parse, once the country code is known
     if country_code != 0:
@@ -214,7 +214,7 @@ def _e164_of_digits(digits: str, region: str) -> str | None:
     if len(national) < pnu._MIN_LENGTH_FOR_NSN:
         return None
     _, potential, _ = pnu._maybe_strip_national_prefix_carrier_code(national, metadata)
-    if pnu._test_number_length(potential, metadata) not in _KEEP_PREFIX:
+    if _length_test(potential, metadata) not in _KEEP_PREFIX:
         national = potential
     if not pnu._MIN_LENGTH_FOR_NSN <= len(national) <= pnu._MAX_LENGTH_FOR_NSN:
         return None
@@ -225,11 +225,27 @@ def _e164_of_digits(digits: str, region: str) -> str | None:
     possible = PhoneMetadata.metadata_for_region_or_calling_code(
         country_code, pnu.region_code_for_country_code(country_code)
     )
-    if possible is None or pnu._test_number_length(national, possible) != (
+    if possible is None or _length_test(national, possible) != (
         ValidationResult.IS_POSSIBLE
     ):
         return None
     return f"+{country_code}{national}"
+
+
+# libphonenumber's length test reads only the number's length and the region's metadata (its
+# possible lengths): one result per (metadata, length), kept as long as the process. Metadata
+# objects are loaded once and never dropped, so their ids are stable keys; a few hundred regions
+# times ~17 lengths bound the table.
+_LENGTH_TESTS: dict[tuple[int, int], int] = {}
+
+
+def _length_test(national: str, metadata: PhoneMetadata) -> int:
+    """``pnu._test_number_length(national, metadata)``, from the table when seen before."""
+    key = (id(metadata), len(national))
+    result = _LENGTH_TESTS.get(key)
+    if result is None:
+        result = _LENGTH_TESTS[key] = pnu._test_number_length(national, metadata)
+    return result
 
 
 def _normalize_parsed(raw: str, region: str) -> str:
