@@ -225,7 +225,7 @@ def _e164_of_digits(digits: str, region: str) -> str | None:
     possible = PhoneMetadata.metadata_for_region_or_calling_code(
         country_code, pnu.region_code_for_country_code(country_code)
     )
-    if possible is None or _length_test(national, possible) != (ValidationResult.IS_POSSIBLE):
+    if possible is None or _length_test(national, possible) != ValidationResult.IS_POSSIBLE:
         return None
     return f"+{country_code}{national}"
 
