@@ -187,11 +187,15 @@ class DecodePool:
             )
             sizes.append([record_count(request) for request, _ in members])
         try:
-            pid, stats, encoded = await asyncio.wrap_future(
-                executor.submit(_encode_groups, jobs, now_ms)
-            )
-        except (BrokenProcessPool, RuntimeError, asyncio.CancelledError) as exc:
-            # A worker died (the others were stopped with it), or the pool was shut down.
+            future = executor.submit(_encode_groups, jobs, now_ms)
+        except (BrokenProcessPool, RuntimeError) as exc:  # broken, or shut down meanwhile
+            self._broke(executor)
+            raise PoolBroken(f"decode pool unusable: {exc!r}") from None
+        try:
+            pid, stats, encoded = await asyncio.wrap_future(future)
+        except (BrokenProcessPool, asyncio.CancelledError) as exc:
+            # A worker died (the others were stopped with it), or the pool was shut down and
+            # cancelled the job. An exception raised by the decode itself (a bug) propagates.
             self._broke(executor)
             raise PoolBroken(f"decode worker lost: {exc!r}") from None
         self._stats[pid] = stats
