@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -79,3 +80,10 @@ async def expect_status(awaitable: object, code: grpc.StatusCode) -> grpc.aio.Ai
         await awaitable  # type: ignore[misc]
     assert info.value.code() == code, info.value.details()
     return info.value
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server told its port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -32,7 +32,14 @@ from callsight.v1 import (
 )
 from tests.conftest import OPERATOR_TOKEN, make_config, master_key_b64
 from tests.integration.calls import BASE_MS, DAY_MS, batch, call
-from tests.integration.helpers import auth, enroll, expect_status, new_employee, new_tenant
+from tests.integration.helpers import (
+    auth,
+    enroll,
+    expect_status,
+    free_port,
+    new_employee,
+    new_tenant,
+)
 
 CODE = grpc.StatusCode
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,14 +181,8 @@ async def test_no_plaintext_number_at_rest_or_in_logs(
     assert OPERATOR_TOKEN not in logged and tenant.admin_key not in logged
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_bad_config_exits_non_zero_listing_every_problem_before_binding(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CALLSIGHT_MASTER_KEY": "not-base64!",
@@ -215,7 +216,7 @@ def test_bad_config_exits_non_zero_listing_every_problem_before_binding(tmp_path
 
 
 def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CALLSIGHT_OPERATOR_TOKEN": OPERATOR_TOKEN,

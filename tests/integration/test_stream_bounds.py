@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,14 @@ from callsight.server.app import MAX_MESSAGE_BYTES, Service
 from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.conftest import OPERATOR_TOKEN, make_config, master_key_b64
 from tests.integration.calls import batch, call
-from tests.integration.helpers import auth, enroll, expect_status, new_employee, new_tenant
+from tests.integration.helpers import (
+    auth,
+    enroll,
+    expect_status,
+    free_port,
+    new_employee,
+    new_tenant,
+)
 from tests.integration.test_metrics import scrape, value
 
 STREAM = "/callsight.v1.IngestService/Stream"
@@ -92,14 +98,8 @@ class _PeakRss:
         return (self.peak - self.start) / MiB
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_streams_that_read_no_acks_hold_bounded_memory(tmp_path: Path) -> None:
-    metrics_port = _free_port()
+    metrics_port = free_port()
     server = _server(tmp_path / "data", "--metrics-listen", f"127.0.0.1:{metrics_port}")
     server.start()
     try:
