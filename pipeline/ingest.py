@@ -390,7 +390,8 @@ class DecodeQueue:
     ) -> None:
         error = None if task.cancelled() else task.exception()
         if task.cancelled() or isinstance(error, PoolBroken):
-            log.warning("decode worker lost; decoding its batches here", error=str(error))
+            reason = "the job was cancelled" if error is None else str(error)
+            log.warning("decode worker lost; decoding its batches here", error=reason)
             self._decode(chunk)
         elif error is not None:  # a bug: fail these batches, not the loop's callback
             chunk.error = error
