@@ -8,7 +8,12 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON=$(PYTHON) $(UV) sync --frozen --quiet \
-	--config-setting editable_mode=strict --reinstall-package callsight
+	--config-setting editable_mode=strict --reinstall-package callsight --compile-bytecode
+# Bytecode is compiled at install, for the packages (above) and callsight's link tree (below):
+# with PYTHONDONTWRITEBYTECODE set (as on the CI machines) nothing is ever cached otherwise, and
+# every server start, decode worker and CLI call compiled pandas, grpc and the rest again (a
+# server's imports 2.6-3.4 s instead of 0.85 s; SIGKILL to SERVING 4.8 s instead of 2.2 s).
+COMPILE := $(BIN)/python -m compileall -q -j0 build
 # The strict editable install links each file into build/, so a new or removed module needs a
 # re-install: the stamps cover pyproject.toml, uv.lock and the list of installed files.
 INSTALLED := $(shell (cat pyproject.toml uv.lock; find proto/callsight server pipeline storage \
@@ -33,10 +38,12 @@ $(UV):
 # Runtime only; --inexact keeps dev tools a `make test` installed.
 $(STAMP): | $(UV)
 	$(SYNC) --inexact
+	$(COMPILE)
 	rm -f $(VENV)/.runtime-* && touch $@
 
 $(DEV_STAMP): | $(UV)
 	$(SYNC) --extra dev
+	$(COMPILE)
 	rm -f $(VENV)/.runtime-* $(VENV)/.dev-* && touch $@ $(STAMP)
 
 venv: $(DEV_STAMP)

@@ -13,6 +13,7 @@ import gc
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -398,6 +399,9 @@ class Service:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.config.metrics_address is not None:
             self.metrics_port = metrics.serve(self.config.metrics_address)
+        steps = _Steps()
+        ingestor.warm_up()
+        steps.lap("warm_up")
         self.port = self._bind(server)
         self._server = server
         await server.start()
@@ -409,11 +413,15 @@ class Service:
             **{**describe(self.config), **secret_sources(self.config)},
         )
 
+        steps.lap("listen")
         applied = await migrate(db, cluster=cluster)
-        log.info("migrations done", applied=applied)
+        log.info("migrations done", applied=applied, duration_ms=steps.lap("migrations"))
         await ingestor.start()
+        steps.lap("ingest")
         await identities.load()
+        steps.lap("identities")
         await policies.load()
+        steps.lap("policies")
         self._policy_refresher = asyncio.create_task(
             policies.run(self.config.directory_refresh_s), name="policy-refresh"
         )
@@ -432,10 +440,11 @@ class Service:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
+        steps.lap("gc")
         self._ready.set()
         for name in ("", *SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", port=self.port, metrics_port=self.metrics_port)
+        log.info("serving", port=self.port, metrics_port=self.metrics_port, start_ms=steps.laps)
         return self.port
 
     def _webhook_settings(self) -> WebhookSettings:
@@ -535,3 +544,17 @@ class Service:
             await stop.wait()
         finally:
             await self.stop()
+
+
+class _Steps:
+    """Milliseconds spent in each start-up step, for the ``serving`` log line."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> float:
+        now = time.perf_counter()
+        self.laps[step] = round((now - self._last) * 1000, 1)
+        self._last = now
+        return self.laps[step]
