@@ -166,6 +166,35 @@ class Deduplicator:
             await asyncio.shield(loading)
         self._devices.move_to_end(group)
 
+    async def warm(self, table: str, tenant_id: str, device_ids: Sequence[str]) -> int:
+        """Loads the stored versions of those of the devices not yet in memory, in one query
+        (none once half of ``max_entries`` is taken); returns how many devices it loaded.
+
+        For start-up: a fleet reconnecting after a restart finds its devices loaded instead of
+        each first batch waiting for a load. Batches arriving meanwhile wait for this load; if it
+        fails they load their devices themselves.
+        """
+        if self._entries >= self._max_entries // 2:
+            return 0
+        loop = asyncio.get_running_loop()
+        ids = []
+        for device_id in device_ids:
+            group = (table, tenant_id, device_id)
+            if group not in self._devices and group not in self._loading:
+                self._loading[group] = loop.create_future()
+                ids.append(device_id)
+        if not ids:
+            return 0
+        try:
+            stored = await self._loader(table, tenant_id, ids)
+        except BaseException:  # failed or cancelled (shutdown)
+            for device_id in ids:
+                # Released unloaded: ensure_loaded sees the device missing and queues it.
+                self._loading.pop((table, tenant_id, device_id)).set_result(None)
+            raise
+        self._put(table, tenant_id, ids, stored)
+        return len(ids)
+
     async def _load_queued(self) -> None:
         # Devices first seen together (a fleet reconnecting) load in one query per tenant; devices
         # queued while a load runs are taken by the next round, never left waiting.
@@ -183,13 +212,18 @@ class Deduplicator:
                 for device_id in ids:
                     self._loading.pop((table, tenant_id, device_id)).set_exception(exc)
                 continue
-            for device_id in ids:
-                group = (table, tenant_id, device_id)
-                versions = stored.get(device_id, {})
-                self._devices[group] = _Device(versions)
-                self._entries += len(versions)
-                self._loading.pop(group).set_result(None)
-            self._evict()
+            self._put(table, tenant_id, ids, stored)
+
+    def _put(
+        self, table: str, tenant_id: str, ids: list[str], stored: dict[str, dict[str, int]]
+    ) -> None:
+        for device_id in ids:
+            group = (table, tenant_id, device_id)
+            versions = stored.get(device_id, {})
+            self._devices[group] = _Device(versions)
+            self._entries += len(versions)
+            self._loading.pop(group).set_result(None)
+        self._evict()
 
     def classify(
         self,

@@ -37,7 +37,7 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,6 +73,11 @@ from callsight.v1 import ingest_pb2
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER_S = 0.5
+# Start-up loads dedup state for the devices heard from recently (``warm_dedup``): the tables
+# their batches come in all the time (an address book is sent rarely, and can be large), this
+# many devices a query (10,000 devices' calls or telemetry: about 0.1 s on chDB).
+WARM_TABLES = ("calls", "telemetry")
+WARM_CHUNK = 5_000
 # Upload while inserts are failing: come back once the database has had time to recover.
 FAILING_RETRY_AFTER_S = 2.0
 # Decoding runs on the event loop: after this much of it in a row the batches still waiting get
@@ -151,6 +156,17 @@ class Ingestor:
         port is bound, so that it stalls no call."""
         for schema in SCHEMAS.values():
             RowChunk(schema, 0, tuple([] for _ in schema)).to_arrow()
+
+    async def warm_dedup(self, recent: Mapping[str, Sequence[str]]) -> int:
+        """Loads what dedup needs for these devices' calls and telemetry (tenant -> device ids,
+        the most recent first), ``WARM_CHUNK`` devices a query; returns the devices loaded."""
+        loaded = 0
+        for tenant_id, device_ids in recent.items():
+            for start in range(0, len(device_ids), WARM_CHUNK):
+                chunk = device_ids[start : start + WARM_CHUNK]
+                for table in WARM_TABLES:
+                    loaded += await self.dedup.warm(table, tenant_id, chunk)
+        return loaded
 
     async def start(self) -> None:
         """Starts the decode workers and the age-based flushing."""

@@ -49,7 +49,7 @@ from callsight.server.webhooks import (
     Webhooks,
     WebhookSettings,
 )
-from callsight.storage.activity import DeviceActivity
+from callsight.storage.activity import DeviceActivity, recent_devices
 from callsight.storage.claims import EnrollmentClaims
 from callsight.storage.database import Database
 from callsight.storage.directory import Directory
@@ -93,6 +93,11 @@ MAX_MESSAGE_BYTES = MAX_BATCH_BYTES + 64 * 1024
 BUSY_METHODS = ("/callsight.v1.IngestService/", "/callsight.v1.AdminService/CreateEnrollment")
 # How often the time batches spent per ingest stage is logged (while batches flow).
 STAGE_LOG_EVERY_S = 10.0
+# Start-up loads dedup state for the devices heard from within this window (most recent first, at
+# most this many), so that a fleet reconnecting after a restart does not wait for it batch by
+# batch. Agents sync every 15-60 minutes.
+DEDUP_WARM_WINDOW_S = 3600
+DEDUP_WARM_MAX_DEVICES = 50_000
 
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
@@ -137,6 +142,27 @@ async def _log_stages(ingestor: Ingestor, every_s: float) -> None:
             stages = ingestor.stages.summary()
             if "total" in stages or "write" in stages:
                 log.info("ingest stages", every_s=every_s, **stages)
+
+
+async def _warm_dedup(db: Database, ingestor: Ingestor, clock: Clock) -> None:
+    """Loads dedup state for the devices heard from in the last ``DEDUP_WARM_WINDOW_S``; a
+    failure is logged (their batches load it themselves)."""
+    started = time.perf_counter()
+    try:
+        recent = await recent_devices(
+            db, clock.now_ms() - DEDUP_WARM_WINDOW_S * 1000, DEDUP_WARM_MAX_DEVICES
+        )
+        loaded = await ingestor.warm_dedup(recent)
+    except Exception as exc:
+        log.warning("dedup warm-up failed", error=repr(exc))
+        return
+    log.info(
+        "dedup warmed up",
+        devices=sum(map(len, recent.values())),
+        loaded=loaded,
+        entries=ingestor.dedup.entries,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
 
 
 def _refresher_done(task: asyncio.Task[None]) -> None:
@@ -249,6 +275,7 @@ class Service:
         self._refresher: asyncio.Task[None] | None = None
         self._policy_refresher: asyncio.Task[None] | None = None
         self._stage_log: asyncio.Task[None] | None = None
+        self._dedup_warm_up: asyncio.Task[None] | None = None
         self._key_uses: KeyUses | None = None
         self._key_use_writer: asyncio.Task[None] | None = None
         self._activity: DeviceActivity | None = None
@@ -418,6 +445,10 @@ class Service:
         log.info("migrations done", applied=applied, duration_ms=steps.lap("migrations"))
         await ingestor.start()
         steps.lap("ingest")
+        # Beside the rest of the start and after it: batches wait for it only for their device.
+        self._dedup_warm_up = asyncio.create_task(
+            _warm_dedup(db, ingestor, self._clock), name="dedup-warm-up"
+        )
         await identities.load()
         steps.lap("identities")
         await policies.load()
@@ -490,6 +521,7 @@ class Service:
             self._refresher,
             self._policy_refresher,
             self._stage_log,
+            self._dedup_warm_up,
             self._key_use_writer,
             self._activity_writer,
             self._watch_ticker,
@@ -499,6 +531,7 @@ class Service:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._refresher = self._stage_log = self._key_use_writer = self._activity_writer = None
+        self._dedup_warm_up = None
         self._watch_ticker = self._dispatcher = None
         if self.webhooks is not None:
             await self.webhooks.dispatcher.close()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 
 from callsight.storage.database import Database
+from callsight.storage.sql import Sql
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +38,23 @@ class _Heard:
         self.sync_ms = max(self.sync_ms, other.sync_ms)
         if (other.batch_ms, other.result) > (self.batch_ms, self.result):
             self.batch_ms, self.result = other.batch_ms, other.result
+
+
+async def recent_devices(db: Database, since_ms: int, limit: int) -> dict[str, list[str]]:
+    """tenant_id -> its devices heard from at or after ``since_ms`` (epoch ms), the most recent
+    first, at most ``limit`` devices in all."""
+    rows = await db.named_rows(
+        Sql(
+            "SELECT tenant_id, device_id, max(last_seen_ms) AS seen FROM device_activity"
+            " GROUP BY tenant_id, device_id HAVING seen >= {since:UInt64}"
+            " ORDER BY seen DESC LIMIT {limit:UInt32}",
+            {"since": since_ms, "limit": limit},
+        )
+    )
+    recent: dict[str, list[str]] = {}
+    for row in rows:
+        recent.setdefault(row["tenant_id"], []).append(row["device_id"])
+    return recent
 
 
 class DeviceActivity:

@@ -192,3 +192,68 @@ async def test_forgetting_a_tenant_reloads_only_its_devices() -> None:
     assert loader.calls[-1] == ("calls", "t", ("d",))
     assert dedup.classify("calls", "t", "d", ["a"], [1]).count(Outcome.ACCEPTED) == 1
     assert dedup.classify("calls", "u", "d", ["a"], [1]).count(Outcome.DUPLICATE) == 1
+
+
+async def test_warming_loads_devices_in_one_query_and_their_batches_query_nothing() -> None:
+    loader = Loader({"a": {"k": 3}})
+    dedup = Deduplicator(loader)
+    assert await dedup.warm("calls", "t", ["a", "b", "c"]) == 3
+    assert loader.calls == [("calls", "t", ("a", "b", "c"))]
+    assert dedup.loaded("calls", "t", "a")
+    await dedup.ensure_loaded("calls", "t", "a")
+    verdict = dedup.classify("calls", "t", "a", ["k", "k2"], [3, 1])
+    assert verdict.outcomes.tolist() == [Outcome.DUPLICATE, Outcome.ACCEPTED]
+    # Loaded devices are not loaded again; new ones are.
+    assert await dedup.warm("calls", "t", ["a", "d"]) == 1
+    assert loader.calls[-1] == ("calls", "t", ("d",))
+    assert len(loader.calls) == 2
+
+
+async def test_a_batch_arriving_while_warming_waits_for_that_load() -> None:
+    release = asyncio.Event()
+    loads: list[tuple[str, ...]] = []
+
+    async def slow(table: str, tenant: str, devices: Sequence[str]) -> dict[str, dict[str, int]]:
+        loads.append(tuple(devices))
+        await release.wait()
+        return {d: {"k": 1} for d in devices}
+
+    dedup = Deduplicator(slow)
+    warming = asyncio.create_task(dedup.warm("calls", "t", ["a", "b"]))
+    await asyncio.sleep(0.01)
+    batch = asyncio.create_task(dedup.ensure_loaded("calls", "t", "b"))
+    await asyncio.sleep(0.02)
+    assert not batch.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(warming, batch), 2)
+    assert loads == [("a", "b")]
+    assert dedup.classify("calls", "t", "b", ["k"], [1]).outcomes.tolist() == [Outcome.DUPLICATE]
+
+
+async def test_a_failed_warm_up_leaves_each_batch_to_load_its_device() -> None:
+    loads: list[tuple[str, ...]] = []
+
+    async def flaky(table: str, tenant: str, devices: Sequence[str]) -> dict[str, dict[str, int]]:
+        loads.append(tuple(devices))
+        await asyncio.sleep(0.01)
+        if len(loads) == 1:  # the warm-up's query fails, the batch's own succeeds
+            raise RuntimeError("clickhouse down")
+        return {d: {} for d in devices}
+
+    dedup = Deduplicator(flaky)
+    warming = asyncio.create_task(dedup.warm("calls", "t", ["a", "b"]))
+    await asyncio.sleep(0)
+    batch = asyncio.create_task(dedup.ensure_loaded("calls", "t", "a"))
+    with pytest.raises(RuntimeError):
+        await warming
+    await asyncio.wait_for(batch, 2)
+    assert loads == [("a", "b"), ("a",)]
+    assert not dedup.loaded("calls", "t", "b")
+
+
+async def test_warming_stops_at_half_the_memory_bound() -> None:
+    loader = Loader({"a": {f"k{i}": 1 for i in range(60)}})
+    dedup = Deduplicator(loader, max_entries=100)
+    assert await dedup.warm("calls", "t", ["a"]) == 1
+    assert await dedup.warm("calls", "t", ["b"]) == 0
+    assert len(loader.calls) == 1
