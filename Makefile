@@ -13,7 +13,7 @@ SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON=$(PYTHON) $(UV) sync --frozen -
 # with PYTHONDONTWRITEBYTECODE set (as on the CI machines) nothing is ever cached otherwise, and
 # every server start, decode worker and CLI call compiled pandas, grpc and the rest again (a
 # server's imports 2.6-3.4 s instead of 0.85 s; SIGKILL to SERVING 4.8 s instead of 2.2 s).
-COMPILE := $(BIN)/python -m compileall -q -j0 build
+COMPILE := if [ -d build ]; then $(BIN)/python -m compileall -q -j0 build; fi
 # The strict editable install links each file into build/, so a new or removed module needs a
 # re-install: the stamps cover pyproject.toml, uv.lock and the list of installed files.
 INSTALLED := $(shell (cat pyproject.toml uv.lock; find proto/callsight server pipeline storage \

@@ -298,7 +298,13 @@ class _StateCollector(Collector):
         )
         decoded.add_metric(["loop"], ingestor.decoder.decoded_here)
         decoded.add_metric(["workers"], ingestor.decoder.decoded_by_workers)
-        yield from (hits, misses, entries, decoded)
+        restarts = CounterMetricFamily(
+            "callsight_decode_worker_restarts",
+            "Times the decode workers were started again after one died (its chunk was decoded "
+            "on the event loop instead).",
+        )
+        restarts.add_metric([], ingestor.pool.restarts if ingestor.pool is not None else 0)
+        yield from (hits, misses, entries, decoded, restarts)
 
 
 class Metrics:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
+import urllib.request
 from dataclasses import dataclass
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from callsight.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from tests.conftest import OPERATOR_TOKEN
@@ -87,3 +90,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Prometheus scrapes of a server's /metrics: (name, labels) -> value.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def scrape(port: int) -> Samples:
+    return await asyncio.to_thread(_scrape, port)
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample's value; KeyError (the test fails) when the series is not exported."""
+    return samples[(name, frozenset(labels.items()))]

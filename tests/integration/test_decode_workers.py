@@ -4,7 +4,9 @@ gRPC stream, real chDB; the acks and the stored rows are what the loop's own dec
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from callsight.storage.database import Database
 from callsight.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.conftest import make_config
 from tests.integration.calls import BASE_MS, batch, call, counts, stored_calls
-from tests.integration.helpers import auth, enroll, new_employee, new_tenant
+from tests.integration.helpers import auth, enroll, new_employee, new_tenant, scrape, value
 
 
 async def test_large_batches_go_to_the_workers_and_are_stored_exactly_once(
@@ -73,3 +75,43 @@ async def test_large_batches_go_to_the_workers_and_are_stored_exactly_once(
     finally:
         db.close()
         await svc.stop()
+
+
+async def test_a_killed_worker_costs_no_batch_and_is_counted_as_a_restart(
+    data_dir: Path, log_file: Path
+) -> None:
+    svc = Service(make_config(data_dir, f"test_{secrets.token_hex(4)}", decode_workers=1))
+    await svc.start()
+    try:
+        pool = svc.ingestor.pool if svc.ingestor is not None else None
+        assert pool is not None and svc.metrics_port is not None
+        await asyncio.wait_for(pool.start(), 60)
+        (pid,) = pool._stats  # the worker that answered
+        os.kill(pid, signal.SIGKILL)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
+            tenant = await new_tenant(channel)
+            employee = await new_employee(channel, tenant, "Asha", "9876543210")
+            device = await enroll(channel, tenant, employee)
+            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+            acks = []
+            # Large batches until the server has noticed the death (the executor takes a moment).
+            for seq in range(1, 40):
+                first = seq * 500
+                request = batch(seq, [call(i) for i in range(first, first + 500)])
+                acks += [
+                    a
+                    async for a in ingest.Stream(_one(request), metadata=auth(device.device_token))
+                ]
+                if pool.restarts:
+                    break
+                await asyncio.sleep(0.1)
+        assert pool.restarts == 1
+        assert all(counts(ack) == (500, 0, 0, 0) for ack in acks)
+        samples = await scrape(svc.metrics_port)
+        assert value(samples, "callsight_decode_worker_restarts_total") == 1
+    finally:
+        await svc.stop()
+
+
+async def _one(request: ingest_pb2.UploadRequest) -> AsyncIterator[ingest_pb2.UploadRequest]:
+    yield request

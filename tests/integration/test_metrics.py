@@ -7,14 +7,12 @@ import asyncio
 import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import prometheus_client
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from callsight.server.app import Service
 from callsight.server.preflight import StartupError
@@ -23,31 +21,19 @@ from callsight.v1 import ingest_pb2, ingest_pb2_grpc, report_pb2, report_pb2_grp
 from tests.conftest import make_config
 from tests.faults import FaultInjectingWriter
 from tests.integration.calls import BASE_MS, DAY_MS, batch, call, counts
-from tests.integration.helpers import auth, enroll, expect_status, new_employee, new_tenant
+from tests.integration.helpers import (
+    Samples,
+    auth,
+    enroll,
+    expect_status,
+    new_employee,
+    new_tenant,
+    scrape,
+    value,
+)
 
 CODE = grpc.StatusCode
 REFUSED_CODE = 53  # TYPE_MISMATCH: ClickHouse refuses the insert for good
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-async def scrape(port: int) -> Samples:
-    return await asyncio.to_thread(_scrape, port)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sample's value; KeyError (the test fails) when the series is not exported."""
-    return samples[(name, frozenset(labels.items()))]
 
 
 def handled(samples: Samples, service: str, method: str, grpc_type: str, code: str) -> float:
@@ -86,6 +72,10 @@ async def faulty(
 
     svc = Service(make_config(data_dir, service.config.database), wrap_sink=wrap)
     await svc.start()
+    # The devices other tests synced recently are loaded into dedup at start-up: done before
+    # the test counts the entries its own traffic adds.
+    assert svc._dedup_warm_up is not None
+    await asyncio.wait_for(svc._dedup_warm_up, 30)
     try:
         yield svc, sinks[0]
     finally:
@@ -96,7 +86,8 @@ async def test_a_scrape_counts_exactly_the_traffic_sent(
     faulty: tuple[Service, FaultInjectingWriter],
 ) -> None:
     svc, sink = faulty
-    assert svc.metrics_port and svc.metrics is not None
+    assert svc.metrics_port and svc.metrics is not None and svc.ingestor is not None
+    warmed = svc.ingestor.dedup.entries  # other tests' devices, loaded at start-up
     assert svc.metrics.registry is not prometheus_client.REGISTRY
     async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
         tenant = await new_tenant(channel)
@@ -257,13 +248,14 @@ async def test_a_scrape_counts_exactly_the_traffic_sent(
     assert value(after, "callsight_open_streams") == 0
     assert value(after, "callsight_connected_devices") == 0
     # Calls and contacts remembered; the refused write made dedup forget the device's telemetry.
-    assert value(after, "callsight_dedup_entries") == 13 + 4
+    assert value(after, "callsight_dedup_entries") == warmed + 13 + 4
     assert value(after, "callsight_cache_misses_total", cache="numbers") > 0
     assert value(after, "callsight_cache_hits_total", cache="numbers") > 0
     assert value(after, "callsight_cache_entries", cache="numbers") > 0
     # Batches of a few records are decoded on the loop, never sent to the decode workers.
     assert value(after, "callsight_decoded_batches_total", where="loop") > 0
     assert value(after, "callsight_decoded_batches_total", where="workers") == 0
+    assert value(after, "callsight_decode_worker_restarts_total") == 0
     # Nothing went to the process-wide default registry.
     assert prometheus_client.REGISTRY.get_sample_value("callsight_buffer_bytes") is None
 

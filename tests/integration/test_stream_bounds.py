@@ -31,8 +31,9 @@ from tests.integration.helpers import (
     free_port,
     new_employee,
     new_tenant,
+    scrape,
+    value,
 )
-from tests.integration.test_metrics import scrape, value
 
 STREAM = "/callsight.v1.IngestService/Stream"
 MiB = 1024 * 1024
