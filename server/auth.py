@@ -9,6 +9,7 @@ token comes from the configuration.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hmac
 import re
@@ -108,8 +109,10 @@ def set_caller(caller: Caller) -> contextvars.Token[Caller]:
 
 
 def reset_caller(token: contextvars.Token[Caller]) -> None:
-    """Undoes ``set_caller``."""
-    _current.reset(token)
+    """Undoes ``set_caller``; nothing to undo where the RPC's context is already gone (a
+    response stream closed by asyncio's finaliser runs in a context of its own)."""
+    with contextlib.suppress(ValueError):
+        _current.reset(token)
 
 
 class TokenHasher:
