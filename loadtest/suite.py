@@ -306,7 +306,21 @@ def _steady_fleet(
         options = _fleet(server, devices, spec, args, name, restart_at_s=restart_at_s)
         result = uvloop.run(run_fleet(options, server_process=server))
         add_direct_counts(result, _stop(server), "callsight")
+    if not result.ok:
+        _tell_why(name, result)
     return result
+
+
+def _tell_why(name: str, result: FleetResult) -> None:
+    """Says why a scenario's run is not ok: what differed, what failed, what was not acked."""
+    verification = result.verification
+    say(
+        f"{name}: NOT OK: verification {'checked' if verification.checked else 'NOT checked'},"
+        f" {len(verification.differences)} differences, {result.fatal_errors} fatal errors,"
+        f" {result.client.batches:,} of {result.totals['batches']:,} batches acked"
+    )
+    for line in [*verification.differences[:30], *result.client.failures[:10]]:
+        say(f"  {line}")
 
 
 def _steady(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], bool]:
