@@ -159,7 +159,8 @@ class Ingestor:
 
     async def warm_dedup(self, recent: Mapping[str, Sequence[str]]) -> int:
         """Loads what dedup needs for these devices' calls and telemetry (tenant -> device ids,
-        the most recent first), ``WARM_CHUNK`` devices a query; returns the devices loaded."""
+        the most recent first), ``WARM_CHUNK`` devices a query; returns how many (device, table)
+        pairs it loaded."""
         loaded = 0
         for tenant_id, device_ids in recent.items():
             for start in range(0, len(device_ids), WARM_CHUNK):
