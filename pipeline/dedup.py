@@ -7,14 +7,19 @@ duplicates off the insert path: it remembers, per device, the newest version of 
 has stored or is storing. A device's records are loaded from ClickHouse the first time the device
 is seen (after a restart too), so a re-send after a crash is recognised as duplicates.
 
-Memory is bounded by ``max_entries``: whole devices are evicted least-recently-used first.
+Memory is bounded by ``max_entries``: whole devices are evicted least-recently-used first. A
+device evicted with a long history (``large_device`` records or more) is not reloaded whole when it
+is seen again: that would evict another device as large, and with more devices' histories than
+memory every batch would reload thousands of records. It comes back knowing nothing, and each
+batch first looks up only the keys it names that the device does not know (``KeyLoader``), many
+devices per query.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import repeat
@@ -24,6 +29,9 @@ import numpy.typing as npt
 
 Group = tuple[str, str, str]  # (table, tenant_id, device_id)
 Loader = Callable[[str, str, Sequence[str]], Awaitable[dict[str, dict[str, int]]]]
+# (table, tenant, device id -> keys) -> device id -> key -> newest stored version, for the keys
+# found (a key absent from the answer is not stored).
+KeyLoader = Callable[[str, str, Mapping[str, Sequence[str]]], Awaitable[dict[str, dict[str, int]]]]
 
 
 class Outcome(IntEnum):
@@ -39,6 +47,23 @@ class _Device:
     versions: dict[str, int]
     # Records whose newest version is still in a buffer or an insert: the write's future.
     pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    # False: versions holds only the keys looked up or recorded since the device came back;
+    # any other key is looked up before a batch naming it is classified.
+    complete: bool = True
+
+
+# An evicted device with at least this many records comes back by keys (see the module's doc).
+LARGE_DEVICE = 1_000
+# How many evicted large devices are remembered as such (oldest forgotten first).
+LARGE_REMEMBERED = 50_000
+
+
+@dataclass(eq=False)
+class _Lookup:
+    """Keys of one device to look up in the next round, and the round's answer."""
+
+    found: asyncio.Future[dict[str, int]]
+    keys: set[str] = field(default_factory=set)
 
 
 # Batches of at most this many records are classified and recorded key by key in Python: for a
@@ -128,9 +153,21 @@ def _record_distinct(
 class Deduplicator:
     """Classifies records against the newest versions stored or being stored by this process."""
 
-    def __init__(self, loader: Loader, max_entries: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        max_entries: int = 1_000_000,
+        key_loader: KeyLoader | None = None,
+        large_device: int = LARGE_DEVICE,
+    ) -> None:
         self._loader = loader
         self._max_entries = max_entries
+        # Without a key loader every device is loaded whole, however often it is evicted.
+        self._key_loader = key_loader
+        self._large_device = large_device
+        self._large: OrderedDict[Group, None] = OrderedDict()  # evicted large devices
+        self._lookups: dict[tuple[str, str], dict[str, _Lookup]] = {}
+        self._looker: asyncio.Task[None] | None = None
         self._devices: OrderedDict[Group, _Device] = OrderedDict()
         self._entries = 0
         self._loading: dict[Group, asyncio.Future[None]] = {}
@@ -151,20 +188,50 @@ class Deduplicator:
             return True
         return False
 
-    async def ensure_loaded(self, table: str, tenant_id: str, device_id: str) -> None:
-        """Loads the device's stored versions once; concurrent callers share one load."""
+    def ready(self, table: str, tenant_id: str, device_id: str, keys: Sequence[str]) -> bool:
+        """Whether ``classify`` of these keys can run now, with no query first (then
+        ``ensure_loaded`` has nothing to wait for); marks the device as recently used."""
+        device = self._devices.get((table, tenant_id, device_id))
+        if device is None:
+            return False
+        self._devices.move_to_end((table, tenant_id, device_id))
+        return device.complete or all(map(device.versions.__contains__, keys))
+
+    async def ensure_loaded(
+        self, table: str, tenant_id: str, device_id: str, keys: Sequence[str] = ()
+    ) -> None:
+        """Makes ``classify`` of ``keys`` possible; call it right before, with no await between.
+
+        Loads the device's stored versions once (concurrent callers share one load); a large
+        device that was evicted instead looks up those of ``keys`` it does not know.
+        """
         group = (table, tenant_id, device_id)
         # Loop: memory pressure may evict the device again before this waiter resumes.
-        while group not in self._devices:
-            loading = self._loading.get(group)
-            if loading is None:
-                loading = asyncio.get_running_loop().create_future()
-                self._loading[group] = loading
-                self._queue.setdefault((table, tenant_id), set()).add(device_id)
-                if self._flusher is None or self._flusher.done():
-                    self._flusher = asyncio.create_task(self._load_queued())
-            await asyncio.shield(loading)
-        self._devices.move_to_end(group)
+        while True:
+            device = self._devices.get(group)
+            if device is None and group in self._large and group not in self._loading:
+                device = self._devices[group] = _Device({}, complete=False)
+            if device is None:
+                loading = self._loading.get(group)
+                if loading is None:
+                    loading = asyncio.get_running_loop().create_future()
+                    self._loading[group] = loading
+                    self._queue.setdefault((table, tenant_id), set()).add(device_id)
+                    if self._flusher is None or self._flusher.done():
+                        self._flusher = asyncio.create_task(self._load_queued())
+                await asyncio.shield(loading)
+                continue
+            if not device.complete:
+                known = device.versions
+                missing = [k for k in dict.fromkeys(keys) if k not in known]
+                if missing:
+                    found = await self._look_up(table, tenant_id, device_id, missing)
+                    if self._devices.get(group) is not device:
+                        continue  # evicted meanwhile: its memory of these keys is gone
+                    self._merge(device, found)
+            self._devices.move_to_end(group)
+            self._evict(keep=group)
+            return
 
     async def warm(self, table: str, tenant_id: str, device_ids: Sequence[str]) -> int:
         """Loads the stored versions of those of the devices not yet in memory, in one query
@@ -194,6 +261,47 @@ class Deduplicator:
             raise
         self._put(table, tenant_id, ids, stored)
         return len(ids)
+
+    async def _look_up(
+        self, table: str, tenant_id: str, device_id: str, keys: list[str]
+    ) -> dict[str, int]:
+        """The newest stored version of those of ``keys`` that are stored (maybe of more)."""
+        assert self._key_loader is not None  # only devices in _large are looked up
+        requests = self._lookups.setdefault((table, tenant_id), {})
+        request = requests.get(device_id)
+        if request is None:
+            request = requests[device_id] = _Lookup(asyncio.get_running_loop().create_future())
+        request.keys.update(keys)
+        if self._looker is None or self._looker.done():
+            self._looker = asyncio.create_task(self._look_up_queued())
+        return await asyncio.shield(request.found)
+
+    async def _look_up_queued(self) -> None:
+        # As _load_queued: the keys of every device asked for meanwhile, one query per tenant.
+        assert self._key_loader is not None
+        while self._lookups:
+            await asyncio.sleep(0.005)
+            queued, self._lookups = self._lookups, {}
+            for (table, tenant_id), requests in queued.items():
+                asked = {device_id: sorted(r.keys) for device_id, r in requests.items()}
+                try:
+                    found = await self._key_loader(table, tenant_id, asked)
+                except Exception as exc:
+                    for request in requests.values():
+                        request.found.set_exception(exc)
+                        request.found.exception()  # waiters that gave up need not see it
+                    continue
+                for device_id, request in requests.items():
+                    request.found.set_result(found.get(device_id, {}))
+
+    def _merge(self, device: _Device, found: Mapping[str, int]) -> None:
+        # Never lowers a version: one this process is writing may be newer than ClickHouse's.
+        known = device.versions
+        before = len(known)
+        for key, version in found.items():
+            if version > known.get(key, -1):
+                known[key] = version
+        self._entries += len(known) - before
 
     async def _load_queued(self) -> None:
         # Devices first seen together (a fleet reconnecting) load in one query per tenant; devices
@@ -296,10 +404,22 @@ class Deduplicator:
         self, group: Group, device: _Device, keys: list[str], written: asyncio.Future[None]
     ) -> None:
         if written.cancelled() or written.exception() is not None:
-            # Versions that never became durable: forget the device, reload it from ClickHouse.
-            if self._devices.get(group) is device:
+            if self._devices.get(group) is not device:
+                return
+            in_flight = (f for f in device.pending.values() if f is not written and not f.done())
+            if self._key_loader is None or next(in_flight, None) is None:
+                # Versions that never became durable: forget the device, reload it whole.
                 del self._devices[group]
                 self._entries -= len(device.versions)
+                return
+            # Other writes of the device are in flight, and a reload would miss their versions:
+            # forget only the failed ones; ClickHouse answers for them when a batch names them.
+            failed = [k for k in keys if device.pending.get(k) is written]
+            for key in failed:
+                del device.pending[key]
+                del device.versions[key]
+            self._entries -= len(failed)
+            device.complete = False
             return
         for key in keys:
             if device.pending.get(key) is written:
@@ -316,3 +436,10 @@ class Deduplicator:
                 continue
             del self._devices[group]
             self._entries -= len(device.versions)
+            if self._key_loader is not None and (
+                len(device.versions) >= self._large_device or group in self._large
+            ):
+                self._large[group] = None
+                self._large.move_to_end(group)
+                if len(self._large) > LARGE_REMEMBERED:
+                    self._large.popitem(last=False)

@@ -53,7 +53,7 @@ from callsight.pipeline.batcher import Batcher, FlushObserver
 from callsight.pipeline.budget import ANONYMOUS, ByteBudget, Owner
 from callsight.pipeline.chunk import RowChunk
 from callsight.pipeline.decode_pool import DecodePool, PoolBroken, add_stats
-from callsight.pipeline.dedup import Deduplicator, Loader, Outcome
+from callsight.pipeline.dedup import Deduplicator, KeyLoader, Loader, Outcome
 from callsight.pipeline.encode import (
     SCHEMAS,
     CodecStats,
@@ -128,9 +128,11 @@ class Ingestor:
         policies: PolicyBook | None = None,
         watch: WatchHub | None = None,
         flushes: FlushObserver | None = None,
+        key_loader: KeyLoader | None = None,
     ) -> None:
         """``watch``: told of every acked batch of new call rows (WatchSummary's totals);
-        ``flushes``: of every flush written and insert failed (metrics)."""
+        ``flushes``: of every flush written and insert failed (metrics); ``key_loader``: looks
+        up stored versions by key, for large devices dedup evicted (else they reload whole)."""
         self.watch = watch
         self.settings = settings
         self.erasures: Erasures = erasures or _NoErasures()
@@ -138,7 +140,7 @@ class Ingestor:
         self.clock = clock
         self.stages = StageTimes()
         self.batcher = Batcher(sink, settings, self.stages, flushes)
-        self.dedup = Deduplicator(loader, max_entries=settings.dedup_max_entries)
+        self.dedup = Deduplicator(loader, settings.dedup_max_entries, key_loader)
         self.admission = Admission(settings.admission_max_queue_ms / 1000)
         self.budget = ByteBudget(
             settings.buffer_max_bytes, self.admission, settings.device_min_share_bytes
@@ -254,9 +256,9 @@ class Ingestor:
         decoded = await self.decoder.decode(request, source)
         self.stages.add("decode_wait", time.perf_counter() - waiting)
         table, tenant, device = decoded.table, source.tenant_id, source.device_id
-        if not self.dedup.loaded(table, tenant, device):
+        if not self.dedup.ready(table, tenant, device, decoded.keys):
             loading = time.perf_counter()
-            await self.dedup.ensure_loaded(table, tenant, device)
+            await self.dedup.ensure_loaded(table, tenant, device, decoded.keys)
             self.stages.add("dedup_load", time.perf_counter() - loading)
             self._check_open()
         # No await from here to record(): classification and recording are atomic.

@@ -60,7 +60,7 @@ from callsight.storage.policies import Policies
 from callsight.storage.rollups import DEFAULT_SETTINGS as DEFAULT_ROLLUP_SETTINGS
 from callsight.storage.rollups import Rollups, RollupSettings
 from callsight.storage.tenants import KeyUses
-from callsight.storage.versions import stored_versions
+from callsight.storage.versions import stored_versions, stored_versions_of
 from callsight.storage.writer import Sink, Writer
 from callsight.v1 import (
     admin_pb2,
@@ -352,6 +352,7 @@ class Service:
             policies,
             watch=watch,
             flushes=metrics.flushes,
+            key_loader=lambda table, tenant, keys: stored_versions_of(db, table, tenant, keys),
         )
         self.ingestor = ingestor
         # A tombstone written or lifted anywhere: forget what dedup remembers of the tenant.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -257,3 +257,144 @@ async def test_warming_stops_at_half_the_memory_bound() -> None:
     assert await dedup.warm("calls", "t", ["a"]) == 1
     assert await dedup.warm("calls", "t", ["b"]) == 0
     assert len(loader.calls) == 1
+
+
+class Database:
+    """What ClickHouse holds: both loaders read it; a test writes what it records as durable."""
+
+    def __init__(self, stored: dict[str, dict[str, int]] | None = None) -> None:
+        self.stored = stored or {}
+        self.loads: list[tuple[str, ...]] = []
+        self.lookups: list[dict[str, list[str]]] = []
+
+    async def load(
+        self, table: str, tenant: str, devices: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        self.loads.append(tuple(devices))
+        return {d: dict(self.stored.get(d, {})) for d in devices}
+
+    async def look_up(
+        self, table: str, tenant: str, keys: Mapping[str, Sequence[str]]
+    ) -> dict[str, dict[str, int]]:
+        self.lookups.append({d: list(k) for d, k in keys.items()})
+        held = {d: self.stored.get(d, {}) for d in keys}
+        return {d: {k: held[d][k] for k in ks if k in held[d]} for d, ks in keys.items()}
+
+    def dedup(self, max_entries: int, large_device: int) -> Deduplicator:
+        return Deduplicator(self.load, max_entries, self.look_up, large_device)
+
+
+async def test_a_large_evicted_device_comes_back_by_keys_not_whole() -> None:
+    db = Database(
+        {"big": {f"k{i}": 1 for i in range(60)}, "other": {f"k{i}": 1 for i in range(60)}}
+    )
+    dedup = db.dedup(max_entries=100, large_device=50)
+    await dedup.ensure_loaded("calls", "t", "big")
+    await dedup.ensure_loaded("calls", "t", "other")  # pushes big out
+    assert not dedup.loaded("calls", "t", "big")
+    assert not dedup.ready("calls", "t", "big", ["k1"])
+    await dedup.ensure_loaded("calls", "t", "big", ["k1", "new", "k1"])
+    assert db.loads == [("big",), ("other",)]  # not loaded whole again
+    assert db.lookups == [{"big": ["k1", "new"]}]
+    assert dedup.entries == 60 + 1  # other, and big's k1
+    verdict = dedup.classify("calls", "t", "big", ["k1", "new"], [1, 1])
+    assert verdict.outcomes.tolist() == [Outcome.DUPLICATE, Outcome.ACCEPTED]
+    dedup.record("calls", "t", "big", ["new"], [1], None)
+    # Known keys need no query; an unknown one does.
+    assert dedup.ready("calls", "t", "big", ["k1", "new"])
+    assert not dedup.ready("calls", "t", "big", ["k2"])
+
+
+async def test_a_small_evicted_device_is_loaded_whole_again() -> None:
+    db = Database({"small": {"k": 1}, "other": {f"k{i}": 1 for i in range(100)}})
+    dedup = db.dedup(max_entries=100, large_device=50)
+    await dedup.ensure_loaded("calls", "t", "small")
+    await dedup.ensure_loaded("calls", "t", "other")
+    await dedup.ensure_loaded("calls", "t", "small", ["k"])
+    assert db.loads == [("small",), ("other",), ("small",)]
+    assert db.lookups == []
+
+
+async def test_lookups_of_devices_asking_together_share_one_query() -> None:
+    db = Database({f"d{i}": {f"k{j}": 1 for j in range(20)} for i in range(10)})
+    dedup = db.dedup(max_entries=100, large_device=10)
+    for i in range(10):
+        await dedup.ensure_loaded("calls", "t", f"d{i}")  # each pushes out the oldest ones
+    await asyncio.gather(
+        *(dedup.ensure_loaded("calls", "t", f"d{i}", ["k3", "x"]) for i in range(5))
+    )
+    assert db.lookups == [{f"d{i}": ["k3", "x"] for i in range(5)}]
+    for i in range(5):
+        verdict = dedup.classify("calls", "t", f"d{i}", ["k3", "x"], [1, 1])
+        assert verdict.outcomes.tolist() == [Outcome.DUPLICATE, Outcome.ACCEPTED]
+
+
+async def test_a_stored_version_never_lowers_one_being_written() -> None:
+    db = Database({"big": {f"k{i}": 1 for i in range(60)}})
+    dedup = db.dedup(max_entries=50, large_device=50)
+    await dedup.ensure_loaded("calls", "t", "big")
+    await dedup.ensure_loaded("calls", "t", "other")  # big (60 > 50) is out
+    await dedup.ensure_loaded("calls", "t", "big", ["k1"])
+    written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    assert dedup.classify("calls", "t", "big", ["k1"], [5]).count(Outcome.UPDATED) == 1
+    dedup.record("calls", "t", "big", ["k1"], [5], written)
+    # A second batch's lookup reads ClickHouse, which does not hold version 5 yet.
+    await dedup.ensure_loaded("calls", "t", "big", ["k1", "k2"])
+    verdict = dedup.classify("calls", "t", "big", ["k1"], [5])
+    assert verdict.count(Outcome.DUPLICATE) == 1 and verdict.waits == (written,)
+    written.set_result(None)
+
+
+async def test_a_failed_write_beside_another_in_flight_forgets_only_its_own_records() -> None:
+    db = Database({"d": {"old": 1}})
+    dedup = db.dedup(max_entries=1000, large_device=50)
+    await dedup.ensure_loaded("calls", "t", "d")
+    loop = asyncio.get_running_loop()
+    first: asyncio.Future[None] = loop.create_future()
+    second: asyncio.Future[None] = loop.create_future()
+    dedup.record("calls", "t", "d", ["a"], [1], first)
+    dedup.record("calls", "t", "d", ["b"], [1], second)
+    first.set_exception(RuntimeError("insert failed"))
+    await asyncio.sleep(0)
+    # Reloading the device now would miss b, still being written: only a is forgotten.
+    assert dedup.loaded("calls", "t", "d")
+    assert not dedup.ready("calls", "t", "d", ["a"])
+    await dedup.ensure_loaded("calls", "t", "d", ["a", "b", "old"])
+    assert db.loads == [("d",)] and db.lookups == [{"d": ["a"]}]
+    verdict = dedup.classify("calls", "t", "d", ["a", "b", "old"], [1, 1, 1])
+    assert verdict.outcomes.tolist() == [Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.DUPLICATE]
+    assert verdict.waits == (second,)
+    second.set_result(None)
+
+
+async def test_outcomes_follow_the_rule_while_devices_are_evicted_and_looked_up() -> None:
+    # Memory far below the devices' histories: devices come and go, large ones by keys; the
+    # outcomes still follow the rule that the newest version stored so far wins.
+    rng = random.Random(5)
+    db = Database()
+    dedup = db.dedup(max_entries=120, large_device=20)
+    for _ in range(400):
+        device = f"d{rng.randrange(8)}"
+        keys = rng.sample([f"k{i}" for i in range(100)], rng.randrange(1, 40))
+        versions = [rng.randrange(0, 5) for _ in keys]
+        if not dedup.ready("calls", "t", device, keys):
+            await dedup.ensure_loaded("calls", "t", device, keys)
+        verdict = dedup.classify("calls", "t", device, keys, versions)
+        stored = db.stored.setdefault(device, {})
+        expected = []
+        for key, version in zip(keys, versions, strict=True):
+            before = stored.get(key)
+            if before is None:
+                expected.append(Outcome.ACCEPTED)
+            elif version > before:
+                expected.append(Outcome.UPDATED)
+            else:
+                expected.append(Outcome.DUPLICATE)
+                continue
+        assert [Outcome(o) for o in verdict.outcomes] == expected
+        new = verdict.new_rows.tolist()
+        taken = [(k, v) for k, v, n in zip(keys, versions, new, strict=True) if n]
+        dedup.record("calls", "t", device, [k for k, _ in taken], [v for _, v in taken], None)
+        stored.update(taken)  # durable at once (written=None)
+        assert dedup.entries <= 120 + 40
+    assert db.lookups and len(db.loads) > 8
