@@ -8,11 +8,11 @@ has stored or is storing. A device's records are loaded from ClickHouse the firs
 is seen (after a restart too), so a re-send after a crash is recognised as duplicates.
 
 Memory is bounded by ``max_entries``: whole devices are evicted least-recently-used first. A
-device evicted with a long history (``large_device`` records or more) is not reloaded whole when it
-is seen again: that would evict another device as large, and with more devices' histories than
-memory every batch would reload thousands of records. It comes back knowing nothing, and each
-batch first looks up only the keys it names that the device does not know (``KeyLoader``), many
-devices per query.
+device evicted with a long history (``large_device`` records or more), or first seen while
+memory has no room for such a history, is not loaded whole: that would push out another device,
+and with more devices' histories than memory every batch would reload thousands of records. It
+comes back knowing nothing, and each batch first looks up only the keys it names that the device
+does not know (``KeyLoader``), many devices per query.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class Deduplicator:
         # Loop: memory pressure may evict the device again before this waiter resumes.
         while True:
             device = self._devices.get(group)
-            if device is None and group in self._large and group not in self._loading:
+            if device is None and self._by_keys(group):
                 device = self._devices[group] = _Device({}, complete=False)
             if device is None:
                 loading = self._loading.get(group)
@@ -261,6 +261,13 @@ class Deduplicator:
             raise
         self._put(table, tenant_id, ids, stored)
         return len(ids)
+
+    def _by_keys(self, group: Group) -> bool:
+        """Whether a device not in memory comes back by keys rather than whole: it was let go
+        with a long history, or memory has no room for one (loading it could push others out)."""
+        if self._key_loader is None or group in self._loading:
+            return False
+        return group in self._large or self._entries + self._large_device > self._max_entries
 
     async def _look_up(
         self, table: str, tenant_id: str, device_id: str, keys: list[str]

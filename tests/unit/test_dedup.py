@@ -286,9 +286,9 @@ class Database:
 
 async def test_a_large_evicted_device_comes_back_by_keys_not_whole() -> None:
     db = Database(
-        {"big": {f"k{i}": 1 for i in range(60)}, "other": {f"k{i}": 1 for i in range(60)}}
+        {"big": {f"k{i}": 1 for i in range(60)}, "other": {f"k{i}": 1 for i in range(150)}}
     )
-    dedup = db.dedup(max_entries=100, large_device=50)
+    dedup = db.dedup(max_entries=200, large_device=50)
     await dedup.ensure_loaded("calls", "t", "big")
     await dedup.ensure_loaded("calls", "t", "other")  # pushes big out
     assert not dedup.loaded("calls", "t", "big")
@@ -296,7 +296,7 @@ async def test_a_large_evicted_device_comes_back_by_keys_not_whole() -> None:
     await dedup.ensure_loaded("calls", "t", "big", ["k1", "new", "k1"])
     assert db.loads == [("big",), ("other",)]  # not loaded whole again
     assert db.lookups == [{"big": ["k1", "new"]}]
-    assert dedup.entries == 60 + 1  # other, and big's k1
+    assert dedup.entries == 150 + 1  # other, and big's k1
     verdict = dedup.classify("calls", "t", "big", ["k1", "new"], [1, 1])
     assert verdict.outcomes.tolist() == [Outcome.DUPLICATE, Outcome.ACCEPTED]
     dedup.record("calls", "t", "big", ["new"], [1], None)
@@ -309,21 +309,29 @@ async def test_a_small_evicted_device_is_loaded_whole_again() -> None:
     db = Database({"small": {"k": 1}, "other": {f"k{i}": 1 for i in range(100)}})
     dedup = db.dedup(max_entries=100, large_device=50)
     await dedup.ensure_loaded("calls", "t", "small")
-    await dedup.ensure_loaded("calls", "t", "other")
+    await dedup.ensure_loaded("calls", "u", "other")  # pushes small out
+    assert not dedup.loaded("calls", "t", "small")
+    dedup.forget_tenant("u")  # room again
     await dedup.ensure_loaded("calls", "t", "small", ["k"])
     assert db.loads == [("small",), ("other",), ("small",)]
     assert db.lookups == []
 
 
 async def test_lookups_of_devices_asking_together_share_one_query() -> None:
-    db = Database({f"d{i}": {f"k{j}": 1 for j in range(20)} for i in range(10)})
+    db = Database({f"d{i}": {f"k{j}": 1 for j in range(20)} for i in range(5)})
     dedup = db.dedup(max_entries=100, large_device=10)
-    for i in range(10):
-        await dedup.ensure_loaded("calls", "t", f"d{i}")  # each pushes out the oldest ones
+    for i in range(5):
+        await dedup.ensure_loaded("calls", "t", f"d{i}")  # whole: memory is full after them
+    for i in range(5, 10):  # come by keys, and their new records push d0-d4 out one by one
+        await dedup.ensure_loaded("calls", "t", f"d{i}")
+        dedup.record("calls", "t", f"d{i}", [f"n{j}" for j in range(20)], [1] * 20, None)
+    assert db.loads == [(f"d{i}",) for i in range(5)]
+    assert not any(dedup.loaded("calls", "t", f"d{i}") for i in range(5))
     await asyncio.gather(
         *(dedup.ensure_loaded("calls", "t", f"d{i}", ["k3", "x"]) for i in range(5))
     )
     assert db.lookups == [{f"d{i}": ["k3", "x"] for i in range(5)}]
+    assert len(db.loads) == 5
     for i in range(5):
         verdict = dedup.classify("calls", "t", f"d{i}", ["k3", "x"], [1, 1])
         assert verdict.outcomes.tolist() == [Outcome.DUPLICATE, Outcome.ACCEPTED]
@@ -397,4 +405,15 @@ async def test_outcomes_follow_the_rule_while_devices_are_evicted_and_looked_up(
         dedup.record("calls", "t", device, [k for k, _ in taken], [v for _, v in taken], None)
         stored.update(taken)  # durable at once (written=None)
         assert dedup.entries <= 120 + 40
-    assert db.lookups and len(db.loads) > 8
+    assert db.lookups and len(db.loads) >= 8
+
+
+async def test_a_device_first_seen_while_memory_has_no_room_comes_by_keys() -> None:
+    db = Database({"old": {f"k{i}": 1 for i in range(60)}, "new": {"k1": 1, "k2": 1}})
+    dedup = db.dedup(max_entries=100, large_device=50)
+    await dedup.ensure_loaded("calls", "t", "old")
+    assert dedup.entries == 60  # no room for another 50
+    await dedup.ensure_loaded("calls", "t", "new", ["k1", "k3"])
+    assert db.loads == [("old",)] and db.lookups == [{"new": ["k1", "k3"]}]
+    verdict = dedup.classify("calls", "t", "new", ["k1", "k3"], [1, 1])
+    assert verdict.outcomes.tolist() == [Outcome.DUPLICATE, Outcome.ACCEPTED]
