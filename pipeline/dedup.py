@@ -399,34 +399,44 @@ class Deduplicator:
         self._evict(keep=group)
 
     def forget_tenant(self, tenant_id: str) -> None:
-        """Drops everything remembered of the tenant's devices; each reloads from ClickHouse when
-        next seen. After an erasure the stored records of the number are gone, so versions
-        remembered from before would count a re-send after the erasure is lifted as a duplicate.
+        """Drops what is remembered of the tenant's devices but their records still being
+        written; ClickHouse answers for the rest again. After an erasure the stored records of
+        the number are gone, so versions remembered from before would count a re-send after the
+        erasure is lifted as a duplicate.
         """
         for group in [g for g in self._devices if g[1] == tenant_id]:
-            device = self._devices.pop(group)
-            self._entries -= len(device.versions)
+            device = self._devices[group]
+            if self._key_loader is None or not self._keep_in_flight(device):
+                del self._devices[group]
+                self._entries -= len(device.versions)
+
+    def _keep_in_flight(self, device: _Device, failed: asyncio.Future[None] | None = None) -> bool:
+        """Forgets every version of the device but those still being written (bar ``failed``),
+        which ClickHouse does not know yet; the rest is looked up by key. False if nothing is in
+        flight (then the caller drops the device, which comes back by keys or whole)."""
+        in_flight = {
+            key: write
+            for key, write in device.pending.items()
+            if write is not failed and not write.done()
+        }
+        if not in_flight:
+            return False
+        kept = {key: device.versions[key] for key in in_flight}
+        self._entries -= len(device.versions) - len(kept)
+        device.versions, device.pending, device.complete = kept, in_flight, False
+        return True
 
     def _settle(
         self, group: Group, device: _Device, keys: list[str], written: asyncio.Future[None]
     ) -> None:
         if written.cancelled() or written.exception() is not None:
-            if self._devices.get(group) is not device:
-                return
-            in_flight = (f for f in device.pending.values() if f is not written and not f.done())
-            if self._key_loader is None or next(in_flight, None) is None:
-                # Versions that never became durable: forget the device, reload it whole.
+            # Versions that never became durable: ClickHouse answers for the device again, but
+            # a reload would miss what its other writes still in flight hold: those are kept.
+            if self._devices.get(group) is device and (
+                self._key_loader is None or not self._keep_in_flight(device, written)
+            ):
                 del self._devices[group]
                 self._entries -= len(device.versions)
-                return
-            # Other writes of the device are in flight, and a reload would miss their versions:
-            # forget only the failed ones; ClickHouse answers for them when a batch names them.
-            failed = [k for k in keys if device.pending.get(k) is written]
-            for key in failed:
-                del device.pending[key]
-                del device.versions[key]
-            self._entries -= len(failed)
-            device.complete = False
             return
         for key in keys:
             if device.pending.get(key) is written:
