@@ -26,7 +26,13 @@ import grpc
 import uvloop
 
 from callsight.loadtest.bootstrap import DeviceIdentity
-from callsight.loadtest.common import MAX_MESSAGE_BYTES, auth, cpu_s
+from callsight.loadtest.common import (
+    MAX_MESSAGE_BYTES,
+    STREAM_IDLE,
+    auth,
+    cpu_s,
+    error_reason,
+)
 from callsight.loadtest.histogram import Histogram
 from callsight.loadtest.workload import DeviceTruth, DeviceWorkload, WorkloadSpec, device_workload
 from callsight.v1 import ingest_pb2
@@ -91,6 +97,7 @@ class WorkerResult:
     generation_s: float = 0.0
     sessions: int = 0
     reconnects: int = 0  # forced by --reconnect-every
+    idle_ends: int = 0  # streams the server ended as idle (STREAM_IDLE): routine, not errors
     resent: int = 0  # batches sent again after an error, stall or reconnect
     peak_streams: int = 0
     devices_failed: int = 0
@@ -132,7 +139,7 @@ class WorkerResult:
 # fmt: off
 SUMMED = [
     "devices", "records", "batches", "accepted", "updated", "duplicates", "rejected", "cpu_s",
-    "sessions", "reconnects", "resent", "peak_streams", "devices_failed",
+    "sessions", "reconnects", "resent", "peak_streams", "devices_failed", "idle_ends",
 ]
 # fmt: on
 
@@ -258,6 +265,7 @@ class DeviceAgent:
         self._waiting: dict[int, list[int]] = {}  # original -> re-sends waiting for its ack
         self._last_progress = 0.0
         self._broken_at: float | None = None  # the first failed stream since the last ack
+        self._idle = True  # no stream yet, or the server ended the last one as idle
 
     async def run(self) -> None:
         """Streams until everything is acked or the device gives up; never raises."""
@@ -272,10 +280,13 @@ class DeviceAgent:
     async def _run(self) -> None:
         failures = 0
         delay = self._options.backoff_s
-        if self.batches:
-            # The stream opens when the first batch is due, as an agent's sync job would.
-            await asyncio.sleep(max(0.0, self._due[0] - time.monotonic()))
         while self._remaining:
+            self._release(time.monotonic())
+            if self._idle and not self._todo and self._next < len(self.batches):
+                # As an agent's sync job: a stream opens when there is something to send. (After
+                # a failure the device reconnects at once: a restart storm stays a storm.)
+                await asyncio.sleep(max(0.0, self._due[self._next] - time.monotonic()))
+            self._idle = False
             progressed = await self._session()
             if not self._remaining:
                 break
@@ -418,6 +429,11 @@ class DeviceAgent:
         except _Drop:
             pass
         except grpc.aio.AioRpcError as exc:
+            if not in_flight and error_reason(exc) == STREAM_IDLE:
+                # The server freed an idle stream's slot: a new one opens when a batch is due.
+                recorder.result.idle_ends += 1
+                self._idle = True
+                return True
             self._broke()
             recorder.error(exc.code().name, f"device {self.identity.device_id}: {exc.details()}")
         except asyncio.InvalidStateError:

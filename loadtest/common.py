@@ -53,6 +53,21 @@ def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
     return 1.0 if error.code() == grpc.StatusCode.UNAVAILABLE else None
 
 
+# The ErrorInfo reason of a stream the server ended because it sent nothing: routine.
+STREAM_IDLE = "STREAM_IDLE"
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The ``google.rpc.ErrorInfo`` reason in the error's rich status, if it has one."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    return None
+
+
 async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = 300.0) -> T:
     """``await call()``, again after the server's retry delay while it says to retry, for up to
     ``patience_s`` in all (a quota or a restart is waited out, not reported as a failure)."""

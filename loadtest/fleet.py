@@ -182,6 +182,7 @@ class FleetResult:
                 "opened": c.sessions,
                 "reconnects": c.reconnects,
                 "resent": c.resent,
+                "idle_ends": c.idle_ends,
                 "devices_failed": c.devices_failed,
             },
             "generated": self.totals,

@@ -118,9 +118,10 @@ def table(result: dict[str, Any]) -> str:
             ", ".join(f"{code} {n:,}" for code, n in sorted(errors.items())) or "none",
         ),
         (
-            "streams: peak open / opened / forced reconnects / batches re-sent",
+            "streams: peak open / opened / forced reconnects / batches re-sent / ended idle",
             f"{result['streams']['peak']:,} / {result['streams']['opened']:,}"
-            f" / {result['streams']['reconnects']:,} / {result['streams']['resent']:,}",
+            f" / {result['streams']['reconnects']:,} / {result['streams']['resent']:,}"
+            f" / {result['streams'].get('idle_ends', 0):,}",
         ),
         (
             f"client CPU s, cores busy ({client['processes']} processes)",

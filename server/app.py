@@ -393,6 +393,7 @@ class Service:
                 max_streams=self.config.max_streams,
                 max_per_device=self.config.max_streams_per_device,
                 idle_timeout_s=self.config.stream_idle_timeout_s,
+                yield_idle_s=self.config.stream_yield_idle_s,
             ),
             policies=policy_messages,
             activity=activity,

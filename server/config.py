@@ -144,6 +144,10 @@ class Config:
     # A stream that sends no message for this long is ended with UNAVAILABLE (reconnect when
     # there is something to send), so idle phones do not hold stream slots for ever.
     stream_idle_timeout_s: float = 300.0
+    # At max_streams, a new stream is admitted by ending the stream that has waited longest for
+    # its next message, if that is at least this long: a phone between syncs gives its slot to
+    # one with something to send (it opens a new stream when it has).
+    stream_yield_idle_s: float = 10.0
     # The server pings a connection quiet for keepalive_time_s and closes it when the ping is
     # not answered within keepalive_timeout_s: a phone gone without a FIN frees its streams.
     keepalive_time_s: float = 60.0
@@ -494,6 +498,13 @@ _SETTINGS: tuple[_Setting, ...] = (
         "SECONDS",
     ),
     _Setting(
+        "stream_yield_idle_s",
+        "--stream-yield-idle-s",
+        _parse_float,
+        "at --max-streams, end the longest-idle stream if idle this long to admit a new one",
+        "SECONDS",
+    ),
+    _Setting(
         "keepalive_time_s",
         "--keepalive-time-s",
         _parse_float,
@@ -805,6 +816,7 @@ def _validate(c: Config) -> list[str]:
         "write_retry_max_elapsed_s",
         "report_max_execution_s",
         "stream_idle_timeout_s",
+        "stream_yield_idle_s",
         "keepalive_time_s",
         "keepalive_timeout_s",
         "min_client_ping_interval_s",

@@ -25,6 +25,7 @@ from callsight.core.errors import (
     ResourceExhausted,
     StorageError,
     StorageRefused,
+    StreamIdle,
     Unauthenticated,
     Unavailable,
     Unimplemented,
@@ -77,23 +78,32 @@ def client_message(exc: CallsightError) -> str:
 
 
 def trailing_metadata(exc: CallsightError) -> tuple[tuple[str, bytes | str], ...]:
-    """Rich status details: a RetryInfo for errors the client should retry."""
+    """Rich status details: a RetryInfo for errors the client should retry, and an ErrorInfo
+    (domain "callsight", reason ``STREAM_IDLE``) for a stream the server ended as idle."""
     if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
         return _retry_details(code_pb2.RESOURCE_EXHAUSTED, exc, exc.retry_after_s)
     if isinstance(exc, Unavailable | StorageError) and not isinstance(exc, StorageRefused):
         delay = exc.retry_after_s if isinstance(exc, Unavailable) else 1.0
-        return _retry_details(code_pb2.UNAVAILABLE, exc, delay)
+        reason = STREAM_IDLE if isinstance(exc, StreamIdle) else None
+        return _retry_details(code_pb2.UNAVAILABLE, exc, delay, reason)
     return ()
 
 
+# ErrorInfo of a stream the server ended because it sent nothing (StreamIdle).
+ERROR_DOMAIN = "callsight"
+STREAM_IDLE = "STREAM_IDLE"
+
+
 def _retry_details(
-    code: int, exc: CallsightError, delay: float
+    code: int, exc: CallsightError, delay: float, reason: str | None = None
 ) -> tuple[tuple[str, bytes | str], ...]:
     retry = error_details_pb2.RetryInfo(
         retry_delay=duration_pb2.Duration(seconds=int(delay), nanos=int((delay - int(delay)) * 1e9))
     )
     status = status_pb2.Status(code=code, message=client_message(exc))
     status.details.add().Pack(retry)
+    if reason is not None:
+        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -16,8 +16,8 @@ from callsight.core.errors import (
     InvalidArgument,
     ResourceExhausted,
     StorageRefused,
+    StreamIdle,
     Unauthenticated,
-    Unavailable,
 )
 from callsight.pipeline.budget import Owner
 from callsight.pipeline.encode import Source
@@ -66,6 +66,8 @@ class StreamLimits:
     max_streams: int  # open in this process
     max_per_device: int  # open for one device
     idle_timeout_s: float  # a stream sending nothing this long is ended
+    # at max_streams, the longest-idle stream gives its slot to a new one if idle this long
+    yield_idle_s: float = 10.0
 
 
 class OpenStreams:
@@ -76,21 +78,25 @@ class OpenStreams:
         self._per_device: dict[Owner, int] = {}
         self.open = 0
 
-    def enter(self, owner: Owner) -> None:
-        """Counts a new stream of ``owner``, or raises ``ResourceExhausted`` saying which limit."""
+    def enter(self, owner: Owner, make_room: Callable[[], bool] | None = None) -> None:
+        """Counts a new stream of ``owner``, or raises ``ResourceExhausted`` saying which limit.
+
+        At the server's limit ``make_room`` may end an idle stream to admit this one (True if it
+        did): ``open`` then exceeds the limit until that stream has ended.
+        """
         limits = self._limits
-        if self.open >= limits.max_streams:
-            raise ResourceExhausted(
-                f"the server has {self.open} streams open, its limit; retry shortly or use "
-                "another server",
-                _SERVER_FULL_RETRY_S,
-            )
         mine = self._per_device.get(owner, 0)
         if mine >= limits.max_per_device:
             raise ResourceExhausted(
                 f"this device already has {mine} streams open, the most one device may have; "
                 "send on one of them (a stream takes any number of batches) or close one",
                 _DEVICE_FULL_RETRY_S,
+            )
+        if self.open >= limits.max_streams and (make_room is None or not make_room()):
+            raise ResourceExhausted(
+                f"the server has {self.open} streams open, its limit; retry shortly or use "
+                "another server",
+                _SERVER_FULL_RETRY_S,
             )
         self._per_device[owner] = mine + 1
         self.open += 1
@@ -115,18 +121,46 @@ class OpenStreams:
 
 
 class IdleStreams:
-    """Ends streams that wait longer than ``idle_timeout_s`` for their next message.
+    """Ends streams that wait longer than ``idle_timeout_s`` for their next message, and on
+    demand the one that has waited longest (``end_longest_idle``).
 
     One timer checks every waiting stream a few times per timeout, instead of a timeout armed and
     disarmed around every message read (about 20 us of event-loop time per message at 1,500
-    messages/s). A stream is ended up to a quarter of the timeout (at most 1 s) late.
+    messages/s). A stream is ended up to a quarter of the timeout (at most 1 s) late. Acks of
+    batches already read are still sent before the stream ends.
     """
 
     def __init__(self, idle_timeout_s: float) -> None:
         self._timeout_s = idle_timeout_s
-        self._waiting: dict[asyncio.Task[Any], float] = {}  # reader -> since (loop time)
-        self._expired: set[asyncio.Task[Any]] = set()
+        # reader -> since (loop time); a reader re-enters on every message, so the longest
+        # waiting come first.
+        self._waiting: dict[asyncio.Task[Any], float] = {}
+        self._expired: dict[asyncio.Task[Any], str] = {}  # reader -> why it is being ended
         self._sweeper: asyncio.TimerHandle | None = None
+        self.yielded = 0  # streams ended by end_longest_idle
+
+    def end_longest_idle(self, min_idle_s: float) -> bool:
+        """Ends the stream that has waited longest for its next message if that is at least
+        ``min_idle_s``, so that its slot goes to a stream with something to send; True if so."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, since in self._waiting.items():
+            if now - since < min_idle_s:
+                return False
+            if task not in self._expired:
+                self._end(
+                    task,
+                    f"this stream sent nothing for {now - since:.0f} s and the server, at its "
+                    "limit of open streams, gave its slot to a device with something to send; "
+                    "open a new stream when there is something to send",
+                )
+                self.yielded += 1
+                return True
+        return False
+
+    def _end(self, task: asyncio.Task[Any], why: str) -> None:
+        self._expired[task] = why
+        task.cancel()
 
     async def next_message(self, messages: AsyncIterator[Any]) -> Any:
         """``anext(messages)``; raises ``Unavailable`` once the stream sent nothing for too long."""
@@ -139,14 +173,11 @@ class IdleStreams:
         try:
             return await anext(messages)
         except asyncio.CancelledError:
-            if task not in self._expired:
+            why = self._expired.pop(task, None)
+            if why is None:
                 raise
-            self._expired.discard(task)
             task.uncancel()
-            raise Unavailable(
-                f"no message on this stream for {self._timeout_s:g} s, so the server ended it "
-                "to free its slot; open a new stream when there is something to send"
-            ) from None
+            raise StreamIdle(why) from None
         finally:
             self._waiting.pop(task, None)
 
@@ -159,8 +190,11 @@ class IdleStreams:
         oldest = loop.time() - self._timeout_s
         for task, since in list(self._waiting.items()):
             if since <= oldest and task not in self._expired:
-                self._expired.add(task)
-                task.cancel()
+                self._end(
+                    task,
+                    f"no message on this stream for {self._timeout_s:g} s, so the server ended"
+                    " it to free its slot; open a new stream when there is something to send",
+                )
         self._sweeper = loop.call_later(self._period_s, self._sweep) if self._waiting else None
 
 
@@ -327,7 +361,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         caller = current_caller()
         owner = (caller.tenant_id, caller.device_id)
         # Counted before any message is read; uncounted once, when the call ends however it ends.
-        self.streams.enter(owner)
+        self.streams.enter(owner, self._make_room)
         counted = True
         self._activity.seen(owner, self._clock.now_ms())
 
@@ -344,6 +378,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 yield ack
         finally:
             leave()
+
+    def _make_room(self) -> bool:
+        return self._idle.end_longest_idle(self._limits.yield_idle_s)
 
     async def _stream(
         self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest | InvalidArgument]

@@ -157,3 +157,37 @@ async def test_fleet_fails_verification_when_writes_are_dropped_after_ack(
     assert stored_all < expected_all
     assert stored == reported <= expected
     assert result.to_json()["verify"]["ok"] is False
+
+
+async def test_phones_between_syncs_give_their_stream_slots_to_phones_with_calls(
+    data_dir: Path, log_file: Path
+) -> None:
+    # Twice as many phones as stream slots, each syncing every 2 s and idle in between: at
+    # the limit the longest-idle stream is ended as STREAM_IDLE (routine for the agent, which
+    # opens a new stream at its next sync) instead of the newcomer being refused.
+    service = Service(
+        make_config(
+            data_dir, f"fleet_{secrets.token_hex(4)}", max_streams=6, stream_yield_idle_s=0.3
+        )
+    )
+    await service.start()
+    try:
+        options = FleetOptions(
+            target=f"127.0.0.1:{service.port}",
+            operator_token=OPERATOR_TOKEN,
+            devices=12,
+            spec=WorkloadSpec(
+                mode="steady", duration_s=8, sync_interval_s=2.0, calls_per_hour=3600, seed=5
+            ),
+            agent=AgentOptions(window=4, stall_s=30),
+            client_processes=0,
+            progress=False,
+        )
+        result = await run_fleet(options, say=lambda _: None)
+    finally:
+        await service.stop()
+    assert not result.client.errors, result.client.failures[:5]
+    assert result.client.idle_ends > 0
+    assert result.client.batches == result.totals["batches"]
+    assert result.verification.ok, result.verification.differences[:20]
+    assert result.to_json()["streams"]["idle_ends"] == result.client.idle_ends

@@ -268,6 +268,40 @@ async def test_streams_are_capped_per_device_and_per_server(data_dir: Path) -> N
         await svc.stop()
 
 
+async def test_at_the_stream_limit_the_longest_idle_stream_gives_up_its_slot(
+    data_dir: Path,
+) -> None:
+    svc = Service(
+        make_config(
+            data_dir, f"yield_{secrets.token_hex(4)}", max_streams=2, stream_yield_idle_s=2.0
+        )
+    )
+    await svc.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
+            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+            first, second, third = await _device_tokens(channel, 3)
+            idle, _ = await _open(ingest, first, 1)
+            busy, busy_queue = await _open(ingest, second, 2)
+            # Too soon: nobody has been idle for 2 s yet.
+            error = await expect_status(_open(ingest, third, 3), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert "the server has 2 streams open, its limit" in (error.details() or "")
+            await asyncio.sleep(2.0)
+            # Both have sent nothing for 2 s; the first, idle longest, makes room for the third.
+            new, new_queue = await _open(ingest, third, 4)
+            error = await expect_status(idle.read(), grpc.StatusCode.UNAVAILABLE)
+            assert "gave its slot to a device with something to send" in (error.details() or "")
+            # The other stream goes on; the admitted one is served.
+            busy_queue.put_nowait(batch(5, [call(5)]))
+            ack = await busy.read()
+            assert isinstance(ack, ingest_pb2.UploadAck) and ack.seq == 5
+            for stream, queue in ((busy, busy_queue), (new, new_queue)):
+                queue.put_nowait(None)
+                assert await stream.read() == grpc.aio.EOF
+    finally:
+        await svc.stop()
+
+
 async def test_an_idle_stream_is_ended_with_a_clear_status(data_dir: Path) -> None:
     svc = Service(
         make_config(

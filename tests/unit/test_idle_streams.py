@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from callsight.core.errors import Unavailable
-from callsight.server.ingest import IdleStreams
+from callsight.core.errors import ResourceExhausted, Unavailable
+from callsight.server.ingest import IdleStreams, OpenStreams, StreamLimits
 
 
 async def messages(gaps_s: list[float]) -> AsyncIterator[int]:
@@ -48,3 +48,39 @@ async def test_other_cancellations_pass_through() -> None:
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
+
+
+async def test_the_longest_idle_stream_gives_up_its_slot_on_demand() -> None:
+    idle = IdleStreams(300.0)
+    oldest = asyncio.create_task(read_all(idle, [0.0, 5.0]))
+    await asyncio.sleep(0.1)
+    newer = asyncio.create_task(read_all(idle, [0.0, 5.0]))
+    busy = asyncio.create_task(read_all(idle, [0.02] * 20))
+    await asyncio.sleep(0.1)
+    assert not idle.end_longest_idle(1.0)  # nobody has been idle that long
+    assert idle.end_longest_idle(0.15)
+    with pytest.raises(Unavailable, match=r"gave its slot to a device with something to send"):
+        await asyncio.wait_for(oldest, 1)
+    assert idle.yielded == 1 and not newer.done()
+    assert not idle.end_longest_idle(0.15)  # the next one has waited only 0.1 s
+    assert await busy == list(range(20))
+    newer.cancel()
+
+
+def test_a_full_server_admits_a_stream_only_if_an_idle_one_makes_room() -> None:
+    limits = StreamLimits(max_streams=2, max_per_device=2, idle_timeout_s=300.0)
+    streams = OpenStreams(limits)
+    streams.enter(("t", "a"))
+    streams.enter(("t", "b"))
+    with pytest.raises(ResourceExhausted, match="2 streams open, its limit"):
+        streams.enter(("t", "c"), lambda: False)
+    made: list[bool] = []
+    streams.enter(("t", "c"), lambda: made.append(True) or True)
+    assert made == [True] and streams.open == 3  # until the idle one has ended
+    streams.leave(("t", "a"))
+    streams.enter(("t", "b"), lambda: made.append(True) or True)
+    assert made == [True, True] and streams.of(("t", "b")) == 2
+    # A device at its own limit gets no room made for it.
+    with pytest.raises(ResourceExhausted, match="this device already has 2 streams"):
+        streams.enter(("t", "b"), lambda: made.append(True) or True)
+    assert made == [True, True]

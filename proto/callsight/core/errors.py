@@ -43,6 +43,12 @@ class Unavailable(CallsightError):
         self.retry_after_s = retry_after_s
 
 
+class StreamIdle(Unavailable):
+    """The server ended a stream that was sending nothing, to free its slot: routine, not a
+    failure. The client opens a new stream when it has something to send. Its status carries a
+    ``google.rpc.ErrorInfo`` with reason ``STREAM_IDLE``."""
+
+
 class ResourceExhausted(CallsightError):
     """The caller used up a quota, or a request needs more than one may use.
 
