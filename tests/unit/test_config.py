@@ -351,11 +351,13 @@ def test_metrics_need_a_port_of_their_own() -> None:
     assert both_free.metrics_address == "127.0.0.1:0"
 
 
-def test_decode_workers_default_to_the_spare_cpus_and_reach_the_pipeline(
+def test_decode_workers_default_to_the_cpus_and_reach_the_pipeline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
     assert load([], {}).decode_workers == 4  # at most 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    assert load([], {}).decode_workers == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
     assert load([], {}).decode_workers == 0  # one CPU: decode on the loop
     config = load(["--decode-workers", "2"], {})
