@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from callsight.core.errors import InvalidArgument, StorageError, StorageRefused, Unavailable
-from callsight.pipeline.batcher import Batcher
+from callsight.pipeline.batcher import EARLY_ROWS, Batcher
 from callsight.pipeline.chunk import RowChunk
 from callsight.pipeline.settings import PipelineSettings
 from callsight.server.config import Config
@@ -449,4 +449,23 @@ async def test_an_unexpected_error_is_a_bug_and_is_not_retried() -> None:
     await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 2)
     assert isinstance(futures[0].exception(), TypeError)
     assert batcher.stats.retries == 0
+    await batcher.close(1)
+
+
+async def test_a_buffer_filling_fast_is_flushed_at_half_its_age_and_a_trickle_at_its_age() -> None:
+    sink = RecordingSink()
+    batcher = Batcher(sink, settings(max_rows=50_000, max_age_ms=400))
+    await batcher.start()
+    started = asyncio.get_running_loop().time()
+    fast = batcher.add("calls", rows(0, EARLY_ROWS))
+    slow = batcher.add("telemetry", rows(0, EARLY_ROWS - 1))
+    await done(fast)
+    fast_s = asyncio.get_running_loop().time() - started
+    await done(slow)
+    slow_s = asyncio.get_running_loop().time() - started
+    assert 0.2 <= fast_s < 0.35 and slow_s >= 0.4
+    assert [(w[0], w[1].num_rows) for w in sink.writes] == [
+        ("calls", EARLY_ROWS),
+        ("telemetry", EARLY_ROWS - 1),
+    ]
     await batcher.close(1)
