@@ -172,10 +172,13 @@ class Ingestor:
         return loaded
 
     async def start(self) -> None:
-        """Starts the decode workers and the age-based flushing."""
-        if self.pool is not None:
-            # Not waited for: batches are decoded here until the workers answer (~0.5-1 s).
-            self.pool.start()
+        """Starts the age-based flushing.
+
+        The decode workers start with the first chunk large enough for them (a backfill), which
+        is decoded here while they start (~0.5-1 s): a fleet reconnecting after a restart sends
+        small batches that never need them, and spawning them (each imports pyarrow and pandas,
+        ~0.85 s of CPU) would take CPU from that storm.
+        """
         await self.batcher.start()
 
     async def close(self, timeout_s: float) -> None:
