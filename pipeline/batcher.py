@@ -10,8 +10,8 @@ size from the columns (numpy ``nbytes``, characters of str and bytes values) tak
 A buffer that holds ``EARLY_ROWS`` rows or more when half its age has passed is cut then, as if
 aged: rows arriving that fast (500-call batches at 36k calls/s) fill an insert whose fixed cost is
 shared enough, and waiting the full age only delays their acks (ack p99 300-400 ms instead of
-650-720 ms, for up to a fifth more CPU in that fleet). A trickle of small batches (phones syncing a few
-calls) still waits the full age for company, so it makes no more inserts than before.
+650-720 ms, for up to a fifth more CPU in that fleet). A trickle of small batches (phones
+syncing a few calls) still waits the full age for company, so it makes no more inserts.
 
 Age says when rows may wait no longer for company; it cuts a buffer only when the table has no
 flush queued or being written and a writer is free. Otherwise the buffer stays open, keeps

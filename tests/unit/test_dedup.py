@@ -23,6 +23,25 @@ class Loader:
         return {d: dict(self.stored.get(d, {})) for d in devices}
 
 
+def by_the_rule(
+    keys: Sequence[str], versions: Sequence[int], newest: dict[str, int]
+) -> list[Outcome]:
+    """The outcomes by the rule itself (the newest version taken so far wins); takes the new
+    versions into ``newest``."""
+    expected = []
+    for key, version in zip(keys, versions, strict=True):
+        before = newest.get(key)
+        if before is None:
+            expected.append(Outcome.ACCEPTED)
+        elif version > before:
+            expected.append(Outcome.UPDATED)
+        else:
+            expected.append(Outcome.DUPLICATE)
+            continue
+        newest[key] = version
+    return expected
+
+
 async def test_outcomes_against_stored_and_within_a_batch() -> None:
     dedup = Deduplicator(Loader({"d1": {"a": 10, "b": 10}}))
     await dedup.ensure_loaded("calls", "t", "d1")
@@ -57,17 +76,7 @@ async def test_outcomes_and_memory_follow_the_record_by_record_rule_over_many_ba
             keys = [f"k{rng.randrange(200)}" for _ in range(size)]
         versions = [rng.randrange(0, 60) for _ in keys]
         verdict = dedup.classify("calls", "t", "d", keys, versions)
-        expected = []
-        for key, version in zip(keys, versions, strict=True):
-            before = newest.get(key)
-            if before is None:
-                expected.append(Outcome.ACCEPTED)
-            elif version > before:
-                expected.append(Outcome.UPDATED)
-            else:
-                expected.append(Outcome.DUPLICATE)
-                continue
-            newest[key] = version
+        expected = by_the_rule(keys, versions, newest)
         assert [Outcome(o) for o in verdict.outcomes] == expected
         assert verdict.counts == tuple(expected.count(o) for o in Outcome)
         assert verdict.all_new == (Outcome.DUPLICATE not in expected)
@@ -390,22 +399,12 @@ async def test_outcomes_follow_the_rule_while_devices_are_evicted_and_looked_up(
         if not dedup.ready("calls", "t", device, keys):
             await dedup.ensure_loaded("calls", "t", device, keys)
         verdict = dedup.classify("calls", "t", device, keys, versions)
-        stored = db.stored.setdefault(device, {})
-        expected = []
-        for key, version in zip(keys, versions, strict=True):
-            before = stored.get(key)
-            if before is None:
-                expected.append(Outcome.ACCEPTED)
-            elif version > before:
-                expected.append(Outcome.UPDATED)
-            else:
-                expected.append(Outcome.DUPLICATE)
-                continue
+        # What is recorded is durable at once (written=None): ClickHouse holds it too.
+        expected = by_the_rule(keys, versions, db.stored.setdefault(device, {}))
         assert [Outcome(o) for o in verdict.outcomes] == expected
         new = verdict.new_rows.tolist()
         taken = [(k, v) for k, v, n in zip(keys, versions, new, strict=True) if n]
         dedup.record("calls", "t", device, [k for k, _ in taken], [v for _, v in taken], None)
-        stored.update(taken)  # durable at once (written=None)
         assert dedup.entries <= 120 + 40
     assert db.lookups and len(db.loads) >= 8
 
