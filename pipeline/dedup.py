@@ -59,6 +59,14 @@ LARGE_REMEMBERED = 50_000
 
 
 @dataclass(eq=False)
+class _Turns:
+    """The batches of one device inside ``ensure_loaded``, served one after another."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    callers: int = 0
+
+
+@dataclass(eq=False)
 class _Lookup:
     """Keys of one device to look up in the next round, and the round's answer."""
 
@@ -168,6 +176,7 @@ class Deduplicator:
         self._large: OrderedDict[Group, None] = OrderedDict()  # evicted large devices
         self._lookups: dict[tuple[str, str], dict[str, _Lookup]] = {}
         self._looker: asyncio.Task[None] | None = None
+        self._turns: dict[Group, _Turns] = {}  # devices with batches inside ensure_loaded
         self._devices: OrderedDict[Group, _Device] = OrderedDict()
         self._entries = 0
         self._loading: dict[Group, asyncio.Future[None]] = {}
@@ -190,7 +199,14 @@ class Deduplicator:
 
     def ready(self, table: str, tenant_id: str, device_id: str, keys: Sequence[str]) -> bool:
         """Whether ``classify`` of these keys can run now, with no query first (then
-        ``ensure_loaded`` has nothing to wait for); marks the device as recently used."""
+        ``ensure_loaded`` has nothing to wait for); marks the device as recently used.
+
+        False while earlier batches of the device wait in ``ensure_loaded``: a later one must
+        not be classified before them (a re-send would count as accepted and the original as
+        a duplicate).
+        """
+        if (table, tenant_id, device_id) in self._turns:
+            return False
         device = self._devices.get((table, tenant_id, device_id))
         if device is None:
             return False
@@ -202,10 +218,25 @@ class Deduplicator:
     ) -> None:
         """Makes ``classify`` of ``keys`` possible; call it right before, with no await between.
 
-        Loads the device's stored versions once (concurrent callers share one load); a large
-        device that was evicted instead looks up those of ``keys`` it does not know.
+        Loads the device's stored versions once; a large device that was evicted instead looks
+        up those of ``keys`` it does not know. Callers for one device return in the order they
+        called (devices first seen together still load in one query).
         """
         group = (table, tenant_id, device_id)
+        turns = self._turns.get(group)
+        if turns is None:
+            turns = self._turns[group] = _Turns()
+        turns.callers += 1
+        try:
+            async with turns.lock:
+                await self._make_ready(group, keys)
+        finally:
+            turns.callers -= 1
+            if not turns.callers:
+                del self._turns[group]
+
+    async def _make_ready(self, group: Group, keys: Sequence[str]) -> None:
+        table, tenant_id, device_id = group
         # Loop: memory pressure may evict the device again before this waiter resumes.
         while True:
             device = self._devices.get(group)

@@ -434,3 +434,35 @@ async def test_forgetting_a_tenant_keeps_the_records_still_being_written() -> No
     verdict = dedup.classify("calls", "t", "d", ["a"], [1])
     assert verdict.count(Outcome.DUPLICATE) == 1 and verdict.waits == (written,)
     written.set_result(None)
+
+
+async def test_a_later_batch_waits_for_earlier_ones_of_its_device_still_loading() -> None:
+    # The load ends; before the first batch's task resumes, the device's next batch (a re-send
+    # of the first) asks whether it may be classified at once: not before the first is.
+    release = asyncio.Event()
+    seen: list[bool] = []
+
+    async def slow(table: str, tenant: str, devices: Sequence[str]) -> dict[str, dict[str, int]]:
+        await release.wait()
+        asyncio.get_running_loop().call_soon(
+            lambda: seen.append(dedup.ready("calls", "t", "d", ["a"]))
+        )
+        return {d: {} for d in devices}
+
+    dedup = Deduplicator(slow)
+    outcomes: list[tuple[str, int]] = []
+
+    async def batch(name: str) -> None:
+        if not dedup.ready("calls", "t", "d", ["a"]):
+            await dedup.ensure_loaded("calls", "t", "d", ["a"])
+        verdict = dedup.classify("calls", "t", "d", ["a"], [1])
+        dedup.record("calls", "t", "d", ["a"], [1], None)
+        outcomes.append((name, verdict.count(Outcome.ACCEPTED)))
+
+    first = asyncio.create_task(batch("first"))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.wait_for(first, 2)
+    assert seen == [False]  # loaded, but the first batch had not been classified yet
+    await batch("re-send")
+    assert outcomes == [("first", 1), ("re-send", 0)]
