@@ -14,12 +14,13 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +43,10 @@ def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
     None for an error that retrying does not fix."""
     if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return None
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return float(info.retry_delay.ToTimedelta().total_seconds())
+    for detail in _status_details(error):
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToTimedelta().total_seconds())
     # UNAVAILABLE without advice: back off a second.
     return 1.0 if error.code() == grpc.StatusCode.UNAVAILABLE else None
 
@@ -59,13 +57,18 @@ STREAM_IDLE = "STREAM_IDLE"
 
 def error_reason(error: grpc.aio.AioRpcError) -> str | None:
     """The ``google.rpc.ErrorInfo`` reason in the error's rich status, if it has one."""
+    for detail in _status_details(error):
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return None
+
+
+def _status_details(error: grpc.aio.AioRpcError) -> Iterator[any_pb2.Any]:
+    """The details of the error's rich status (``grpc-status-details-bin``), if it has one."""
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return str(info.reason)
-    return None
+            yield from status_pb2.Status.FromString(value).details
 
 
 async def patiently(call: Callable[[], Awaitable[T]], patience_s: float = 300.0) -> T:

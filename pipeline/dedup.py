@@ -205,12 +205,13 @@ class Deduplicator:
         not be classified before them (a re-send would count as accepted and the original as
         a duplicate).
         """
-        if (table, tenant_id, device_id) in self._turns:
+        group = (table, tenant_id, device_id)
+        if group in self._turns:
             return False
-        device = self._devices.get((table, tenant_id, device_id))
+        device = self._devices.get(group)
         if device is None:
             return False
-        self._devices.move_to_end((table, tenant_id, device_id))
+        self._devices.move_to_end(group)
         return device.complete or all(map(device.versions.__contains__, keys))
 
     async def ensure_loaded(
@@ -304,7 +305,7 @@ class Deduplicator:
         self, table: str, tenant_id: str, device_id: str, keys: list[str]
     ) -> dict[str, int]:
         """The newest stored version of those of ``keys`` that are stored (maybe of more)."""
-        assert self._key_loader is not None  # only devices in _large are looked up
+        assert self._key_loader is not None  # only it makes devices that are not complete
         requests = self._lookups.setdefault((table, tenant_id), {})
         request = requests.get(device_id)
         if request is None:
@@ -436,10 +437,16 @@ class Deduplicator:
         erasure is lifted as a duplicate.
         """
         for group in [g for g in self._devices if g[1] == tenant_id]:
-            device = self._devices[group]
-            if self._key_loader is None or not self._keep_in_flight(device):
-                del self._devices[group]
-                self._entries -= len(device.versions)
+            self._forget(group, self._devices[group])
+
+    def _forget(
+        self, group: Group, device: _Device, failed: asyncio.Future[None] | None = None
+    ) -> None:
+        """Drops the device, or with a key loader keeps only its versions still being written
+        (a reload would miss those); ClickHouse answers for the rest again."""
+        if self._key_loader is None or not self._keep_in_flight(device, failed):
+            del self._devices[group]
+            self._entries -= len(device.versions)
 
     def _keep_in_flight(self, device: _Device, failed: asyncio.Future[None] | None = None) -> bool:
         """Forgets every version of the device but those still being written (bar ``failed``),
@@ -461,13 +468,9 @@ class Deduplicator:
         self, group: Group, device: _Device, keys: list[str], written: asyncio.Future[None]
     ) -> None:
         if written.cancelled() or written.exception() is not None:
-            # Versions that never became durable: ClickHouse answers for the device again, but
-            # a reload would miss what its other writes still in flight hold: those are kept.
-            if self._devices.get(group) is device and (
-                self._key_loader is None or not self._keep_in_flight(device, written)
-            ):
-                del self._devices[group]
-                self._entries -= len(device.versions)
+            # Versions that never became durable: ClickHouse answers for the device again.
+            if self._devices.get(group) is device:
+                self._forget(group, device, written)
             return
         for key in keys:
             if device.pending.get(key) is written:
