@@ -73,6 +73,7 @@ class Second:
     batches: int = 0
     errors: int = 0
     latency_us: Histogram = field(default_factory=Histogram)
+    loop_lag_us: int = 0  # the longest the client's event loop ran late in this second
 
 
 @dataclass(slots=True)
@@ -89,6 +90,9 @@ class WorkerResult:
     errors: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     latency_us: Histogram = field(default_factory=Histogram)
+    # How late the client's event loop ran a 100 ms timer: an ack read late is measured late, so
+    # this says how much of an ack latency could be the simulator's own.
+    loop_lag_us: Histogram = field(default_factory=Histogram)
     timeline: dict[int, Second] = field(default_factory=dict)
     first_send: float = float("inf")  # time.monotonic(): one clock for every process
     last_ack: float = 0.0
@@ -122,12 +126,14 @@ class WorkerResult:
             out.failures += r.failures[: max(0, Recorder.MAX_FAILURES - len(out.failures))]
             out.outages += r.outages
             out.latency_us.merge(r.latency_us)
+            out.loop_lag_us.merge(r.loop_lag_us)
             for key, second in r.timeline.items():
                 mine = out.timeline.setdefault(key, Second())
                 mine.records += second.records
                 mine.batches += second.batches
                 mine.errors += second.errors
                 mine.latency_us.merge(second.latency_us)
+                mine.loop_lag_us = max(mine.loop_lag_us, second.loop_lag_us)
             out.first_send = min(out.first_send, r.first_send)
             out.last_ack = max(out.last_ack, r.last_ack)
             out.peak_rss_mb = max(out.peak_rss_mb, r.peak_rss_mb)
@@ -189,6 +195,13 @@ class Recorder:
         self.bump(RECORDS, batch_records)
         self.bump(BATCHES)
         self.bump(IN_FLIGHT, -1)
+
+    def loop_lag(self, lag_s: float) -> None:
+        """The client's event loop ran a timer ``lag_s`` late."""
+        micros = max(0, int(lag_s * 1e6))
+        self.result.loop_lag_us.record(micros)
+        second = self._second(time.monotonic())
+        second.loop_lag_us = max(second.loop_lag_us, micros)
 
     def error(self, code: str, detail: str = "", times: int = 1) -> None:
         """Counts an error under ``code`` (a gRPC status name or a client-side reason)."""
@@ -538,12 +551,28 @@ class ClientProcess:
         if delay > 0:
             await asyncio.sleep(delay)
         cpu = cpu_s()
-        await asyncio.gather(*(agent.run() for agent in agents))
+        probe = asyncio.create_task(_probe_loop_lag(recorder))
+        try:
+            await asyncio.gather(*(agent.run() for agent in agents))
+        finally:
+            probe.cancel()
         result = recorder.result
         result.cpu_s = cpu_s() - cpu
         result.devices = len(agents)
         result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
         return result
+
+
+LAG_PROBE_S = 0.1
+
+
+async def _probe_loop_lag(recorder: Recorder) -> None:
+    """Records how late the loop wakes from each ``LAG_PROBE_S`` sleep, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LAG_PROBE_S
+        await asyncio.sleep(LAG_PROBE_S)
+        recorder.loop_lag(loop.time() - due)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,7 @@ class FleetResult:
                     "ack_p50_ms": latency["p50"],
                     "ack_p95_ms": latency["p95"],
                     "errors": float(bucket.errors),
+                    "client_loop_lag_max_ms": bucket.loop_lag_us / 1e3,
                 }
             samples.append(sample)
         return samples
@@ -161,6 +162,11 @@ class FleetResult:
                 "processes": self.processes,
                 "peak_rss_mb": c.peak_rss_mb,
                 "generation_s": c.generation_s,
+                "loop_lag_ms": {
+                    k: v
+                    for k, v in c.loop_lag_us.summary(1e-3).items()
+                    if k in ("p50", "p99", "max")
+                },
                 "note": "client processes only"
                 if self.processes
                 else "the calling process (includes an in-process server, if any)",
@@ -211,16 +217,18 @@ class FleetResult:
 def window(client: WorkerResult, first_s: float, last_s: float) -> dict[str, Any]:
     """Acks and errors within seconds [first_s, last_s) of a run (0: its start)."""
     latency = Histogram()
-    batches = errors = 0
+    batches = errors = lag_us = 0
     for second, bucket in client.timeline.items():
         if first_s <= second < last_s:
             latency.merge(bucket.latency_us)
             batches += bucket.batches
             errors += bucket.errors
+            lag_us = max(lag_us, bucket.loop_lag_us)
     return {
         "batches": batches,
         "errors": errors,
         "ack_latency_ms": latency.summary(1e-3) if latency.count else None,
+        "client_loop_lag_max_ms": lag_us / 1e3,
     }
 
 
@@ -313,6 +321,10 @@ class Restarts:
             "served_again_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": quantile(1.0)},
             "all_served_s": served[-1] if served else None,
             "ack_p99_ms_first_30_s": ack_p99(serving_s, serving_s + 30),
+            # An ack read late by a busy simulator is measured late: this bounds its share.
+            "client_loop_lag_max_ms_first_30_s": window(client, serving_s, serving_s + 30)[
+                "client_loop_lag_max_ms"
+            ],
             "ack_p99_ms_after_30_s": ack_p99(serving_s + 30, math.inf),
         }
 

@@ -129,6 +129,10 @@ def table(result: dict[str, Any]) -> str:
         ),
         ("client peak RSS MiB (largest process)", num(client["peak_rss_mb"])),
         (
+            "client event-loop lag p50 / p99 / max ms",
+            " / ".join(num(client.get("loop_lag_ms", {}).get(k), 1) for k in ("p50", "p99", "max")),
+        ),
+        (
             "server CPU s, cores busy (with its decode workers)",
             f"{num(server.get('cpu_s'), 1)}, {num(server.get('cores'), 2)}",
         ),
@@ -151,6 +155,10 @@ def table(result: dict[str, Any]) -> str:
                 "restart: ack p99 ms in the first 30 s / after",
                 f"{num(restart['ack_p99_ms_first_30_s'], 1)}"
                 f" / {num(restart['ack_p99_ms_after_30_s'], 1)}",
+            ),
+            (
+                "restart: client event-loop lag max ms in the first 30 s",
+                num(restart.get("client_loop_lag_max_ms_first_30_s"), 1),
             ),
         ]
     ceilings = result.get("ceilings") or {}

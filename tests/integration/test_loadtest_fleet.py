@@ -120,6 +120,11 @@ async def test_fleet_with_duplicates_and_reconnects_verifies(
     assert data["verify"]["ok"] is True
     assert data["records_per_s"] > 0
     assert 0 < data["ack_latency_ms"]["p50"] <= data["ack_latency_ms"]["p99"]
+    # The simulator's own event loop was probed every 100 ms of the run, every second of it.
+    lag = data["client_cpu"]["loop_lag_ms"]
+    assert 0 <= lag["p50"] <= lag["p99"] <= lag["max"]
+    assert result.client.loop_lag_us.count >= int(result.wall_s / 0.1) // 2
+    assert all("client_loop_lag_max_ms" in s for s in data["timeline"])
 
 
 async def test_fleet_fails_verification_when_writes_are_dropped_after_ack(

@@ -62,6 +62,7 @@ def test_a_fleet_survives_a_server_restart(tmp_path: Path) -> None:
     assert restart["devices_interrupted"] == DEVICES
     assert restart["devices_served_again"] == DEVICES
     assert 0 < restart["all_served_s"] < 30
+    assert restart["client_loop_lag_max_ms_first_30_s"] >= 0
     assert data["errors"].get("UNAVAILABLE", 0) >= DEVICES  # the streams did break
 
 
