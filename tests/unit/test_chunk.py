@@ -175,6 +175,35 @@ def test_slices_and_concat_give_back_the_whole() -> None:
     assert concat([chunk(0, 4), chunk(4, 6)]).to_arrow().equals(whole.to_arrow())
 
 
+def test_adjacent_slices_join_into_their_whole_without_cutting_columns() -> None:
+    whole = chunk(0, 10)
+    parts = [whole.slice(0, 4), whole.slice(4, 5), whole.slice(5, 10)]
+    joined = concat(parts)
+    # Every column of the join is the whole chunk's own object: nothing was cut or copied.
+    assert all(a is b for a, b in zip(joined.columns, whole.columns, strict=True))
+    assert joined.num_rows == 10
+    # A slice of a slice is a view of the whole chunk too, and joins the same way.
+    half = whole.slice(2, 8)
+    inner = [half.slice(0, 3), half.slice(3, 6)]
+    assert concat(inner).to_arrow().equals(whole.to_arrow().slice(2, 6))
+
+
+def test_slices_out_of_order_or_of_other_chunks_concat_in_the_order_given() -> None:
+    a, b = chunk(0, 6), chunk(100, 4)
+    parts = [a.slice(3, 6), a.slice(0, 3), b.slice(1, 3), b.slice(3, 4), a.slice(0, 2)]
+    expected = pa.concat_tables(
+        [a.to_arrow().slice(3, 3), a.to_arrow().slice(0, 3), b.to_arrow().slice(1, 3)]
+        + [a.to_arrow().slice(0, 2)]
+    )
+    assert concat(parts).to_arrow().equals(expected)
+    # A slice asked for its columns, filtered, or measured, shows only its own rows.
+    view = b.slice(1, 3)
+    assert view.columns[0].tolist() == [101, 102]
+    assert view.filter(np.array([False, True])).to_arrow().column("id").to_pylist() == [102]
+    assert b.slice(0, 2, nbytes=77).nbytes() == 77
+    assert b.slice(0, 2).nbytes() == RowChunk(SCHEMA, 2, b.slice(0, 2).columns).nbytes()
+
+
 def test_concat_refuses_other_columns() -> None:
     other = RowChunk(pa.schema([("id", pa.int64())]), 1, (np.array([1], dtype=np.int64),))
     with pytest.raises(ValueError):
