@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any, TypeAlias
 
 import grpc
@@ -188,8 +189,11 @@ class IdleStreams:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         oldest = loop.time() - self._timeout_s
-        for task, since in list(self._waiting.items()):
-            if since <= oldest and task not in self._expired:
+        # Waiting since the oldest first (see ``_waiting``): the walk stops at the first stream
+        # still within its timeout, so a sweep costs the streams it ends, not all that wait.
+        expired = list(takewhile(lambda item: item[1] <= oldest, self._waiting.items()))
+        for task, _ in expired:
+            if task not in self._expired:
                 self._end(
                     task,
                     f"no message on this stream for {self._timeout_s:g} s, so the server ended"

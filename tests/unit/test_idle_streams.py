@@ -41,6 +41,22 @@ async def test_a_silent_stream_is_ended_with_unavailable_and_others_go_on() -> N
     assert await busy == list(range(12))
 
 
+async def test_silent_streams_behind_busy_ones_are_all_ended_in_their_turn() -> None:
+    # The sweep walks the streams from the longest waiting and stops at the first within its
+    # timeout: streams that went silent at different moments, between busy ones that re-enter
+    # on every message, are each ended once their own timeout passes.
+    idle = IdleStreams(0.2)
+    busy = [asyncio.create_task(read_all(idle, [0.03] * 40))]
+    first = asyncio.create_task(read_all(idle, [0.0, 5.0]))
+    await asyncio.sleep(0.3)
+    busy.append(asyncio.create_task(read_all(idle, [0.03] * 20)))
+    second = asyncio.create_task(read_all(idle, [0.0, 5.0]))
+    for silent in (first, second):
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(silent, 2)
+    assert [await b for b in busy] == [list(range(40)), list(range(20))]
+
+
 async def test_other_cancellations_pass_through() -> None:
     idle = IdleStreams(10.0)
     reader = asyncio.create_task(read_all(idle, [5.0]))
