@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import repeat
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +33,7 @@ Loader = Callable[[str, str, Sequence[str]], Awaitable[dict[str, dict[str, int]]
 # (table, tenant, device id -> keys) -> device id -> key -> newest stored version, for the keys
 # found (a key absent from the answer is not stored).
 KeyLoader = Callable[[str, str, Mapping[str, Sequence[str]]], Awaitable[dict[str, dict[str, int]]]]
+Q = TypeVar("Q")
 
 
 class Outcome(IntEnum):
@@ -72,6 +74,32 @@ class _Lookup:
 
     found: asyncio.Future[dict[str, int]]
     keys: set[str] = field(default_factory=set)
+
+
+# Devices asked about within this long of each other are answered by one query per tenant.
+ROUND_S = 0.005
+
+
+class _Rounds(Generic[Q]):
+    """Work queued per (table, tenant), taken by one task every ROUND_S and handed to
+    ``handle`` whole: devices first seen together (a fleet reconnecting) cost one query per
+    tenant, and work queued while a round runs goes to the next one, never left waiting."""
+
+    def __init__(self, handle: Callable[[dict[tuple[str, str], Q]], Awaitable[None]]) -> None:
+        self._handle = handle
+        self.queued: dict[tuple[str, str], Q] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Makes sure a round will take what is queued."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.queued:
+            await asyncio.sleep(ROUND_S)
+            queued, self.queued = self.queued, {}
+            await self._handle(queued)
 
 
 # Batches of at most this many records are classified and recorded key by key in Python: for a
@@ -174,14 +202,13 @@ class Deduplicator:
         self._key_loader = key_loader
         self._large_device = large_device
         self._large: OrderedDict[Group, None] = OrderedDict()  # evicted large devices
-        self._lookups: dict[tuple[str, str], dict[str, _Lookup]] = {}
-        self._looker: asyncio.Task[None] | None = None
+        # Keys to look up (devices that are not complete), and devices to load whole.
+        self._lookups: _Rounds[dict[str, _Lookup]] = _Rounds(self._look_up_round)
         self._turns: dict[Group, _Turns] = {}  # devices with batches inside ensure_loaded
         self._devices: OrderedDict[Group, _Device] = OrderedDict()
         self._entries = 0
         self._loading: dict[Group, asyncio.Future[None]] = {}
-        self._queue: dict[tuple[str, str], set[str]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._loads: _Rounds[set[str]] = _Rounds(self._load)
 
     @property
     def entries(self) -> int:
@@ -248,9 +275,8 @@ class Deduplicator:
                 if loading is None:
                     loading = asyncio.get_running_loop().create_future()
                     self._loading[group] = loading
-                    self._queue.setdefault((table, tenant_id), set()).add(device_id)
-                    if self._flusher is None or self._flusher.done():
-                        self._flusher = asyncio.create_task(self._load_queued())
+                    self._loads.queued.setdefault((table, tenant_id), set()).add(device_id)
+                    self._loads.start()
                 await asyncio.shield(loading)
                 continue
             if not device.complete:
@@ -306,32 +332,27 @@ class Deduplicator:
     ) -> dict[str, int]:
         """The newest stored version of those of ``keys`` that are stored (maybe of more)."""
         assert self._key_loader is not None  # only it makes devices that are not complete
-        requests = self._lookups.setdefault((table, tenant_id), {})
+        requests = self._lookups.queued.setdefault((table, tenant_id), {})
         request = requests.get(device_id)
         if request is None:
             request = requests[device_id] = _Lookup(asyncio.get_running_loop().create_future())
         request.keys.update(keys)
-        if self._looker is None or self._looker.done():
-            self._looker = asyncio.create_task(self._look_up_queued())
+        self._lookups.start()
         return await asyncio.shield(request.found)
 
-    async def _look_up_queued(self) -> None:
-        # As _load_queued: the keys of every device asked for meanwhile, one query per tenant.
+    async def _look_up_round(self, queued: dict[tuple[str, str], dict[str, _Lookup]]) -> None:
         assert self._key_loader is not None
-        while self._lookups:
-            await asyncio.sleep(0.005)
-            queued, self._lookups = self._lookups, {}
-            for (table, tenant_id), requests in queued.items():
-                asked = {device_id: sorted(r.keys) for device_id, r in requests.items()}
-                try:
-                    found = await self._key_loader(table, tenant_id, asked)
-                except Exception as exc:
-                    for request in requests.values():
-                        request.found.set_exception(exc)
-                        request.found.exception()  # waiters that gave up need not see it
-                    continue
-                for device_id, request in requests.items():
-                    request.found.set_result(found.get(device_id, {}))
+        for (table, tenant_id), requests in queued.items():
+            asked = {device_id: sorted(r.keys) for device_id, r in requests.items()}
+            try:
+                found = await self._key_loader(table, tenant_id, asked)
+            except Exception as exc:
+                for request in requests.values():
+                    request.found.set_exception(exc)
+                    request.found.exception()  # waiters that gave up need not see it
+                continue
+            for device_id, request in requests.items():
+                request.found.set_result(found.get(device_id, {}))
 
     def _merge(self, device: _Device, found: Mapping[str, int]) -> None:
         # Never lowers a version: one this process is writing may be newer than ClickHouse's.
@@ -341,14 +362,6 @@ class Deduplicator:
             if version > known.get(key, -1):
                 known[key] = version
         self._entries += len(known) - before
-
-    async def _load_queued(self) -> None:
-        # Devices first seen together (a fleet reconnecting) load in one query per tenant; devices
-        # queued while a load runs are taken by the next round, never left waiting.
-        while self._queue:
-            await asyncio.sleep(0.005)
-            queued, self._queue = self._queue, {}
-            await self._load(queued)
 
     async def _load(self, queued: dict[tuple[str, str], set[str]]) -> None:
         for (table, tenant_id), device_ids in queued.items():
