@@ -16,4 +16,4 @@ def test_an_unknown_scenario_is_refused_naming_the_choices() -> None:
     )
     assert done.returncode == 2
     assert "unknown scenarios ['stedy']" in done.stderr
-    assert "paced, steady, small" in done.stderr
+    assert "paced, steady, small, saturated" in done.stderr
