@@ -7,6 +7,9 @@ after another, so they do not share cores; decode and transport keep their faste
 * transport: the fleet's own client (``loadtest.agent``) streams the batches on ``streams``
   streams (``window`` un-acked each) to a servicer in a child process (this module as a script)
   that only parses and acks; records/s from first send to last ack.
+* small-batch floor (``small_batch_floor``): the fleet's client, as many phones as asked syncing
+  small batches every second (calls and telemetry, 1-20 records), against the same servicer: the
+  most small batches/s one grpc.aio process takes on this machine while doing nothing with them.
 * decode: ``UploadRequest.FromString`` of every batch on one core.
 * encode (for reference): ``pipeline.encode.decode`` of every batch, cold and warm NumberCodec,
   plus one Arrow table per table built from the decoded chunks (the batcher's work per flush).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -56,12 +60,19 @@ from callsight.loadtest.common import (
 from callsight.loadtest.generate import FleetSpec, fleet_batches, interleave
 from callsight.loadtest.harness import ProcessSampler, ServerError, ServerProcess
 from callsight.loadtest.verify import Counts, type_name
-from callsight.loadtest.workload import Batch, DeviceTruth, DeviceWorkload, WorkloadSpec
+from callsight.loadtest.workload import (
+    Batch,
+    DeviceTruth,
+    DeviceWorkload,
+    WorkloadSpec,
+    device_workload,
+)
 from callsight.loadtest.workload import fleet_payloads as workload_payloads
 from callsight.pipeline.chunk import RowChunk, concat
 from callsight.pipeline.crypto import Keyring, TenantCipher, new_data_key
 from callsight.pipeline.encode import NumberCodec, Source, decode
 from callsight.pipeline.validate import BatchRejected
+from callsight.server.accept import Acceptors, MethodHandlers
 from callsight.storage.database import Database, connect
 from callsight.storage.migrator import migrate
 from callsight.storage.parties import stored_inserts
@@ -151,11 +162,16 @@ class TrivialIngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
 
 async def serve_trivial(listen: str) -> None:
-    """Serves the trivial servicer on ``listen`` until killed; logs the "serving" line."""
+    """Serves the trivial servicer on ``listen`` until killed; logs the "serving" line. New
+    streams are accepted as callsight's server accepts them (``server.accept``)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    ingest_pb2_grpc.add_IngestServiceServicer_to_server(TrivialIngestServicer(), server)
+    registered = MethodHandlers(server)
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(
+        TrivialIngestServicer(), registered.as_server()
+    )
     port = server.add_insecure_port(listen)
     await server.start()
+    Acceptors(server, registered.handlers, ()).start()
     print(json.dumps({"event": "serving", "port": port}), file=sys.stderr, flush=True)
     await server.wait_for_termination()
 
@@ -204,6 +220,70 @@ async def _transport(
     return *best, passes
 
 
+@contextlib.contextmanager
+def _trivial_server() -> Iterator[ServerProcess]:
+    work = Path(tempfile.mkdtemp(prefix="callsight-trivial-"))
+    server = ServerProcess(work, module="callsight.loadtest.ceilings")
+    try:
+        try:
+            server.start(timeout_s=60)
+        except ServerError as exc:
+            raise CeilingError(f"the trivial gRPC server did not start: {exc}") from None
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def small_batch_floor(devices: int, duration_s: float, seed: int = 1) -> Figures:
+    """``devices`` phones syncing calls and telemetry every second for ``duration_s``, from the
+    fleet's client in this process, acked by the trivial servicer in a child: see the module
+    doc. Errors (streams gRPC ended) are counted, not raised: they are part of the floor."""
+    spec = WorkloadSpec(
+        mode="steady",
+        duration_s=duration_s,
+        sync_interval_s=1.0,
+        calls_per_hour=120.0,
+        contacts=False,
+        seed=seed,
+        now_ms=int(time.time() * 1000),
+    )
+    workloads = [device_workload(spec, d) for d in range(devices)]
+    offered = sum(len(w.batches) for w in workloads)
+    identities = [
+        DeviceIdentity(w.device, 0, "", 0, "", f"phone {w.device}", "") for w in workloads
+    ]
+
+    async def run(address: str, pid: int) -> tuple[WorkerResult, float]:
+        client = ClientProcess(address, AgentOptions(stall_s=STALL_S), [0] * SLOTS, 0)
+        await client.connect()
+        sampler = ProcessSampler(pid)
+        sampler.start()
+        try:
+            result = await client.run(
+                list(zip(identities, workloads, strict=True)), spec, time.monotonic()
+            )
+        finally:
+            server_cpu_s = sampler.stop().cpu_s
+            await client.close()
+        return result, server_cpu_s
+
+    with _trivial_server() as server:
+        sent, server_cpu_s = uvloop.run(run(server.address, server.pid))
+    latency = sent.latency_us.summary(scale=1e-3)
+    return {
+        "small_floor_devices": devices,
+        "small_floor_offered_batches_per_s": offered / duration_s,
+        "small_floor_batches_per_s": _rate(sent.batches, sent.wall_s),
+        "small_floor_ack_p50_ms": latency["p50"],
+        "small_floor_ack_p99_ms": latency["p99"],
+        "small_floor_errors": sum(sent.errors.values()),
+        "small_floor_client_cpu_s": sent.cpu_s,
+        "small_floor_server_cpu_s": server_cpu_s,
+        "small_floor_server_us_per_batch": server_cpu_s / max(sent.batches, 1) * 1e6,
+    }
+
+
 def transport_ceiling(
     batches: Sequence[bytes],
     *,
@@ -214,19 +294,10 @@ def transport_ceiling(
     """Streams the batches to a trivial servicer in a child process; see the module doc.
     Raises CeilingError when a batch is lost."""
     workloads = stream_workloads(batches, streams)
-    work = Path(tempfile.mkdtemp(prefix="callsight-trivial-"))
-    server = ServerProcess(work, module="callsight.loadtest.ceilings")
-    try:
-        try:
-            server.start(timeout_s=60)
-        except ServerError as exc:
-            raise CeilingError(f"the trivial gRPC server did not start: {exc}") from None
+    with _trivial_server() as server:
         sent, server_cpu_s, passes = uvloop.run(
             _transport(server.address, workloads, window, min_time_s, server.pid)
         )
-    finally:
-        server.kill()
-        shutil.rmtree(work, ignore_errors=True)
     records = sum(b.records for w in workloads for b in w.batches)
     if sent.batches != len(batches) or sent.records != records or sent.errors:
         raise CeilingError(

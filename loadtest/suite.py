@@ -382,10 +382,25 @@ def _small(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], bool
 
 def _saturated(args: argparse.Namespace) -> tuple[dict[str, Any], list[Target], bool]:
     """Small batches offered at the target's 5,000 a second (5,000 phones syncing every second):
-    how many the server takes, and its ack p99 when that is less than offered."""
-    return _small_batches(
-        args, "saturated", args.saturated_devices, args.saturated_duration, rate=True
+    how many the server takes, and its ack p99 when that is less than offered; then the same
+    phones against a servicer that only acks (``ceilings.small_batch_floor``): what gRPC alone
+    takes from them on this machine."""
+    devices, duration = args.saturated_devices, args.saturated_duration
+    figures, targets, ok = _small_batches(args, "saturated", devices, duration, rate=True)
+    say(f"scenario saturated: the same {devices:,} phones against a servicer that only acks")
+    floor = ceilings.small_batch_floor(devices, duration, args.seed)
+    figures["grpc_floor"] = floor
+    say(
+        f"  a do-nothing gRPC server took {floor['small_floor_batches_per_s']:,.0f} batches/s"
+        f" ({floor['small_floor_errors']:,} errors, ack p99"
+        f" {floor['small_floor_ack_p99_ms']:,.0f} ms)"
     )
+    targets[0] = replace(
+        targets[0],
+        note=f"{targets[0].note}; a do-nothing gRPC server took"
+        f" {floor['small_floor_batches_per_s']:,.0f}/s",
+    )
+    return figures, targets, ok
 
 
 def _small_batches(

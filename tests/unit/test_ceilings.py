@@ -10,6 +10,7 @@ from callsight.loadtest.ceilings import (
     decode_ceiling,
     record_count,
     stream_workloads,
+    small_batch_floor,
     transport_ceiling,
 )
 from callsight.loadtest.fleet import ratios
@@ -82,6 +83,19 @@ def test_transport_ceiling_with_more_streams_than_batches(batches: list[bytes]) 
     result = transport_ceiling(batches[:2], streams=8, window=1, min_time_s=0.0)
     assert (result["transport_acks"], result["transport_records_acked"]) == (2, 2 * SPEC.batch_size)
     assert result["transport_streams"] == 2
+
+
+def test_small_batch_floor_acks_what_phones_offer_when_far_below_it() -> None:
+    floor = small_batch_floor(devices=40, duration_s=3.0)
+    assert floor["small_floor_devices"] == 40
+    # 40 phones syncing every second: about 40 batches/s offered (calls and telemetry), all of
+    # them taken by a servicer that only acks.
+    offered = floor["small_floor_offered_batches_per_s"]
+    assert 35 <= offered <= 90
+    assert floor["small_floor_errors"] == 0
+    assert floor["small_floor_batches_per_s"] == pytest.approx(offered, rel=0.35)
+    assert 0 < floor["small_floor_ack_p50_ms"] <= floor["small_floor_ack_p99_ms"] < 1000
+    assert floor["small_floor_server_cpu_s"] > 0 and floor["small_floor_client_cpu_s"] > 0
 
 
 def test_ratios_divide_the_end_to_end_rate_by_each_ceiling() -> None:
