@@ -9,8 +9,8 @@ import pytest
 from callsight.loadtest.ceilings import (
     decode_ceiling,
     record_count,
-    stream_workloads,
     small_batch_floor,
+    stream_workloads,
     transport_ceiling,
 )
 from callsight.loadtest.fleet import ratios
