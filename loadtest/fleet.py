@@ -308,9 +308,11 @@ class Restarts:
 
         serving_s = crash.serving_at - self.start
 
-        def ack_p99(first_s: float, last_s: float) -> float | None:
-            latency: dict[str, float] | None = window(client, first_s, last_s)["ack_latency_ms"]
+        def ack_p99(seconds: dict[str, Any]) -> float | None:
+            latency: dict[str, float] | None = seconds["ack_latency_ms"]
             return latency["p99"] if latency else None
+
+        first_30_s = window(client, serving_s, serving_s + 30)
 
         return {
             "at_s": crash.killed_at - self.start,
@@ -320,12 +322,10 @@ class Restarts:
             "devices_served_again": len(served),
             "served_again_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": quantile(1.0)},
             "all_served_s": served[-1] if served else None,
-            "ack_p99_ms_first_30_s": ack_p99(serving_s, serving_s + 30),
+            "ack_p99_ms_first_30_s": ack_p99(first_30_s),
             # An ack read late by a busy simulator is measured late: this bounds its share.
-            "client_loop_lag_max_ms_first_30_s": window(client, serving_s, serving_s + 30)[
-                "client_loop_lag_max_ms"
-            ],
-            "ack_p99_ms_after_30_s": ack_p99(serving_s + 30, math.inf),
+            "client_loop_lag_max_ms_first_30_s": first_30_s["client_loop_lag_max_ms"],
+            "ack_p99_ms_after_30_s": ack_p99(window(client, serving_s + 30, math.inf)),
         }
 
 

@@ -204,11 +204,11 @@ class Deduplicator:
         self._large: OrderedDict[Group, None] = OrderedDict()  # evicted large devices
         # Keys to look up (devices that are not complete), and devices to load whole.
         self._lookups: _Rounds[dict[str, _Lookup]] = _Rounds(self._look_up_round)
+        self._loads: _Rounds[set[str]] = _Rounds(self._load)
         self._turns: dict[Group, _Turns] = {}  # devices with batches inside ensure_loaded
         self._devices: OrderedDict[Group, _Device] = OrderedDict()
         self._entries = 0
         self._loading: dict[Group, asyncio.Future[None]] = {}
-        self._loads: _Rounds[set[str]] = _Rounds(self._load)
 
     @property
     def entries(self) -> int:
